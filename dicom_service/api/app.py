@@ -1,0 +1,63 @@
+"""FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from dicom_service import __version__
+from dicom_service.api.routers import health, jobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Accepted tokens, or ``disabled`` for development."""
+
+    tokens: tuple[str, ...]
+    disabled: bool
+
+
+def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN001 - Service
+    """Build the API around a :class:`dicom_service.service.Service`.
+
+    Parameters
+    ----------
+    service : Service
+        The node's services; the app reads settings, queue and readiness from it.
+    manage_service : bool
+        If True the app's lifespan starts the service and stops it on shutdown, so
+        that ``uvicorn`` (and its Ctrl-C handling) drives the whole process.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_service:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage_service:
+                service.stop()
+
+    app = FastAPI(
+        title="Dental AI DICOM node",
+        version=__version__,
+        description="Jobs and health of the dental imaging AI node. Authenticate with "
+        "`Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    http = service.settings.http
+    app.state.service = service
+    app.state.auth = AuthConfig(tokens=tuple(service.api_tokens), disabled=http.auth_disabled)
+    if http.auth_disabled:
+        log.warning("HTTP AUTHENTICATION IS DISABLED (http.auth_disabled): anyone who can reach "
+                    "port %d can control jobs. Development use only.", http.port)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app

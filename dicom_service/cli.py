@@ -1,0 +1,143 @@
+"""Command line: ``dicom-service serve | process | conformance | echo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dicom_service import __version__
+from dicom_service.config import Settings, load_settings
+from dicom_service.domain import ConfigError
+
+log = logging.getLogger("dicom_service")
+
+
+def setup_logging(level: str) -> None:
+    """Log lines with time, level and module; never patient data (by convention)."""
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict = {}
+    if getattr(args, "data", None):
+        overrides["storage"] = {"path": str(args.data)}
+    settings = load_settings(args.config, **overrides)
+    changes: dict = {}
+    if getattr(args, "dicom_port", None) is not None:
+        changes["dicom"] = settings.dicom.model_copy(update={"port": args.dicom_port})
+    if getattr(args, "http_port", None) is not None:
+        changes["http"] = settings.http.model_copy(update={"port": args.http_port})
+    return settings.model_copy(update=changes) if changes else settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the DICOM node, the HTTP API and the workers in one process until Ctrl-C."""
+    import uvicorn
+
+    from dicom_service.api.app import create_app
+    from dicom_service.service import Service
+
+    settings = _settings(args)
+    setup_logging(settings.log_level)
+    service = Service(settings)
+    app = create_app(service)
+    log.info("dicom-service %s: HTTP API on http://%s:%d (docs at /docs)", __version__,
+             settings.http.bind_address, settings.http.port)
+    uvicorn.run(app, host=settings.http.bind_address, port=settings.http.port,
+                log_level=settings.log_level.lower(), access_log=False)
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """Process DICOM files offline and write results and summary.json."""
+    from dicom_service.offline import process_paths
+
+    settings = _settings(args)
+    setup_logging(settings.log_level)
+    report = process_paths([Path(p) for p in args.paths], Path(args.out), settings,
+                           show_progress=not args.no_progress)
+    print(json.dumps({"inputs": report.inputs, "skipped": len(report.skipped),
+                      "groups": len(report.groups), "outputs": len(report.outputs),
+                      "summary": str(Path(args.out) / "summary.json")}))
+    return 1 if report.failed else 0
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    """Print the accepted presentation contexts as a Markdown table."""
+    from dicom_service.node.contexts import INPUT_CLASSES, TRANSFER_SYNTAX_NAMES
+
+    print("| SOP class | UID | transfer syntaxes |\n|---|---|---|")
+    for cls in INPUT_CLASSES:
+        names = ", ".join(f"{TRANSFER_SYNTAX_NAMES[t]} ({t})" for t in cls.syntaxes)
+        print(f"| {cls.name} | {cls.uid} | {names} |")
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    """C-ECHO each configured destination."""
+    from dicom_service.node.scu import echo
+
+    settings = _settings(args)
+    setup_logging(settings.log_level)
+    ok = True
+    for dest in settings.destinations:
+        good = echo(dest, settings.dicom.ae_title)
+        ok &= good
+        print(f"{dest.name}: {'ok' if good else 'FAILED'}")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="dicom-service", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="YAML settings file (default: $DICOM_SERVICE_CONFIG)")
+        p.add_argument("--data", type=Path, help="storage folder (overrides storage.path)")
+
+    serve = sub.add_parser("serve", help="run the node, API and workers")
+    common(serve)
+    serve.add_argument("--dicom-port", type=int)
+    serve.add_argument("--http-port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    process = sub.add_parser("process", help="process DICOM files or folders offline")
+    common(process)
+    process.add_argument("paths", nargs="+")
+    process.add_argument("--out", required=True, help="output folder")
+    process.add_argument("--no-progress", action="store_true", help="no progress bar")
+    process.set_defaults(func=cmd_process)
+
+    conf = sub.add_parser("conformance", help="print the accepted presentation contexts")
+    conf.set_defaults(func=cmd_conformance)
+
+    echo = sub.add_parser("echo", help="C-ECHO the configured destinations")
+    common(echo)
+    echo.set_defaults(func=cmd_echo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dicom-service`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"dicom-service: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""One validated settings object, read from a YAML file and the environment.
+
+Precedence, highest first: environment variables (prefix ``DICOM_SERVICE_``, nested keys
+joined with ``__``, e.g. ``DICOM_SERVICE_DICOM__PORT=11113``), then the YAML file, then
+the defaults below. Unknown keys are errors, so a typo is named instead of ignored.
+
+The object is built once by :func:`load_settings` and passed explicitly; nothing here
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dicom_service.domain import ConfigError, Workflow
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "DICOM_SERVICE_"
+ENV_CONFIG_FILE = "DICOM_SERVICE_CONFIG"
+
+ResultKind = Literal["video", "sc", "seg", "sr", "pr"]
+ALL_RESULT_KINDS: tuple[str, ...] = ("video", "sc", "seg", "sr", "pr")
+
+
+def _check_ae_title(value: str) -> str:
+    """Validate an AE title (PS3.5: 1–16 chars of the default repertoire, no backslash)."""
+    text = value.strip()
+    if not 1 <= len(text) <= 16:
+        raise ValueError("an AE title has 1 to 16 characters")
+    if "\\" in text or any(ord(c) < 0x20 or ord(c) > 0x7E for c in text):
+        raise ValueError("an AE title may not contain control characters or backslashes")
+    return text
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DicomSettings(_Section):
+    """The DICOM node (SCP side) and its association limits."""
+
+    ae_title: str = "DENTAL_AI"
+    bind_address: str = "0.0.0.0"
+    port: int = Field(11112, ge=0, le=65535)
+    accepted_calling_aets: list[str] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to associate; empty accepts every peer.",
+    )
+    max_associations: int = Field(10, ge=1, le=1000)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(30.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+    max_pdu: int = Field(0, ge=0, description="Largest PDU we accept; 0 means no limit.")
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("accepted_calling_aets")
+    @classmethod
+    def _aets(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in value]
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _pdu(cls, value: int) -> int:
+        if value != 0 and value < 4096:
+            raise ValueError("max_pdu must be 0 (no limit) or at least 4096 bytes")
+        return value
+
+
+class HttpSettings(_Section):
+    """The HTTP API."""
+
+    bind_address: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    tokens: list[str] = Field(
+        default_factory=list,
+        description="Accepted bearer tokens; empty makes the service create one in <storage>/api-token.",
+    )
+    auth_disabled: bool = Field(
+        False, description="Development switch: accept requests without a token (logged loudly)."
+    )
+
+    @model_validator(mode="after")
+    def _needs_token(self) -> "HttpSettings":
+        if any(len(t) < 16 for t in self.tokens):
+            raise ValueError("http.tokens: each token must have at least 16 characters")
+        return self
+
+
+class StorageSettings(_Section):
+    """Where instances, results and the SQLite databases live."""
+
+    path: Path = Path("./var")
+    min_free_mb: int = Field(
+        500, ge=0, description="Below this free space, stores fail with 0xA700 and associations are refused."
+    )
+    fsync: bool = Field(True, description="fsync each received instance before answering success.")
+
+
+class RoutingMatch(_Section):
+    """Conditions of a rule; each list matches if empty or if it contains the value."""
+
+    sop_class: list[str] = Field(default_factory=list)
+    modality: list[str] = Field(default_factory=list)
+    calling_ae: list[str] = Field(default_factory=list)
+    body_part: list[str] = Field(default_factory=list)
+
+
+class RoutingRule(_Section):
+    """First matching rule wins."""
+
+    name: str
+    match: RoutingMatch = RoutingMatch()
+    workflow: Workflow
+
+
+class RoutingSettings(_Section):
+    """How studies become jobs."""
+
+    stability_seconds: float = Field(10.0, ge=0, description="Quiet window before a study becomes a job.")
+    rules: list[RoutingRule] | None = Field(
+        None, description="Routing rules; null uses the built-in defaults (see routing.default_rules)."
+    )
+    default_workflow: Workflow = Workflow.IGNORE
+
+
+class RetrySettings(_Section):
+    """Retry policy for processing and dispatch jobs (exponential back-off)."""
+
+    max_attempts: int = Field(4, ge=1, description="Attempts of a processing job before it is dead.")
+    dispatch_max_attempts: int = Field(
+        200, ge=1, description="Attempts to deliver a result before it is dead (the files are kept)."
+    )
+    backoff_initial: float = Field(2.0, gt=0)
+    backoff_factor: float = Field(2.0, ge=1.0)
+    backoff_max: float = Field(300.0, gt=0)
+
+
+class Destination(_Section):
+    """A DICOM peer that receives results."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    workflows: list[Workflow] = Field(default_factory=lambda: [Workflow.VIDEO, Workflow.RADIOGRAPH])
+    results: list[ResultKind] = Field(default_factory=lambda: list(ALL_RESULT_KINDS))
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class WorkerSettings(_Section):
+    """In-process workers."""
+
+    processing: int = Field(1, ge=1, le=64)
+    dispatch: int = Field(1, ge=1, le=64)
+    poll_seconds: float = Field(0.5, gt=0)
+
+
+class ModelSettings(_Section):
+    """Which vision runtime each workflow uses."""
+
+    video: str = "baseline"
+    radiograph: str = "baseline"
+
+
+class Settings(BaseSettings):
+    """All settings of the service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    dicom: DicomSettings = DicomSettings()
+    http: HttpSettings = HttpSettings()
+    storage: StorageSettings = StorageSettings()
+    routing: RoutingSettings = RoutingSettings()
+    retry: RetrySettings = RetrySettings()
+    destinations: list[Destination] = Field(default_factory=list)
+    workers: WorkerSettings = WorkerSettings()
+    models: ModelSettings = ModelSettings()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[Destination]) -> list[Destination]:
+        names = [d.name for d in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique; repeated: {', '.join(dupes)}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"{key}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings.
+
+    Parameters
+    ----------
+    path : Path or str, optional
+        YAML file. When None, ``$DICOM_SERVICE_CONFIG`` is used if set; with neither,
+        only the environment and defaults apply.
+    **overrides
+        Top-level values that replace those of the file (used by tests and the CLI).
+
+    Raises
+    ------
+    ConfigError
+        With every bad key named, e.g. ``"dicom.port: Input should be less than or
+        equal to 65535"``.
+    """
+    if path is None and os.environ.get(ENV_CONFIG_FILE):
+        path = os.environ[ENV_CONFIG_FILE]
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {file}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {file} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {file} must hold a mapping at the top level")
+        data.update(loaded)
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_format_errors(exc)}") from None

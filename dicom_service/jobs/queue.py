@@ -1,0 +1,111 @@
+"""The job queue interface, independent of its storage engine.
+
+The embedded engine is :class:`dicom_service.jobs.sqlite_queue.SQLiteJobQueue`; a
+distributed engine can be added beside it by implementing :class:`JobQueue`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from dicom_service.domain import Job, JobKind, JobState, Workflow
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential back-off: ``initial * factor**(attempt-1)``, capped at ``maximum`` seconds."""
+
+    initial: float = 2.0
+    factor: float = 2.0
+    maximum: float = 300.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if attempt < 1:
+            raise ValueError("attempt numbers start at 1")
+        return min(self.maximum, self.initial * self.factor ** (attempt - 1))
+
+
+class JobQueue(Protocol):
+    """A persistent queue of jobs with retries, dead letters and idempotency keys."""
+
+    def enqueue(
+        self,
+        kind: JobKind,
+        key: str,
+        *,
+        study_uid: str,
+        workflow: Workflow | None,
+        payload: dict,
+        max_attempts: int,
+    ) -> Job | None:
+        """Add a job unless one with the same ``key`` exists; return it, or None if it existed."""
+        ...
+
+    def claim(self, kinds: tuple[JobKind, ...], worker: str) -> Job | None:
+        """Take the oldest due queued job of these kinds and mark it running (a new attempt)."""
+        ...
+
+    def heartbeat_log(self, job_id: int, text: str) -> None:
+        """Append a line to the running attempt's log."""
+        ...
+
+    def complete(self, job_id: int, *, result: dict | None = None) -> bool:
+        """Mark a running job succeeded; False if it was no longer running (e.g. cancelled)."""
+        ...
+
+    def fail(self, job_id: int, error: str, *, permanent: bool = False) -> JobState:
+        """Record a failed attempt; return the new state (queued with back-off, failed or dead)."""
+        ...
+
+    def get(self, job_id: int) -> Job | None:
+        """One job with its attempts, or None."""
+        ...
+
+    def list(
+        self, *, state: JobState | None = None, kind: JobKind | None = None,
+        study_uid: str | None = None, limit: int = 100, offset: int = 0,
+    ) -> list[Job]:
+        """Jobs, newest first (attempt logs not included)."""
+        ...
+
+    def retry(self, job_id: int) -> Job:
+        """Put a failed, dead or cancelled job back in the queue now."""
+        ...
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a queued or running job."""
+        ...
+
+    def release(self, job_id: int, reason: str) -> bool:
+        """Return a running job to the queue without counting the attempt (shutdown)."""
+        ...
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until a job is added or re-queued, or ``timeout`` seconds pass."""
+        ...
+
+    def result(self, job_id: int) -> dict | None:
+        """What a succeeded job recorded, or None."""
+        ...
+
+    def recover(self) -> int:
+        """After a crash: return jobs left running to the queue; the number returned."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs in each state."""
+        ...
+
+    def seconds_until_due(self, kinds: tuple[JobKind, ...]) -> float | None:
+        """Seconds until the next queued job of these kinds is due, or None if none."""
+        ...
+
+
+class JobNotFound(LookupError):
+    """No job with that id."""
+
+
+class JobStateConflict(RuntimeError):
+    """The job is not in a state that allows the operation."""

@@ -1,0 +1,201 @@
+"""In-process workers: run processing jobs through the pipelines, then dispatch results."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_service.config import Destination, Settings
+from dicom_service.domain import (
+    DispatchError, InputError, Job, JobKind, JobState, ServiceError, Workflow,
+)
+from dicom_service.jobs.queue import JobQueue
+from dicom_service.node.scu import SendTimeouts, send_files
+from dicom_service.pipelines.base import PipelineOutput
+from dicom_service.storage import InstanceStore
+
+log = logging.getLogger(__name__)
+
+#: Runs one workflow: (job, progress log) -> output. Built by the service.
+ProcessFn = Callable[[Job, Callable[[str], None]], PipelineOutput]
+
+
+class JobInterrupted(ServiceError):
+    """Raised inside a running job when the service is shutting down."""
+
+
+@dataclass
+class WorkerContext:
+    """What workers need; assembled by the service."""
+
+    settings: Settings
+    store: InstanceStore
+    queue: JobQueue
+    process: ProcessFn
+
+
+def destinations_for(settings: Settings, workflow: Workflow) -> list[Destination]:
+    """Configured destinations that want results of ``workflow``."""
+    return [d for d in settings.destinations if workflow in d.workflows]
+
+
+def run_process_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None]) -> dict:
+    """Run a processing job: pipeline, durable results, one dispatch job per destination.
+
+    Returns the job's JSON result summary.
+    """
+    if job.workflow is None:
+        raise InputError("processing job without a workflow")
+    output = ctx.process(job, progress)
+    written: list[tuple[str, str]] = []
+    for obj in output.objects:
+        path = ctx.store.write_result(job.id, obj.sop_instance_uid, obj.to_bytes())
+        written.append((obj.kind, str(path)))
+    progress(f"wrote {len(written)} result objects")
+    current = ctx.queue.get(job.id)
+    if current is None or current.state is not JobState.RUNNING:
+        progress("job no longer running (cancelled); results not dispatched")
+        return {"summary": output.summary, "results": written}
+    dispatches = []
+    for dest in destinations_for(ctx.settings, job.workflow):
+        paths = [p for kind, p in written if kind in dest.results]
+        if not paths:
+            continue
+        dispatch = ctx.queue.enqueue(
+            JobKind.DISPATCH, f"dispatch/{job.id}/{dest.name}", study_uid=job.study_uid,
+            workflow=job.workflow, payload={"destination": dest.name, "paths": paths},
+            max_attempts=ctx.settings.retry.dispatch_max_attempts,
+        )
+        if dispatch is not None:
+            dispatches.append(dispatch.id)
+            progress(f"dispatch job {dispatch.id} queued for {dest.name} ({len(paths)} objects)")
+    if not ctx.settings.destinations:
+        progress("no destinations configured: results kept in storage only")
+    return {"summary": output.summary, "results": written, "dispatch_jobs": dispatches}
+
+
+def run_dispatch_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None]) -> dict:
+    """Send a job's result files to its destination (raises DispatchError to retry)."""
+    name = job.payload.get("destination")
+    dest = next((d for d in ctx.settings.destinations if d.name == name), None)
+    if dest is None:
+        raise InputError(f"destination {name!r} is no longer configured")
+    paths = [Path(p) for p in job.payload.get("paths", [])]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"result files missing: {', '.join(missing)}")
+    dicom = ctx.settings.dicom
+    timeouts = SendTimeouts(acse=dicom.acse_timeout, dimse=dicom.dimse_timeout,
+                            network=dicom.network_timeout)
+    progress(f"sending {len(paths)} objects to {dest.name}")
+    send_files(dest, paths, dicom.ae_title, timeouts)
+    return {"sent": len(paths), "destination": dest.name}
+
+
+class WorkerPool:
+    """Threads that claim jobs of some kinds and run them.
+
+    Parameters
+    ----------
+    ctx : WorkerContext
+    kinds : tuple of JobKind
+        Which jobs these threads take.
+    count : int
+        Number of threads.
+    name : str
+        Thread name prefix (also recorded in the attempt table).
+    """
+
+    def __init__(self, ctx: WorkerContext, kinds: Sequence[JobKind], count: int, name: str) -> None:
+        self.ctx = ctx
+        self.kinds = tuple(kinds)
+        self.count = count
+        self.name = name
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the threads."""
+        for i in range(self.count):
+            thread = threading.Thread(target=self._loop, args=(f"{self.name}-{i}",),
+                                      name=f"{self.name}-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def alive(self) -> bool:
+        """True while every thread of the pool runs."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        """Ask threads to stop; jobs still running after the grace period go back to the queue."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=grace_seconds / max(1, len(self._threads)))
+        with self._lock:
+            leftovers = list(self._running.values())
+        for job_id in leftovers:
+            if self.ctx.queue.release(job_id, "interrupted: service shutting down"):
+                log.info("job %d returned to the queue at shutdown", job_id)
+
+    def _progress(self, job: Job) -> Callable[[str], None]:
+        def write(text: str) -> None:
+            if self._stop.is_set():
+                raise JobInterrupted("service shutting down")
+            log.info("job %d: %s", job.id, text)
+            self.ctx.queue.heartbeat_log(job.id, text)
+
+        return write
+
+    def _loop(self, worker: str) -> None:
+        queue = self.ctx.queue
+        while not self._stop.is_set():
+            try:
+                job = queue.claim(self.kinds, worker)
+            except Exception:  # noqa: BLE001 - database hiccup: log and keep serving
+                log.exception("%s: claiming a job failed", worker)
+                job = None
+            if job is None:
+                due = queue.seconds_until_due(self.kinds)
+                poll = self.ctx.settings.workers.poll_seconds
+                queue.wait_for_change(max(0.05, poll if due is None else min(due, poll)))
+                continue
+            with self._lock:
+                self._running[worker] = job.id
+            try:
+                self._run(job)
+            finally:
+                with self._lock:
+                    self._running.pop(worker, None)
+
+    def _run(self, job: Job) -> None:
+        queue = self.ctx.queue
+        progress = self._progress(job)
+        runner = run_process_job if job.kind is JobKind.PROCESS else run_dispatch_job
+        try:
+            progress(f"attempt {job.attempts} of {job.max_attempts} started")
+            result = runner(self.ctx, job, progress)
+        except JobInterrupted:
+            queue.release(job.id, "interrupted: service shutting down")
+            log.info("job %d interrupted by shutdown; back in the queue", job.id)
+            return
+        except InputError as exc:
+            state = queue.fail(job.id, f"{type(exc).__name__}: {exc}", permanent=True)
+            log.warning("job %d failed permanently (%s): %s", job.id, state.value, exc)
+            return
+        except DispatchError as exc:
+            state = queue.fail(job.id, f"DispatchError: {exc}")
+            log.warning("job %d: delivery failed (%s), now %s", job.id, exc, state.value)
+            return
+        except Exception as exc:  # noqa: BLE001 - an unexpected error is a failed attempt
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            state = queue.fail(job.id, detail)
+            log.exception("job %d attempt failed, now %s", job.id, state.value)
+            return
+        if queue.complete(job.id, result=result):
+            log.info("job %d succeeded", job.id)

@@ -1,0 +1,124 @@
+"""The deliberate table of accepted SOP classes and transfer syntaxes.
+
+This table is the single source of the presentation contexts the node accepts; it is
+also rendered into CONFORMANCE.md (``dicom-service conformance``) so the document
+cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+# --------------------------------------------------------------------------- transfer syntaxes
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR = "1.2.840.10008.1.2.4.81"
+JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_2000 = "1.2.840.10008.1.2.4.91"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+NATIVE_SYNTAXES: tuple[str, ...] = (EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE)
+IMAGE_SYNTAXES: tuple[str, ...] = (
+    JPEG_BASELINE, JPEG_EXTENDED, JPEG_LOSSLESS, JPEG_LOSSLESS_SV1, JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR, JPEG_2000_LOSSLESS, JPEG_2000, RLE_LOSSLESS,
+)
+#: MPEG-4 AVC/H.264 (.102–.106 and their fragmentable .1 variants) and HEVC (.107/.108),
+#: all decoded by PyAV's bundled FFmpeg.
+VIDEO_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.102.1",
+    "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.103.1",
+    "1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.104.1",
+    "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.105.1",
+    "1.2.840.10008.1.2.4.106", "1.2.840.10008.1.2.4.106.1",
+    "1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108",
+)
+
+TRANSFER_SYNTAX_NAMES: dict[str, str] = {
+    IMPLICIT_LE: "Implicit VR Little Endian",
+    EXPLICIT_LE: "Explicit VR Little Endian",
+    DEFLATED_LE: "Deflated Explicit VR Little Endian",
+    JPEG_BASELINE: "JPEG Baseline (Process 1)",
+    JPEG_EXTENDED: "JPEG Extended (Process 2 & 4)",
+    JPEG_LOSSLESS: "JPEG Lossless, Non-Hierarchical (Process 14)",
+    JPEG_LOSSLESS_SV1: "JPEG Lossless, SV1",
+    JPEG_LS_LOSSLESS: "JPEG-LS Lossless",
+    JPEG_LS_NEAR: "JPEG-LS Near-Lossless",
+    JPEG_2000_LOSSLESS: "JPEG 2000 (Lossless Only)",
+    JPEG_2000: "JPEG 2000",
+    RLE_LOSSLESS: "RLE Lossless",
+    "1.2.840.10008.1.2.4.102": "MPEG-4 AVC/H.264 High Profile / Level 4.1",
+    "1.2.840.10008.1.2.4.102.1": "Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.1",
+    "1.2.840.10008.1.2.4.103": "MPEG-4 AVC/H.264 BD-compatible High Profile / Level 4.1",
+    "1.2.840.10008.1.2.4.103.1": "Fragmentable MPEG-4 AVC/H.264 BD-compatible High Profile / Level 4.1",
+    "1.2.840.10008.1.2.4.104": "MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D Video",
+    "1.2.840.10008.1.2.4.104.1": "Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D Video",
+    "1.2.840.10008.1.2.4.105": "MPEG-4 AVC/H.264 High Profile / Level 4.2 For 3D Video",
+    "1.2.840.10008.1.2.4.105.1": "Fragmentable MPEG-4 AVC/H.264 High Profile / Level 4.2 For 3D Video",
+    "1.2.840.10008.1.2.4.106": "MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2",
+    "1.2.840.10008.1.2.4.106.1": "Fragmentable MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2",
+    "1.2.840.10008.1.2.4.107": "HEVC/H.265 Main Profile / Level 5.1",
+    "1.2.840.10008.1.2.4.108": "HEVC/H.265 Main 10 Profile / Level 5.1",
+}
+
+
+# --------------------------------------------------------------------------- SOP classes
+@dataclass(frozen=True)
+class InputClass:
+    """An accepted storage SOP class and what its content must look like.
+
+    Attributes
+    ----------
+    uid, name : str
+    family : str
+        ``"video"``, ``"photo"`` or ``"radiograph"``: which content checks apply.
+    syntaxes : tuple of str
+        Accepted transfer syntaxes, in our order of preference.
+    samples_per_pixel : tuple of int
+        Allowed (0028,0002) values.
+    """
+
+    uid: str
+    name: str
+    family: str
+    syntaxes: tuple[str, ...]
+    samples_per_pixel: tuple[int, ...]
+
+
+INPUT_CLASSES: tuple[InputClass, ...] = (
+    InputClass("1.2.840.10008.5.1.4.1.1.77.1.4.1", "Video Photographic Image Storage", "video",
+               VIDEO_SYNTAXES + NATIVE_SYNTAXES + IMAGE_SYNTAXES, (3,)),
+    InputClass("1.2.840.10008.5.1.4.1.1.77.1.1.1", "Video Endoscopic Image Storage", "video",
+               VIDEO_SYNTAXES + NATIVE_SYNTAXES + IMAGE_SYNTAXES, (3,)),
+    InputClass("1.2.840.10008.5.1.4.1.1.77.1.4", "VL Photographic Image Storage", "photo",
+               NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1, 3)),
+    InputClass("1.2.840.10008.5.1.4.1.1.77.1.1", "VL Endoscopic Image Storage", "photo",
+               NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1, 3)),
+    InputClass("1.2.840.10008.5.1.4.1.1.7.4", "Multi-frame True Color Secondary Capture Image Storage",
+               "photo", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (3,)),
+    InputClass("1.2.840.10008.5.1.4.1.1.7", "Secondary Capture Image Storage", "photo",
+               NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1, 3)),
+    InputClass("1.2.840.10008.5.1.4.1.1.1.3", "Digital Intra-Oral X-Ray Image Storage - For Presentation",
+               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,)),
+    InputClass("1.2.840.10008.5.1.4.1.1.1.3.1", "Digital Intra-Oral X-Ray Image Storage - For Processing",
+               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,)),
+    InputClass("1.2.840.10008.5.1.4.1.1.1.1", "Digital X-Ray Image Storage - For Presentation",
+               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,)),
+    InputClass("1.2.840.10008.5.1.4.1.1.1.1.1", "Digital X-Ray Image Storage - For Processing",
+               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,)),
+)
+
+
+def input_class(uid: str) -> InputClass | None:
+    """The accepted input class with this SOP Class UID, or None."""
+    for item in INPUT_CLASSES:
+        if item.uid == uid:
+            return item
+    return None

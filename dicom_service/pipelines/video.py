@@ -1,0 +1,90 @@
+"""Video workflow: decode → vision runtime (restore, segment) → result objects.
+
+For each source instance (a video, or a still photograph):
+
+* a video gives an enhanced Video Photographic instance (H.264), a still photograph an
+  enhanced Secondary Capture;
+* a BINARY Segmentation of the teeth on the source frames;
+* a TID 1500 Structured Report summarising what was done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset
+
+from dicom_service.domain import MediaError
+from dicom_service.media.video import read_frames
+from dicom_service.node.contexts import input_class
+from dicom_service.pipelines.base import PipelineOutput, ProgressLog, ResultObject, no_log
+from dicom_service.vision.runtime import VideoRuntime
+from dicom_service.writers.sc import write_secondary_capture
+from dicom_service.writers.seg import write_tooth_segmentation
+from dicom_service.writers.sr import write_video_report
+from dicom_service.writers.video import write_enhanced_video
+
+ENHANCED_PHOTO_SERIES = 9102
+
+
+def _is_video(ds: Dataset, frame_count: int) -> bool:
+    cls = input_class(str(ds.get("SOPClassUID", "")))
+    return (cls is not None and cls.family == "video") or frame_count > 1
+
+
+def process_video_instance(
+    source: Dataset, runtime: VideoRuntime, *, uid_seed: str, progress: ProgressLog = no_log
+) -> tuple[list[ResultObject], dict]:
+    """Run the video workflow on one instance.
+
+    Returns
+    -------
+    objects : list of ResultObject
+    summary : dict
+        JSON-serialisable description (frames, size, steps, metrics).
+    """
+    sop = str(source.SOPInstanceUID)
+    frames, fps = read_frames(source)
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        raise MediaError(f"instance {sop}: no frames decoded")
+    count, height, width = frames.shape[:3]
+    progress(f"{sop}: decoded {count} frames {width}x{height} at {fps:.2f} fps")
+    enhanced = runtime.enhance(frames, fps)
+    progress(f"{sop}: enhanced with {enhanced.algorithm.name}")
+    seed = f"{uid_seed}/{sop}"
+    objects: list[ResultObject] = []
+    if _is_video(source, count):
+        derived = write_enhanced_video(source, enhanced.frames, enhanced.fps, uid_seed=f"{seed}/video")
+        objects.append(ResultObject("video", derived))
+    else:
+        derived = write_secondary_capture(
+            source, enhanced.frames[0], description="AI enhanced photo",
+            series_number=ENHANCED_PHOTO_SERIES, uid_seed=f"{seed}/photo",
+            burned_in_annotation=False, algorithm=enhanced.algorithm,
+            derivation_description="; ".join(enhanced.steps),
+        )
+        objects.append(ResultObject("sc", derived))
+    seg = write_tooth_segmentation(source, enhanced.tooth_masks, algorithm=enhanced.algorithm,
+                                   uid_seed=f"{seed}/seg")
+    objects.append(ResultObject("seg", seg))
+    report = write_video_report(source, enhanced, derived=[derived, seg], uid_seed=f"{seed}/sr")
+    objects.append(ResultObject("sr", report))
+    progress(f"{sop}: wrote {', '.join(o.kind for o in objects)}")
+    summary = {
+        "sop_instance_uid": sop, "frames": count, "width": width, "height": height,
+        "fps": fps, "algorithm": enhanced.algorithm.name, "steps": enhanced.steps,
+        "metrics": enhanced.metrics,
+    }
+    return objects, summary
+
+
+def process_videos(
+    sources: Sequence[Dataset], runtime: VideoRuntime, *, uid_seed: str, progress: ProgressLog = no_log
+) -> PipelineOutput:
+    """Run the video workflow on every source instance of a job."""
+    output = PipelineOutput(summary={"workflow": "video", "instances": []})
+    for source in sources:
+        objects, summary = process_video_instance(source, runtime, uid_seed=uid_seed, progress=progress)
+        output.objects.extend(objects)
+        output.summary["instances"].append(summary)
+    return output

@@ -1,0 +1,160 @@
+"""Assembles the node: storage, queue, routing, DICOM SCP, workers and vision runtimes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import dcmread
+
+from dicom_service.config import Settings
+from dicom_service.domain import InputError, Job, JobKind, Workflow
+from dicom_service.jobs.queue import Backoff
+from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
+from dicom_service.jobs.worker import WorkerContext, WorkerPool
+from dicom_service.node.scp import DicomNode, StoredEvent
+from dicom_service.pipelines.base import PipelineOutput
+from dicom_service.pipelines.radiograph import process_radiographs
+from dicom_service.pipelines.video import process_videos
+from dicom_service.routing import Router
+from dicom_service.storage import InstanceStore
+from dicom_service.vision.registry import build_radiograph_runtime, build_video_runtime, resolve_device
+from dicom_service.vision.runtime import RadiographRuntime, VideoRuntime
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "api-token"
+
+
+def ensure_api_tokens(settings: Settings) -> list[str]:
+    """The accepted API tokens: configured ones, or one kept in ``<storage>/api-token``.
+
+    With no token configured (and authentication not disabled) a random token is
+    created once, written with mode 0600, and its location logged (never the token).
+    """
+    if settings.http.tokens:
+        return list(settings.http.tokens)
+    if settings.http.auth_disabled:
+        return []
+    path = Path(settings.storage.path) / TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+        log.warning("no http.tokens configured: created an API token in %s", path)
+    return [path.read_text().strip()]
+
+
+class Runtimes:
+    """The vision runtimes, built once at start (never on the hot path)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.device = resolve_device(settings.device)
+        self.video: VideoRuntime = build_video_runtime(settings.models.video, self.device)
+        self.radiograph: RadiographRuntime = build_radiograph_runtime(settings.models.radiograph, self.device)
+        log.info("vision runtimes on %s: video=%s, radiograph=%s", self.device,
+                 self.video.info.name, self.radiograph.info.name)
+
+
+def make_process_fn(store: InstanceStore, runtimes: Runtimes) -> Callable[[Job, Callable[[str], None]], PipelineOutput]:
+    """The function workers call to run a processing job."""
+
+    def process(job: Job, progress: Callable[[str], None]) -> PipelineOutput:
+        metas = []
+        for uid in job.payload.get("sop_instance_uids", []):
+            meta = store.instance(uid)
+            if meta is None:
+                raise InputError(f"instance {uid} is not in the index")
+            metas.append(meta)
+        datasets = [dcmread(m.path) for m in metas]
+        progress(f"loaded {len(datasets)} instances")
+        if job.workflow is Workflow.VIDEO:
+            return process_videos(datasets, runtimes.video, uid_seed=job.key, progress=progress)
+        if job.workflow is Workflow.RADIOGRAPH:
+            return process_radiographs(datasets, runtimes.radiograph, uid_seed=job.key, progress=progress)
+        raise InputError(f"workflow {job.workflow} has no pipeline")
+
+    return process
+
+
+class Service:
+    """The whole node in one process.
+
+    Parameters
+    ----------
+    settings : Settings
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.api_tokens = ensure_api_tokens(settings)
+        self.store: InstanceStore | None = None
+        self.queue: SQLiteJobQueue | None = None
+        self.router: Router | None = None
+        self.node: DicomNode | None = None
+        self.pools: list[WorkerPool] = []
+        self.runtimes: Runtimes | None = None
+        self._started = threading.Event()
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        """Open storage and queue, recover interrupted jobs, start every part."""
+        s = self.settings
+        root = Path(s.storage.path)
+        self.store = InstanceStore(root, min_free_bytes=s.storage.min_free_mb * 1024 * 1024,
+                                   fsync=s.storage.fsync)
+        backoff = Backoff(s.retry.backoff_initial, s.retry.backoff_factor, s.retry.backoff_max)
+        self.queue = SQLiteJobQueue(root / "jobs.sqlite3", backoff)
+        recovered = self.queue.recover()
+        if recovered:
+            log.warning("%d jobs interrupted by an earlier stop were returned to the queue", recovered)
+        self.runtimes = Runtimes(s)
+        self.router = Router(s.routing, s.retry, self.store, self.queue)
+        ctx = WorkerContext(settings=s, store=self.store, queue=self.queue,
+                            process=make_process_fn(self.store, self.runtimes))
+        self.pools = [
+            WorkerPool(ctx, (JobKind.PROCESS,), s.workers.processing, "process"),
+            WorkerPool(ctx, (JobKind.DISPATCH,), s.workers.dispatch, "dispatch"),
+        ]
+        self.node = DicomNode(s.dicom, self.store, self._on_stored)
+        self.router.start()
+        for pool in self.pools:
+            pool.start()
+        self.node.start()
+        self._started.set()
+        log.info("service started (storage %s)", root.resolve())
+
+    def _on_stored(self, event: StoredEvent) -> None:
+        if event.new and self.router is not None:
+            self.router.notify()
+
+    def stop(self) -> None:
+        """Stop in order: no new associations, routing, then workers (jobs back to the queue)."""
+        if self.node is not None:
+            self.node.stop()
+        if self.router is not None:
+            self.router.stop()
+        for pool in self.pools:
+            pool.stop()
+        if self.queue is not None:
+            self.queue.close()
+        if self.store is not None:
+            self.store.close()
+        self._started.clear()
+        log.info("service stopped")
+
+    # ------------------------------------------------------------------ status
+    def readiness(self) -> dict[str, bool]:
+        """Named readiness checks (all True when ready)."""
+        started = self._started.is_set()
+        return {
+            "started": started,
+            "dicom_listening": bool(started and self.node is not None and self.node.listening),
+            "storage_above_floor": bool(started and self.store is not None and self.store.has_space()),
+            "workers_alive": bool(started and self.pools and all(p.alive() for p in self.pools)),
+        }

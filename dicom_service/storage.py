@@ -1,0 +1,289 @@
+"""Instance store and index: the only module that knows where files lie.
+
+Layout under the storage root::
+
+    instances/<study>/<series>/<sop>.dcm   received instances, bytes as received
+    results/<job id>/<sop>.dcm             result objects waiting for / after dispatch
+    tmp/                                   partial writes (same file system, renamed)
+    index.sqlite3                          instance and study index
+
+Every UID is validated before it becomes a path component.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_service.domain import InstanceMeta, StorageFullError
+from dicom_service.sqlite_db import Database
+from dicom_service.uids import validate_uid
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    body_part TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    routed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS own_results (
+    sop_instance_uid TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    path TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    pending INTEGER NOT NULL DEFAULT 1
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """Result of :meth:`InstanceStore.store`: ``new`` is False for a re-sent instance."""
+
+    meta: InstanceMeta
+    new: bool
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceStore:
+    """Durable instance storage with a SQLite index.
+
+    Parameters
+    ----------
+    root : Path
+        Storage folder (created if missing).
+    min_free_bytes : int
+        Free-space floor; :meth:`store` raises :class:`StorageFullError` below it.
+    fsync : bool
+        Flush each file and its folder to disk before :meth:`store` returns.
+    """
+
+    def __init__(self, root: Path, *, min_free_bytes: int = 0, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.min_free_bytes = min_free_bytes
+        self.fsync = fsync
+        for sub in ("instances", "results", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.db = Database(self.root / "index.sqlite3", _SCHEMA)
+        self._clean_tmp()
+
+    # ------------------------------------------------------------------ space
+    def free_bytes(self) -> int:
+        """Free bytes on the storage volume."""
+        return shutil.disk_usage(self.root).free
+
+    def has_space(self) -> bool:
+        """True while free space is above the floor."""
+        return self.free_bytes() >= self.min_free_bytes
+
+    # ------------------------------------------------------------------ writing
+    def instance_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """Path of an instance; every UID is validated first."""
+        study = validate_uid(study_uid, "StudyInstanceUID")
+        series = validate_uid(series_uid, "SeriesInstanceUID")
+        sop = validate_uid(sop_instance_uid, "SOPInstanceUID")
+        return self.root / "instances" / study / series / f"{sop}.dcm"
+
+    def _write_file(self, target: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int:
+        """Write bytes atomically (tmp file + fsync + rename + fsync of the folder)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / "tmp" / f"{target.name}.{os.getpid()}.{time.monotonic_ns()}"
+        size = 0
+        with open(tmp, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+                size += len(chunk)
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        if self.fsync:
+            _fsync_dir(target.parent)
+        return size
+
+    def store(self, meta: InstanceMeta, chunks: list[bytes] | tuple[bytes, ...]) -> StoreOutcome:
+        """Store one received instance, durably, once.
+
+        Parameters
+        ----------
+        meta : InstanceMeta
+            Identifiers of the instance; ``meta.path`` is ignored and replaced.
+        chunks : sequence of bytes
+            The complete DICOM file (preamble, meta header, data set as received).
+
+        Returns
+        -------
+        StoreOutcome
+            ``new`` is False when this SOP Instance UID was already stored: the file is
+            not written again and the study is not marked as changed.
+
+        Raises
+        ------
+        InvalidUIDError
+            A UID is malformed (nothing is written).
+        StorageFullError
+            Free space is below the floor.
+        """
+        path = self.instance_path(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+        existing = self.db.query(
+            "SELECT path FROM instances WHERE sop_instance_uid = ?", (meta.sop_instance_uid,)
+        )
+        if existing:
+            return StoreOutcome(_replace_path(meta, Path(existing[0]["path"])), new=False)
+        own = self.db.query(
+            "SELECT path FROM own_results WHERE sop_instance_uid = ?", (meta.sop_instance_uid,)
+        )
+        if own:
+            # One of our own results sent back to us (e.g. by a PACS routing rule):
+            # acknowledge it, but never process it again.
+            return StoreOutcome(_replace_path(meta, Path(own[0]["path"])), new=False)
+        if not self.has_space():
+            raise StorageFullError("storage is below its free-space floor")
+        size = self._write_file(path, chunks)
+        now = time.time()
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,0)",
+                (
+                    meta.sop_instance_uid, meta.study_uid, meta.series_uid, meta.sop_class_uid,
+                    meta.transfer_syntax_uid, meta.modality, meta.body_part, meta.calling_ae,
+                    str(path), size, now,
+                ),
+            )
+            new = cur.rowcount == 1
+            if new:
+                conn.execute(
+                    "INSERT INTO studies(study_uid, first_received_at, last_received_at, pending)"
+                    " VALUES (?,?,?,1) ON CONFLICT(study_uid) DO UPDATE SET"
+                    " last_received_at = excluded.last_received_at, pending = 1",
+                    (meta.study_uid, now, now),
+                )
+        return StoreOutcome(_replace_path(meta, path), new=new)
+
+    def write_result(self, job_id: int, sop_instance_uid: str, data: bytes) -> Path:
+        """Durably write a result object of a job and remember it as ours; returns its path."""
+        sop = validate_uid(sop_instance_uid, "SOPInstanceUID")
+        target = self.root / "results" / str(int(job_id)) / f"{sop}.dcm"
+        self._write_file(target, (data,))
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO own_results VALUES (?,?,?)", (sop, int(job_id), str(target))
+            )
+        return target
+
+    # ------------------------------------------------------------------ reading
+    def study_instances(self, study_uid: str) -> list[InstanceMeta]:
+        """Every indexed instance of a study, ordered by series then arrival."""
+        rows = self.db.query(
+            "SELECT * FROM instances WHERE study_uid = ? ORDER BY series_uid, received_at",
+            (study_uid,),
+        )
+        return [_row_to_meta(r) for r in rows]
+
+    def instance(self, sop_instance_uid: str) -> InstanceMeta | None:
+        """One instance by SOP Instance UID, or None."""
+        rows = self.db.query("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return _row_to_meta(rows[0]) if rows else None
+
+    def stable_studies(self, quiet_seconds: float, now: float | None = None) -> list[str]:
+        """Pending studies with no new instance for at least ``quiet_seconds``."""
+        limit = (time.time() if now is None else now) - quiet_seconds
+        rows = self.db.query(
+            "SELECT study_uid FROM studies WHERE pending = 1 AND last_received_at <= ?"
+            " ORDER BY last_received_at",
+            (limit,),
+        )
+        return [r["study_uid"] for r in rows]
+
+    def unrouted_instances(self, study_uid: str) -> list[InstanceMeta]:
+        """Instances of a study that no job has been created for yet."""
+        rows = self.db.query(
+            "SELECT * FROM instances WHERE study_uid = ? AND routed = 0 ORDER BY series_uid, received_at",
+            (study_uid,),
+        )
+        return [_row_to_meta(r) for r in rows]
+
+    def mark_routed(self, study_uid: str, sop_instance_uids: list[str], up_to: float) -> None:
+        """Mark instances as routed and clear the study's pending flag, unless an
+        instance arrived after ``up_to`` (then the study stays pending)."""
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE instances SET routed = 1 WHERE sop_instance_uid = ?",
+                [(s,) for s in sop_instance_uids],
+            )
+            conn.execute(
+                "UPDATE studies SET pending = 0 WHERE study_uid = ? AND last_received_at <= ?",
+                (study_uid, up_to),
+            )
+
+    def next_stable_time(self, quiet_seconds: float) -> float | None:
+        """Epoch time at which the next pending study becomes stable, or None."""
+        rows = self.db.query("SELECT MIN(last_received_at) AS t FROM studies WHERE pending = 1")
+        if not rows or rows[0]["t"] is None:
+            return None
+        return float(rows[0]["t"]) + quiet_seconds
+
+    def counts(self) -> dict[str, int]:
+        """Numbers of instances and studies (for health and metrics)."""
+        inst = self.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
+        studies = self.db.query("SELECT COUNT(*) AS n FROM studies")[0]["n"]
+        return {"instances": int(inst), "studies": int(studies)}
+
+    # ------------------------------------------------------------------ housekeeping
+    def _clean_tmp(self) -> None:
+        """Remove partial writes left by a killed process (never acknowledged)."""
+        for leftover in (self.root / "tmp").iterdir():
+            if leftover.is_file():
+                leftover.unlink()
+                log.info("removed partial write %s left by an earlier run", leftover.name)
+
+    def close(self) -> None:
+        """Close the index."""
+        self.db.close()
+
+
+def _replace_path(meta: InstanceMeta, path: Path) -> InstanceMeta:
+    return InstanceMeta(
+        meta.study_uid, meta.series_uid, meta.sop_instance_uid, meta.sop_class_uid,
+        meta.transfer_syntax_uid, meta.modality, meta.body_part, meta.calling_ae, path,
+    )
+
+
+def _row_to_meta(row) -> InstanceMeta:  # noqa: ANN001 - sqlite3.Row
+    return InstanceMeta(
+        study_uid=row["study_uid"],
+        series_uid=row["series_uid"],
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        transfer_syntax_uid=row["transfer_syntax_uid"],
+        modality=row["modality"],
+        body_part=row["body_part"],
+        calling_ae=row["calling_ae"],
+        path=Path(row["path"]),
+    )

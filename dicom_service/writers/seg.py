@@ -1,0 +1,348 @@
+"""Segmentation objects: teeth on intra-oral videos and photos, implants on radiographs.
+
+SOP class: Segmentation Storage (1.2.840.10008.5.1.4.1.1.66.4), BINARY, 1 bit,
+Explicit VR Little Endian, every source frame kept (no empty-frame omission: OHIF
+misplaces overlays when frames are skipped).
+
+Tooth SEG (video or photo, no Frame of Reference)
+    highdicom 0.28 refuses multi-frame sources without a Frame of Reference, so the
+    IOD (PS3.3 A.51) is written here with pydicom. There is no Frame of Reference, no
+    Pixel Measures, Plane Position or Plane Orientation (all conditional on a Frame of
+    Reference). Per frame: Derivation Image (derivation ``(113076, DCM,
+    "Segmentation")``, source = the video frame with Referenced Frame Number, Spatial
+    Locations Preserved ``YES`` and purpose ``(121322, DCM, "Source image for image
+    processing operation")``) and Frame Content (Dimension Index Values, Temporal
+    Position Index = source frame number). The single segment's Segment Identification
+    is shared. Dimensions: Referenced Segment Number (0062,000B) in Segment
+    Identification, then Temporal Position Index (0020,9128) in Frame Content, which
+    is the source frame number (a video frame is a time point; Referenced Frame Number
+    cannot be a dimension because it is nested two sequences deep).
+
+Implant SEG (radiograph, one frame)
+    Built with ``highdicom.seg.Segmentation``, which accepts single-frame sources
+    without a Frame of Reference: segment 1 "Implant" (260787004 Physical object /
+    40388003 Implant) with every finding's box filled, plus one segment per distinct
+    part label (private code ``(IMPLANTPART, 99DENTALAI, "Dental implant part")``).
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import pack_bits
+from pydicom.tag import Tag
+
+from dicom_service.domain import AlgorithmInfo, RadiographResult
+from dicom_service.writers import common
+
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+TOOTH_SERIES_NUMBER = 9102
+IMPLANT_SERIES_NUMBER = 9002
+
+_LOSSY_TRANSFER_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.203",
+    }
+    | {f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)}
+    | {f"1.2.840.10008.1.2.4.{n}.1" for n in range(100, 107)}
+)
+
+
+def write_tooth_segmentation(
+    source: Dataset,
+    masks: np.ndarray,
+    *,
+    algorithm: AlgorithmInfo,
+    uid_seed: str | None = None,
+    series_number: int = TOOTH_SERIES_NUMBER,
+) -> Dataset:
+    """Write a BINARY tooth Segmentation of a video or a single photograph.
+
+    Parameters
+    ----------
+    source : Dataset
+        Video Photographic / Endoscopic (multi-frame) or VL Photographic /
+        Secondary Capture (single-frame) instance; only its attributes are used.
+    masks : np.ndarray
+        ``(T, H, W)`` bool (or 0/1 integers), ``T`` = the source's Number of Frames
+        (1 for a single-frame source), ``H``/``W`` = its Rows/Columns; ``masks[k]``
+        is the tooth mask of source frame ``k + 1``. Empty frames are kept.
+    algorithm : AlgorithmInfo
+        Segment algorithm; also recorded as Contributing Equipment.
+    uid_seed : str, optional
+        Seed for deterministic UIDs.
+    series_number : int
+        Series Number of the new series.
+
+    Returns
+    -------
+    Dataset
+        Complete Segmentation instance with file meta; frame ``k + 1`` is ``masks[k]``.
+
+    Raises
+    ------
+    ValueError
+        If ``masks`` does not match the source frames, is not binary, or the source
+        has a Frame of Reference (not supported for this object).
+    """
+    frames = _validate_masks(source, masks)
+    if "FrameOfReferenceUID" in source:
+        raise ValueError(
+            "source has a Frame of Reference; the tooth SEG writer supports only "
+            "photographs and videos without one"
+        )
+    n_frames, rows, cols = frames.shape
+    multi_frame = "NumberOfFrames" in source
+    uids = common.object_uids(uid_seed, "seg/tooth")
+
+    ds = Dataset()
+    common.copy_patient_study(source, ds)
+    common.set_series_and_equipment(
+        ds, modality="SEG", series_uid=uids.series, series_number=series_number,
+        description="AI tooth segmentation",
+    )
+    common.set_sop_common(ds, sop_class_uid=SEGMENTATION, sop_instance_uid=uids.instance)
+    common.copy_series_anatomy(source, ds)
+    _set_lossy(source, ds)
+
+    # General Image, Image Pixel, Segmentation Image
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.PatientOrientation = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.BitsAllocated = 1
+    ds.BitsStored = 1
+    ds.HighBit = 0
+    ds.PixelRepresentation = 0
+    ds.SegmentationType = "BINARY"
+    ds.ContentLabel = "TEETH"
+    ds.ContentDescription = "Teeth segmented on every frame"
+    ds.ContentCreatorName = ""
+    ds.SegmentsOverlap = "NO"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.SegmentSequence = [
+        hd.seg.SegmentDescription(
+            segment_number=1,
+            segment_label="Tooth",
+            segmented_property_category=common.ANATOMICAL_STRUCTURE,
+            segmented_property_type=common.TOOTH,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=common.hd_algorithm_identification(algorithm),
+            tracking_uid=uids.derive("segment/1"),
+            tracking_id="Teeth",
+        )
+    ]
+
+    # Multi-frame Dimension
+    dimension_uid = uids.derive("dimension-organization")
+    organization = Dataset()
+    organization.DimensionOrganizationUID = dimension_uid
+    ds.DimensionOrganizationSequence = [organization]
+    ds.DimensionIndexSequence = [
+        _dimension(dimension_uid, "ReferencedSegmentNumber", "SegmentIdentificationSequence",
+                   "Referenced Segment Number"),
+        _dimension(dimension_uid, "TemporalPositionIndex", "FrameContentSequence",
+                   "Source frame number"),
+    ]
+
+    # Multi-frame Functional Groups
+    ds.NumberOfFrames = n_frames
+    shared = Dataset()
+    segment_identification = Dataset()
+    segment_identification.ReferencedSegmentNumber = 1
+    shared.SegmentIdentificationSequence = [segment_identification]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = [
+        _per_frame_item(source, index + 1, multi_frame) for index in range(n_frames)
+    ]
+
+    # References: General Image Source Image Sequence and Common Instance Reference
+    whole = common.source_image_reference(source)
+    whole.PurposeOfReferenceCodeSequence = [common.code_item(common.SOURCE_IMAGE_FOR_PROCESSING)]
+    ds.SourceImageSequence = [whole]
+    ds.ReferencedSeriesSequence = common.referenced_series_item([source])
+
+    ds.PixelData = pack_bits(frames.reshape(-1), pad=True)
+    common.add_algorithm_equipment(ds, algorithm)
+    return ds
+
+
+def write_implant_segmentation(
+    source: Dataset,
+    result: RadiographResult,
+    *,
+    uid_seed: str | None = None,
+    series_number: int = IMPLANT_SERIES_NUMBER,
+) -> Dataset:
+    """Write a BINARY Segmentation of the implants found on a radiograph.
+
+    Parameters
+    ----------
+    source : Dataset
+        The single-frame radiograph (IO, DX or PX) the result was computed on.
+    result : RadiographResult
+        ``result.image_shape`` must equal ``(Rows, Columns)`` of ``source``; boxes are
+        ``(x0, y0, x1, y1)`` pixels (x = column, y = row, x1/y1 exclusive).
+    uid_seed : str, optional
+        Seed for deterministic UIDs.
+    series_number : int
+        Series Number of the new series.
+
+    Returns
+    -------
+    Dataset
+        Segment 1 "Implant" = union of all finding boxes; segments 2.. = one per
+        distinct part label (union of that label's part boxes), in first-seen order.
+
+    Raises
+    ------
+    ValueError
+        ``"no findings"`` if ``result.findings`` is empty; also if the image shape
+        does not match the source or the source is multi-frame.
+    """
+    if not result.findings:
+        raise ValueError("no findings")
+    rows, cols = int(source.Rows), int(source.Columns)
+    if tuple(result.image_shape) != (rows, cols):
+        raise ValueError(
+            f"result.image_shape {tuple(result.image_shape)} does not match the source "
+            f"image (Rows, Columns) = ({rows}, {cols})"
+        )
+    if common.source_frame_count(source) != 1:
+        raise ValueError("the implant SEG writer needs a single-frame radiograph")
+
+    part_labels: list[str] = []
+    for finding in result.findings:
+        for part in finding.parts:
+            if part.label not in part_labels:
+                part_labels.append(part.label)
+    planes = np.zeros((1, rows, cols, 1 + len(part_labels)), dtype=bool)
+    for finding in result.findings:
+        _fill_box(planes[0, :, :, 0], finding.box)
+        for part in finding.parts:
+            _fill_box(planes[0, :, :, 1 + part_labels.index(part.label)], part.box)
+
+    uids = common.object_uids(uid_seed, "seg/implant")
+    algorithm_id = common.hd_algorithm_identification(result.algorithm)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=1,
+            segment_label="Implant",
+            segmented_property_category=common.PHYSICAL_OBJECT,
+            segmented_property_type=common.IMPLANT,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm_id,
+            tracking_uid=uids.derive("segment/1"),
+            tracking_id="Implants",
+        )
+    ]
+    for number, label in enumerate(part_labels, start=2):
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=f"Implant part {label}"[:64],
+                segmented_property_category=common.PHYSICAL_OBJECT,
+                segmented_property_type=common.IMPLANT_PART,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm_id,
+                tracking_uid=uids.derive(f"segment/{number}"),
+                tracking_id=f"Implant part {label}"[:64],
+            )
+        )
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=planes,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.series,
+        series_number=series_number,
+        sop_instance_uid=uids.instance,
+        instance_number=1,
+        manufacturer=common.MANUFACTURER,
+        manufacturer_model_name=common.MODEL_NAME,
+        software_versions=common.SOFTWARE_VERSION,
+        device_serial_number=common.DEVICE_SERIAL_NUMBER,
+        content_description="Implants (boxes) found by AI",
+        content_label="IMPLANTS",
+        omit_empty_frames=False,
+    )
+    seg.SeriesDescription = "AI implant segmentation"
+    seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+    common.add_algorithm_equipment(seg, result.algorithm)
+    if part_labels:
+        common.add_private_schemes(seg, {common.PRIVATE_SCHEME})
+    return seg
+
+
+# --------------------------------------------------------------------------- helpers
+def _validate_masks(source: Dataset, masks: np.ndarray) -> np.ndarray:
+    """Check ``masks`` against the source frames; return it as a C-contiguous bool array."""
+    if not isinstance(masks, np.ndarray):
+        raise ValueError(f"masks must be a numpy array, got {type(masks).__name__}")
+    expected = (common.source_frame_count(source), int(source.Rows), int(source.Columns))
+    if masks.ndim != 3 or tuple(masks.shape) != expected:
+        raise ValueError(
+            f"masks shape {tuple(masks.shape)} does not match the source frames "
+            f"(NumberOfFrames, Rows, Columns) = {expected}"
+        )
+    if masks.dtype == bool:
+        return np.ascontiguousarray(masks)
+    if not np.issubdtype(masks.dtype, np.integer) or masks.size and (masks.min() < 0 or masks.max() > 1):
+        raise ValueError(f"masks must be bool or 0/1 integers, got dtype {masks.dtype}")
+    return np.ascontiguousarray(masks.astype(bool))
+
+
+def _set_lossy(source: Dataset, ds: Dataset) -> None:
+    """Lossy Image Compression: inherited from the source (or its transfer syntax)."""
+    meta = getattr(source, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    lossy = source.get("LossyImageCompression", "") == "01" or syntax in _LOSSY_TRANSFER_SYNTAXES
+    ds.LossyImageCompression = "01" if lossy else "00"
+    if lossy:
+        for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if keyword in source:
+                setattr(ds, keyword, source[keyword].value)
+
+
+def _dimension(organization_uid: str, index_keyword: str, group_keyword: str, label: str) -> Dataset:
+    item = Dataset()
+    item.DimensionOrganizationUID = organization_uid
+    item.DimensionIndexPointer = Tag(index_keyword)
+    item.FunctionalGroupPointer = Tag(group_keyword)
+    item.DimensionDescriptionLabel = label
+    return item
+
+
+def _per_frame_item(source: Dataset, frame_number: int, multi_frame: bool) -> Dataset:
+    """Per-frame functional groups for SEG frame ``frame_number`` (1-based)."""
+    ref = common.source_image_reference(source, frame_number=frame_number if multi_frame else None)
+    ref.SpatialLocationsPreserved = "YES"
+    ref.PurposeOfReferenceCodeSequence = [common.code_item(common.SOURCE_IMAGE_FOR_PROCESSING)]
+    derivation = Dataset()
+    derivation.DerivationCodeSequence = [common.code_item(common.SEGMENTATION_DERIVATION)]
+    derivation.SourceImageSequence = [ref]
+    content = Dataset()
+    content.DimensionIndexValues = [1, frame_number]
+    content.TemporalPositionIndex = frame_number
+    item = Dataset()
+    item.DerivationImageSequence = [derivation]
+    item.FrameContentSequence = [content]
+    return item
+
+
+def _fill_box(plane: np.ndarray, box: tuple[float, float, float, float]) -> None:
+    """Set the pixels of ``box`` (x0, y0, x1, y1; x1/y1 exclusive) in ``plane`` (rows, cols)."""
+    rows, cols = plane.shape
+    x0, y0, x1, y1 = box
+    c0 = int(np.clip(np.floor(x0), 0, cols))
+    c1 = int(np.clip(np.ceil(x1), 0, cols))
+    r0 = int(np.clip(np.floor(y0), 0, rows))
+    r1 = int(np.clip(np.ceil(y1), 0, rows))
+    plane[r0:r1, c0:c1] = True

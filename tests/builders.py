@@ -1,0 +1,422 @@
+"""Synthetic DICOM instances for tests: phantoms only, never patient data.
+
+Every builder is deterministic in its pixel content for a given ``seed``; UIDs are new
+(:func:`dicom_service.uids.new_uid`) unless ``study_uid``/``series_uid`` are passed.
+Every valid builder output passes ``dciodvfy`` without errors and can be written with
+``ds.save_as(path, enforce_file_format=True)`` (see :func:`save`).
+
+Boxes are ``(x0, y0, x1, y1)`` in pixels, ``x`` = column, ``y`` = row, ``x1``/``y1``
+exclusive, like :mod:`dicom_service.domain`.
+
+Bad-input helpers (:func:`truncated_bytes`, :func:`non_dicom_bytes`,
+:func:`mismatched_sop_class`, :func:`oversized_rows`, :func:`with_uid`,
+:func:`make_colour_photo_as_dx`) deliberately produce invalid objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydicom import config
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
+
+from dicom_service.media.video import encode_h264_mp4, video_transfer_syntax_for
+from dicom_service.uids import new_uid
+from tests.phantoms import intraoral_phantom, intraoral_scene, panoramic_phantom
+
+Box = tuple[float, float, float, float]
+
+IO_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.3"
+IO_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.3.1"
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+VIDEO_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
+VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
+
+PATIENT_NAME = "PHANTOM^IMPLANT"
+PATIENT_ID = "PH0001"
+
+__all__ = [
+    "make_intraoral_radiograph", "make_intraoral_radiograph_with_truth",
+    "make_panoramic_dx", "make_panoramic_dx_with_truth", "make_video_photographic",
+    "make_intraoral_scene", "make_vl_photographic_jpeg", "make_colour_photo_as_dx",
+    "truncated_bytes", "non_dicom_bytes", "mismatched_sop_class", "oversized_rows",
+    "with_uid", "save", "dciodvfy_errors",
+]
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def _base(sop_class: str, modality: str, transfer_syntax: str, *, study_uid: str | None,
+          series_uid: str | None, series_description: str) -> Dataset:
+    """Patient, study, series, equipment and SOP common attributes of a phantom."""
+    ds = Dataset()
+    sop_uid = new_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid or new_uid()
+    ds.SeriesInstanceUID = series_uid or new_uid()
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = "20240102"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = "101500"
+    ds.AccessionNumber = "ACC0001"
+    ds.ReferringPhysicianName = "REFERRER^PHANTOM"
+    ds.StudyID = "1"
+    ds.StudyDescription = "Synthetic phantom study"
+    ds.Modality = modality
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = series_description
+    ds.InstanceNumber = 1
+    ds.Manufacturer = "dicom_service test builders"
+    ds.ManufacturerModelName = "phantom"
+    ds.SoftwareVersions = "1"
+    ds.BurnedInAnnotation = "NO"
+    return ds
+
+
+def _radiograph_dataset(image: np.ndarray, *, sop_class: str, modality: str,
+                        bits_stored: int, photometric: str, for_processing: bool,
+                        study_uid: str | None, series_uid: str | None,
+                        description: str) -> Dataset:
+    """Wrap a ``(rows, columns)`` float radiopacity image in ``[0, 1]`` as DX/IO."""
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    if not 8 <= bits_stored <= 16:
+        raise ValueError(f"bits_stored must be in [8, 16], got {bits_stored}")
+    ds = _base(sop_class, modality, ExplicitVRLittleEndian, study_uid=study_uid,
+               series_uid=series_uid, series_description=description)
+    max_value = (1 << bits_stored) - 1
+    # Presentation images use 10-90 % of the range so the VOI window matters;
+    # processing images a smaller, offset range so that a percentile window is needed.
+    low, high = (0.10, 0.90) if not for_processing else (0.05, 0.60)
+    stored = np.clip(np.rint((low + (high - low) * image) * max_value), 0, max_value).astype("<u2")
+    if photometric == "MONOCHROME1":
+        stored = (max_value - stored).astype("<u2")
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PROCESSING" if for_processing else "FOR PRESENTATION"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = int(image.shape[0]), int(image.shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "US"
+    ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+    ds.PixelIntensityRelationship = "LIN"
+    # -1: higher stored values mean less X-ray intensity (more radiopaque).
+    ds.PixelIntensityRelationshipSign = 1 if photometric == "MONOCHROME1" else -1
+    ds.LossyImageCompression = "00"
+    ds.PixelSpacing = ds.ImagerPixelSpacing = [0.1, 0.1]
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.PixelSpacingCalibrationDescription = "phantom geometry"
+    ds.DetectorType = "SCINTILLATOR"
+    ds.KVP = 65
+    ds.PatientOrientation = ["L", "F"] if modality == "IO" else ["R", "F"]
+    ds.AcquisitionContextSequence = []
+    ds.PositionerType = "NONE"
+    if not for_processing:
+        ds.WindowCenter = round((low + high) / 2 * max_value, 1)
+        ds.WindowWidth = round((high - low) * max_value, 1)
+        ds.VOILUTFunction = "LINEAR"
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def make_intraoral_radiograph_with_truth(
+    *, implants: int = 1, rows: int = 416, cols: int = 416, bits_stored: int = 12,
+    photometric: str = "MONOCHROME2", for_processing: bool = False, seed: int = 0,
+    study_uid: str | None = None, series_uid: str | None = None,
+) -> tuple[Dataset, list[Box]]:
+    """Digital Intra-Oral X-Ray phantom with the true implant boxes.
+
+    Parameters
+    ----------
+    implants : int
+        Number of threaded-screw implant phantoms (0-3).
+    rows, cols : int
+        Image size.
+    bits_stored : int
+        8-16; BitsAllocated is always 16.
+    photometric : {"MONOCHROME2", "MONOCHROME1"}
+        MONOCHROME1 stores inverted values (and PresentationLUTShape INVERSE), so
+        implants still display white.
+    for_processing : bool
+        For Processing SOP class (no VOI window) instead of For Presentation.
+    seed : int
+        Pixel content seed.
+
+    Returns
+    -------
+    ds : Dataset
+        Modality IO, Explicit VR Little Endian, 16 bits allocated.
+    boxes : list of tuple
+        ``(x0, y0, x1, y1)`` of each implant (x = column, y = row, exclusive ends).
+    """
+    image, boxes = intraoral_phantom(rows, cols, implants, seed)
+    sop_class = IO_PROCESSING if for_processing else IO_PRESENTATION
+    ds = _radiograph_dataset(image, sop_class=sop_class, modality="IO", bits_stored=bits_stored,
+                             photometric=photometric, for_processing=for_processing,
+                             study_uid=study_uid, series_uid=series_uid,
+                             description="Intra-oral phantom")
+    ds.BodyPartExamined = "JAW"
+    ds.ImageLaterality = "R"
+    ds.AnatomicRegionSequence = [_code("91609006", "SCT", "Mandible")]
+    ds.PrimaryAnatomicStructureSequence = [_code("866006002", "SCT", "Permanent mandibular left first molar tooth")]
+    return ds, boxes
+
+
+def make_intraoral_radiograph(
+    *, implants: int = 1, rows: int = 416, cols: int = 416, bits_stored: int = 12,
+    photometric: str = "MONOCHROME2", for_processing: bool = False, seed: int = 0,
+    study_uid: str | None = None, series_uid: str | None = None,
+) -> Dataset:
+    """Digital Intra-Oral X-Ray phantom; see :func:`make_intraoral_radiograph_with_truth`."""
+    return make_intraoral_radiograph_with_truth(
+        implants=implants, rows=rows, cols=cols, bits_stored=bits_stored,
+        photometric=photometric, for_processing=for_processing, seed=seed,
+        study_uid=study_uid, series_uid=series_uid)[0]
+
+
+def make_panoramic_dx_with_truth(
+    *, implants: int = 3, rows: int = 1000, cols: int = 2000, seed: int = 0,
+    study_uid: str | None = None, series_uid: str | None = None,
+) -> tuple[Dataset, list[Box]]:
+    """Digital X-Ray For Presentation panoramic phantom (modality PX) with true boxes.
+
+    Returns
+    -------
+    ds : Dataset
+        12 bits stored in 16, MONOCHROME2, with a VOI window.
+    boxes : list of tuple
+        ``(x0, y0, x1, y1)`` of each implant.
+    """
+    image, boxes = panoramic_phantom(rows, cols, implants, seed)
+    ds = _radiograph_dataset(image, sop_class=DX_PRESENTATION, modality="PX", bits_stored=12,
+                             photometric="MONOCHROME2", for_processing=False,
+                             study_uid=study_uid, series_uid=series_uid,
+                             description="Panoramic phantom")
+    ds.BodyPartExamined = "JAW"
+    ds.ImageLaterality = "B"
+    ds.ViewPosition = ""
+    ds.AnatomicRegionSequence = [_code("28035005", "SCT", "Teeth, gums and supporting structures")]
+    return ds, boxes
+
+
+def make_panoramic_dx(*, implants: int = 3, rows: int = 1000, cols: int = 2000, seed: int = 0,
+                      study_uid: str | None = None, series_uid: str | None = None) -> Dataset:
+    """Panoramic phantom; see :func:`make_panoramic_dx_with_truth`."""
+    return make_panoramic_dx_with_truth(implants=implants, rows=rows, cols=cols, seed=seed,
+                                        study_uid=study_uid, series_uid=series_uid)[0]
+
+
+def make_intraoral_scene(*, frames: int = 30, rows: int = 480, cols: int = 640,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Intraoral-camera-like RGB frames and their true tooth masks.
+
+    Returns
+    -------
+    frames : np.ndarray
+        ``(T, rows, cols, 3)`` uint8 RGB: off-white textured teeth on pink gingiva,
+        noise, slight blur and camera shake between frames.
+    masks : np.ndarray
+        ``(T, rows, cols)`` bool, True on teeth.
+    """
+    return intraoral_scene(frames, rows, cols, seed)
+
+
+def _vl_image_attributes(ds: Dataset, rows: int, cols: int) -> None:
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.SamplesPerPixel = 3
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PlanarConfiguration = 0
+    ds.LossyImageCompression = "01"
+    ds.AcquisitionContextSequence = []
+    ds.PatientOrientation = ""
+    ds.BodyPartExamined = "JAW"
+    ds.AnatomicRegionSequence = [_code("28035005", "SCT", "Teeth, gums and supporting structures")]
+
+
+def make_video_photographic(
+    *, frames: int = 30, rows: int = 480, cols: int = 640, fps: float = 30.0, seed: int = 0,
+    study_uid: str | None = None, series_uid: str | None = None,
+) -> Dataset:
+    """Video Photographic Image Storage (modality XC) holding H.264 High Profile in MP4.
+
+    The MP4 file is one fragment with an empty Basic Offset Table; the transfer syntax
+    comes from :func:`dicom_service.media.video.video_transfer_syntax_for` (``.102`` up
+    to 1920x1080 at 30 fps). Odd sizes are padded to even by the encoder, and
+    Rows/Columns give the padded size.
+    """
+    clip, _ = intraoral_scene(frames, rows, cols, seed)
+    mp4 = encode_h264_mp4(clip, fps)
+    rows_even, cols_even = rows + rows % 2, cols + cols % 2
+    ts = video_transfer_syntax_for(cols_even, rows_even, fps)
+    ds = _base(VIDEO_PHOTOGRAPHIC, "XC", ts, study_uid=study_uid, series_uid=series_uid,
+               series_description="Intraoral camera phantom video")
+    _vl_image_attributes(ds, rows_even, cols_even)
+    ds.PhotometricInterpretation = "YBR_PARTIAL_420"
+    ds.LossyImageCompressionMethod = "ISO_14496_10"
+    ds.NumberOfFrames = frames
+    ds.FrameTime = round(1000.0 / fps, 3)
+    ds.FrameIncrementPointer = 0x00181063  # FrameTime
+    ds.CineRate = max(1, int(round(fps)))
+    ds.RecommendedDisplayFrameRate = max(1, int(round(fps)))
+    ds.StartTrim = 1
+    ds.StopTrim = frames
+    ds.FrameDelay = 0.0
+    ds.ActualFrameDuration = max(1, int(round(1000.0 / fps)))
+    ds.PreferredPlaybackSequencing = 0
+    ds.PixelData = encapsulate([mp4], has_bot=False)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def _jpeg_dataset(rgb: np.ndarray, sop_class: str, modality: str, *, study_uid: str | None,
+                  series_uid: str | None, description: str) -> Dataset:
+    params = [cv2.IMWRITE_JPEG_QUALITY, 92,
+              cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422]
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the JPEG phantom")
+    ds = _base(sop_class, modality, JPEGBaseline8Bit, study_uid=study_uid,
+               series_uid=series_uid, series_description=description)
+    _vl_image_attributes(ds, rgb.shape[0], rgb.shape[1])
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    ds.PixelData = encapsulate([jpeg.tobytes()], has_bot=True)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def make_vl_photographic_jpeg(*, rows: int = 480, cols: int = 640, seed: int = 0,
+                              study_uid: str | None = None, series_uid: str | None = None) -> Dataset:
+    """VL Photographic Image Storage (XC), one JPEG Baseline frame, YBR_FULL_422."""
+    clip, _ = intraoral_scene(1, rows, cols, seed)
+    return _jpeg_dataset(clip[0], VL_PHOTOGRAPHIC, "XC", study_uid=study_uid,
+                         series_uid=series_uid, description="Intraoral photo phantom")
+
+
+def make_colour_photo_as_dx(*, rows: int = 480, cols: int = 640, seed: int = 0,
+                            study_uid: str | None = None, series_uid: str | None = None) -> Dataset:
+    """BAD INPUT: an uncompressed RGB intraoral photo labelled Digital X-Ray (DX, PX).
+
+    Deliberately violates the DX IOD (SamplesPerPixel 3, RGB), like a misconfigured
+    camera that sends to the radiograph route. ``dciodvfy`` reports errors on it.
+    """
+    clip, _ = intraoral_scene(1, rows, cols, seed)
+    ds = _base(DX_PRESENTATION, "PX", ExplicitVRLittleEndian, study_uid=study_uid,
+               series_uid=series_uid, series_description="Colour photo sent as DX")
+    _vl_image_attributes(ds, rows, cols)
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.PhotometricInterpretation = "RGB"
+    ds.LossyImageCompression = "00"
+    ds.PixelData = clip[0].tobytes()
+    return ds
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def _to_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def truncated_bytes(ds: Dataset) -> bytes:
+    """BAD INPUT: the Part 10 file of ``ds`` cut in the middle of its pixel data."""
+    data = _to_bytes(ds)
+    pixel_length = len(ds.PixelData)
+    return data[: len(data) - pixel_length // 2]
+
+
+def non_dicom_bytes() -> bytes:
+    """BAD INPUT: 1 KiB that is not DICOM (no ``DICM`` at offset 128), deterministic."""
+    noise = np.random.default_rng(1234).integers(0, 256, 1024 - 40, dtype=np.uint8).tobytes()
+    return b"%PDF-1.4 this is not a DICOM file at all\n"[:40] + noise
+
+
+def mismatched_sop_class(ds: Dataset) -> Dataset:
+    """BAD INPUT: a copy of ``ds`` whose SOP Class UID says Video Photographic."""
+    out = copy.deepcopy(ds)
+    out.SOPClassUID = VIDEO_PHOTOGRAPHIC
+    out.file_meta.MediaStorageSOPClassUID = VIDEO_PHOTOGRAPHIC
+    return out
+
+
+def oversized_rows(ds: Dataset, factor: int = 8) -> Dataset:
+    """BAD INPUT: a copy of ``ds`` whose Rows and Columns are ``factor`` times too large."""
+    out = copy.deepcopy(ds)
+    out.Rows = min(65535, int(ds.Rows) * factor)
+    out.Columns = min(65535, int(ds.Columns) * factor)
+    return out
+
+
+def with_uid(ds: Dataset, sop_instance_uid: str = "1.2/../../etc") -> Dataset:
+    """BAD INPUT: a copy of ``ds`` with an arbitrary (e.g. path-like) SOP Instance UID.
+
+    pydicom's value validation is bypassed so that the invalid value really is stored.
+    """
+    out = copy.deepcopy(ds)
+    out["SOPInstanceUID"] = DataElement(0x00080018, "UI", sop_instance_uid,
+                                        validation_mode=config.IGNORE)
+    out.file_meta["MediaStorageSOPInstanceUID"] = DataElement(
+        0x00020003, "UI", sop_instance_uid, validation_mode=config.IGNORE)
+    return out
+
+
+def save(ds: Dataset, path: str | Path) -> Path:
+    """Write ``ds`` as a DICOM Part 10 file (``enforce_file_format=True``); return the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def dciodvfy_errors(path: str | Path) -> list[str]:
+    """Run ``dciodvfy`` on a file and return its ``Error`` lines (warnings are ignored).
+
+    A missing ``dciodvfy`` skips the calling test, except with ``CI=true`` in the
+    environment, where it fails it: CI must not silently lose the IOD check.
+    """
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("dciodvfy (Debian package dicom3tools) is required when CI=true")
+        pytest.skip("dciodvfy is not installed")
+    proc = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120, check=False)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]

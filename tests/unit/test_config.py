@@ -1,0 +1,79 @@
+"""Settings: defaults, YAML, environment precedence and error messages naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_service.config import load_settings
+from dicom_service.domain import ConfigError, Workflow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_match_the_issue() -> None:
+    s = load_settings(None)
+    assert (s.dicom.ae_title, s.dicom.port, s.http.port) == ("DENTAL_AI", 11112, 8000)
+    assert s.storage.path == Path("./var")
+    assert s.routing.stability_seconds == 10
+    assert s.device == "auto"
+
+
+def test_annotated_example_is_valid() -> None:
+    s = load_settings(REPO / "deploy" / "config.example.yaml")
+    assert s.destinations[0].ae_title == "ORTHANC"
+    assert Workflow.RADIOGRAPH in s.destinations[0].workflows
+
+
+def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dicom:\n  port: 11113\n  ae_title: FROM_FILE\n")
+    monkeypatch.setenv("DICOM_SERVICE_DICOM__PORT", "11114")
+    s = load_settings(cfg)
+    assert s.dicom.port == 11114
+    assert s.dicom.ae_title == "FROM_FILE"
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("log_level: DEBUG\n")
+    monkeypatch.setenv("DICOM_SERVICE_CONFIG", str(cfg))
+    assert load_settings().log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("dicom:\n  port: 70000\n", "dicom.port"),
+        ("dicom:\n  portt: 1\n", "dicom.portt"),
+        ("dicom:\n  ae_title: THIS_TITLE_IS_FAR_TOO_LONG\n", "dicom.ae_title"),
+        ("dicom:\n  accepted_calling_aets: ['BAD\\\\AE']\n", "dicom.accepted_calling_aets"),
+        ("http:\n  tokens: [short]\n", "http"),
+        ("routing:\n  default_workflow: teleport\n", "routing.default_workflow"),
+        ("destinations:\n  - {name: a, ae_title: X, host: h, port: 1}\n"
+         "  - {name: a, ae_title: Y, host: h, port: 2}\n", "destinations"),
+        ("destinations:\n  - {name: a, ae_title: X, host: h, port: 1, results: [pdf]}\n",
+         "destinations.0.results.0"),
+        ("device: tpu\n", "device"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, yaml_text: str, key: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert key in str(info.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dicom: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(listy)
