@@ -73,13 +73,10 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    """Print the accepted presentation contexts as a Markdown table."""
-    from dicom_service.node.contexts import INPUT_CLASSES, TRANSFER_SYNTAX_NAMES
+    """Print the accepted presentation contexts as Markdown tables (as in CONFORMANCE.md)."""
+    from dicom_service.node.contexts import conformance_tables
 
-    print("| SOP class | UID | transfer syntaxes |\n|---|---|---|")
-    for cls in INPUT_CLASSES:
-        names = ", ".join(f"{TRANSFER_SYNTAX_NAMES[t]} ({t})" for t in cls.syntaxes)
-        print(f"| {cls.name} | {cls.uid} | {names} |")
+    print(conformance_tables(), end="")
     return 0
 
 
@@ -134,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"dicom-service: {exc}", file=sys.stderr)
         return 2
 

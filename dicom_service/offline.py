@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from dicom_service.config import Settings
 from dicom_service.domain import InputError, InstanceMeta, Workflow
+from dicom_service.media.pixels import check_pixel_consistency
 from dicom_service.pipelines.base import PipelineOutput
 from dicom_service.pipelines.radiograph import process_radiographs
 from dicom_service.pipelines.video import process_videos
@@ -36,8 +37,8 @@ class OfflineReport:
 
     @property
     def failed(self) -> bool:
-        """True if any group failed."""
-        return any(g.get("error") for g in self.groups)
+        """True if any instance failed to process."""
+        return any(g.get("errors") for g in self.groups)
 
 
 def iter_files(paths: Sequence[Path]) -> Iterable[Path]:
@@ -65,6 +66,12 @@ def _meta(ds: Dataset, path: Path) -> InstanceMeta:
     )
 
 
+def _run(workflow: Workflow, ds: Dataset, runtimes: Runtimes, key: str, progress) -> PipelineOutput:  # noqa: ANN001
+    if workflow is Workflow.VIDEO:
+        return process_videos([ds], runtimes.video, uid_seed=key, progress=progress)
+    return process_radiographs([ds], runtimes.radiograph, uid_seed=key, progress=progress)
+
+
 def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
                   show_progress: bool = True) -> OfflineReport:
     """Route and process files, write result objects under ``out_dir``.
@@ -80,6 +87,7 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
         try:
             ds = dcmread(path)
             meta = _meta(ds, path)
+            check_pixel_consistency(ds)
         except (InvalidDicomError, InputError, ValueError, OSError, EOFError) as exc:
             report.skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
             log.warning("skipped %s: %s", path.name, type(exc).__name__)
@@ -94,29 +102,24 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
     bar = tqdm(total=len(groups), desc="processing", unit="group", disable=not show_progress)
     for (study_uid, workflow), members in groups.items():
         key = job_key(study_uid, workflow, [m.sop_instance_uid for m, _ in members])
-        entry: dict = {"study_uid": study_uid, "workflow": workflow.value, "instances": len(members)}
-        datasets = [ds for _, ds in members]
-        try:
-            output: PipelineOutput
-            if workflow is Workflow.VIDEO:
-                output = process_videos(datasets, runtimes.video, uid_seed=key, progress=bar.set_postfix_str)
-            else:
-                output = process_radiographs(datasets, runtimes.radiograph, uid_seed=key,
-                                             progress=bar.set_postfix_str)
-        except InputError as exc:
-            entry["error"] = f"{type(exc).__name__}: {exc}"
-            report.groups.append(entry)
-            bar.update(1)
-            continue
+        entry: dict = {"study_uid": study_uid, "workflow": workflow.value, "instances": len(members),
+                       "summary": {"instances": []}, "errors": [], "outputs": []}
         folder = out_dir / study_uid
-        folder.mkdir(parents=True, exist_ok=True)
-        files = []
-        for obj in output.objects:
-            target = folder / f"{obj.kind}-{obj.sop_instance_uid}.dcm"
-            target.write_bytes(obj.to_bytes())
-            files.append(str(target))
-        entry.update(summary=output.summary, outputs=files)
-        report.outputs.extend(files)
+        for meta, ds in members:  # one at a time: a bad instance does not sink its study
+            try:
+                output = _run(workflow, ds, runtimes, key, bar.set_postfix_str)
+            except InputError as exc:
+                entry["errors"].append({"sop_instance_uid": meta.sop_instance_uid,
+                                        "error": f"{type(exc).__name__}: {exc}"})
+                log.warning("instance %s failed: %s", meta.sop_instance_uid, type(exc).__name__)
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            for obj in output.objects:
+                target = folder / f"{obj.kind}-{obj.sop_instance_uid}.dcm"
+                target.write_bytes(obj.to_bytes())
+                entry["outputs"].append(str(target))
+            entry["summary"]["instances"].extend(output.summary["instances"])
+        report.outputs.extend(entry["outputs"])
         report.groups.append(entry)
         bar.update(1)
     bar.close()

@@ -248,7 +248,7 @@ def intraoral_scene(frames: int, rows: int, cols: int, seed: int) -> tuple[np.nd
         matrix = np.array([[1.0, 0.0, -margin - offset[0]], [0.0, 1.0, -margin - offset[1]]], np.float32)
         frame = cv2.warpAffine(world, matrix, (cols, rows), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REFLECT)
-        frame += rng.normal(0.0, 3.0, frame.shape).astype(np.float32)
+        frame += 3.0 * rng.standard_normal(frame.shape, dtype=np.float32)
         out[t] = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
         masks[t] = cv2.warpAffine(teeth, matrix, (cols, rows), flags=cv2.INTER_NEAREST,
                                   borderMode=cv2.BORDER_REFLECT) > 0

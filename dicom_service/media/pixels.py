@@ -75,10 +75,13 @@ def check_pixel_consistency(ds: Dataset) -> None:
         raise MediaError("the pixel data is empty")
     if _is_encapsulated(ds):
         try:
-            first = next(generate_fragments(data), None)
+            # The first item is the Basic Offset Table (may be empty); frames follow.
+            items = generate_fragments(data)
+            next(items, None)
+            has_fragment = any(len(fragment) > 0 for fragment in items)
         except (ValueError, struct.error) as exc:
             raise MediaError(f"encapsulated pixel data is malformed: {exc}") from exc
-        if not first:
+        if not has_fragment:
             raise MediaError("encapsulated pixel data has no fragment")
         return
     rows = _positive_int(ds, "Rows")

@@ -172,11 +172,19 @@ def encode_h264_mp4(frames: np.ndarray, fps: float, *, crf: int = 20, faststart:
     return data
 
 
+def _snap_rate(fps: float) -> float:
+    """Snap a rate computed from a rounded FrameTime to a common rate within 0.05 %."""
+    for common in (24000 / 1001, 30000 / 1001, 60000 / 1001, float(round(fps))):
+        if common > 0 and abs(fps - common) <= 5e-4 * common:
+            return common
+    return fps
+
+
 def _dataset_fps(ds: Dataset) -> float | None:
     """Frame rate from FrameTime (ms), RecommendedDisplayFrameRate or CineRate, if any."""
     frame_time = ds.get("FrameTime")
     if frame_time is not None and float(frame_time) > 0:
-        return 1000.0 / float(frame_time)
+        return _snap_rate(1000.0 / float(frame_time))
     for keyword in ("RecommendedDisplayFrameRate", "CineRate"):
         value = ds.get(keyword)
         if value is not None and float(value) > 0:
@@ -263,7 +271,8 @@ def read_frames(ds: Dataset, *, max_frames: int | None = None) -> tuple[np.ndarr
     ------
     MediaError
         No pixel data, or the bitstream/pixel data is corrupt, truncated or decodes to
-        zero frames.
+        zero frames; an MPEG stream that yields fewer frames than NumberOfFrames
+        declares is taken as truncated.
     UnsupportedInputError
         Pixel data that cannot be turned into RGB frames (e.g. 16-bit colour).
     """
@@ -282,6 +291,10 @@ def read_frames(ds: Dataset, *, max_frames: int | None = None) -> tuple[np.ndarr
         if not data:
             raise MediaError("the encapsulated video pixel data is empty")
         frames, stream_rate = _decode_bitstream(data, max_frames)
+        declared = int(ds.get("NumberOfFrames", 0) or 0)
+        expected = declared if max_frames is None else min(declared, max_frames)
+        if frames.shape[0] < expected:
+            raise MediaError(f"video stream truncated: decoded {frames.shape[0]} of {expected} frames")
     else:
         frames = _decode_with_pydicom(ds, max_frames)
     fps = _dataset_fps(ds) or stream_rate or 1.0

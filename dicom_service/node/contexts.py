@@ -122,3 +122,32 @@ def input_class(uid: str) -> InputClass | None:
         if item.uid == uid:
             return item
     return None
+
+
+def _group_name(syntaxes: tuple[str, ...]) -> str:
+    groups = []
+    if any(t in VIDEO_SYNTAXES for t in syntaxes):
+        groups.append("video")
+    if any(t in NATIVE_SYNTAXES for t in syntaxes):
+        groups.append("native")
+    if any(t in IMAGE_SYNTAXES for t in syntaxes):
+        groups.append("image compression")
+    return " + ".join(groups)
+
+
+def conformance_tables() -> str:
+    """Markdown tables of accepted SOP classes and transfer-syntax groups.
+
+    CONFORMANCE.md embeds this text verbatim; a test keeps the two identical.
+    """
+    lines = ["| SOP class | UID | transfer syntax groups | samples per pixel |", "|---|---|---|---|",
+             f"| Verification | {VERIFICATION} | Implicit VR Little Endian, Explicit VR Little Endian | - |"]
+    for cls in INPUT_CLASSES:
+        spp = " or ".join(str(n) for n in cls.samples_per_pixel)
+        lines.append(f"| {cls.name} | {cls.uid} | {_group_name(cls.syntaxes)} | {spp} |")
+    lines += ["", "| group | transfer syntax | UID |", "|---|---|---|"]
+    for group, syntaxes in (("native", NATIVE_SYNTAXES), ("image compression", IMAGE_SYNTAXES),
+                            ("video", VIDEO_SYNTAXES)):
+        for ts in syntaxes:
+            lines.append(f"| {group} | {TRANSFER_SYNTAX_NAMES[ts]} | {ts} |")
+    return "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_service.config import DicomSettings
 from dicom_service.domain import InstanceMeta, InvalidUIDError, MediaError, StorageFullError
 from dicom_service.media.pixels import check_pixel_consistency
-from dicom_service.node.contexts import INPUT_CLASSES, VERIFICATION, input_class
+from dicom_service.node.contexts import EXPLICIT_LE, IMPLICIT_LE, INPUT_CLASSES, VERIFICATION, input_class
 from dicom_service.storage import InstanceStore
 from dicom_service.uids import validate_uid
 
@@ -129,6 +129,9 @@ def handle_store(
     except Exception as exc:  # noqa: BLE001 - any parse error is a status, not a crash
         log.warning("C-STORE from %s: cannot parse data set (%s)", calling, type(exc).__name__)
         return STATUS_CANNOT_PARSE
+    if not sop_uid or not sop_class:
+        log.warning("C-STORE from %s: data set without SOP Class/Instance UID (not DICOM?)", calling)
+        return STATUS_CANNOT_PARSE
     try:
         for value, name in ((sop_uid, "SOPInstanceUID"), (study, "StudyInstanceUID"),
                             (series, "SeriesInstanceUID"), (sop_class, "SOPClassUID")):
@@ -198,7 +201,7 @@ def build_ae(settings: DicomSettings, accepting: Callable[[], bool]) -> GatedAE:
     ae.require_calling_aet = list(settings.accepted_calling_aets)
     if not settings.accepted_calling_aets:
         log.warning("dicom.accepted_calling_aets is empty: associations from ANY calling AE title are accepted")
-    ae.add_supported_context(VERIFICATION)
+    ae.add_supported_context(VERIFICATION, [IMPLICIT_LE, EXPLICIT_LE])
     for cls in INPUT_CLASSES:
         ae.add_supported_context(cls.uid, list(cls.syntaxes))
     return ae

@@ -54,7 +54,10 @@ def process_video_instance(
     seed = f"{uid_seed}/{sop}"
     objects: list[ResultObject] = []
     if _is_video(source, count):
-        derived = write_enhanced_video(source, enhanced.frames, enhanced.fps, uid_seed=f"{seed}/video")
+        derived = write_enhanced_video(
+            source, enhanced.frames, enhanced.fps, uid_seed=f"{seed}/video", algorithm=enhanced.algorithm,
+            derivation_description="; ".join(enhanced.steps),
+        )
         objects.append(ResultObject("video", derived))
     else:
         derived = write_secondary_capture(

@@ -141,6 +141,51 @@ class ElongatedObjectDetector:
         xb, yb = to_src(b)
         return float(xa), float(ya), float(xb), float(yb)
 
+    @staticmethod
+    def _levels(threshold: float) -> list[float]:
+        """Threshold levels tried in turn: the base threshold and up to 4 steps of 0.04 above."""
+        return [threshold + 0.04 * k for k in range(5) if k == 0 or threshold + 0.04 * k < 0.98]
+
+    def _candidates(self, smooth: np.ndarray, mask: np.ndarray, ring_px: int, scale: float,
+                    source_shape: tuple[int, int]) -> list[tuple[ImplantFinding, np.ndarray]]:
+        """Accepted components of a binary ``mask`` (working resolution).
+
+        Returns pairs of the finding (source pixel coordinates) and a bool mask, shape
+        of ``smooth``, covering the component dilated by ``ring_px``.
+        """
+        rows, cols = source_shape
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        total = float(smooth.shape[0] * smooth.shape[1])
+        out: list[tuple[ImplantFinding, np.ndarray]] = []
+        for label in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[label])
+            if not self.min_area_fraction <= area / total <= self.max_area_fraction:
+                continue
+            component = (labels[y:y + h, x:x + w] == label).astype(np.uint8)
+            rect = cv2.minAreaRect(cv2.findNonZero(component) + np.array([[x, y]], np.int32))
+            long_side, short_side = max(rect[1]), max(min(rect[1]), 1.0)
+            aspect = long_side / short_side
+            fill = area / max(long_side * short_side, 1.0)
+            if aspect < self.min_aspect or fill < self.min_fill:
+                continue
+            pad = ring_px + 1
+            y0, y1 = max(0, y - pad), min(smooth.shape[0], y + h + pad)
+            x0, x1 = max(0, x - pad), min(smooth.shape[1], x + w + pad)
+            local = (labels[y0:y1, x0:x1] == label).astype(np.uint8)
+            contrast = self._contrast(smooth[y0:y1, x0:x1], local, ring_px)
+            if contrast < self.min_contrast:
+                continue
+            score = self._score(contrast, aspect, min(fill, 1.0))
+            if score < self.score_threshold:
+                continue
+            box = (x / scale, y / scale, min(cols, (x + w) / scale), min(rows, (y + h) / scale))
+            accepted = np.zeros(smooth.shape, dtype=bool)
+            accepted[y0:y1, x0:x1] = cv2.dilate(local, np.ones((3, 3), np.uint8),
+                                                iterations=ring_px).astype(bool)
+            out.append((ImplantFinding(box=tuple(float(v) for v in box), score=score,
+                                       axis=self._axis(rect, scale)), accepted))
+        return out
+
     # ------------------------------------------------------------------ protocol
     def detect(self, image: np.ndarray) -> RadiographResult:
         """Detect implant-like objects.
@@ -174,36 +219,17 @@ class ElongatedObjectDetector:
             work = cv2.resize(work, size, interpolation=cv2.INTER_AREA)
         smooth = cv2.GaussianBlur(work, (0, 0), 1.0)
         threshold = self._threshold(smooth)
-        mask = (smooth > threshold).astype(np.uint8)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        total = float(work.shape[0] * work.shape[1])
         ring_px = max(2, round(max(work.shape) / 100))
+        taken = np.zeros(work.shape, dtype=bool)
         findings: list[ImplantFinding] = []
-        for label in range(1, count):
-            x, y, w, h, area = (int(v) for v in stats[label])
-            if not self.min_area_fraction <= area / total <= self.max_area_fraction:
-                continue
-            component = (labels[y:y + h, x:x + w] == label).astype(np.uint8)
-            rect = cv2.minAreaRect(cv2.findNonZero(component) + np.array([[x, y]], np.int32))
-            long_side, short_side = max(rect[1]), max(min(rect[1]), 1.0)
-            aspect = long_side / short_side
-            fill = area / max(long_side * short_side, 1.0)
-            if aspect < self.min_aspect or fill < self.min_fill:
-                continue
-            pad = ring_px + 1
-            y0, y1 = max(0, y - pad), min(work.shape[0], y + h + pad)
-            x0, x1 = max(0, x - pad), min(work.shape[1], x + w + pad)
-            local = (labels[y0:y1, x0:x1] == label).astype(np.uint8)
-            contrast = self._contrast(smooth[y0:y1, x0:x1], local, ring_px)
-            if contrast < self.min_contrast:
-                continue
-            score = self._score(contrast, aspect, min(fill, 1.0))
-            if score < self.score_threshold:
-                continue
-            box = (x / scale, y / scale, min(cols, (x + w) / scale), min(rows, (y + h) / scale))
-            findings.append(ImplantFinding(box=tuple(float(v) for v in box), score=score,
-                                           axis=self._axis(rect, scale)))
+        # Components that fail the shape tests at one level (e.g. an implant touching a
+        # bright crown) are looked at again at higher levels, where they separate.
+        for level in self._levels(threshold):
+            mask = ((smooth > level) & ~taken).astype(np.uint8)
+            mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+            for finding, accepted in self._candidates(smooth, mask, ring_px, scale, (rows, cols)):
+                findings.append(finding)
+                taken |= accepted
         findings.sort(key=lambda f: f.score, reverse=True)
         log.debug("detector: %d findings on %dx%d in %.1f ms (threshold %.3f)", len(findings),
                   rows, cols, 1000 * (time.perf_counter() - started), threshold)

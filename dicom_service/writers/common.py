@@ -13,16 +13,22 @@ Coding choices (they go into the conformance statement)
   detection or morphological operations, or *manual* processing), so the
   ``"baseline"`` family uses the private code ``(BASELINE, 99DENTALAI, "Classical
   image-processing baseline")``. CID 7162 is extensible, so this is permitted.
-* Contributing Equipment (IHE AIR, Rad TF-3 6.5.x): every object carries one item for
-  the algorithm with Purpose of Reference ``(Newcode1, 99IHE, "Processing
-  Algorithm")`` exactly as the IHE AI Results profile asks; dciodvfy accepts it
-  (CID 7005 is extensible).
+* Contributing Equipment (IHE AI Results): every object written for an algorithm
+  carries one item for it with Purpose of Reference ``(Newcode1, 99IHE, "Processing
+  Algorithm")`` as the profile asks, Manufacturer, Manufacturer's Model Name (the
+  algorithm name), Software Versions (its version) and a Device UID stable per name
+  and version. dciodvfy accepts the code (CID 7005 is extensible); the dicom3tools
+  release installed here (2022) predates Device UID in that sequence (Type 3 in the
+  current standard) and warns about it, which is not an error.
 * Private coding schemes ``99DENTALAI`` (ours) and ``99IHE`` (IHE's temporary codes)
-  are declared in the Coding Scheme Identification Sequence (0008,0110) of every
-  object, as PS3.3 C.12.1 requires for non-standard designators.
-* UIDs: with a ``uid_seed`` every UID of an object (series, instance, dimension
-  organisation, ...) is derived from ``f"{uid_seed}/{role}"``, so a retried job
-  writes identical UIDs; without a seed they are random (``2.25`` root).
+  are declared in the Coding Scheme Identification Sequence (0008,0110) whenever an
+  object uses them, as PS3.3 C.12.1 requires for non-standard designators.
+* UIDs: with a ``uid_seed`` the series and instance UIDs (and the UIDs this package
+  assigns itself: tracking UIDs, our dimension organisation) are derived from
+  ``f"{uid_seed}/{kind}/{role}"``, so a retried job writes identical SOP Instance
+  UIDs; without a seed they are random (``2.25`` root). UIDs that highdicom assigns
+  inside its objects are random either way. Callers must put a version into the
+  seed when they write an amended object of the same kind.
 """
 
 from __future__ import annotations
@@ -268,18 +274,19 @@ def copy_patient_study(source: Dataset, target: Dataset) -> None:
     target.StudyInstanceUID = source.StudyInstanceUID
 
 
-def copy_series_anatomy(source: Dataset, target: Dataset) -> None:
+def copy_series_anatomy(source: Dataset, target: Dataset, *, empty_if_unknown: bool = True) -> None:
     """Body Part Examined and Laterality (General Series) from the source.
 
-    Laterality (Type 2C) is copied when the source has it; when the source has
-    neither it nor Body Part Examined, it is written empty ("unknown"), since
-    without a body part nobody can tell whether it is a paired structure.
+    Laterality (Type 2C) is copied when the source has it. When the source has
+    neither it nor Body Part Examined and ``empty_if_unknown`` is true, it is written
+    empty ("unknown": without a body part nobody can tell whether it is paired);
+    dciodvfy wants that for SC, PR and video but an absent one for SEG.
     """
     if source.get("BodyPartExamined"):
         target.BodyPartExamined = source.BodyPartExamined
     if source.get("Laterality"):
         target.Laterality = source.Laterality
-    elif not source.get("BodyPartExamined"):
+    elif empty_if_unknown and not source.get("BodyPartExamined"):
         target.Laterality = ""
 
 

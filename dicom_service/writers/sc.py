@@ -141,28 +141,29 @@ def render_findings(image: np.ndarray, findings: Sequence[ImplantFinding]) -> np
         If ``image`` is not a 2-D array.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 2 or image.size == 0:
-        raise ValueError(f"image must be a non-empty (rows, cols) array, got shape {getattr(image, 'shape', None)}")
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"image must be a non-empty (rows, cols) array, got shape {shape}")
     grey = np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 1.0)
     grey8 = np.round(grey * 255.0).astype(np.uint8)
     canvas = np.ascontiguousarray(np.repeat(grey8[:, :, None], 3, axis=2))
     rows, cols = grey8.shape
     scale = max(rows, cols) / 800.0
-    thickness = max(1, int(round(2 * scale)))
+    thickness = max(2, int(round(2 * scale)))
     font_scale = max(0.35, 0.5 * scale)
     if not findings:
         _banner(canvas, "No implant found", (4, 4), font_scale * 1.2, thickness)
         return canvas
     for index, finding in enumerate(findings, start=1):
         x0, y0, x1, y1 = (int(round(v)) for v in finding.box)
-        cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), _BOX_COLOUR, thickness, cv2.LINE_AA)
         for part in finding.parts:
             px0, py0, px1, py1 = (int(round(v)) for v in part.box)
             cv2.rectangle(
-                canvas, (px0, py0), (px1 - 1, py1 - 1), _PART_COLOUR, max(1, thickness // 2), cv2.LINE_AA
+                canvas, (px0, py0), (px1 - 1, py1 - 1), _PART_COLOUR, max(1, thickness // 2), cv2.LINE_8
             )
         if finding.axis is not None:
             xa, ya, xb, yb = (int(round(v)) for v in finding.axis)
-            cv2.line(canvas, (xa, ya), (xb, yb), _AXIS_COLOUR, max(1, thickness // 2), cv2.LINE_AA)
+            cv2.line(canvas, (xa, ya), (xb, yb), _AXIS_COLOUR, max(1, thickness // 2), cv2.LINE_8)
+        cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), _BOX_COLOUR, thickness, cv2.LINE_8)
         _banner(canvas, label_text(index, finding), (x0, y0), font_scale, thickness, above=True)
     return canvas
 

@@ -107,7 +107,7 @@ def write_tooth_segmentation(
         description="AI tooth segmentation",
     )
     common.set_sop_common(ds, sop_class_uid=SEGMENTATION, sop_instance_uid=uids.instance)
-    common.copy_series_anatomy(source, ds)
+    common.copy_series_anatomy(source, ds, empty_if_unknown=False)
     _set_lossy(source, ds)
 
     # General Image, Image Pixel, Segmentation Image
@@ -274,7 +274,14 @@ def write_implant_segmentation(
         omit_empty_frames=False,
     )
     seg.SeriesDescription = "AI implant segmentation"
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "FrameOfReferenceUID" not in seg and "PixelMeasuresSequence" in shared:
+        # highdicom writes Pixel Spacing without Slice Thickness from a DX/IO source,
+        # which its own reader then refuses; without a Frame of Reference the group is
+        # not required, so drop it.
+        del shared.PixelMeasuresSequence
     seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+    common.copy_series_anatomy(source, seg, empty_if_unknown=False)
     common.add_algorithm_equipment(seg, result.algorithm)
     if part_labels:
         common.add_private_schemes(seg, {common.PRIVATE_SCHEME})

@@ -1,0 +1,82 @@
+"""The console script: serve starts everything, Ctrl-C stops it cleanly; config errors are clear."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.conftest import TEST_TOKEN
+from tests.dicomnet import echo_ok
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited early: {proc.stderr.read()}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            try:  # not listening yet: wait a moment on the process itself, then poll again
+                proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+    raise AssertionError("service not ready in time")
+
+
+def test_serve_then_ctrl_c_shuts_down_cleanly(tmp_path: Path) -> None:
+    dicom_port, http_port = _free_port(), _free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "dicom": {"port": dicom_port, "bind_address": "127.0.0.1"},
+        "http": {"port": http_port, "tokens": [TEST_TOKEN]},
+        "storage": {"path": str(tmp_path / "var"), "min_free_mb": 0},
+    }))
+    proc = subprocess.Popen([sys.executable, "-m", "dicom_service", "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{http_port}/readyz", proc)
+        assert echo_ok(dicom_port)
+        jobs = httpx.get(f"http://127.0.0.1:{http_port}/jobs",
+                         headers={"Authorization": f"Bearer {TEST_TOKEN}"}, timeout=5)
+        assert jobs.status_code == 200 and jobs.json() == []
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert "service stopped" in err
+    assert "Traceback" not in err
+
+
+def test_bad_config_names_the_key_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("dicom:\n  port: 99999\n")
+    proc = subprocess.run([sys.executable, "-m", "dicom_service", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "dicom.port" in proc.stderr
+
+
+def test_conformance_table_lists_every_input_class() -> None:
+    proc = subprocess.run([sys.executable, "-m", "dicom_service", "conformance"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "Video Photographic Image Storage" in proc.stdout
+    assert "1.2.840.10008.1.2.4.102" in proc.stdout

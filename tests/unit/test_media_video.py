@@ -1,0 +1,139 @@
+"""Video decode/encode: H.264 round trips, stills, odd sizes, corrupt streams."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_fragments
+
+from dicom_service.domain import MediaError
+from dicom_service.media.video import (
+    H264_HP_L41,
+    H264_HP_L42_2D,
+    encode_h264_mp4,
+    read_frames,
+    video_transfer_syntax_for,
+)
+from tests import builders
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 arrays of the same shape."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
+
+
+def _with_stream(ds: Dataset, data: bytes) -> Dataset:
+    out = copy.deepcopy(ds)
+    out.PixelData = encapsulate([data + b"\0" * (len(data) % 2)], has_bot=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def video() -> Dataset:
+    return builders.make_video_photographic(frames=12, rows=240, cols=320, seed=4)
+
+
+def test_h264_round_trip(video: Dataset) -> None:
+    frames, fps = read_frames(video)
+    source, _ = builders.make_intraoral_scene(frames=12, rows=240, cols=320, seed=4)
+    assert frames.shape == (12, 240, 320, 3) and frames.dtype == np.uint8
+    assert fps == pytest.approx(30.0)
+    assert psnr(frames, source) > 30.0
+    assert video.file_meta.TransferSyntaxUID == H264_HP_L41
+    assert len(list(generate_fragments(video.PixelData))) == 1
+
+
+def test_mp4_is_faststart_and_in_memory_variant_decodes(video: Dataset) -> None:
+    mp4 = next(generate_fragments(video.PixelData))
+    assert mp4.find(b"moov") < mp4.find(b"mdat")
+    source, _ = builders.make_intraoral_scene(frames=5, rows=64, cols=96, seed=1)
+    plain = encode_h264_mp4(source, 25.0, faststart=False)
+    frames, fps = read_frames(_with_stream(video, plain))
+    assert frames.shape[0] == 5 and psnr(frames, source) > 30.0
+
+
+def test_max_frames_and_ntsc_rate() -> None:
+    ds = builders.make_video_photographic(frames=6, rows=64, cols=96, fps=29.97)
+    frames, fps = read_frames(ds, max_frames=2)
+    assert frames.shape[0] == 2
+    assert fps == pytest.approx(30000 / 1001, rel=1e-6)
+
+
+def test_one_frame_video() -> None:
+    ds = builders.make_video_photographic(frames=1, rows=64, cols=96)
+    frames, _ = read_frames(ds)
+    assert frames.shape == (1, 64, 96, 3)
+
+
+def test_odd_frame_size_is_padded_by_edge_replication() -> None:
+    ds = builders.make_video_photographic(frames=3, rows=101, cols=135, seed=2)
+    assert (ds.Rows, ds.Columns) == (102, 136)
+    frames, _ = read_frames(ds)
+    source, _ = builders.make_intraoral_scene(frames=3, rows=101, cols=135, seed=2)
+    assert frames.shape == (3, 102, 136, 3)
+    assert psnr(frames[:, :101, :135], source) > 30.0
+    assert psnr(frames[:, 101, :135], source[:, 100]) > 25.0
+
+
+def test_grayscale_replicated_frames_round_trip() -> None:
+    grey = np.repeat(np.linspace(0, 255, 64 * 96, dtype=np.uint8).reshape(1, 64, 96, 1), 3, axis=3)
+    grey = np.repeat(grey, 2, axis=0)
+    template = builders.make_video_photographic(frames=2, rows=64, cols=96)
+    frames, _ = read_frames(_with_stream(template, encode_h264_mp4(grey, 30.0)))
+    assert psnr(frames, grey) > 30.0
+    assert np.abs(frames[..., 0].astype(int) - frames[..., 2]).max() <= 6
+
+
+def test_grayscale_radiograph_is_replicated_to_rgb() -> None:
+    ds = builders.make_intraoral_radiograph(rows=64, cols=64)
+    frames, fps = read_frames(ds)
+    assert frames.shape == (1, 64, 64, 3) and fps == 1.0
+    assert np.array_equal(frames[..., 0], frames[..., 1])
+
+
+def test_vl_photographic_jpeg_still() -> None:
+    ds = builders.make_vl_photographic_jpeg(rows=120, cols=160, seed=5)
+    frames, fps = read_frames(ds)
+    source, _ = builders.make_intraoral_scene(frames=1, rows=120, cols=160, seed=5)
+    assert frames.shape == (1, 120, 160, 3) and fps == 1.0
+    assert psnr(frames, source) > 30.0
+
+
+@pytest.mark.parametrize("kind", ["half", "head", "garbage", "zeros"])
+def test_corrupt_or_truncated_streams_raise_media_error(video: Dataset, kind: str) -> None:
+    mp4 = next(generate_fragments(video.PixelData))
+    data = {
+        "half": mp4[: len(mp4) // 2],
+        "head": mp4[:200],
+        "garbage": np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes(),
+        "zeros": bytes(4000),
+    }[kind]
+    with pytest.raises(MediaError):
+        read_frames(_with_stream(video, data))
+
+
+def test_missing_pixel_data_raises_media_error(video: Dataset) -> None:
+    bare = copy.deepcopy(video)
+    del bare.PixelData
+    with pytest.raises(MediaError, match="no pixel data"):
+        read_frames(bare)
+
+
+def test_transfer_syntax_choice() -> None:
+    assert video_transfer_syntax_for(640, 480, 30.0) == H264_HP_L41
+    assert video_transfer_syntax_for(1920, 1080, 29.97) == H264_HP_L41
+    assert video_transfer_syntax_for(1280, 720, 60.0) == H264_HP_L42_2D
+    assert video_transfer_syntax_for(1920, 1080, 50.0) == H264_HP_L42_2D
+    with pytest.raises(MediaError):
+        video_transfer_syntax_for(3840, 2160, 30.0)
+
+
+def test_encoder_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        encode_h264_mp4(np.zeros((2, 16, 16), np.uint8), 30.0)
+    with pytest.raises(ValueError):
+        encode_h264_mp4(np.zeros((1, 16, 16, 3), np.uint8), 0.0)

@@ -1,0 +1,57 @@
+"""Offline mode: ``dicom-service process PATH... --out DIR``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+
+from tests import builders
+
+
+def test_process_folder_writes_results_and_summary(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    radiograph = builders.make_intraoral_radiograph(implants=2, seed=5)
+    empty = builders.make_intraoral_radiograph(implants=0, seed=6)
+    video = builders.make_video_photographic(frames=6, rows=120, cols=160)
+    for name, ds in (("a.dcm", radiograph), ("b.dcm", empty), ("c/v.dcm", video)):
+        builders.save(ds, inputs / name)
+    (inputs / "junk.bin").write_bytes(builders.non_dicom_bytes())
+    (inputs / "cut.dcm").write_bytes(builders.truncated_bytes(builders.make_intraoral_radiograph(seed=7)))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dicom_service", "process", str(inputs), "--out", str(out), "--no-progress",
+         "--data", str(tmp_path / "var")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert line["inputs"] == 5
+    summary = json.loads((out / "summary.json").read_text())
+    reasons = {Path(s["path"]).name: s["reason"] for s in summary["skipped"]}
+    assert "junk.bin" in reasons and "cut.dcm" in reasons
+    workflows = sorted(g["workflow"] for g in summary["groups"])
+    assert workflows.count("radiograph") >= 1 and workflows.count("video") == 1
+    files = [Path(p) for p in summary["outputs"]]
+    assert files and all(p.is_file() for p in files)
+    kinds = {p.name.split("-")[0] for p in files}
+    assert {"sr", "pr", "sc", "seg", "video"} <= kinds
+    for p in files:
+        ds = pydicom.dcmread(p)
+        assert ds.PatientID == builders.PATIENT_ID
+    radiograph_groups = [g for g in summary["groups"] if g["workflow"] == "radiograph"]
+    instances = {i["sop_instance_uid"]: i for g in radiograph_groups for i in g["summary"]["instances"]}
+    assert len(instances[str(radiograph.SOPInstanceUID)]["implants"]) == 2
+    assert instances[str(empty.SOPInstanceUID)]["none_found"] is True
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dicom_service", "process", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "no such file or folder" in proc.stderr
