@@ -17,6 +17,9 @@ median wall time of ``storescu`` is reported. Targets:
     The :class:`~dicom_service.node.scp.DicomNode` and
     :class:`~dicom_service.storage.InstanceStore` alone, in this process.
 
+Before each run, ``os.sync()`` flushes the previous runs' dirty pages, and each run's
+storage is deleted after its count is checked.
+
 Run from the repository root: ``python -m benchmarks.ingest [--count 200] [--repeats 3]``.
 Prints one JSON object on stdout; progress goes to stderr.
 """
@@ -26,11 +29,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +95,14 @@ def storescu_args(storescu: str, port: int, called_aet: str, folder: Path) -> li
 
 
 def send(storescu: str, port: int, called_aet: str, folder: Path) -> float:
-    """Send the corpus; return storescu's wall seconds (raises if any store failed)."""
+    """Send the corpus; return storescu's wall seconds (raises if any store failed).
+
+    Dirty pages of earlier runs are flushed first (``os.sync``) so that their write-back
+    does not land in this run's time.
+    """
     from tests.integration.orthanc import dcmtk_env
 
+    os.sync()
     seconds, proc = timed_run(storescu_args(storescu, port, called_aet, folder), dcmtk_env(), 600)
     if proc.returncode != 0:
         raise RuntimeError(f"storescu failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -115,6 +126,7 @@ def run_dcmtk(storescu: str, corpus: Path, count: int, work: Path) -> float:
         proc.terminate()
         proc.wait(timeout=30)
     stored = sum(1 for _ in out.iterdir())
+    shutil.rmtree(out)
     if stored != count:
         raise RuntimeError(f"storescp stored {stored} of {count} files")
     return seconds
@@ -126,7 +138,8 @@ def run_inprocess(storescu: str, corpus: Path, count: int, work: Path, fsync: bo
     from dicom_service.node.scp import DicomNode
     from dicom_service.storage import InstanceStore
 
-    store = InstanceStore(Path(tempfile.mkdtemp(dir=work, prefix="inproc-")), fsync=fsync)
+    root = Path(tempfile.mkdtemp(dir=work, prefix="inproc-"))
+    store = InstanceStore(root, fsync=fsync)
     node = DicomNode(DicomSettings(port=0, bind_address="127.0.0.1", max_pdu=0), store, lambda _e: None)
     node.start()
     try:
@@ -135,6 +148,7 @@ def run_inprocess(storescu: str, corpus: Path, count: int, work: Path, fsync: bo
         node.stop()
     stored = store.counts()["instances"]
     store.close()
+    shutil.rmtree(root)
     if stored != count:
         raise RuntimeError(f"the in-process node indexed {stored} of {count} instances")
     return seconds
@@ -151,8 +165,9 @@ def run_service(storescu: str, corpus: Path, count: int, work: Path, fsync: bool
         seconds = send(storescu, node.dicom_port, "DENTAL_AI", corpus)
     finally:
         node.stop()
-    with sqlite3.connect(f"file:{node.storage_path / 'index.sqlite3'}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{node.storage_path / 'index.sqlite3'}?mode=ro", uri=True)) as conn:
         stored = int(conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+    shutil.rmtree(node.workdir)
     if stored != count:
         raise RuntimeError(f"the service indexed {stored} of {count} instances")
     return seconds

@@ -91,6 +91,7 @@ class InstanceStore:
         for sub in ("instances", "results", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.db = Database(self.root / "index.sqlite3", _SCHEMA)
+        self._known_dirs: set[Path] = set()
         self._clean_tmp()
 
     # ------------------------------------------------------------------ space
@@ -112,7 +113,9 @@ class InstanceStore:
 
     def _write_file(self, target: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int:
         """Write bytes atomically (tmp file + fsync + rename + fsync of the folder)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._known_dirs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._known_dirs.add(target.parent)
         tmp = self.root / "tmp" / f"{target.name}.{os.getpid()}.{time.monotonic_ns()}"
         size = 0
         with open(tmp, "wb") as fh:
@@ -151,18 +154,15 @@ class InstanceStore:
             Free space is below the floor.
         """
         path = self.instance_path(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-        existing = self.db.query(
-            "SELECT path FROM instances WHERE sop_instance_uid = ?", (meta.sop_instance_uid,)
+        known = self.db.query(
+            "SELECT path FROM instances WHERE sop_instance_uid = ?1"
+            " UNION ALL SELECT path FROM own_results WHERE sop_instance_uid = ?1",
+            (meta.sop_instance_uid,),
         )
-        if existing:
-            return StoreOutcome(_replace_path(meta, Path(existing[0]["path"])), new=False)
-        own = self.db.query(
-            "SELECT path FROM own_results WHERE sop_instance_uid = ?", (meta.sop_instance_uid,)
-        )
-        if own:
-            # One of our own results sent back to us (e.g. by a PACS routing rule):
-            # acknowledge it, but never process it again.
-            return StoreOutcome(_replace_path(meta, Path(own[0]["path"])), new=False)
+        if known:
+            # Already stored, or one of our own results sent back to us (e.g. by a PACS
+            # routing rule): acknowledge it, but never store or process it again.
+            return StoreOutcome(_replace_path(meta, Path(known[0]["path"])), new=False)
         if not self.has_space():
             raise StorageFullError("storage is below its free-space floor")
         size = self._write_file(path, chunks)

@@ -188,7 +188,7 @@ def make_intraoral_radiograph_with_truth(
                              study_uid=study_uid, series_uid=series_uid,
                              description="Intra-oral phantom")
     ds.BodyPartExamined = "JAW"
-    ds.ImageLaterality = "R"
+    ds.ImageLaterality = "L"  # consistent with tooth 36 (FDI), mandibular left first molar
     ds.AnatomicRegionSequence = [_code("91609006", "SCT", "Mandible")]
     ds.PrimaryAnatomicStructureSequence = [_code("866006002", "SCT", "Permanent mandibular left first molar tooth")]
     return ds, boxes

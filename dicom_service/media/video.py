@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_fragments
+from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.pixels import iter_pixels, pixel_array
 
 from dicom_service.domain import MediaError, UnsupportedInputError
@@ -180,6 +180,27 @@ def _snap_rate(fps: float) -> float:
     return fps
 
 
+def encapsulated_bitstream(pixel_data: bytes) -> bytes:
+    """The concatenated fragments of encapsulated pixel data (Basic Offset Table skipped).
+
+    For MPEG transfer syntaxes this is the whole MP4/MPEG-TS/elementary stream.
+
+    Raises
+    ------
+    MediaError
+        If the items are malformed or there is no non-empty fragment.
+    """
+    buffer = io.BytesIO(pixel_data)
+    try:
+        parse_basic_offsets(buffer)
+        data = b"".join(generate_fragments(buffer))
+    except (ValueError, TypeError) as exc:
+        raise MediaError(f"encapsulated pixel data is malformed: {exc}") from exc
+    if not data:
+        raise MediaError("encapsulated pixel data has no fragment")
+    return data
+
+
 def _dataset_fps(ds: Dataset) -> float | None:
     """Frame rate from FrameTime (ms), RecommendedDisplayFrameRate or CineRate, if any."""
     frame_time = ds.get("FrameTime")
@@ -284,12 +305,7 @@ def read_frames(ds: Dataset, *, max_frames: int | None = None) -> tuple[np.ndarr
     ts = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
     stream_rate: float | None = None
     if ts in MPEG_TRANSFER_SYNTAXES:
-        try:
-            data = b"".join(generate_fragments(ds.PixelData))
-        except (ValueError, TypeError) as exc:
-            raise MediaError(f"encapsulated video pixel data is malformed: {exc}") from exc
-        if not data:
-            raise MediaError("the encapsulated video pixel data is empty")
+        data = encapsulated_bitstream(ds.PixelData)
         frames, stream_rate = _decode_bitstream(data, max_frames)
         declared = int(ds.get("NumberOfFrames", 0) or 0)
         expected = declared if max_frames is None else min(declared, max_frames)

@@ -31,6 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_service.config import DicomSettings
 from dicom_service.domain import InstanceMeta, InvalidUIDError, MediaError, StorageFullError
 from dicom_service.media.pixels import check_pixel_consistency
+from dicom_service.node.transport import FastRequestHandler, part10_header
 from dicom_service.node.contexts import EXPLICIT_LE, IMPLICIT_LE, INPUT_CLASSES, VERIFICATION, input_class
 from dicom_service.storage import InstanceStore
 from dicom_service.uids import validate_uid
@@ -165,7 +166,8 @@ def handle_store(
         modality=modality, body_part=body_part, calling_ae=calling, path=store.root,
     )
     try:
-        outcome = store.store(meta, (event.encoded_dataset(include_meta=True),))
+        header = part10_header(sop_class, sop_uid, meta.transfer_syntax_uid, calling)
+        outcome = store.store(meta, (header, event.request.DataSet.getvalue()))
     except StorageFullError:
         log.error("C-STORE from %s refused for %s: storage below its free-space floor", calling, sop_uid)
         return STATUS_OUT_OF_RESOURCES
@@ -249,9 +251,14 @@ class DicomNode:
             (evt.EVT_REJECTED, _log_rejected),
         ]
         with self._lock:
-            self._server = self.ae.start_server(
-                (self.settings.bind_address, self.settings.port), block=False, evt_handlers=handlers
+            server = self.ae.make_server(
+                (self.settings.bind_address, self.settings.port), evt_handlers=handlers,
+                server_class=ThreadedAssociationServer, request_handler=FastRequestHandler,
             )
+            thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+            thread.start()
+            self.ae._servers.append(server)  # so that AE.shutdown() also stops it
+            self._server = server
         log.info("DICOM node %s listening on %s:%d", self.settings.ae_title,
                  self.settings.bind_address, self.port)
 

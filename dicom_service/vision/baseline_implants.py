@@ -136,9 +136,9 @@ class ElongatedObjectDetector:
         a, b = centre - half, centre + half
         if a[1] > b[1]:  # first point is the upper one (smaller row)
             a, b = b, a
-        to_src = lambda p: (p + 0.5) / scale - 0.5  # noqa: E731
-        xa, ya = to_src(a)
-        xb, yb = to_src(b)
+        # working-pixel centres map to source pixel centres: (p + 0.5) / scale - 0.5
+        xa, ya = (a + 0.5) / scale - 0.5
+        xb, yb = (b + 0.5) / scale - 0.5
         return float(xa), float(ya), float(xb), float(yb)
 
     @staticmethod

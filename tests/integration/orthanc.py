@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -145,6 +146,35 @@ def dcmtk_env() -> dict[str, str]:
     return env
 
 
+#: DCMTK storescu option that proposes a file's transfer syntax (``-R`` proposes only it).
+STORESCU_SYNTAX_OPTIONS: dict[str, tuple[str, ...]] = {
+    "1.2.840.10008.1.2": (), "1.2.840.10008.1.2.1": (), "1.2.840.10008.1.2.2": (),
+    "1.2.840.10008.1.2.1.99": ("-xd",), "1.2.840.10008.1.2.5": ("-xr",),
+    "1.2.840.10008.1.2.4.50": ("-xy",), "1.2.840.10008.1.2.4.51": ("-xx",),
+    "1.2.840.10008.1.2.4.70": ("-xs",), "1.2.840.10008.1.2.4.80": ("-xt",),
+    "1.2.840.10008.1.2.4.81": ("-xu",), "1.2.840.10008.1.2.4.90": ("-xv",),
+    "1.2.840.10008.1.2.4.91": ("-xw",), "1.2.840.10008.1.2.4.100": ("-xm",),
+    "1.2.840.10008.1.2.4.101": ("-xh",), "1.2.840.10008.1.2.4.102": ("-xn",),
+    "1.2.840.10008.1.2.4.103": ("-xl",), "1.2.840.10008.1.2.4.104": ("-x2",),
+    "1.2.840.10008.1.2.4.105": ("-x3",), "1.2.840.10008.1.2.4.106": ("-xo",),
+    "1.2.840.10008.1.2.4.107": ("-x4",), "1.2.840.10008.1.2.4.108": ("-x5",),
+}
+
+_STORED = re.compile(r"Received Store Response \((Success|Warning)")
+
+
+class StoreFailed(RuntimeError):
+    """storescu did not get a success (or warning) status for every file."""
+
+
+def _expand(files: Sequence[Path] | Path) -> list[Path]:
+    targets = [files] if isinstance(files, Path) else list(files)
+    out: list[Path] = []
+    for target in targets:
+        out.extend(sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target])
+    return out
+
+
 def storescu(
     files: Sequence[Path] | Path,
     port: int,
@@ -152,31 +182,48 @@ def storescu(
     host: str = "127.0.0.1",
     called_aet: str,
     calling_aet: str = "STORESCU",
-    extra: Iterable[str] = (),
     timeout: float = 300.0,
-    check: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    """Send files (or a folder, scanned) with DCMTK ``storescu`` over one association.
+) -> list[subprocess.CompletedProcess[str]]:
+    """Send DICOM files (folders are expanded) with DCMTK ``storescu``.
 
-    ``-R`` proposes only the presentation contexts the files need, each with its own
-    transfer syntax, so H.264 videos and JPEG photos go out as they are.
+    Files are grouped by transfer syntax and each group goes over one association with
+    ``-R`` and the option that proposes that syntax (``-xn`` for H.264 High Profile
+    4.1, ...), so videos and JPEG photos are sent as they are, not converted.
+
+    Returns
+    -------
+    list of CompletedProcess
+        One per association.
 
     Raises
     ------
-    subprocess.CalledProcessError
-        With ``check`` and a non-zero exit (a failed store or association).
+    StoreFailed
+        A storescu run exited non-zero, or fewer success/warning responses than files
+        came back (storescu's exit code alone misses failures in some modes).
+    ValueError
+        A file's transfer syntax has no storescu option.
     """
+    from pydicom.filereader import read_file_meta_info
+
     exe = require_tool("storescu", "dcmtk")
-    targets = [files] if isinstance(files, Path) else list(files)
-    args = [exe, "-aet", calling_aet, "-aec", called_aet, "-R", "-nh", *extra]
-    if any(t.is_dir() for t in targets):
-        args.append("+sd")
-    args += [host, str(port), *[str(t) for t in targets]]
-    proc = subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    if check and proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout, proc.stderr)
-    return proc
+    groups: dict[tuple[str, ...], list[Path]] = {}
+    for path in _expand(files):
+        syntax = str(read_file_meta_info(path).TransferSyntaxUID)
+        if syntax not in STORESCU_SYNTAX_OPTIONS:
+            raise ValueError(f"no storescu option proposes transfer syntax {syntax} ({path.name})")
+        groups.setdefault(STORESCU_SYNTAX_OPTIONS[syntax], []).append(path)
+    runs = []
+    for options, paths in groups.items():
+        args = [exe, "-v", "-aet", calling_aet, "-aec", called_aet, "-R", *options, host, str(port),
+                *[str(p) for p in paths]]
+        proc = subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        stored = len(_STORED.findall(proc.stdout + proc.stderr))
+        if proc.returncode != 0 or stored != len(paths):
+            raise StoreFailed(f"storescu stored {stored} of {len(paths)} files (exit "
+                              f"{proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+        runs.append(proc)
+    return runs
 
 
 def echoscu(port: int, *, host: str = "127.0.0.1", called_aet: str, calling_aet: str = "ECHOSCU",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 def indexed_instances(storage: Path) -> dict[str, Path]:
     """SOP Instance UID → file path of every instance in the node's index (read-only)."""
     uri = f"file:{storage / 'index.sqlite3'}?mode=ro"
-    with sqlite3.connect(uri, uri=True) as conn:
+    with closing(sqlite3.connect(uri, uri=True)) as conn:
         rows = conn.execute("SELECT sop_instance_uid, path FROM instances").fetchall()
     return {str(uid): Path(path) for uid, path in rows}
 

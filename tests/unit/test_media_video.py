@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate, generate_fragments
+from pydicom.encaps import encapsulate, generate_fragments, parse_basic_offsets
 
 from dicom_service.domain import MediaError
 from dicom_service.media.video import (
     H264_HP_L41,
     H264_HP_L42_2D,
+    encapsulated_bitstream,
     encode_h264_mp4,
     read_frames,
     video_transfer_syntax_for,
@@ -26,8 +28,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
 
 
-def _with_stream(ds: Dataset, data: bytes) -> Dataset:
+def _with_stream(ds: Dataset, data: bytes, frames: int | None = None) -> Dataset:
+    """Copy of the video ``ds`` holding the bitstream ``data`` (and ``frames`` frames)."""
     out = copy.deepcopy(ds)
+    if frames is not None:
+        out.NumberOfFrames = frames
     out.PixelData = encapsulate([data + b"\0" * (len(data) % 2)], has_bot=False)
     return out
 
@@ -44,15 +49,17 @@ def test_h264_round_trip(video: Dataset) -> None:
     assert fps == pytest.approx(30.0)
     assert psnr(frames, source) > 30.0
     assert video.file_meta.TransferSyntaxUID == H264_HP_L41
-    assert len(list(generate_fragments(video.PixelData))) == 1
+    buffer = io.BytesIO(video.PixelData)
+    assert parse_basic_offsets(buffer) == []  # empty Basic Offset Table
+    assert len(list(generate_fragments(buffer))) == 1
 
 
 def test_mp4_is_faststart_and_in_memory_variant_decodes(video: Dataset) -> None:
-    mp4 = next(generate_fragments(video.PixelData))
+    mp4 = encapsulated_bitstream(video.PixelData)
     assert mp4.find(b"moov") < mp4.find(b"mdat")
     source, _ = builders.make_intraoral_scene(frames=5, rows=64, cols=96, seed=1)
     plain = encode_h264_mp4(source, 25.0, faststart=False)
-    frames, fps = read_frames(_with_stream(video, plain))
+    frames, fps = read_frames(_with_stream(video, plain, frames=5))
     assert frames.shape[0] == 5 and psnr(frames, source) > 30.0
 
 
@@ -105,7 +112,7 @@ def test_vl_photographic_jpeg_still() -> None:
 
 @pytest.mark.parametrize("kind", ["half", "head", "garbage", "zeros"])
 def test_corrupt_or_truncated_streams_raise_media_error(video: Dataset, kind: str) -> None:
-    mp4 = next(generate_fragments(video.PixelData))
+    mp4 = encapsulated_bitstream(video.PixelData)
     data = {
         "half": mp4[: len(mp4) // 2],
         "head": mp4[:200],
@@ -137,3 +144,20 @@ def test_encoder_rejects_bad_input() -> None:
         encode_h264_mp4(np.zeros((2, 16, 16), np.uint8), 30.0)
     with pytest.raises(ValueError):
         encode_h264_mp4(np.zeros((1, 16, 16, 3), np.uint8), 0.0)
+
+
+def test_stream_shorter_than_number_of_frames_is_truncated(video: Dataset) -> None:
+    source, _ = builders.make_intraoral_scene(frames=3, rows=64, cols=96, seed=1)
+    with pytest.raises(MediaError, match="truncated"):
+        read_frames(_with_stream(video, encode_h264_mp4(source, 30.0), frames=10))
+
+
+def test_native_multi_frame_rgb_and_max_frames() -> None:
+    still = builders.make_colour_photo_as_dx(rows=32, cols=48, seed=2)
+    multi = copy.deepcopy(still)
+    multi.NumberOfFrames = 3
+    multi.PixelData = still.PixelData * 3
+    frames, fps = read_frames(multi, max_frames=2)
+    assert frames.shape == (2, 32, 48, 3) and fps == 1.0
+    reference = np.frombuffer(still.PixelData, np.uint8).reshape(32, 48, 3)
+    assert np.array_equal(frames[1], reference)

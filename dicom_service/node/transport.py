@@ -1,0 +1,94 @@
+"""Low-latency association handling on top of pynetdicom (pinned to 3.0.x).
+
+pynetdicom's DUL reactor polls its socket and sleeps ``_run_loop_delay`` (1 ms) after
+every idle pass. With one C-STORE at a time per association, those sleeps dominate
+ingest time. :class:`AdaptiveDUL` polls every 50 µs while PDUs are flowing (a PDU
+arrived in the last 20 ms) and falls back to pynetdicom's 1 ms when the association is
+idle, so idle associations cost no more CPU than before.
+
+The subclass is applied by :class:`FastRequestHandler` to each accepted association;
+everything else (negotiation, state machine, DIMSE) is pynetdicom's own code.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import RequestHandler
+
+#: Poll interval while traffic flows, and how long "flowing" lasts after a PDU.
+BUSY_DELAY_S = 0.00005
+BUSY_WINDOW_S = 0.02
+
+
+class AdaptiveDUL(DULServiceProvider):
+    """A DUL provider whose idle sleep is short while PDUs are flowing."""
+
+    @property  # type: ignore[override]
+    def _run_loop_delay(self) -> float:
+        idle_delay = self.__dict__.get("_run_loop_delay", 0.001)
+        started = getattr(self._idle_timer, "_start_time", None)
+        if started is not None and time.time() - started < BUSY_WINDOW_S:
+            return min(BUSY_DELAY_S, idle_delay)
+        return idle_delay
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        self.__dict__["_run_loop_delay"] = value
+
+
+class FastRequestHandler(RequestHandler):
+    """pynetdicom's request handler, with :class:`AdaptiveDUL` for each association."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # The DUL thread has not started yet; only its polling policy changes.
+        assoc.dul.__class__ = AdaptiveDUL
+        return assoc
+
+
+# --------------------------------------------------------------------------- Part 10 header
+#: Our Implementation Class UID (``new_uid("dicom-service/implementation-class")``).
+IMPLEMENTATION_CLASS_UID = "2.25.227480431460742888134297095735827290322"
+
+
+def _element(tag_element: int, vr: bytes, value: bytes) -> bytes:
+    """Encode one group-2 element, Explicit VR Little Endian."""
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 2, tag_element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 2, tag_element, vr, len(value)) + value
+
+
+def _text(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
+                  source_ae: str, implementation_class_uid: str = IMPLEMENTATION_CLASS_UID,
+                  implementation_version: str = "DENTAL_AI_010") -> bytes:
+    """Preamble, ``DICM`` and File Meta Information for a received data set.
+
+    Equivalent to pydicom's ``write_file_meta_info`` for these elements but about
+    twenty times faster, which matters at hundreds of instances per second. UIDs must
+    already be validated (ASCII digits and dots).
+
+    Returns
+    -------
+    bytes
+        128-byte preamble, ``b"DICM"`` and group 0002 with its group length.
+    """
+    body = b"".join((
+        _element(0x0001, b"OB", b"\x00\x01"),
+        _element(0x0002, b"UI", _text(sop_class_uid, b"\x00")),
+        _element(0x0003, b"UI", _text(sop_instance_uid, b"\x00")),
+        _element(0x0010, b"UI", _text(transfer_syntax_uid, b"\x00")),
+        _element(0x0012, b"UI", _text(implementation_class_uid, b"\x00")),
+        _element(0x0013, b"SH", _text(implementation_version, b" ")),
+        _element(0x0016, b"AE", _text(source_ae.strip() or "UNKNOWN", b" ")),
+    ))
+    group_length = _element(0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body

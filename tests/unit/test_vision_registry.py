@@ -1,0 +1,44 @@
+"""Runtime registry: names, devices, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from dicom_service.domain import ConfigError
+from dicom_service.vision.registry import (
+    RADIOGRAPH_RUNTIMES,
+    VIDEO_RUNTIMES,
+    build_radiograph_runtime,
+    build_video_runtime,
+    resolve_device,
+)
+from dicom_service.vision.runtime import RadiographRuntime, VideoRuntime
+
+
+def test_builds_the_baselines() -> None:
+    video = build_video_runtime("baseline", device="cpu")
+    radiograph = build_radiograph_runtime()
+    assert isinstance(video, VideoRuntime) and video.info.family == "baseline"
+    assert isinstance(radiograph, RadiographRuntime) and radiograph.info.family == "baseline"
+    assert build_video_runtime("baseline-unstabilised").stabilise is False
+    assert "baseline" in VIDEO_RUNTIMES and "baseline" in RADIOGRAPH_RUNTIMES
+
+
+def test_unknown_names_list_the_choices() -> None:
+    with pytest.raises(ConfigError, match="valid choices: baseline"):
+        build_video_runtime("sam-huge")
+    with pytest.raises(ConfigError, match="valid choices: baseline"):
+        build_radiograph_runtime("yolo")
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ConfigError):
+        resolve_device("tpu")
+    if importlib.util.find_spec("torch") is None:
+        assert resolve_device("auto") == "cpu"
+        with pytest.raises(ConfigError, match="torch"):
+            resolve_device("cuda:0")
