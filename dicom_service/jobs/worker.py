@@ -11,7 +11,13 @@ from pathlib import Path
 
 from dicom_service.config import Destination, Settings
 from dicom_service.domain import (
-    DispatchError, InputError, Job, JobKind, JobState, ServiceError, Workflow,
+    DispatchError,
+    InputError,
+    Job,
+    JobKind,
+    JobState,
+    ServiceError,
+    Workflow,
 )
 from dicom_service.jobs.queue import JobQueue
 from dicom_service.node.scu import SendTimeouts, send_files

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from dicom_service.uids import is_valid_uid
 from tests import builders
+from tests.dicomcheck import run_dciodvfy
 
 VALID_BUILDERS: dict[str, Callable[[], Dataset]] = {
     "io_presentation": lambda: builders.make_intraoral_radiograph(),
@@ -30,7 +31,7 @@ VALID_BUILDERS: dict[str, Callable[[], Dataset]] = {
 def test_builder_output_passes_dciodvfy_and_rereads(name: str, tmp_path: Path) -> None:
     ds = VALID_BUILDERS[name]()
     path = builders.save(ds, tmp_path / f"{name}.dcm")
-    assert builders.dciodvfy_errors(path) == []
+    assert run_dciodvfy(path) == []
     back = pydicom.dcmread(path)
     assert back.SOPInstanceUID == ds.SOPInstanceUID
     assert back.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,21 +15,11 @@ from dicom_service.config import DicomSettings
 from dicom_service.node.scp import DicomNode, StoredEvent
 from dicom_service.storage import InstanceStore
 from tests import builders
+from tests.dicomcheck import require_tool
 from tests.dicomnet import associate, echo_ok, store, store_raw
 
 IO = "1.2.840.10008.5.1.4.1.1.1.3"
 EXPLICIT = "1.2.840.10008.1.2.1"
-
-
-def _tool(name: str) -> str:
-    import os
-
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{name} is required when CI=true")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 @pytest.fixture
@@ -146,7 +135,7 @@ def test_storage_floor_gives_a700_then_refuses_associations(node) -> None:
 
 def test_dcmtk_echoscu_and_storescu(node, tmp_path: Path) -> None:
     n, _ = node
-    echoscu, storescu = _tool("echoscu"), _tool("storescu")
+    echoscu, storescu = require_tool("echoscu"), require_tool("storescu")
     ok = subprocess.run([echoscu, "-aet", "ECHOSCU", "-aec", "DENTAL_AI", "127.0.0.1", str(n.port)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
