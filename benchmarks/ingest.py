@@ -111,7 +111,13 @@ def send(storescu: str, port: int, called_aet: str, folder: Path) -> float:
 
 def run_dcmtk(storescu: str, corpus: Path, count: int, work: Path) -> float:
     """One run into a fresh DCMTK ``storescp``."""
-    from tests.integration.orthanc import dcmtk_env, free_port, port_open, require_tool, wait_until
+    from tests.integration.orthanc import (
+        dcmtk_env,
+        free_port,
+        port_open,
+        require_tool,
+        wait_until,
+    )
 
     storescp = require_tool("storescp", "dcmtk")
     out = Path(tempfile.mkdtemp(dir=work, prefix="storescp-"))
@@ -237,10 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tools": {"storescu": tool_version(storescu)},
         "notes": [
             "dcmtk_storescp: storescp with TCP_NODELAY=1 and --max-pdu 131072, no fsync",
-            "service_*: python -m dicom_service serve subprocess, INFO logging, SQLite index, "
-            "max_pdu 0 (unlimited), fresh storage per run",
-            "throughput_ratio_to_dcmtk = dcmtk median seconds / target median seconds "
-            "(1.0 = as fast as DCMTK)",
+            ("service_*: python -m dicom_service serve subprocess, INFO logging, SQLite index, "
+             "max_pdu 0 (unlimited), fresh storage per run"),
+            ("throughput_ratio_to_dcmtk = dcmtk median seconds / target median seconds "
+             "(1.0 = as fast as DCMTK)"),
         ],
         "targets": results,
         "primary": {

@@ -40,7 +40,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def log(text: str) -> None:
 
 def orthanc_time(text: str) -> float:
     """Epoch seconds of an Orthanc job timestamp (``20261121T135445.209129``, UTC)."""
-    return datetime.strptime(text, "%Y%m%dT%H%M%S.%f").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(text, "%Y%m%dT%H%M%S.%f").replace(tzinfo=UTC).timestamp()
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,12 @@ def fresh_copy(template: Any) -> Any:
 def one_run(case: Case, orthanc: Any, node: Any, folder: Path) -> dict[str, float]:
     """Send one new study of ``case`` into Orthanc and time it until its results are back."""
     from tests.builders import save
-    from tests.integration.orthanc import ORTHANC_AET, storescu, wait_until
-    from tests.integration.test_orthanc_roundtrip import result_instances
+    from tests.integration.orthanc import (
+        ORTHANC_AET,
+        result_instances,
+        storescu,
+        wait_until,
+    )
 
     ds = fresh_copy(case.template)
     study_uid = str(ds.StudyInstanceUID)
@@ -171,9 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from tests.builders import make_intraoral_radiograph, make_video_photographic
-    from tests.integration.orthanc import NodeProcess, OrthancServer, free_port, require_tool
+    from tests.integration.orthanc import (
+        NodeProcess,
+        OrthancServer,
+        free_port,
+        require_tool,
+    )
 
-    frames = int(round(args.video_seconds * args.fps))
+    frames = round(args.video_seconds * args.fps)
     cases = {
         "radiograph": Case("radiograph", make_intraoral_radiograph(implants=2, seed=3),
                            {"sr": 1, "seg": 1, "pr": 1, "sc": 1},

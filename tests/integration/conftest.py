@@ -16,7 +16,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.orthanc import NodeProcess, OrthancServer, free_port, require_tool
+from tests.integration.orthanc import (
+    NodeProcess,
+    OrthancServer,
+    free_port,
+    require_tool,
+)
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ polling with deadlines (socket connect attempts, HTTP probes, waits on an
   ``deploy/orthanc/orthanc.json`` (ports, storage, the node's address, StableAge and the
   HTTP credentials replaced; the Lua routing script of ``deploy/orthanc`` loaded as is).
 * :class:`NodeProcess` runs ``python -m dicom_service serve`` with a generated YAML file.
-* :func:`storescu` and :func:`echoscu` wrap DCMTK (with ``TCP_NODELAY=1``).
+* :func:`storescu` and :func:`echoscu` wrap DCMTK (with ``TCP_NODELAY=1``); storescu
+  groups files by transfer syntax so videos and JPEG go out unconverted, and counts the
+  success responses (its exit code alone misses failures with some options).
 * :func:`require_tool` skips a test when a tool is missing, except with ``CI=true``,
   where it fails it: CI must never lose these tests silently.
 """
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +46,17 @@ NODE_AET = "DENTAL_AI"
 ORTHANC_AET = "ORTHANC"
 ORTHANC_NODE_MODALITY = "dental-ai"
 RESULT_MANUFACTURER = "Dental AI Node"
+
+#: SOP Class UID → result kind (the names of ``destinations[].results``).
+RESULT_KINDS: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.88.34": "sr",   # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.33": "sr",   # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.66.4": "seg",   # Segmentation
+    "1.2.840.10008.5.1.4.1.1.11.1": "pr",    # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.11.2": "pr",    # Color Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.7": "sc",       # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.77.1.4.1": "video",  # Video Photographic
+}
 
 T = TypeVar("T")
 
@@ -444,6 +457,21 @@ class OrthancServer:
     def jobs(self) -> list[dict[str, Any]]:
         """Orthanc's jobs, expanded."""
         return list(self.get_json("/jobs?expand"))
+
+
+def result_instances(orthanc: OrthancServer, study_uid: str) -> dict[str, list[str]]:
+    """Orthanc instance IDs of the node's results in a study, by result kind.
+
+    Results are the instances of series whose Manufacturer is the node's.
+    """
+    found: dict[str, list[str]] = {}
+    for series in orthanc.study_series(study_uid):
+        if series["MainDicomTags"].get("Manufacturer") != RESULT_MANUFACTURER:
+            continue
+        for instance in series["Instances"]:
+            sop_class = orthanc.instance_metadata(instance).get("SopClassUid", "")
+            found.setdefault(RESULT_KINDS.get(sop_class, sop_class), []).append(instance)
+    return found
 
 
 # --------------------------------------------------------------------------- our service

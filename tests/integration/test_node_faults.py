@@ -7,6 +7,7 @@ with SIGKILL); the index is inspected read-only with :mod:`sqlite3` while it is 
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -21,9 +22,15 @@ from pynetdicom.presentation import build_context
 from dicom_service.uids import new_uid
 from tests import builders
 from tests.integration.orthanc import (
-    NODE_AET, NodeProcess, OrthancServer, echoscu, free_port, storescu, wait_until,
+    NODE_AET,
+    NodeProcess,
+    OrthancServer,
+    echoscu,
+    free_port,
+    result_instances,
+    storescu,
+    wait_until,
 )
-from tests.integration.test_orthanc_roundtrip import result_instances
 
 pytestmark = pytest.mark.integration
 
@@ -110,8 +117,7 @@ def test_twenty_simultaneous_associations(
     def client(index: int) -> None:
         datasets: list[Dataset] = []
         for _ in range(3):
-            ds = base.copy()
-            ds.file_meta = base.file_meta.copy()
+            ds = copy.deepcopy(base)
             uid = new_uid()
             ds.SOPInstanceUID = uid
             ds.file_meta.MediaStorageSOPInstanceUID = uid
@@ -146,6 +152,7 @@ def test_twenty_simultaneous_associations(
     assert errors == []
     assert sorted(statuses) == list(range(clients))
     assert all(codes == [0, 0, 0] for codes in statuses.values()), statuses
+    assert len(sent) == 3 * clients
     assert sent <= set(indexed_instances(node.storage_path))
     proc = echoscu(node.dicom_port, called_aet=NODE_AET)
     assert proc.returncode == 0, proc.stderr

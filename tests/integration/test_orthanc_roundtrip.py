@@ -21,45 +21,29 @@ from pydicom.dataset import Dataset
 from dicom_service.media.video import read_frames
 from dicom_service.uids import new_uid
 from tests import builders
+from tests.dicomcheck import run_dciodvfy
 from tests.integration.conftest import PacsAndNode
 from tests.integration.orthanc import (
-    NODE_AET, ORTHANC_AET, RESULT_MANUFACTURER, NodeProcess, OrthancServer, echoscu, free_port,
-    storescu, wait_until,
+    NODE_AET,
+    ORTHANC_AET,
+    RESULT_MANUFACTURER,
+    NodeProcess,
+    OrthancServer,
+    echoscu,
+    free_port,
+    result_instances,
+    storescu,
+    wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("dcmtk_tools")]
 
-#: SOP Class UID → result kind (the names of ``destinations[].results``).
-RESULT_KINDS: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.88.34": "sr",   # Comprehensive 3D SR
-    "1.2.840.10008.5.1.4.1.1.88.33": "sr",   # Comprehensive SR
-    "1.2.840.10008.5.1.4.1.1.66.4": "seg",   # Segmentation
-    "1.2.840.10008.5.1.4.1.1.11.1": "pr",    # Grayscale Softcopy Presentation State
-    "1.2.840.10008.5.1.4.1.1.11.2": "pr",    # Color Softcopy Presentation State
-    "1.2.840.10008.5.1.4.1.1.7": "sc",       # Secondary Capture
-    "1.2.840.10008.5.1.4.1.1.77.1.4.1": "video",  # Video Photographic
-}
 IMPLANT = ("40388003", "SCT")
 ABSENT = ("2667000", "SCT")
 ROUND_TRIP_TIMEOUT = 120.0
 
 
 # --------------------------------------------------------------------------- helpers
-def result_instances(orthanc: OrthancServer, study_uid: str) -> dict[str, list[str]]:
-    """Orthanc instance IDs of the node's results in a study, by result kind.
-
-    Results are the instances of series whose Manufacturer is the node's.
-    """
-    found: dict[str, list[str]] = {}
-    for series in orthanc.study_series(study_uid):
-        if series["MainDicomTags"].get("Manufacturer") != RESULT_MANUFACTURER:
-            continue
-        for instance in series["Instances"]:
-            sop_class = orthanc.instance_metadata(instance).get("SopClassUid", "")
-            found.setdefault(RESULT_KINDS.get(sop_class, sop_class), []).append(instance)
-    return found
-
-
 def wait_for_results(orthanc: OrthancServer, node: NodeProcess, study_uid: str,
                      expected: dict[str, int], timeout: float = ROUND_TRIP_TIMEOUT) -> dict[str, list[str]]:
     """Poll Orthanc until the study holds at least ``expected`` results of each kind."""
@@ -82,7 +66,7 @@ def download(orthanc: OrthancServer, instance_id: str, folder: Path) -> tuple[Pa
     """Fetch an instance from Orthanc into ``folder``; check it with dciodvfy; read it."""
     path = folder / f"{instance_id}.dcm"
     path.write_bytes(orthanc.instance_file(instance_id))
-    errors = builders.dciodvfy_errors(path)
+    errors = run_dciodvfy(path)
     ds = pydicom.dcmread(path)
     assert errors == [], f"dciodvfy errors in {ds.SOPClassUID.name} {ds.SOPInstanceUID}: {errors}"
     assert orthanc.instance_metadata(instance_id).get("RemoteAET") == NODE_AET
