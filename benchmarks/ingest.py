@@ -100,7 +100,7 @@ def send(storescu: str, port: int, called_aet: str, folder: Path) -> float:
     Dirty pages of earlier runs are flushed first (``os.sync``) so that their write-back
     does not land in this run's time.
     """
-    from tests.integration.orthanc import dcmtk_env
+    from tests.integration.tools import dcmtk_env
 
     os.sync()
     seconds, proc = timed_run(storescu_args(storescu, port, called_aet, folder), dcmtk_env(), 600)
@@ -111,7 +111,7 @@ def send(storescu: str, port: int, called_aet: str, folder: Path) -> float:
 
 def run_dcmtk(storescu: str, corpus: Path, count: int, work: Path) -> float:
     """One run into a fresh DCMTK ``storescp``."""
-    from tests.integration.orthanc import (
+    from tests.integration.tools import (
         dcmtk_env,
         free_port,
         port_open,
@@ -162,7 +162,7 @@ def run_inprocess(storescu: str, corpus: Path, count: int, work: Path, fsync: bo
 
 def run_service(storescu: str, corpus: Path, count: int, work: Path, fsync: bool) -> float:
     """One run into ``dicom-service serve`` (subprocess, real settings, fresh storage)."""
-    from tests.integration.orthanc import NodeProcess
+    from tests.integration.node import NodeProcess
 
     node = NodeProcess(Path(tempfile.mkdtemp(dir=work, prefix="service-")), stability_seconds=3600,
                        settings={"storage": {"fsync": fsync}})
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     args = parser.parse_args(argv)
 
-    from tests.integration.orthanc import require_tool
+    from tests.integration.tools import require_tool
 
     storescu = require_tool("storescu", "dcmtk")
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:

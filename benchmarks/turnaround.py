@@ -90,12 +90,8 @@ def fresh_copy(template: Any) -> Any:
 def one_run(case: Case, orthanc: Any, node: Any, folder: Path) -> dict[str, float]:
     """Send one new study of ``case`` into Orthanc and time it until its results are back."""
     from tests.builders import save
-    from tests.integration.orthanc import (
-        ORTHANC_AET,
-        result_instances,
-        storescu,
-        wait_until,
-    )
+    from tests.integration.orthanc import ORTHANC_AET, result_instances
+    from tests.integration.tools import storescu, wait_until
 
     ds = fresh_copy(case.template)
     study_uid = str(ds.StudyInstanceUID)
@@ -175,12 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from tests.builders import make_intraoral_radiograph, make_video_photographic
-    from tests.integration.orthanc import (
-        NodeProcess,
-        OrthancServer,
-        free_port,
-        require_tool,
-    )
+    from tests.integration.node import NodeProcess
+    from tests.integration.orthanc import OrthancServer
+    from tests.integration.tools import free_port, require_tool
 
     frames = round(args.video_seconds * args.fps)
     cases = {

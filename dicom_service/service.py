@@ -22,7 +22,9 @@ from dicom_service.pipelines.radiograph import process_radiographs
 from dicom_service.pipelines.video import process_videos
 from dicom_service.routing import Router
 from dicom_service.storage import InstanceStore
-from dicom_service.vision.registry import build_radiograph_runtime, build_video_runtime, resolve_device
+from dicom_service.vision.registry import (
+    build_radiograph_runtime, build_video_runtime, check_runtime_names, resolve_device,
+)
 from dicom_service.vision.runtime import RadiographRuntime, VideoRuntime
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        check_runtime_names(settings.models.video, settings.models.radiograph)
+        resolve_device(settings.device)
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None
         self.queue: SQLiteJobQueue | None = None

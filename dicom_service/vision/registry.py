@@ -81,7 +81,7 @@ def _lookup(kind: str, table: Mapping[str, Callable[[str], _R]], name: str) -> C
     factory = table.get(name)
     if factory is None:
         choices = ", ".join(sorted(table))
-        raise ConfigError(f"unknown {kind} runtime {name!r}; valid choices: {choices}")
+        raise ConfigError(f"models.{kind}: unknown runtime {name!r}; valid choices: {choices}")
     return factory
 
 
@@ -113,3 +113,15 @@ def build_radiograph_runtime(name: str = "baseline", device: str = "auto") -> Ra
     runtime = factory(resolved)
     log.info("radiograph runtime %r (%s) on %s", name, runtime.info.name, resolved)
     return runtime
+
+
+def check_runtime_names(video: str, radiograph: str) -> None:
+    """Fail early (at start, before anything listens) on unknown runtime names.
+
+    Raises
+    ------
+    ConfigError
+        Naming the bad setting and the valid choices.
+    """
+    _lookup("video", VIDEO_RUNTIMES, video)
+    _lookup("radiograph", RADIOGRAPH_RUNTIMES, radiograph)

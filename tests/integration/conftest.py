@@ -16,12 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.orthanc import (
-    NodeProcess,
-    OrthancServer,
-    free_port,
-    require_tool,
-)
+from tests.integration.node import NodeProcess
+from tests.integration.orthanc import OrthancServer
+from tests.integration.tools import free_port, require_tool
 
 
 @pytest.fixture

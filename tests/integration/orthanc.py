@@ -1,41 +1,31 @@
-"""Helpers for integration tests and benchmarks: real Orthanc, real DCMTK, the real service.
+"""Debian's Orthanc, configured from ``deploy/orthanc``, for integration tests and benchmarks.
 
-Everything here starts real processes on localhost with free ports and waits for them by
-polling with deadlines (socket connect attempts, HTTP probes, waits on an
-:class:`threading.Event`), never by sleeping a fixed time.
-
-* :class:`OrthancServer` runs Debian's ``Orthanc`` with a configuration generated from
-  ``deploy/orthanc/orthanc.json`` (ports, storage, the node's address, StableAge and the
-  HTTP credentials replaced; the Lua routing script of ``deploy/orthanc`` loaded as is).
-* :class:`NodeProcess` runs ``python -m dicom_service serve`` with a generated YAML file.
-* :func:`storescu` and :func:`echoscu` wrap DCMTK (with ``TCP_NODELAY=1``); storescu
-  groups files by transfer syntax so videos and JPEG go out unconverted, and counts the
-  success responses (its exit code alone misses failures with some options).
-* :func:`require_tool` skips a test when a tool is missing, except with ``CI=true``,
-  where it fails it: CI must never lose these tests silently.
+:class:`OrthancServer` runs ``Orthanc`` with a configuration generated from
+``deploy/orthanc/orthanc.json`` (ports, storage, the node's address, StableAge and the
+HTTP credentials replaced; the Lua routing script of ``deploy/orthanc`` loaded as is) and
+waits until its REST API and DICOM port answer.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-import pytest
-import yaml
+
+from tests.integration.tools import (
+    ProcessDied,
+    free_port,
+    log_tail,
+    port_open,
+    require_tool,
+    stop_process,
+    wait_until,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ORTHANC_DEPLOY_DIR = REPO_ROOT / "deploy" / "orthanc"
@@ -57,209 +47,6 @@ RESULT_KINDS: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.7": "sc",       # Secondary Capture
     "1.2.840.10008.5.1.4.1.1.77.1.4.1": "video",  # Video Photographic
 }
-
-T = TypeVar("T")
-
-
-class ProcessDied(RuntimeError):
-    """A server process exited while we waited for it; the message holds its log tail."""
-
-
-# --------------------------------------------------------------------------- small tools
-def in_ci() -> bool:
-    """True when the environment says ``CI=true`` (missing tools then fail, never skip)."""
-    return os.environ.get("CI", "").strip().lower() == "true"
-
-
-def require_tool(name: str, package: str) -> str:
-    """Absolute path of an executable, or skip the test (fail it under ``CI=true``).
-
-    Parameters
-    ----------
-    name : str
-        Executable name looked up on ``PATH`` (``/usr/sbin`` included).
-    package : str
-        Debian package that provides it, for the message.
-    """
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    found = shutil.which(name, path=search)
-    if found is None:
-        message = f"{name} (Debian package {package}) is not installed"
-        if in_ci():
-            pytest.fail(f"{message}; it is required when CI=true")
-        pytest.skip(message)
-    return found
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(
-    probe: Callable[[], T | None],
-    timeout: float,
-    *,
-    interval: float = 0.1,
-    what: str = "condition",
-    alive: Callable[[], None] | None = None,
-) -> T:
-    """Call ``probe`` until it returns a truthy value; return that value.
-
-    Parameters
-    ----------
-    probe : callable
-        Returns a falsy value while the condition does not hold.
-    timeout : float
-        Seconds before :class:`TimeoutError`.
-    interval : float
-        Seconds between probes (an :class:`threading.Event` wait, not a sleep).
-    what : str
-        Description used in the timeout message.
-    alive : callable, optional
-        Called before each probe; raises (e.g. :class:`ProcessDied`) to stop early.
-    """
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        if alive is not None:
-            alive()
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-        pause.wait(interval)
-
-
-def port_open(host: str, port: int) -> bool:
-    """True if a TCP connection to ``host:port`` is accepted right now."""
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _log_tail(path: Path, lines: int = 60) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def dcmtk_env() -> dict[str, str]:
-    """Environment for DCMTK tools: ``TCP_NODELAY=1`` (no 40 ms delayed-ACK stalls)."""
-    env = dict(os.environ)
-    env["TCP_NODELAY"] = "1"
-    return env
-
-
-#: DCMTK storescu option that proposes a file's transfer syntax (``-R`` proposes only it).
-STORESCU_SYNTAX_OPTIONS: dict[str, tuple[str, ...]] = {
-    "1.2.840.10008.1.2": (), "1.2.840.10008.1.2.1": (), "1.2.840.10008.1.2.2": (),
-    "1.2.840.10008.1.2.1.99": ("-xd",), "1.2.840.10008.1.2.5": ("-xr",),
-    "1.2.840.10008.1.2.4.50": ("-xy",), "1.2.840.10008.1.2.4.51": ("-xx",),
-    "1.2.840.10008.1.2.4.70": ("-xs",), "1.2.840.10008.1.2.4.80": ("-xt",),
-    "1.2.840.10008.1.2.4.81": ("-xu",), "1.2.840.10008.1.2.4.90": ("-xv",),
-    "1.2.840.10008.1.2.4.91": ("-xw",), "1.2.840.10008.1.2.4.100": ("-xm",),
-    "1.2.840.10008.1.2.4.101": ("-xh",), "1.2.840.10008.1.2.4.102": ("-xn",),
-    "1.2.840.10008.1.2.4.103": ("-xl",), "1.2.840.10008.1.2.4.104": ("-x2",),
-    "1.2.840.10008.1.2.4.105": ("-x3",), "1.2.840.10008.1.2.4.106": ("-xo",),
-    "1.2.840.10008.1.2.4.107": ("-x4",), "1.2.840.10008.1.2.4.108": ("-x5",),
-}
-
-_STORED = re.compile(r"Received Store Response \((Success|Warning)")
-
-
-class StoreFailed(RuntimeError):
-    """storescu did not get a success (or warning) status for every file."""
-
-
-def _expand(files: Sequence[Path] | Path) -> list[Path]:
-    targets = [files] if isinstance(files, Path) else list(files)
-    out: list[Path] = []
-    for target in targets:
-        out.extend(sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target])
-    return out
-
-
-def storescu(
-    files: Sequence[Path] | Path,
-    port: int,
-    *,
-    host: str = "127.0.0.1",
-    called_aet: str,
-    calling_aet: str = "STORESCU",
-    timeout: float = 300.0,
-) -> list[subprocess.CompletedProcess[str]]:
-    """Send DICOM files (folders are expanded) with DCMTK ``storescu``.
-
-    Files are grouped by transfer syntax and each group goes over one association with
-    ``-R`` and the option that proposes that syntax (``-xn`` for H.264 High Profile
-    4.1, ...), so videos and JPEG photos are sent as they are, not converted.
-
-    Returns
-    -------
-    list of CompletedProcess
-        One per association.
-
-    Raises
-    ------
-    StoreFailed
-        A storescu run exited non-zero, or fewer success/warning responses than files
-        came back (storescu's exit code alone misses failures in some modes).
-    ValueError
-        A file's transfer syntax has no storescu option.
-    """
-    from pydicom.filereader import read_file_meta_info
-
-    exe = require_tool("storescu", "dcmtk")
-    groups: dict[tuple[str, ...], list[Path]] = {}
-    for path in _expand(files):
-        syntax = str(read_file_meta_info(path).TransferSyntaxUID)
-        if syntax not in STORESCU_SYNTAX_OPTIONS:
-            raise ValueError(f"no storescu option proposes transfer syntax {syntax} ({path.name})")
-        groups.setdefault(STORESCU_SYNTAX_OPTIONS[syntax], []).append(path)
-    runs = []
-    for options, paths in groups.items():
-        args = [exe, "-v", "-aet", calling_aet, "-aec", called_aet, "-R", *options, host, str(port),
-                *[str(p) for p in paths]]
-        proc = subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True,
-                              timeout=timeout, check=False)
-        stored = len(_STORED.findall(proc.stdout + proc.stderr))
-        if proc.returncode != 0 or stored != len(paths):
-            raise StoreFailed(f"storescu stored {stored} of {len(paths)} files (exit "
-                              f"{proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-        runs.append(proc)
-    return runs
-
-
-def echoscu(port: int, *, host: str = "127.0.0.1", called_aet: str, calling_aet: str = "ECHOSCU",
-            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """C-ECHO with DCMTK ``echoscu``; returns the finished process (exit code 0 = success)."""
-    exe = require_tool("echoscu", "dcmtk")
-    args = [exe, "-aet", calling_aet, "-aec", called_aet, host, str(port)]
-    return subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout,
-                          check=False)
-
-
-def _stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> int | None:
-    """Terminate, then kill after ``grace`` seconds; return the exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-    return proc.returncode
 
 
 # --------------------------------------------------------------------------- Orthanc
@@ -406,20 +193,20 @@ class OrthancServer:
     def check_alive(self) -> None:
         """Raise :class:`ProcessDied` (with the log tail) if Orthanc has exited."""
         if self.proc is not None and self.proc.poll() is not None:
-            raise ProcessDied(f"Orthanc exited with {self.proc.returncode}:\n{_log_tail(self.log_path)}")
+            raise ProcessDied(f"Orthanc exited with {self.proc.returncode}:\n{log_tail(self.log_path)}")
 
     def stop(self, grace: float = 15.0) -> int | None:
         """Terminate Orthanc (kill after ``grace`` seconds); return its exit code."""
         if self._client is not None:
             self._client.close()
             self._client = None
-        code = _stop_process(self.proc, grace)
+        code = stop_process(self.proc, grace)
         self.proc = None
         return code
 
     def log_tail(self, lines: int = 60) -> str:
         """The last lines of Orthanc's log."""
-        return _log_tail(self.log_path, lines)
+        return log_tail(self.log_path, lines)
 
     # ------------------------------------------------------------------ REST helpers
     def get_json(self, path: str) -> Any:
@@ -472,146 +259,3 @@ def result_instances(orthanc: OrthancServer, study_uid: str) -> dict[str, list[s
             sop_class = orthanc.instance_metadata(instance).get("SopClassUid", "")
             found.setdefault(RESULT_KINDS.get(sop_class, sop_class), []).append(instance)
     return found
-
-
-# --------------------------------------------------------------------------- our service
-@dataclass
-class NodeProcess:
-    """``python -m dicom_service serve`` as a real subprocess.
-
-    Parameters
-    ----------
-    workdir : Path
-        ``config.yaml``, ``node.log`` and (by default) ``storage.path`` go here.
-    destination_port : int or None
-        DICOM port of the Orthanc that receives results (None: no destination).
-    stability_seconds : float
-        ``routing.stability_seconds``.
-    dicom_port, http_port : int
-        0 picks free ports (kept across restarts of the same object).
-    settings : dict
-        Top-level sections merged over the generated ones (e.g. ``{"storage":
-        {"fsync": False}}``).
-    """
-
-    workdir: Path
-    destination_port: int | None = None
-    stability_seconds: float = 1.0
-    dicom_port: int = 0
-    http_port: int = 0
-    settings: dict[str, Any] = field(default_factory=dict)
-    token: str = field(default_factory=lambda: "itest-" + secrets.token_hex(16))
-    proc: subprocess.Popen[bytes] | None = None
-
-    def __post_init__(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.dicom_port = self.dicom_port or free_port()
-        self.http_port = self.http_port or free_port()
-        self.storage_path = self.workdir / "var"
-        self.config_path = self.workdir / "config.yaml"
-        self.log_path = self.workdir / "node.log"
-        self._client: httpx.Client | None = None
-
-    def config(self) -> dict[str, Any]:
-        """The settings written to ``config.yaml``."""
-        base: dict[str, Any] = {
-            "dicom": {"ae_title": NODE_AET, "bind_address": "127.0.0.1", "port": self.dicom_port,
-                      "accepted_calling_aets": [], "max_associations": 25},
-            "http": {"bind_address": "127.0.0.1", "port": self.http_port, "tokens": [self.token]},
-            "storage": {"path": str(self.storage_path), "min_free_mb": 0, "fsync": True},
-            "routing": {"stability_seconds": self.stability_seconds},
-            "retry": {"backoff_initial": 0.5, "backoff_factor": 2.0, "backoff_max": 2.0},
-            "workers": {"processing": 1, "dispatch": 1, "poll_seconds": 0.1},
-            "device": "cpu",
-            "log_level": "INFO",
-            "destinations": [],
-        }
-        if self.destination_port is not None:
-            base["destinations"] = [{
-                "name": "orthanc", "ae_title": ORTHANC_AET, "host": "127.0.0.1",
-                "port": self.destination_port,
-            }]
-        for key, value in self.settings.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        return base
-
-    @property
-    def url(self) -> str:
-        """Base URL of the HTTP API."""
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def client(self) -> httpx.Client:
-        """An HTTP client with the bearer token."""
-        if self._client is None:
-            self._client = httpx.Client(base_url=self.url, timeout=30.0,
-                                        headers={"Authorization": f"Bearer {self.token}"})
-        return self._client
-
-    def start(self, timeout: float = 120.0) -> NodeProcess:
-        """Write ``config.yaml``, start the service and wait for ``/readyz`` = 200."""
-        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False), encoding="utf-8")
-        env = dict(os.environ)
-        env.pop("DICOM_SERVICE_CONFIG", None)
-        for key in [k for k in env if k.startswith("DICOM_SERVICE_")]:
-            env.pop(key)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dicom_service", "serve", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
-            )
-        wait_until(self._ready, timeout, what=f"dicom-service /readyz on {self.url}",
-                   alive=self.check_alive)
-        return self
-
-    def _ready(self) -> bool:
-        try:
-            return self.client.get("/readyz", timeout=2.0).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def check_alive(self) -> None:
-        """Raise :class:`ProcessDied` (with the log tail) if the service has exited."""
-        if self.proc is not None and self.proc.poll() is not None:
-            raise ProcessDied(f"dicom-service exited with {self.proc.returncode}:\n"
-                              f"{_log_tail(self.log_path)}")
-
-    def stop(self, grace: float = 30.0) -> int | None:
-        """SIGTERM (graceful: jobs go back to the queue), SIGKILL after ``grace`` s."""
-        self._close_client()
-        code = _stop_process(self.proc, grace)
-        self.proc = None
-        return code
-
-    def kill9(self) -> None:
-        """``kill -9`` the service: no cleanup of any kind runs."""
-        self._close_client()
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self.proc = None
-
-    def _close_client(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def log_tail(self, lines: int = 80) -> str:
-        """The last lines of the service's log."""
-        return _log_tail(self.log_path, lines)
-
-    # ------------------------------------------------------------------ API helpers
-    def jobs(self, **params: Any) -> list[dict[str, Any]]:
-        """``GET /jobs`` with query parameters (e.g. ``kind="dispatch"``)."""
-        response = self.client.get("/jobs", params={"limit": 1000, **params})
-        response.raise_for_status()
-        return list(response.json())
-
-    def job(self, job_id: int) -> dict[str, Any]:
-        """``GET /jobs/{id}``."""
-        response = self.client.get(f"/jobs/{job_id}")
-        response.raise_for_status()
-        return dict(response.json())

@@ -21,16 +21,9 @@ from pynetdicom.presentation import build_context
 
 from dicom_service.uids import new_uid
 from tests import builders
-from tests.integration.orthanc import (
-    NODE_AET,
-    NodeProcess,
-    OrthancServer,
-    echoscu,
-    free_port,
-    result_instances,
-    storescu,
-    wait_until,
-)
+from tests.integration.node import NodeProcess
+from tests.integration.orthanc import NODE_AET, OrthancServer, result_instances
+from tests.integration.tools import echoscu, free_port, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 

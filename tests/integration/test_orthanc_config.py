@@ -17,12 +17,9 @@ from tests.integration.orthanc import (
     ORTHANC_LUA,
     ORTHANC_TEMPLATE,
     RESULT_MANUFACTURER,
-    free_port,
-    port_open,
     render_orthanc_config,
-    require_tool,
-    wait_until,
 )
+from tests.integration.tools import free_port, port_open, require_tool, wait_until
 
 
 def _template() -> dict:

@@ -23,18 +23,15 @@ from dicom_service.uids import new_uid
 from tests import builders
 from tests.dicomcheck import run_dciodvfy
 from tests.integration.conftest import PacsAndNode
+from tests.integration.node import NodeProcess
 from tests.integration.orthanc import (
     NODE_AET,
     ORTHANC_AET,
     RESULT_MANUFACTURER,
-    NodeProcess,
     OrthancServer,
-    echoscu,
-    free_port,
     result_instances,
-    storescu,
-    wait_until,
 )
+from tests.integration.tools import echoscu, free_port, storescu, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("dcmtk_tools")]
 

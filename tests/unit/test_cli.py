@@ -80,3 +80,12 @@ def test_conformance_table_lists_every_input_class() -> None:
     assert proc.returncode == 0
     assert "Video Photographic Image Storage" in proc.stdout
     assert "1.2.840.10008.1.2.4.102" in proc.stdout
+
+
+def test_unknown_runtime_name_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"models:\n  radiograph: magic\nstorage:\n  path: {tmp_path / 'var'}\n")
+    proc = subprocess.run([sys.executable, "-m", "dicom_service", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "models.radiograph" in proc.stderr and "baseline" in proc.stderr
