@@ -102,7 +102,11 @@ class StorageSettings(_Section):
     min_free_mb: int = Field(
         500, ge=0, description="Below this free space, stores fail with 0xA700 and associations are refused."
     )
-    fsync: bool = Field(True, description="fsync each received instance before answering success.")
+    fsync: bool = Field(
+        True,
+        description="fsync each received instance and index commit before answering success; "
+        "false survives a killed process but not a power loss.",
+    )
 
 
 class RoutingMatch(_Section):

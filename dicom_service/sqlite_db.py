@@ -22,9 +22,12 @@ class Database:
         Database file (created with its parent folder if missing).
     schema : str
         SQL script run once at open (``CREATE TABLE IF NOT EXISTS ...``).
+    durable : bool
+        ``synchronous=FULL`` (each commit survives a power loss) when True;
+        ``NORMAL`` otherwise (survives a killed process, not a power loss).
     """
 
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: str, *, durable: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
@@ -33,7 +36,7 @@ class Database:
         )
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(schema)
 

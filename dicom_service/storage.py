@@ -90,7 +90,7 @@ class InstanceStore:
         self.fsync = fsync
         for sub in ("instances", "results", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.db = Database(self.root / "index.sqlite3", _SCHEMA)
+        self.db = Database(self.root / "index.sqlite3", _SCHEMA, durable=fsync)
         self._known_dirs: set[Path] = set()
         self._clean_tmp()
 

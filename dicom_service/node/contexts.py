@@ -78,7 +78,9 @@ class InputClass:
     ----------
     uid, name : str
     family : str
-        ``"video"``, ``"photo"`` or ``"radiograph"``: which content checks apply.
+        ``"video"``, ``"photo"`` or ``"radiograph"``: which content checks apply;
+        ``"result"`` for the classes of our own results (accepted so that a PACS
+        forwarding a whole study back to us does not fail; never processed).
     syntaxes : tuple of str
         Accepted transfer syntaxes, in our order of preference.
     samples_per_pixel : tuple of int
@@ -116,15 +118,32 @@ INPUT_CLASSES: tuple[InputClass, ...] = (
 )
 
 
+#: Classes of the objects we create. A PACS that forwards whole studies sends them back;
+#: we acknowledge our own (recognised by SOP Instance UID) and store others unprocessed.
+RESULT_CLASSES: tuple[InputClass, ...] = (
+    InputClass("1.2.840.10008.5.1.4.1.1.88.34", "Comprehensive 3D SR Storage", "result",
+               NATIVE_SYNTAXES, ()),
+    InputClass("1.2.840.10008.5.1.4.1.1.88.33", "Comprehensive SR Storage", "result",
+               NATIVE_SYNTAXES, ()),
+    InputClass("1.2.840.10008.5.1.4.1.1.66.4", "Segmentation Storage", "result",
+               NATIVE_SYNTAXES + IMAGE_SYNTAXES, ()),
+    InputClass("1.2.840.10008.5.1.4.1.1.11.1", "Grayscale Softcopy Presentation State Storage",
+               "result", NATIVE_SYNTAXES, ()),
+    InputClass("1.2.840.10008.5.1.4.1.1.11.2", "Color Softcopy Presentation State Storage",
+               "result", NATIVE_SYNTAXES, ()),
+)
+
+
 def input_class(uid: str) -> InputClass | None:
     """The accepted input class with this SOP Class UID, or None."""
-    for item in INPUT_CLASSES:
+    for item in INPUT_CLASSES + RESULT_CLASSES:
         if item.uid == uid:
             return item
     return None
 
 
 def _group_name(syntaxes: tuple[str, ...]) -> str:
+    """Short names of the transfer-syntax groups in ``syntaxes``."""
     groups = []
     if any(t in VIDEO_SYNTAXES for t in syntaxes):
         groups.append("video")
@@ -142,8 +161,8 @@ def conformance_tables() -> str:
     """
     lines = ["| SOP class | UID | transfer syntax groups | samples per pixel |", "|---|---|---|---|",
              f"| Verification | {VERIFICATION} | Implicit VR Little Endian, Explicit VR Little Endian | - |"]
-    for cls in INPUT_CLASSES:
-        spp = " or ".join(str(n) for n in cls.samples_per_pixel)
+    for cls in INPUT_CLASSES + RESULT_CLASSES:
+        spp = " or ".join(str(n) for n in cls.samples_per_pixel) or "-"
         lines.append(f"| {cls.name} | {cls.uid} | {_group_name(cls.syntaxes)} | {spp} |")
     lines += ["", "| group | transfer syntax | UID |", "|---|---|---|"]
     for group, syntaxes in (("native", NATIVE_SYNTAXES), ("image compression", IMAGE_SYNTAXES),

@@ -31,7 +31,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_service.config import DicomSettings
 from dicom_service.domain import InstanceMeta, InvalidUIDError, MediaError, StorageFullError
 from dicom_service.media.pixels import check_pixel_consistency
-from dicom_service.node.contexts import EXPLICIT_LE, IMPLICIT_LE, INPUT_CLASSES, VERIFICATION, input_class
+from dicom_service.node.contexts import (
+    EXPLICIT_LE, IMPLICIT_LE, INPUT_CLASSES, RESULT_CLASSES, VERIFICATION, input_class,
+)
 from dicom_service.node.transport import FastRequestHandler, part10_header
 from dicom_service.storage import InstanceStore
 from dicom_service.uids import validate_uid
@@ -84,6 +86,8 @@ def _check_content(ds: Dataset, sop_class_uid: str) -> str | None:
     cls = input_class(sop_class_uid)
     if cls is None:  # pragma: no cover - contexts only admit known classes
         return "SOP class not accepted"
+    if cls.family == "result":
+        return None  # stored as received, never processed (routing ignores these classes)
     if "PixelData" not in ds:
         return "no Pixel Data"
     for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation"):
@@ -204,7 +208,7 @@ def build_ae(settings: DicomSettings, accepting: Callable[[], bool]) -> GatedAE:
     if not settings.accepted_calling_aets:
         log.warning("dicom.accepted_calling_aets is empty: associations from ANY calling AE title are accepted")
     ae.add_supported_context(VERIFICATION, [IMPLICIT_LE, EXPLICIT_LE])
-    for cls in INPUT_CLASSES:
+    for cls in INPUT_CLASSES + RESULT_CLASSES:
         ae.add_supported_context(cls.uid, list(cls.syntaxes))
     return ae
 

@@ -57,6 +57,9 @@ def test_radiograph_study_round_trip(make_settings) -> None:
             assert detail["state"] == "succeeded"
             assert detail["attempt_log"][0]["ok"] is True and "implant" in detail["attempt_log"][0]["log"]
             assert job["payload"]["destination"] == "pacs"
+            # our own results sent back by a PACS: acknowledged, never processed
+            for result in results:
+                assert store(port, result) == 0x0000
             # the same study again: no new job
             assert store(port, ds) == 0
             client.app.state.service.router.route_stable(time.time() + 60)
