@@ -33,6 +33,7 @@ run: install
 	$(BIN)/dicom-service serve
 
 test: system-deps install-test
+	$(BIN)/ruff check dicom_service tests benchmarks
 	$(BIN)/pytest
 
 bench: install-test

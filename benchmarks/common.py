@@ -53,7 +53,9 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def timed_run(args: Sequence[str], env: dict[str, str], timeout: float) -> tuple[float, subprocess.CompletedProcess[str]]:
+def timed_run(
+    args: Sequence[str], env: dict[str, str], timeout: float
+) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Run a command; return its wall-clock seconds and the finished process."""
     start = time.perf_counter()
     proc = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout, check=False)

@@ -23,7 +23,10 @@ from dicom_service.pipelines.video import process_videos
 from dicom_service.routing import Router
 from dicom_service.storage import InstanceStore
 from dicom_service.vision.registry import (
-    build_radiograph_runtime, build_video_runtime, check_runtime_names, resolve_device,
+    build_radiograph_runtime,
+    build_video_runtime,
+    check_runtime_names,
+    resolve_device,
 )
 from dicom_service.vision.runtime import RadiographRuntime, VideoRuntime
 

@@ -16,15 +16,29 @@ from pathlib import Path
 import pytest
 
 
-def require_tool(name: str) -> str:
-    """Return the path of executable ``name``; skip (or fail when ``CI=true``) if absent."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{message}, and it is required when CI=true")
+def in_ci() -> bool:
+    """True when the environment says ``CI=true`` (missing tools then fail, never skip)."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def require_tool(name: str, package: str = "") -> str:
+    """Absolute path of an executable, or skip the test (fail it under ``CI=true``).
+
+    Parameters
+    ----------
+    name : str
+        Executable name looked up on ``PATH`` (``/usr/sbin`` included, for Orthanc).
+    package : str
+        Debian package that provides it, for the message.
+    """
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    found = shutil.which(name, path=search)
+    if found is None:
+        message = f"{name}{f' (Debian package {package})' if package else ''} is not installed"
+        if in_ci():
+            pytest.fail(f"{message}; it is required when CI=true")
         pytest.skip(message)
-    return path
+    return found
 
 
 def run_dciodvfy(path: str | Path) -> list[str]:

@@ -32,7 +32,12 @@ from dicom_service.config import DicomSettings
 from dicom_service.domain import InstanceMeta, InvalidUIDError, MediaError, StorageFullError
 from dicom_service.media.pixels import check_pixel_consistency
 from dicom_service.node.contexts import (
-    EXPLICIT_LE, IMPLICIT_LE, INPUT_CLASSES, RESULT_CLASSES, VERIFICATION, input_class,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    INPUT_CLASSES,
+    RESULT_CLASSES,
+    VERIFICATION,
+    input_class,
 )
 from dicom_service.node.transport import FastRequestHandler, part10_header
 from dicom_service.storage import InstanceStore

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -23,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
+from tests.dicomcheck import require_tool
 
 T = TypeVar("T")
 
@@ -33,31 +32,6 @@ class ProcessDied(RuntimeError):
 
 
 # --------------------------------------------------------------------------- small tools
-def in_ci() -> bool:
-    """True when the environment says ``CI=true`` (missing tools then fail, never skip)."""
-    return os.environ.get("CI", "").strip().lower() == "true"
-
-
-def require_tool(name: str, package: str) -> str:
-    """Absolute path of an executable, or skip the test (fail it under ``CI=true``).
-
-    Parameters
-    ----------
-    name : str
-        Executable name looked up on ``PATH`` (``/usr/sbin`` included).
-    package : str
-        Debian package that provides it, for the message.
-    """
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    found = shutil.which(name, path=search)
-    if found is None:
-        message = f"{name} (Debian package {package}) is not installed"
-        if in_ci():
-            pytest.fail(f"{message}; it is required when CI=true")
-        pytest.skip(message)
-    return found
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
