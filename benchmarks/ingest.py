@@ -16,6 +16,8 @@ median wall time of ``storescu`` is reported. Targets:
 ``node_inprocess_fsync`` / ``node_inprocess_no_fsync``
     The :class:`~dicom_service.node.scp.DicomNode` and
     :class:`~dicom_service.storage.InstanceStore` alone, in this process.
+``pynetdicom_noop``
+    A bare pynetdicom AE with a do-nothing handler: the ceiling of pynetdicom itself.
 
 Before each run, ``os.sync()`` flushes the previous runs' dirty pages, and each run's
 storage is deleted after its count is checked.
@@ -47,7 +49,7 @@ from benchmarks.common import hardware, median, timed_run, tool_version
 
 TARGETS: tuple[str, ...] = (
     "dcmtk_storescp", "service_fsync", "service_no_fsync", "node_inprocess_fsync",
-    "node_inprocess_no_fsync",
+    "node_inprocess_no_fsync", "pynetdicom_noop",
 )
 BASE_IMAGES = 8
 INSTANCES_PER_STUDY = 20
@@ -160,6 +162,35 @@ def run_inprocess(storescu: str, corpus: Path, count: int, work: Path, fsync: bo
     return seconds
 
 
+def run_pynetdicom_noop(storescu: str, corpus: Path, count: int) -> float:
+    """One run into a bare pynetdicom AE whose C-STORE handler does nothing.
+
+    This is the ceiling of any node built on pynetdicom: it measures the library's
+    own per-instance cost, with no parsing, storage or durability.
+    """
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+    stored = 0
+
+    def handler(_event: Any) -> int:
+        nonlocal stored
+        stored += 1
+        return 0x0000
+
+    ae = AE(ae_title="NOOP")
+    ae.maximum_pdu_size = 0
+    ae.add_supported_context("1.2.840.10008.5.1.4.1.1.1.3", ALL_TRANSFER_SYNTAXES)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
+    try:
+        seconds = send(storescu, int(server.server_address[1]), "NOOP", corpus)
+    finally:
+        server.shutdown()
+        ae.shutdown()
+    if stored != count:
+        raise RuntimeError(f"the no-op pynetdicom AE saw {stored} of {count} instances")
+    return seconds
+
+
 def run_service(storescu: str, corpus: Path, count: int, work: Path, fsync: bool) -> float:
     """One run into ``dicom-service serve`` (subprocess, real settings, fresh storage)."""
     from tests.integration.node import NodeProcess
@@ -214,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "service_no_fsync": lambda: run_service(storescu, corpus, args.count, work, False),
             "node_inprocess_fsync": lambda: run_inprocess(storescu, corpus, args.count, work, True),
             "node_inprocess_no_fsync": lambda: run_inprocess(storescu, corpus, args.count, work, False),
+            "pynetdicom_noop": lambda: run_pynetdicom_noop(storescu, corpus, args.count),
         }
         results: dict[str, dict[str, Any]] = {}
         # Interleave targets within each repeat so drift (page cache, CPU boost) hits all alike.
@@ -247,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              "max_pdu 0 (unlimited), fresh storage per run"),
             ("throughput_ratio_to_dcmtk = dcmtk median seconds / target median seconds "
              "(1.0 = as fast as DCMTK)"),
+            ("pynetdicom_noop: a bare pynetdicom 3.0.4 AE whose handler does nothing: the ceiling "
+             "of any node built on pynetdicom on this machine"),
         ],
         "targets": results,
         "primary": {
