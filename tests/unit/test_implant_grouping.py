@@ -1,0 +1,85 @@
+"""Stage 2 grouping of implant design parts (seed 002 §3.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicom_service.domain import ImplantPart
+from dicom_service.vision.implant_grouping import PART_ORDER, group_parts, kmeans_pp
+
+
+def _implant(x: float, y: float, *, w: float = 30, part_h: float = 40, up: bool = False,
+             drop: tuple[str, ...] = (), jitter: float = 0.0, rng: np.random.Generator | None = None
+             ) -> list[ImplantPart]:
+    """Three stacked part boxes of a vertical implant whose platform is at (x, y)."""
+    rng = rng or np.random.default_rng(0)
+    parts = []
+    for i, label in enumerate(PART_ORDER):
+        if label in drop:
+            continue
+        top = y + (-(i + 1) if up else i) * part_h
+        j = rng.normal(0, jitter, 4) if jitter else np.zeros(4)
+        parts.append(ImplantPart(label, (x + j[0], top + j[1], x + w + j[2], top + part_h + j[3]), 0.9))
+    return parts
+
+
+def test_kmeans_pp_separates_clear_clusters_and_is_deterministic() -> None:
+    rng = np.random.default_rng(1)
+    points = np.concatenate([rng.normal(c, 0.1, (20, 2)) for c in ((0, 0), (5, 5), (0, 9))])
+    a = kmeans_pp(points, 3, seed=4)
+    assert np.array_equal(a, kmeans_pp(points, 3, seed=4))
+    assert len({tuple(np.unique(a[i * 20:(i + 1) * 20])) for i in range(3)}) == 3
+    with pytest.raises(ValueError):
+        kmeans_pp(points, 0)
+
+
+def test_three_implants_side_by_side() -> None:
+    rng = np.random.default_rng(2)
+    parts = [p for x in (40, 140, 240) for p in _implant(x, 50, jitter=2.0, rng=rng)]
+    rng.shuffle(parts)
+    groups = group_parts(parts, image_shape=(400, 400))
+    assert len(groups) == 3
+    for group, x in zip(groups, (40, 140, 240), strict=True):
+        assert [p.label for p in group.parts] == list(PART_ORDER)
+        assert abs(group.box[0] - x) < 6 and abs(group.box[1] - 50) < 6 and abs(group.box[3] - 170) < 6
+        assert not group.inferred and not group.incomplete
+
+
+def test_missing_part_is_extrapolated_along_the_axis() -> None:
+    mandible = group_parts(_implant(100, 50, drop=("apical",)), image_shape=(400, 400))[0]
+    assert mandible.inferred == ("apical",)
+    assert mandible.box[3] == pytest.approx(170)  # one part step below the middle part
+    maxilla = group_parts(_implant(100, 300, up=True, drop=("coronal",)), image_shape=(400, 400))[0]
+    assert maxilla.inferred == ("coronal",)
+    assert maxilla.box[1] == pytest.approx(180) and maxilla.box[3] == pytest.approx(300)  # apex up
+    middle_missing = group_parts(_implant(100, 50, drop=("middle",)))[0]
+    assert middle_missing.inferred == ("middle",)
+    assert middle_missing.box == pytest.approx((100, 50, 130, 170))
+    clipped = group_parts(_implant(100, 330, drop=("apical",)), image_shape=(400, 400))[0]
+    assert clipped.box[3] == 400
+
+
+def test_single_part_is_incomplete_with_lower_score() -> None:
+    groups = group_parts(_implant(100, 50, drop=("middle", "apical")))
+    assert len(groups) == 1 and groups[0].incomplete and groups[0].score == pytest.approx(0.3)
+
+
+def test_parts_of_different_labels_far_apart_are_two_implants() -> None:
+    parts = _implant(50, 50, drop=("middle", "apical")) + _implant(300, 200, drop=("coronal", "middle"))
+    groups = group_parts(parts)
+    assert len(groups) == 2 and all(g.incomplete for g in groups)
+
+
+def test_close_neighbours_keep_one_part_per_label() -> None:
+    parts = _implant(100, 50) + _implant(128, 58)  # touching implants
+    groups = group_parts(parts)
+    assert len(groups) == 2
+    for group in groups:
+        assert sorted(p.label for p in group.parts) == sorted(PART_ORDER)
+
+
+def test_empty_and_bad_labels() -> None:
+    assert group_parts([]) == []
+    with pytest.raises(ValueError, match="unknown part labels"):
+        group_parts([ImplantPart("abutment", (0, 0, 1, 1), 0.5)])
