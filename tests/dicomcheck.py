@@ -53,3 +53,15 @@ def run_dciodvfy(path: str | Path) -> list[str]:
     )
     lines = (proc.stdout + proc.stderr).splitlines()
     return [line for line in lines if "Error" in line]
+
+
+def require_module(name: str):  # noqa: ANN201 - returns the module
+    """Import a Python module, or skip the calling test module (fail under ``CI=true``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if in_ci():
+            pytest.fail(f"Python module {name} is required when CI=true", pytrace=False)
+        pytest.skip(f"Python module {name} is not installed", allow_module_level=True)
