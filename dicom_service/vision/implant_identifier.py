@@ -1,0 +1,116 @@
+"""Stage 2 identification: design attributes and implant system of one implant crop.
+
+After stage-2 grouping gives an implant box, the box is cropped from the radiograph,
+rotated upright by the caller if its axis is known, and resized to ``(192, 64)``
+(rows, columns: implants are tall). A small CNN trunk feeds one classification head per
+design attribute and one for the implant system. System probabilities are calibrated by
+temperature scaling (:func:`fit_temperature`) on held-out data, and the top 3 are
+reported with their probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CROP_SHAPE: tuple[int, int] = (192, 64)
+
+
+def _conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(2))
+
+
+class ImplantIdentifier(nn.Module):
+    """CNN with one head per design attribute and one for the system.
+
+    Parameters
+    ----------
+    systems : sequence of str
+        System names, in head order.
+    attributes : mapping of str to sequence of str
+        Attribute name → its possible values, in head order.
+    width : int
+        Channels of the first block (doubled per block, four blocks).
+    """
+
+    def __init__(self, systems: Sequence[str], attributes: Mapping[str, Sequence[str]], width: int = 24) -> None:
+        super().__init__()
+        if not systems:
+            raise ValueError("at least one implant system is needed")
+        self.systems = tuple(systems)
+        self.attributes = {k: tuple(v) for k, v in attributes.items()}
+        self.trunk = nn.Sequential(_conv(1, width), _conv(width, 2 * width), _conv(2 * width, 4 * width),
+                                   _conv(4 * width, 8 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        features = 8 * width
+        self.system_head = nn.Linear(features, len(self.systems))
+        self.attribute_heads = nn.ModuleDict({k: nn.Linear(features, len(v)) for k, v in self.attributes.items()})
+        self.register_buffer("temperature", torch.ones(()))
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(B, 1, 192, 64)`` crops in [0, 1] → system logits ``(B, S)`` and attribute logits."""
+        features = self.trunk(crops)
+        return self.system_head(features), {k: head(features) for k, head in self.attribute_heads.items()}
+
+    def loss(self, crops: torch.Tensor, system_targets: torch.Tensor,
+             attribute_targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the system plus the mean over attribute heads.
+
+        Targets are class indices; an attribute target of -1 means "not annotated".
+        """
+        system_logits, attribute_logits = self(crops)
+        total = F.cross_entropy(system_logits, system_targets)
+        losses = [F.cross_entropy(attribute_logits[k], t, ignore_index=-1)
+                  for k, t in attribute_targets.items() if (t >= 0).any()]
+        if losses:
+            total = total + torch.stack(losses).mean()
+        return total
+
+    @torch.no_grad()
+    def identify(self, crops: torch.Tensor, top: int = 3) -> list[dict]:
+        """Calibrated top-``top`` systems and the most likely value of each attribute.
+
+        Returns
+        -------
+        list of dict
+            Per crop: ``{"systems": [(name, probability), ...], "attributes": {name: value}}``.
+        """
+        self.eval()
+        system_logits, attribute_logits = self(crops)
+        probabilities = F.softmax(system_logits / self.temperature, dim=1)
+        values, indices = probabilities.topk(min(top, len(self.systems)), dim=1)
+        out = []
+        for i in range(crops.shape[0]):
+            out.append({
+                "systems": [(self.systems[j], float(p)) for p, j in zip(values[i], indices[i], strict=True)],
+                "attributes": {k: self.attributes[k][int(v[i].argmax())] for k, v in attribute_logits.items()},
+            })
+        return out
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, steps: int = 200) -> float:
+    """Temperature ``T > 0`` minimising the NLL of ``softmax(logits / T)`` on held-out data.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(N, C)`` uncalibrated logits.
+    targets : torch.Tensor
+        ``(N,)`` class indices.
+    """
+    logits = logits.detach().float()
+    log_t = torch.zeros((), requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return float(log_t.exp())
