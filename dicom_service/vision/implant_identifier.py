@@ -113,4 +113,4 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, steps: int =
         return loss
 
     optimiser.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
