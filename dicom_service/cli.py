@@ -1,4 +1,4 @@
-"""Command line: ``dicom-service serve | process | conformance | echo``."""
+"""Command line: ``dicom-service serve | process | conformance | phantoms | echo``."""
 
 from __future__ import annotations
 
@@ -80,6 +80,20 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    """Render the synthetic implant radiograph data set (COCO JSON + 16-bit PNG)."""
+    from tqdm import tqdm
+
+    from dicom_service.training.coco import generate_dataset
+
+    total = args.periapical + args.panoramic
+    with tqdm(total=total, desc="rendering", unit="scene", disable=args.no_progress) as bar:
+        path = generate_dataset(Path(args.out), periapical=args.periapical, panoramic=args.panoramic,
+                                seed=args.seed, progress=lambda done, _total, _scene: bar.update(1))
+    print(json.dumps({"annotations": str(path), "scenes": total, "seed": args.seed}))
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     """C-ECHO each configured destination."""
     from dicom_service.node.scu import echo
@@ -119,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     conf = sub.add_parser("conformance", help="print the accepted presentation contexts")
     conf.set_defaults(func=cmd_conformance)
+
+    phantoms = sub.add_parser("phantoms", help="render synthetic training data sets")
+    phantoms.add_argument("kind", choices=["implants"], help="which data set")
+    phantoms.add_argument("--out", required=True, help="output folder (annotations.json + images/)")
+    phantoms.add_argument("--periapical", type=int, default=200, help="416x416 periapical scenes")
+    phantoms.add_argument("--panoramic", type=int, default=20, help="1000x2000 panoramic scenes")
+    phantoms.add_argument("--seed", type=int, default=0)
+    phantoms.add_argument("--no-progress", action="store_true")
+    phantoms.set_defaults(func=cmd_phantoms)
 
     echo = sub.add_parser("echo", help="C-ECHO the configured destinations")
     common(echo)

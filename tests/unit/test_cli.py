@@ -89,3 +89,14 @@ def test_unknown_runtime_name_is_a_config_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "models.radiograph" in proc.stderr and "baseline" in proc.stderr
+
+
+def test_phantoms_command_writes_a_coco_data_set(tmp_path: Path) -> None:
+    from dicom_service.training.coco import load_coco
+
+    proc = subprocess.run([sys.executable, "-m", "dicom_service", "phantoms", "implants", "--out",
+                           str(tmp_path / "ds"), "--periapical", "3", "--panoramic", "0", "--seed", "7",
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    dataset = load_coco(tmp_path / "ds" / "annotations.json")
+    assert len(dataset.images) == 3
