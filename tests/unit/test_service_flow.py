@@ -117,3 +117,26 @@ def test_generated_token_file(make_settings, tmp_path) -> None:
     token_file = tmp_path / "var" / "api-token"
     assert token_file.stat().st_mode & 0o777 == 0o600
     assert service.api_tokens == [token_file.read_text().strip()]
+
+
+def test_corrupt_h264_fails_its_job_only(make_settings) -> None:
+    """A truncated H.264 stream is stored (the SCP does not decode video), its job fails at
+    once with a clear error and no retries, and a good study sent beside it completes."""
+    from pydicom.encaps import encapsulate
+
+    from dicom_service.media.video import encapsulated_bitstream
+
+    video = builders.make_video_photographic(frames=8, rows=96, cols=128)
+    stream = encapsulated_bitstream(video.PixelData)
+    cut = stream[: len(stream) // 2]
+    video.PixelData = encapsulate([cut + b"\x00" * (len(cut) % 2)], has_bot=False)
+    with _serve(make_settings()) as client:
+        port = client.app.state.service.node.port
+        assert store(port, video) == 0
+        assert store(port, builders.make_intraoral_radiograph()) == 0
+        failed = _wait_job(client, lambda j: j["kind"] == "process" and j["state"] == "failed")
+        assert failed["workflow"] == "video" and failed["attempts"] == 1
+        assert "MediaError" in failed["error"]
+        _wait_job(client, lambda j: j["kind"] == "process" and j["workflow"] == "radiograph"
+                  and j["state"] == "succeeded")
+        assert client.get("/readyz").status_code == 200
