@@ -12,11 +12,47 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 CROP_SHAPE: tuple[int, int] = (192, 64)
+
+
+def crop_implant(image: np.ndarray, box: tuple[float, float, float, float], *,
+                 coronal_on_top: bool = True, pad: float = 0.1) -> np.ndarray:
+    """Cut an implant out of a radiograph as a model input.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(rows, cols)`` float in [0, 1].
+    box : tuple of float
+        ``(x0, y0, x1, y1)`` implant box in image pixels.
+    coronal_on_top : bool
+        False for an implant whose apex points up (maxilla): the crop is flipped
+        vertically so that every crop has its platform at the top.
+    pad : float
+        Fraction of the box size added on each side.
+
+    Returns
+    -------
+    np.ndarray
+        ``CROP_SHAPE`` = ``(192, 64)`` float32, zero outside the image.
+    """
+    x0, y0, x1, y1 = box
+    w, h = max(1.0, x1 - x0), max(1.0, y1 - y0)
+    x0, x1 = int(np.floor(x0 - pad * w)), int(np.ceil(x1 + pad * w))
+    y0, y1 = int(np.floor(y0 - pad * h)), int(np.ceil(y1 + pad * h))
+    rows, cols = image.shape[:2]
+    canvas = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    sy0, sx0, sy1, sx1 = max(0, y0), max(0, x0), min(rows, y1), min(cols, x1)
+    if sy1 > sy0 and sx1 > sx0:
+        canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    crop = cv2.resize(canvas, (CROP_SHAPE[1], CROP_SHAPE[0]), interpolation=cv2.INTER_AREA)
+    return crop if coronal_on_top else crop[::-1].copy()
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
