@@ -173,7 +173,8 @@ class ModelSettings(_Section):
     """Which vision runtime each workflow uses."""
 
     video: str = "baseline"
-    radiograph: str = "baseline"
+    radiograph: str = Field("baseline", description="'baseline' or 'implants' (the trained bundle in <path>/implants)")
+    path: Path | None = Field(None, description="Folder of bundled models; null: the repository's models/.")
 
 
 class Settings(BaseSettings):

@@ -60,8 +60,9 @@ class Runtimes:
 
     def __init__(self, settings: Settings) -> None:
         self.device = resolve_device(settings.device)
-        self.video: VideoRuntime = build_video_runtime(settings.models.video, self.device)
-        self.radiograph: RadiographRuntime = build_radiograph_runtime(settings.models.radiograph, self.device)
+        models = settings.models
+        self.video: VideoRuntime = build_video_runtime(models.video, self.device, models.path)
+        self.radiograph: RadiographRuntime = build_radiograph_runtime(models.radiograph, self.device, models.path)
         log.info("vision runtimes on %s: video=%s, radiograph=%s", self.device,
                  self.video.info.name, self.radiograph.info.name)
 
@@ -97,7 +98,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        check_runtime_names(settings.models.video, settings.models.radiograph)
+        check_runtime_names(settings.models.video, settings.models.radiograph, settings.models.path)
         resolve_device(settings.device)
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None

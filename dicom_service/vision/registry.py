@@ -12,6 +12,7 @@ import importlib
 import logging
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -25,15 +26,39 @@ log = logging.getLogger(__name__)
 _R = TypeVar("_R")
 _CUDA_RE = re.compile(r"^cuda(:[0-9]+)?$")
 
-#: Video runtimes by name; each factory takes the resolved device ("cpu" or "cuda[:N]").
-VIDEO_RUNTIMES: Mapping[str, Callable[[str], VideoRuntime]] = MappingProxyType({
-    "baseline": lambda device: ClassicalVideoRuntime(),
-    "baseline-unstabilised": lambda device: ClassicalVideoRuntime(stabilise=False),
+def default_models_dir() -> Path:
+    """The bundled ``models/`` folder of this repository."""
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+def _implant_bundle(models_dir: Path) -> Path:
+    bundle = models_dir / "implants"
+    if not (bundle / "config.json").is_file():
+        raise ConfigError(f"models.radiograph 'implants': no trained bundle in {bundle} "
+                          "(train one with `dicom-service train implants`)")
+    return bundle
+
+
+def _learned_implants(device: str, models_dir: Path) -> RadiographRuntime:
+    bundle = _implant_bundle(models_dir)
+    try:
+        from dicom_service.vision.implant_runtime import LearnedImplantRuntime
+    except ImportError as exc:
+        raise ConfigError(f"models.radiograph 'implants' needs torch and torchvision ({exc})") from None
+    return LearnedImplantRuntime(bundle, device)
+
+
+#: Video runtimes by name; each factory takes the resolved device ("cpu" or "cuda[:N]")
+#: and the folder of bundled models.
+VIDEO_RUNTIMES: Mapping[str, Callable[[str, Path], VideoRuntime]] = MappingProxyType({
+    "baseline": lambda device, models: ClassicalVideoRuntime(),
+    "baseline-unstabilised": lambda device, models: ClassicalVideoRuntime(stabilise=False),
 })
 
-#: Radiograph runtimes by name; each factory takes the resolved device.
-RADIOGRAPH_RUNTIMES: Mapping[str, Callable[[str], RadiographRuntime]] = MappingProxyType({
-    "baseline": lambda device: ElongatedObjectDetector(),
+#: Radiograph runtimes by name; each factory takes the resolved device and models folder.
+RADIOGRAPH_RUNTIMES: Mapping[str, Callable[[str, Path], RadiographRuntime]] = MappingProxyType({
+    "baseline": lambda device, models: ElongatedObjectDetector(),
+    "implants": _learned_implants,
 })
 
 
@@ -77,7 +102,8 @@ def resolve_device(device: str) -> str:
     raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
-def _lookup(kind: str, table: Mapping[str, Callable[[str], _R]], name: str) -> Callable[[str], _R]:
+def _lookup(kind: str, table: Mapping[str, Callable[[str, Path], _R]], name: str
+            ) -> Callable[[str, Path], _R]:
     factory = table.get(name)
     if factory is None:
         choices = ", ".join(sorted(table))
@@ -85,7 +111,8 @@ def _lookup(kind: str, table: Mapping[str, Callable[[str], _R]], name: str) -> C
     return factory
 
 
-def build_video_runtime(name: str = "baseline", device: str = "auto") -> VideoRuntime:
+def build_video_runtime(name: str = "baseline", device: str = "auto",
+                        models_dir: Path | None = None) -> VideoRuntime:
     """Build the video runtime called ``name`` for ``device``.
 
     Raises
@@ -95,28 +122,31 @@ def build_video_runtime(name: str = "baseline", device: str = "auto") -> VideoRu
     """
     factory = _lookup("video", VIDEO_RUNTIMES, name)
     resolved = resolve_device(device)
-    runtime = factory(resolved)
+    runtime = factory(resolved, models_dir or default_models_dir())
     log.info("video runtime %r (%s) on %s", name, runtime.info.name, resolved)
     return runtime
 
 
-def build_radiograph_runtime(name: str = "baseline", device: str = "auto") -> RadiographRuntime:
+def build_radiograph_runtime(name: str = "baseline", device: str = "auto",
+                             models_dir: Path | None = None) -> RadiographRuntime:
     """Build the radiograph runtime called ``name`` for ``device``.
 
     Raises
     ------
     ConfigError
-        Unknown name (the message lists the valid ones) or unusable device.
+        Unknown name (the message lists the valid ones), unusable device, or a
+        learned runtime without its trained bundle.
     """
     factory = _lookup("radiograph", RADIOGRAPH_RUNTIMES, name)
     resolved = resolve_device(device)
-    runtime = factory(resolved)
+    runtime = factory(resolved, models_dir or default_models_dir())
     log.info("radiograph runtime %r (%s) on %s", name, runtime.info.name, resolved)
     return runtime
 
 
-def check_runtime_names(video: str, radiograph: str) -> None:
-    """Fail early (at start, before anything listens) on unknown runtime names.
+def check_runtime_names(video: str, radiograph: str, models_dir: Path | None = None) -> None:
+    """Fail early (at start, before anything listens) on unknown runtime names or a
+    learned runtime whose trained bundle is missing.
 
     Raises
     ------
@@ -125,3 +155,5 @@ def check_runtime_names(video: str, radiograph: str) -> None:
     """
     _lookup("video", VIDEO_RUNTIMES, video)
     _lookup("radiograph", RADIOGRAPH_RUNTIMES, radiograph)
+    if radiograph == "implants":
+        _implant_bundle(models_dir or default_models_dir())

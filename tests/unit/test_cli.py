@@ -100,3 +100,13 @@ def test_phantoms_command_writes_a_coco_data_set(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     dataset = load_coco(tmp_path / "ds" / "annotations.json")
     assert len(dataset.images) == 3
+
+
+def test_learned_runtime_without_its_bundle_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"models:\n  radiograph: implants\n  path: {tmp_path / 'models'}\n"
+                      f"storage:\n  path: {tmp_path / 'var'}\n")
+    proc = subprocess.run([sys.executable, "-m", "dicom_service", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "no trained bundle" in proc.stderr
