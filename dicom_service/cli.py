@@ -1,4 +1,4 @@
-"""Command line: ``dicom-service serve | process | conformance | phantoms | echo``."""
+"""Command line: ``dicom-service serve | process | conformance | phantoms | train | eval | echo``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from dicom_service import __version__
 from dicom_service.config import Settings, load_settings
 from dicom_service.domain import ConfigError
+from dicom_service.training.cli_eval import add_eval_parser
+from dicom_service.training.cli_train import add_train_parser
 
 log = logging.getLogger("dicom_service")
 
@@ -142,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--seed", type=int, default=0)
     phantoms.add_argument("--no-progress", action="store_true")
     phantoms.set_defaults(func=cmd_phantoms)
+
+    add_train_parser(sub)
+    add_eval_parser(sub)
 
     echo = sub.add_parser("echo", help="C-ECHO the configured destinations")
     common(echo)

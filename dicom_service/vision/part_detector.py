@@ -11,11 +11,14 @@ or letterboxed by the caller.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -58,16 +61,34 @@ class SimpleFeaturePyramid(nn.Module):
         return self.fpn(levels)
 
 
-def build_part_detector(encoder: ViTEncoder, *, num_classes: int = len(PART_CLASSES),
-                        fpn_channels: int = 128, detections_per_image: int = 30) -> MaskRCNN:
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Size of the detection neck and heads (stored in a bundle's ``config.json``).
+
+    The defaults are a CPU-sized Mask R-CNN: FPN of 128 channels, a 256-wide box head,
+    a two-layer 64-channel mask head and 128 sampled RoIs per image. torchvision's
+    defaults (``representation=1024``, ``mask_layers=(256,) * 4``, ``box_batch=512``)
+    are what seed 002's ViT-B detector would use on a GPU.
+    """
+
+    num_classes: int = len(PART_CLASSES)
+    fpn_channels: int = 128
+    representation: int = 256
+    mask_layers: tuple[int, ...] = (64, 64)
+    box_batch: int = 128
+    rpn_batch: int = 128
+    detections_per_image: int = 30
+
+
+def build_part_detector(encoder: ViTEncoder, config: DetectorConfig | None = None) -> MaskRCNN:
     """Mask R-CNN for implant design parts on a ViT backbone.
 
     Parameters
     ----------
     encoder : ViTEncoder
         Initialised randomly, or with MDE/MAE pre-trained weights.
-    num_classes : int
-        Including background.
+    config : DetectorConfig, optional
+        Neck and head sizes; :class:`DetectorConfig` defaults when omitted.
 
     Returns
     -------
@@ -75,16 +96,28 @@ def build_part_detector(encoder: ViTEncoder, *, num_classes: int = len(PART_CLAS
         torchvision model: in training mode ``model(images, targets)`` returns losses;
         in eval mode ``model(images)`` returns per image ``boxes`` (x0, y0, x1, y1),
         ``labels``, ``scores`` and ``masks``. Images are ``(1, H, W)`` float in [0, 1].
+        Its ``part_config`` attribute is the :class:`DetectorConfig` used.
     """
+    cfg = config or DetectorConfig()
     size = encoder.config.img_size
-    backbone = SimpleFeaturePyramid(encoder, fpn_channels)
+    backbone = SimpleFeaturePyramid(encoder, cfg.fpn_channels)
     anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)),
                               aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     box_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
     mask_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2)
-    return MaskRCNN(
-        backbone, num_classes=num_classes, min_size=size, max_size=size,
+    box_head = TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation)
+    box_predictor = FastRCNNPredictor(cfg.representation, cfg.num_classes)
+    mask_head = MaskRCNNHeads(cfg.fpn_channels, list(cfg.mask_layers), 1)
+    mask_predictor = MaskRCNNPredictor(cfg.mask_layers[-1], cfg.mask_layers[-1], cfg.num_classes)
+    model = MaskRCNN(
+        backbone, num_classes=None, min_size=size, max_size=size,
         image_mean=[0.5] * encoder.config.in_chans, image_std=[0.25] * encoder.config.in_chans,
         rpn_anchor_generator=anchors, box_roi_pool=box_pool, mask_roi_pool=mask_pool,
-        box_detections_per_img=detections_per_image,
+        box_head=box_head, box_predictor=box_predictor, mask_head=mask_head, mask_predictor=mask_predictor,
+        rpn_batch_size_per_image=cfg.rpn_batch, box_batch_size_per_image=cfg.box_batch,
+        rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
+        rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=300,
+        box_detections_per_img=cfg.detections_per_image,
     )
+    model.part_config = cfg  # read back by the bundle writer
+    return model

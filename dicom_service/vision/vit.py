@@ -36,9 +36,11 @@ class ViTConfig:
         return self.img_size // self.patch
 
 
-#: Named sizes. ``tiny`` is what trains on a CPU; ``base`` is seed 002's ViT-B.
+#: Named sizes. ``cpu`` is what the bundled model was trained with on two CPU cores;
+#: ``tiny`` / ``small`` are ViT-Ti / ViT-S widths; ``base`` is seed 002's ViT-B.
 VIT_SIZES: dict[str, ViTConfig] = {
     "test": ViTConfig(img_size=64, patch=16, dim=32, depth=2, heads=2),
+    "cpu": ViTConfig(dim=128, depth=4, heads=4),
     "tiny": ViTConfig(dim=192, depth=6, heads=3),
     "small": ViTConfig(dim=384, depth=12, heads=6),
     "base": ViTConfig(dim=768, depth=12, heads=12),

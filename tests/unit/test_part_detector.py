@@ -7,7 +7,7 @@ from tests.dicomcheck import require_module
 torch = require_module("torch")
 require_module("torchvision")
 
-from dicom_service.vision.part_detector import PART_CLASSES, build_part_detector  # noqa: E402
+from dicom_service.vision.part_detector import PART_CLASSES, DetectorConfig, build_part_detector  # noqa: E402
 from dicom_service.vision.vit import ViTConfig, ViTEncoder  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def _target(x: int) -> dict:
 def test_training_losses_and_eval_outputs() -> None:
     torch.manual_seed(0)
     encoder = ViTEncoder(ViTConfig(img_size=64, patch=16, dim=32, depth=1, heads=2))
-    model = build_part_detector(encoder, fpn_channels=32)
+    model = build_part_detector(encoder, DetectorConfig(fpn_channels=32))
     images = [torch.rand(1, 64, 64), torch.rand(1, 64, 64)]
     model.train()
     losses = model(images, [_target(10), _target(30)])

@@ -1,0 +1,119 @@
+"""``dicom-service eval implants`` and ``eval implants-ablation``: held-out metrics and seed 002's ablations.
+
+Registered in :mod:`dicom_service.cli` by :func:`add_eval_parser`. Torch is imported
+only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicom_service.training.cli_train import add_training_options, options_from_args
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` subcommand to the CLI's subparsers."""
+    p = sub.add_parser("eval", help="measure models on a held-out COCO split")
+    p.add_argument("kind", choices=["implants", "implants-ablation"],
+                   help="implants: a trained bundle; implants-ablation: train and measure seed 002's variants")
+    p.add_argument("--coco", required=True, type=Path, help="annotations.json with a 'split' per image")
+    p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the bundled models/implants)")
+    p.add_argument("--split", default="test", help="split to measure (default: test)")
+    p.add_argument("--out", type=Path, default=None, help="folder for JSON, Markdown and PNG figures")
+    p.add_argument("--limit", type=int, default=None, help="first N images of the split")
+    p.add_argument("--variants", default=None,
+                   help="implants-ablation: comma-separated subset of "
+                        "random,mae,mde,mde-mask45,mde-mask65,mde-one-stage (default: all)")
+    add_training_options(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def metrics_table(report: dict[str, Any]) -> str:
+    """A plain-text table of an ``eval implants`` report."""
+    lines = [f"split {report['split']}: {report['images']} images, {report['ms_per_image']} ms/image "
+             f"on {report['device']}", "", f"{'metric':<34}{'value':>10}"]
+
+    def add(name: str, value: Any) -> None:
+        lines.append(f"{name:<34}{value:>10.3f}" if isinstance(value, float) else f"{name:<34}{value!s:>10}")
+
+    for key in ("ap", "ap50", "ap75"):
+        add(f"implant {key.upper()}", report["implants"][key])
+    for key in ("ap", "ap50", "ap75"):
+        add(f"part {key.upper()}", report["parts"][key])
+    for name, values in report["parts"]["per_class"].items():
+        add(f"  {name} AP50", values.get("ap50", float("nan")))
+    systems = report.get("systems")
+    if systems:
+        add("system top-1 (all implants)", systems["top1"])
+        add("system top-3 (all implants)", systems["top3"])
+        add("system top-1 (detected implants)", systems["top1_of_matched"])
+        add("system top-1 (true boxes)", systems["on_true_boxes"]["top1"])
+        add("system top-3 (true boxes)", systems["on_true_boxes"]["top3"])
+        if "ece" in systems:
+            add("system ECE", systems["ece"])
+        add("implants detected / annotated", f"{systems['matched']}/{systems['implants']}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run ``eval implants`` or ``eval implants-ablation``; 2 on bad arguments or data."""
+    from dicom_service.training.coco import load_coco
+    from dicom_service.training.train_implants import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        coco = load_coco(args.coco)
+        if args.limit is not None and args.limit < 1:
+            raise ValueError("--limit must be >= 1")
+        if args.kind == "implants":
+            return _eval_bundle(args, coco, str(device))
+        return _ablation(args, coco, device)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dicom-service eval: {exc}", file=sys.stderr)
+        return 2
+
+
+def _eval_bundle(args: argparse.Namespace, coco: Any, device: str) -> int:
+    from dicom_service.training.evaluate_implants import evaluate_runtime
+    from dicom_service.vision.implant_runtime import LearnedImplantRuntime
+    from dicom_service.vision.registry import default_models_dir
+
+    model = args.model or default_models_dir() / "implants"
+    if not (model / "config.json").is_file():
+        raise ValueError(f"no trained bundle in {model}")
+    runtime = LearnedImplantRuntime(model, device)
+    report = evaluate_runtime(runtime, coco, split=args.split, out_dir=args.out, limit=args.limit)
+    report.update(model=str(model), data=str(args.coco))
+    if args.out is not None:
+        (args.out / "eval_implants.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(metrics_table(report))
+    print(json.dumps({k: report[k] for k in ("implants", "parts", "systems", "ms_per_image") if k in report}))
+    return 0
+
+
+def _ablation(args: argparse.Namespace, coco: Any, device: Any) -> int:
+    from dicom_service.training.ablation_implants import VARIANTS, markdown_tables, run_ablation, write_ablation
+
+    opts = options_from_args(args)
+    variants = VARIANTS
+    if args.variants:
+        names = [v.strip() for v in args.variants.split(",") if v.strip()]
+        known = {v.name: v for v in VARIANTS}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+        variants = tuple(known[n] for n in names)
+
+    def log(record: dict[str, Any]) -> None:
+        print(json.dumps(record), file=sys.stderr, flush=True)
+
+    result = run_ablation(coco, opts, device, split=args.split, variants=variants, log=log)
+    result["argv"] = sys.argv[1:]
+    if args.out is not None:
+        write_ablation(result, args.out)
+    print(markdown_tables(result))
+    return 0

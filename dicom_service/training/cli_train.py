@@ -1,0 +1,118 @@
+"""``dicom-service train implants``: pre-train, fine-tune and bundle seed 002's implant models.
+
+Registered in :mod:`dicom_service.cli` by :func:`add_train_parser`. Torch is imported
+only when the command runs, so the rest of the CLI works without the ``ml`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dicom_service.training.train_options import VIT_NAMES, TrainOptions
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand (``train implants ...``) to the CLI's subparsers."""
+    p = sub.add_parser("train", help="train models on a COCO data set")
+    p.add_argument("kind", choices=["implants"], help="which models")
+    p.add_argument("--coco", required=True, type=Path, help="annotations.json (images relative to it)")
+    p.add_argument("--out", required=True, type=Path, help="bundle folder (config.json + safetensors)")
+    add_training_options(p)
+    p.set_defaults(func=cmd_train_implants)
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The options of :class:`TrainOptions` (shared by ``train implants`` and the ablation)."""
+    p.add_argument("--init", choices=["mde", "mae", "random"], default="mde", help="encoder initialisation")
+    p.add_argument("--vit", choices=VIT_NAMES, default="cpu", help="encoder size")
+    p.add_argument("--pretrain-epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=50, help="detector fine-tuning epochs")
+    p.add_argument("--identifier-epochs", type=int, default=40)
+    p.add_argument("--warmup-epochs", type=int, default=10, help="linear warm-up (capped at half a stage)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--mask-ratio", type=float, default=0.25, help="MDE/MAE masked fraction of patches")
+    p.add_argument("--pretrain-lr", type=float, default=None,
+                   help="peak pre-training learning rate (default: seed 002's 1.5e-4 x batch / 256)")
+    p.add_argument("--lr", type=float, default=1e-4, help="detector fine-tuning learning rate (seed 002: 1e-4)")
+    p.add_argument("--img-size", type=int, default=416, help="square model input side (multiple of 16)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-images", type=int, default=None, help="first N images of each split (smoke runs)")
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    """The :class:`TrainOptions` of parsed ``train implants`` arguments (validated)."""
+    opts = TrainOptions(init=args.init, vit=args.vit, img_size=args.img_size, pretrain_epochs=args.pretrain_epochs,
+                        epochs=args.epochs, identifier_epochs=args.identifier_epochs,
+                        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, mask_ratio=args.mask_ratio,
+                        pretrain_lr=args.pretrain_lr, lr=args.lr, seed=args.seed, limit_images=args.limit_images)
+    opts.validate()
+    return opts
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The full command line with every option explicit (recorded in config.json)."""
+    parts = ["dicom-service", "train", "implants", "--coco", str(args.coco), "--out", str(args.out),
+             "--init", args.init, "--vit", args.vit, "--pretrain-epochs", str(args.pretrain_epochs),
+             "--epochs", str(args.epochs), "--identifier-epochs", str(args.identifier_epochs),
+             "--warmup-epochs", str(args.warmup_epochs), "--batch-size", str(args.batch_size),
+             "--mask-ratio", str(args.mask_ratio), "--img-size", str(args.img_size), "--device", args.device,
+             "--seed", str(args.seed), "--lr", str(args.lr)]
+    if args.pretrain_lr is not None:
+        parts += ["--pretrain-lr", str(args.pretrain_lr)]
+    if args.limit_images is not None:
+        parts += ["--limit-images", str(args.limit_images)]
+    return shlex.join(parts)
+
+
+def cmd_train_implants(args: argparse.Namespace) -> int:
+    """Pre-training (unless ``--init random``) → detector → identifier → bundle; print a JSON summary."""
+    from dicom_service.training import implant_recipe as recipe
+    from dicom_service.training.coco import load_coco
+    from dicom_service.training.train_implants import resolve_device
+    from dicom_service.vision.implant_bundle import save_bundle
+
+    try:
+        opts = options_from_args(args)
+        device = resolve_device(args.device)
+        coco = load_coco(args.coco)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dicom-service train: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    history: list[dict[str, Any]] = []
+
+    def log(record: dict[str, Any]) -> None:
+        history.append(record)
+        print(json.dumps(record), file=sys.stderr, flush=True)
+
+    encoder = recipe.pretrained_encoder(coco, opts, device, log)
+    detector, images = recipe.fine_tuned_detector(coco, encoder, opts, device, log)
+    identifier, crops = recipe.trained_identifier(coco, opts, device, log)
+
+    def last(stage: str) -> dict[str, Any] | None:
+        return next((r for r in reversed(history) if r["stage"] == stage), None)
+
+    config = {
+        "init": opts.init, "mask_ratio": opts.mask_ratio, "command": _command(args),
+        "dataset": {"path": str(args.coco), "seed": opts.seed, "limit_images": opts.limit_images,
+                    "images": images, "crops": crops},
+        "seed": opts.seed, "device": str(device),
+        "pretrain": {"objective": opts.init, "epochs": opts.pretrain_epochs if opts.init != "random" else 0,
+                     "base_lr": recipe.PRETRAIN_BASE_LR, "lr": opts.peak_pretrain_lr, "last": last("pretrain")},
+        "fine_tune": {"epochs": opts.epochs, "lr": opts.lr, "weight_decay": 0.05, "last": last("detector")},
+        "identifier_training": {"epochs": opts.identifier_epochs, "last": last("identifier"),
+                                "temperature_fitted": crops["val"] > 0},
+        "training_seconds": round(time.perf_counter() - started, 1),
+    }
+    path = save_bundle(args.out, detector, identifier, config)
+    print(json.dumps({"bundle": str(path.parent), "config": str(path), "init": opts.init, "device": str(device),
+                      "images": images, "crops": crops, "temperature": float(identifier.temperature),
+                      "seconds": round(time.perf_counter() - started, 2)}))
+    return 0

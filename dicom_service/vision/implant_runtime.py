@@ -1,0 +1,156 @@
+"""The learned radiograph runtime of seed 002: parts → implants → system.
+
+``detect(image)`` fits the radiograph to the detector's input (letterbox, or tiles for
+panoramic images), detects design parts (stage 1), merges them across tiles with
+per-class NMS, groups them into implants (stage 2: k-means++ and geometry), and
+identifies each implant's design attributes and system (calibrated top 3).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from dicom_service.domain import AlgorithmInfo, ImplantFinding, ImplantPart, RadiographResult
+from dicom_service.vision.implant_bundle import load_bundle
+from dicom_service.vision.implant_grouping import ImplantGroup, group_parts
+from dicom_service.vision.implant_identifier import ImplantIdentifier, crop_implant
+from dicom_service.vision.part_detector import PART_CLASSES
+from dicom_service.vision.tiling import plan_windows
+
+log = logging.getLogger(__name__)
+
+
+def _axis(group: ImplantGroup) -> tuple[float, float, float, float] | None:
+    """Coronal-end to apex line from the outermost detected parts, if two or more."""
+    if len(group.parts) < 2:
+        return None
+    first, last = group.parts[0].box, group.parts[-1].box
+    return ((first[0] + first[2]) / 2, (first[1] + first[3]) / 2,
+            (last[0] + last[2]) / 2, (last[1] + last[3]) / 2)
+
+
+@torch.no_grad()
+def detect_in_windows(detector: torch.nn.Module, image: np.ndarray, size: int, *, threshold: float,
+                      device: torch.device, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run a torchvision detector over the model windows of an image and merge them.
+
+    Parameters
+    ----------
+    detector : torch.nn.Module
+        A detector in eval mode taking ``(1, size, size)`` images.
+    image : np.ndarray
+        ``(rows, cols)`` float in [0, 1].
+    size : int
+        The detector's square input side.
+    threshold : float
+        Detections scoring below it are dropped before the merge.
+    iou : float
+        Per-class NMS threshold across overlapping tiles.
+
+    Returns
+    -------
+    boxes : np.ndarray
+        ``(N, 4)`` float64 ``(x0, y0, x1, y1)`` in source pixels (x = column).
+    scores : np.ndarray
+        ``(N,)`` float64, descending.
+    labels : np.ndarray
+        ``(N,)`` int64 class indices of the detector.
+    """
+    windows = plan_windows(image.shape, size)
+    batch = [torch.from_numpy(w.crop(image.astype(np.float32, copy=False)))[None].to(device) for w in windows]
+    outputs = detector(batch)
+    boxes, scores, labels = [], [], []
+    for window, out in zip(windows, outputs, strict=True):
+        keep = out["scores"] >= threshold
+        if not keep.any():
+            continue
+        boxes.append(torch.from_numpy(window.to_source(out["boxes"][keep].float().cpu().numpy())))
+        scores.append(out["scores"][keep].cpu().double())
+        labels.append(out["labels"][keep].cpu())
+    if not boxes:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64)
+    all_boxes, all_scores, all_labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+    kept = batched_nms(all_boxes, all_scores, all_labels, iou)
+    return all_boxes[kept].numpy(), all_scores[kept].numpy(), all_labels[kept].numpy()
+
+
+class LearnedImplantRuntime:
+    """:class:`~dicom_service.vision.runtime.RadiographRuntime` with trained models.
+
+    Parameters
+    ----------
+    model_dir : Path
+        A bundle written by ``dicom-service train implants`` (``config.json`` and
+        safetensors weights).
+    device : str
+        ``"cpu"`` or ``"cuda[:N]"``.
+    part_threshold : float
+        Stage-1 detections below this score are ignored.
+    """
+
+    def __init__(self, model_dir: Path, device: str = "cpu", *, part_threshold: float = 0.3) -> None:
+        detector, identifier, config = load_bundle(model_dir, torch.device(device))
+        self._setup(detector, identifier, config, device, part_threshold)
+
+    @classmethod
+    def from_models(cls, detector: torch.nn.Module, identifier: ImplantIdentifier, config: dict, device: str = "cpu",
+                    *, part_threshold: float = 0.3) -> LearnedImplantRuntime:
+        """A runtime over models already in memory (evaluation of a run before it is bundled)."""
+        runtime = cls.__new__(cls)
+        runtime._setup(detector, identifier, config, device, part_threshold)
+        return runtime
+
+    def _setup(self, detector: torch.nn.Module, identifier: ImplantIdentifier, config: dict, device: str,
+               part_threshold: float) -> None:
+        self.device = torch.device(device)
+        self.detector = detector.to(self.device).eval()
+        self.identifier = identifier.to(self.device).eval()
+        self.config = config
+        self.size = int(self.config["vit"]["img_size"])
+        self.part_threshold = part_threshold
+        self.info = AlgorithmInfo(
+            name="implant-two-stage-vit",
+            version=str(self.config.get("version", "0")),
+            family="ai",
+            parameters=f"init={self.config.get('init')}; vit={self.config['vit']}; "
+                       f"systems={len(self.identifier.systems)}",
+        )
+
+    def detect_parts(self, image: np.ndarray) -> list[ImplantPart]:
+        """Stage 1 on a ``(rows, cols)`` image in [0, 1]: design parts in source pixels."""
+        boxes, scores, labels = detect_in_windows(self.detector, image, self.size,
+                                                  threshold=self.part_threshold, device=self.device)
+        return [ImplantPart(PART_CLASSES[int(label)], tuple(float(v) for v in box), float(score))
+                for box, score, label in zip(boxes, scores, labels, strict=True)]
+
+    def detect(self, image: np.ndarray, *, parts: list[ImplantPart] | None = None) -> RadiographResult:
+        """Find, group and identify implants on a ``(rows, cols)`` float image in [0, 1].
+
+        ``parts`` may pass stage-1 results already computed by :meth:`detect_parts`.
+        """
+        if image.ndim != 2:
+            raise ValueError(f"expected a (rows, cols) radiograph, got shape {image.shape}")
+        if parts is None:
+            parts = self.detect_parts(image)
+        groups = group_parts(parts, image_shape=image.shape)
+        findings: list[ImplantFinding] = []
+        if groups:
+            crops = []
+            for g in groups:
+                axis = _axis(g)
+                upright = axis is None or axis[3] >= axis[1]
+                crops.append(crop_implant(image, g.box, coronal_on_top=upright))
+            batch = torch.from_numpy(np.stack(crops))[:, None].to(self.device)
+            for group, identity in zip(groups, self.identifier.identify(batch), strict=True):
+                findings.append(ImplantFinding(
+                    box=group.box, score=group.score, parts=group.parts,
+                    attributes=dict(identity["attributes"]), system_top=tuple(identity["systems"]),
+                    axis=_axis(group),
+                ))
+        return RadiographResult(findings=findings, image_shape=(int(image.shape[0]), int(image.shape[1])),
+                                algorithm=self.info)
