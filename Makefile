@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e ".[ml]"
 
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
@@ -39,6 +39,7 @@ test: system-deps install-test
 bench: install-test
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/turnaround.py
+	$(BIN)/python -m benchmarks.implants
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -173,7 +173,8 @@ class ModelSettings(_Section):
     """Which vision runtime each workflow uses."""
 
     video: str = "baseline"
-    radiograph: str = Field("baseline", description="'baseline' or 'implants' (the trained bundle in <path>/implants)")
+    radiograph: str = Field("implants", description="'implants' (the trained bundle in <path>/implants, the "
+                            "default) or 'baseline' (classical detector, no torch needed)")
     path: Path | None = Field(None, description="Folder of bundled models; null: the repository's models/.")
 
 

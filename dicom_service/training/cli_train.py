@@ -24,6 +24,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coco", required=True, type=Path, help="annotations.json (images relative to it)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder (config.json + safetensors)")
     add_training_options(p)
+    p.add_argument("--only", choices=["identifier"], default=None,
+                   help="identifier: retrain only the stage-2 identifier of the bundle in --out, keeping its detector")
     p.set_defaults(func=cmd_train_implants)
 
 
@@ -68,6 +70,8 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--pretrain-lr", str(args.pretrain_lr)]
     if args.limit_images is not None:
         parts += ["--limit-images", str(args.limit_images)]
+    if getattr(args, "only", None):
+        parts += ["--only", args.only]
     return shlex.join(parts)
 
 
@@ -92,12 +96,14 @@ def cmd_train_implants(args: argparse.Namespace) -> int:
         history.append(record)
         print(json.dumps(record), file=sys.stderr, flush=True)
 
+    def last(stage: str) -> dict[str, Any] | None:
+        return next((r for r in reversed(history) if r["stage"] == stage), None)
+
+    if args.only == "identifier":
+        return _retrain_identifier(args, opts, coco, device, log, last, started)
     encoder = recipe.pretrained_encoder(coco, opts, device, log)
     detector, images = recipe.fine_tuned_detector(coco, encoder, opts, device, log)
     identifier, crops = recipe.trained_identifier(coco, opts, device, log)
-
-    def last(stage: str) -> dict[str, Any] | None:
-        return next((r for r in reversed(history) if r["stage"] == stage), None)
 
     config = {
         "init": opts.init, "mask_ratio": opts.mask_ratio, "command": _command(args),
@@ -114,5 +120,27 @@ def cmd_train_implants(args: argparse.Namespace) -> int:
     path = save_bundle(args.out, detector, identifier, config)
     print(json.dumps({"bundle": str(path.parent), "config": str(path), "init": opts.init, "device": str(device),
                       "images": images, "crops": crops, "temperature": float(identifier.temperature),
+                      "seconds": round(time.perf_counter() - started, 2)}))
+    return 0
+
+
+def _retrain_identifier(args: argparse.Namespace, opts: TrainOptions, coco: Any, device: Any,
+                        log: Any, last: Any, started: float) -> int:
+    """``--only identifier``: a new stage-2 identifier in an existing bundle (detector kept as is)."""
+    from dicom_service.training import implant_recipe as recipe
+    from dicom_service.vision.implant_bundle import load_bundle, save_bundle
+
+    try:
+        detector, _, config = load_bundle(args.out, "cpu")
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dicom-service train: --only identifier needs a bundle in --out: {exc}", file=sys.stderr)
+        return 2
+    identifier, crops = recipe.trained_identifier(coco, opts, device, log)
+    config["dataset"]["crops"] = crops
+    config["identifier_training"] = {"epochs": opts.identifier_epochs, "last": last("identifier"),
+                                     "temperature_fitted": crops["val"] > 0, "command": _command(args)}
+    path = save_bundle(args.out, detector, identifier, config)
+    print(json.dumps({"bundle": str(path.parent), "config": str(path), "only": "identifier", "crops": crops,
+                      "temperature": float(identifier.temperature),
                       "seconds": round(time.perf_counter() - started, 2)}))
     return 0

@@ -148,7 +148,13 @@ class CocoAnnotation:
 
 @dataclass
 class CocoImage:
-    """One image entry; ``scene_id`` and ``split`` are None for files without them."""
+    """One image entry; ``scene_id`` is None for files without it.
+
+    ``split`` is the file's ``split``; when absent it is derived with :func:`split_for`
+    from the image's ``patient_id``, else its ``scene_id``, else its ``file_name``, so
+    that a user's data set is split deterministically (by patient when it says who
+    the patient is, as seed 002 does).
+    """
 
     id: int
     file_name: str
@@ -191,6 +197,13 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
+def _split_of(image: dict[str, Any]) -> str:
+    if image.get("split") is not None:
+        return str(image["split"])
+    key = image.get("patient_id") or image.get("scene_id") or image["file_name"]
+    return split_for(str(key))
+
+
 def load_coco(path: str | Path) -> CocoDataset:
     """Read and validate a COCO detection file (ours or a user's).
 
@@ -222,7 +235,7 @@ def load_coco(path: str | Path) -> CocoDataset:
         if width <= 0 or height <= 0:
             raise ValueError(f"{where}: width and height must be positive, got {width} x {height}")
         images[image_id] = CocoImage(id=image_id, file_name=str(im["file_name"]), width=width, height=height,
-                                     scene_id=im.get("scene_id"), split=im.get("split"),
+                                     scene_id=im.get("scene_id"), split=_split_of(im),
                                      path=source.parent / str(im["file_name"]))
     annotations: list[CocoAnnotation] = []
     seen: set[int] = set()

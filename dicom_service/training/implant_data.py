@@ -76,15 +76,21 @@ def image_windows(images: Sequence[CocoImage], size: int) -> list[tuple[CocoImag
 
 
 def rasterise_polygons(segmentation: Any, scale: float, size: int,
-                       origin: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+                       origin: tuple[float, float] = (0.0, 0.0),
+                       box: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """Fill COCO polygons (vertices at pixel centres, source pixels) in a ``(size, size)`` uint8 mask.
 
     Source point ``p`` lands at ``(p - origin) * scale`` (``origin`` is the window's
-    ``(x0, y0)``); the parts outside the mask are cut off.
+    ``(x0, y0)``); the parts outside the mask are cut off. An annotation without a
+    segmentation (``None`` or ``[]``, boxes-only data sets) is filled as its ``box``.
     """
+    if segmentation is None:
+        segmentation = []
     mask = np.zeros((size, size), dtype=np.uint8)
     if not isinstance(segmentation, list):
         raise ValueError(f"only polygon segmentations are supported, got {type(segmentation).__name__}")
+    if not segmentation and box is not None:  # boxes-only annotations: the box is the mask
+        segmentation = [[box[0], box[1], box[2] - 1, box[1], box[2] - 1, box[3] - 1, box[0], box[3] - 1]]
     polygons = []
     for poly in segmentation:
         pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
@@ -188,7 +194,7 @@ class PartDetectionDataset(Dataset):
             boxes.append(box)
             labels.append(self.categories.index(ann.category))
             masks.append(rasterise_polygons(ann.segmentation, window.scale, self.size,
-                                            (float(window.x0), float(window.y0))))
+                                            (float(window.x0), float(window.y0)), ann.box))
         box_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         mask_arr = np.stack(masks) if masks else np.zeros((0, self.size, self.size), dtype=np.uint8)
         if self.augment:

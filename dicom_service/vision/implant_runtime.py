@@ -79,6 +79,15 @@ def detect_in_windows(detector: torch.nn.Module, image: np.ndarray, size: int, *
     return all_boxes[kept].numpy(), all_scores[kept].numpy(), all_labels[kept].numpy()
 
 
+def _weights_version(config: dict) -> str:
+    """Algorithm version: the first 12 hex digits of the detector and identifier sha256 (or "untracked")."""
+    weights = config.get("weights", {})
+    try:
+        return f"{weights['detector']['sha256'][:12]}.{weights['identifier']['sha256'][:12]}"
+    except (KeyError, TypeError):
+        return "untracked"
+
+
 class LearnedImplantRuntime:
     """:class:`~dicom_service.vision.runtime.RadiographRuntime` with trained models.
 
@@ -115,7 +124,7 @@ class LearnedImplantRuntime:
         self.part_threshold = part_threshold
         self.info = AlgorithmInfo(
             name="implant-two-stage-vit",
-            version=str(self.config.get("version", "0")),
+            version=_weights_version(config),
             family="ai",
             parameters=f"init={self.config.get('init')}; vit={self.config['vit']}; "
                        f"systems={len(self.identifier.systems)}",

@@ -100,7 +100,20 @@ def test_plain_user_coco_without_extra_fields(tmp_path: Path) -> None:
     data = load_coco(path)
     ann = data.annotations[0]
     assert ann.box == (10.0, 5.0, 30.0, 45.0) and ann.attributes is None and ann.system is None
-    assert ann.implant_id is None and data.images[7].split is None
+    assert ann.implant_id is None and data.images[7].split == split_for("a.png")
+
+
+def test_user_coco_without_split_is_split_by_patient(tmp_path: Path) -> None:
+    images = [{"id": i, "file_name": f"{i}.png", "width": 10, "height": 10, "patient_id": f"p{i // 3}"}
+              for i in range(300)]
+    path = tmp_path / "user.json"
+    path.write_text(json.dumps({"images": images, "categories": [], "annotations": []}))
+    data = load_coco(path)
+    by_patient: dict[str, set[str | None]] = {}
+    for image in images:
+        by_patient.setdefault(image["patient_id"], set()).add(data.images[image["id"]].split)
+    assert all(len(splits) == 1 for splits in by_patient.values())  # no patient in two splits
+    assert {s for splits in by_patient.values() for s in splits} == {"train", "val", "test"}
 
 
 def test_mask_polygons_follow_the_mask() -> None:

@@ -221,3 +221,22 @@ def test_train_implants_cli_smoke(coco_path: Path, tmp_path: Path, capsys: pytes
     assert set(result) >= {"boxes", "labels", "scores", "masks"}
     assert identifier.temperature.item() == pytest.approx(config["temperature"])
     assert main(argv[:2] + ["--coco", str(coco_path), "--out", str(out), "--img-size", "40"]) == 2
+
+
+def test_only_identifier_keeps_the_detector(coco_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:
+    out = tmp_path / "bundle"
+    small = ["--vit", "test", "--img-size", "64", "--pretrain-epochs", "0", "--epochs", "1", "--identifier-epochs",
+             "1", "--limit-images", "4", "--device", "cpu"]
+    assert main(["train", "implants", "--coco", str(coco_path), "--out", str(tmp_path / "empty"), *small,
+                 "--only", "identifier"]) == 2
+    assert "needs a bundle" in capsys.readouterr().err
+    assert main(["train", "implants", "--coco", str(coco_path), "--out", str(out), *small]) == 0
+    before = json.loads((out / "config.json").read_text())
+    assert main(["train", "implants", "--coco", str(coco_path), "--out", str(out), *small, "--seed", "9",
+                 "--only", "identifier"]) == 0
+    after = json.loads((out / "config.json").read_text())
+    assert after["weights"]["detector"] == before["weights"]["detector"]
+    assert after["weights"]["identifier"]["sha256"] != before["weights"]["identifier"]["sha256"]
+    assert after["command"] == before["command"] and "--only identifier" in after["identifier_training"]["command"]
+    load_bundle(out, "cpu")
