@@ -24,8 +24,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coco", required=True, type=Path, help="annotations.json (images relative to it)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder (config.json + safetensors)")
     add_training_options(p)
-    p.add_argument("--only", choices=["identifier"], default=None,
-                   help="identifier: retrain only the stage-2 identifier of the bundle in --out, keeping its detector")
+    p.add_argument("--only", choices=["identifier", "detector"], default=None,
+                   help="identifier: retrain only the stage-2 identifier of the bundle in --out; detector: continue "
+                        "training its detector for --epochs (the other model is kept as is)")
     p.set_defaults(func=cmd_train_implants)
 
 
@@ -99,8 +100,8 @@ def cmd_train_implants(args: argparse.Namespace) -> int:
     def last(stage: str) -> dict[str, Any] | None:
         return next((r for r in reversed(history) if r["stage"] == stage), None)
 
-    if args.only == "identifier":
-        return _retrain_identifier(args, opts, coco, device, log, last, started)
+    if args.only is not None:
+        return _retrain_one(args, opts, coco, device, log, last, started)
     encoder = recipe.pretrained_encoder(coco, opts, device, log)
     detector, images = recipe.fine_tuned_detector(coco, encoder, opts, device, log)
     identifier, crops = recipe.trained_identifier(coco, opts, device, log)
@@ -124,23 +125,30 @@ def cmd_train_implants(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retrain_identifier(args: argparse.Namespace, opts: TrainOptions, coco: Any, device: Any,
-                        log: Any, last: Any, started: float) -> int:
-    """``--only identifier``: a new stage-2 identifier in an existing bundle (detector kept as is)."""
+def _retrain_one(args: argparse.Namespace, opts: TrainOptions, coco: Any, device: Any,
+                 log: Any, last: Any, started: float) -> int:
+    """``--only identifier|detector``: train one model of an existing bundle, keep the other."""
     from dicom_service.training import implant_recipe as recipe
     from dicom_service.vision.implant_bundle import load_bundle, save_bundle
 
     try:
-        detector, _, config = load_bundle(args.out, "cpu")
+        detector, identifier, config = load_bundle(args.out, "cpu")
     except (FileNotFoundError, ValueError) as exc:
-        print(f"dicom-service train: --only identifier needs a bundle in --out: {exc}", file=sys.stderr)
+        print(f"dicom-service train: --only {args.only} needs a bundle in --out: {exc}", file=sys.stderr)
         return 2
-    identifier, crops = recipe.trained_identifier(coco, opts, device, log)
-    config["dataset"]["crops"] = crops
-    config["identifier_training"] = {"epochs": opts.identifier_epochs, "last": last("identifier"),
-                                     "temperature_fitted": crops["val"] > 0, "command": _command(args)}
+    summary: dict[str, Any] = {}
+    if args.only == "identifier":
+        identifier, crops = recipe.trained_identifier(coco, opts, device, log)
+        config["dataset"]["crops"] = summary["crops"] = crops
+        config["identifier_training"] = {"epochs": opts.identifier_epochs, "last": last("identifier"),
+                                         "temperature_fitted": crops["val"] > 0, "command": _command(args)}
+    else:
+        detector, images = recipe.fine_tuned_detector(coco, detector, opts, device, log)
+        continued = config.setdefault("fine_tune_continued", [])
+        continued.append({"epochs": opts.epochs, "lr": opts.lr, "last": last("detector"), "command": _command(args)})
+        summary["images"] = images
     path = save_bundle(args.out, detector, identifier, config)
-    print(json.dumps({"bundle": str(path.parent), "config": str(path), "only": "identifier", "crops": crops,
+    print(json.dumps({"bundle": str(path.parent), "config": str(path), "only": args.only, **summary,
                       "temperature": float(identifier.temperature),
                       "seconds": round(time.perf_counter() - started, 2)}))
     return 0

@@ -49,10 +49,13 @@ def pretrained_encoder(coco: CocoDataset, opts: TrainOptions, device: torch.devi
                                seed=opts.seed)
 
 
-def fine_tuned_detector(coco: CocoDataset, encoder: ViTEncoder, opts: TrainOptions, device: torch.device,
+def fine_tuned_detector(coco: CocoDataset, encoder: ViTEncoder | MaskRCNN, opts: TrainOptions, device: torch.device,
                         log: ti.EpochLog | None = None, *, categories: tuple[str, ...] = PART_CLASSES
                         ) -> tuple[MaskRCNN, dict[str, int]]:
-    """Mask R-CNN fine-tuned from ``encoder`` on ``categories``; returns it and the window counts per split."""
+    """Mask R-CNN fine-tuned from ``encoder`` on ``categories``; returns it and the window counts per split.
+
+    ``encoder`` may be a trained detector, whose training then continues.
+    """
     ti.seed_everything(opts.seed + 1)
     train = PartDetectionDataset(coco, "train", opts.img_size, augment=True, limit=opts.limit_images,
                                  categories=categories)

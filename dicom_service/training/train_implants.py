@@ -146,11 +146,14 @@ def _detector_loss(detector: MaskRCNN, images: list[torch.Tensor], targets: list
     return torch.stack(list(losses.values())).sum()
 
 
-def train_detector(ds_train: Dataset, ds_val: Dataset | None, encoder: ViTEncoder, epochs: int, *,
+def train_detector(ds_train: Dataset, ds_val: Dataset | None, encoder: ViTEncoder | MaskRCNN, epochs: int, *,
                    batch_size: int = 4, lr: float = 1e-4, weight_decay: float = 0.05, warmup_epochs: int = 10,
                    device: torch.device | str = "cpu", log: EpochLog | None = None, seed: int = 0,
                    clip_norm: float = 1.0, detector_config: DetectorConfig | None = None) -> MaskRCNN:
     """Fine-tune Mask R-CNN on design parts with the (pre-trained) ``encoder`` as backbone.
+
+    ``encoder`` may also be a detector already built (and trained): training then
+    continues from its weights with a fresh warm-up / cosine schedule.
 
     Parameters
     ----------
@@ -168,7 +171,10 @@ def train_detector(ds_train: Dataset, ds_val: Dataset | None, encoder: ViTEncode
         In eval mode, on ``device``.
     """
     device = torch.device(device)
-    detector = build_part_detector(encoder, detector_config).to(device)
+    if isinstance(encoder, MaskRCNN):
+        detector = encoder.to(device)
+    else:
+        detector = build_part_detector(encoder, detector_config).to(device)
     loader = _loader(ds_train, batch_size, True, seed, collate_detection)
     optimizer = _adamw(detector, lr, weight_decay, (0.9, 0.999))
     scheduler = warmup_cosine(optimizer, epochs * len(loader), warmup_epochs * len(loader))

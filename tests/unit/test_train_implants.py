@@ -223,7 +223,7 @@ def test_train_implants_cli_smoke(coco_path: Path, tmp_path: Path, capsys: pytes
     assert main(argv[:2] + ["--coco", str(coco_path), "--out", str(out), "--img-size", "40"]) == 2
 
 
-def test_only_identifier_keeps_the_detector(coco_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_only_one_model_keeps_the_other(coco_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                             ) -> None:
     out = tmp_path / "bundle"
     small = ["--vit", "test", "--img-size", "64", "--pretrain-epochs", "0", "--epochs", "1", "--identifier-epochs",
@@ -239,4 +239,9 @@ def test_only_identifier_keeps_the_detector(coco_path: Path, tmp_path: Path, cap
     assert after["weights"]["detector"] == before["weights"]["detector"]
     assert after["weights"]["identifier"]["sha256"] != before["weights"]["identifier"]["sha256"]
     assert after["command"] == before["command"] and "--only identifier" in after["identifier_training"]["command"]
+    assert main(["train", "implants", "--coco", str(coco_path), "--out", str(out), *small, "--only", "detector"]) == 0
+    again = json.loads((out / "config.json").read_text())
+    assert again["weights"]["identifier"] == after["weights"]["identifier"]
+    assert again["weights"]["detector"]["sha256"] != after["weights"]["detector"]["sha256"]
+    assert len(again["fine_tune_continued"]) == 1 and again["fine_tune_continued"][0]["epochs"] == 1
     load_bundle(out, "cpu")
