@@ -15,7 +15,9 @@ Implant report content
     0\\0 = top-left corner of the top-left pixel, so box edges map 1:1); NUM
     (111012, DCM, "Certainty of Finding") = detection score, unit (1, UCUM, "no
     units"); if a system is known TEXT (113879, DCM, "Device Model Name") = top system
-    and NUM (SYSTEMPROB, 99DENTALAI, "Implant system probability"); one TEXT
+    and NUM (SYSTEMPROB, 99DENTALAI, "Implant system probability"), then one TEXT
+    (SYSTEMCAND, 99DENTALAI, "Implant system candidate") ``"<rank>. <name> (p=<p>)"``
+    per ranked system the runtime reports (the top 3); one TEXT
     (IMPLANTDESIGN, 99DENTALAI, "Implant design attribute") ``"<key>: <value>"`` per
     design attribute. Each part is its own TID 1410 group (Finding (IMPLANTPART,
     99DENTALAI, "Dental implant part"), TEXT (PARTLABEL, 99DENTALAI, "Implant part
@@ -52,6 +54,7 @@ IMAGE_PROCESSING = Code("110001", "DCM", "Image Processing")
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 DEVICE_MODEL_NAME = Code("113879", "DCM", "Device Model Name")
 SYSTEM_PROBABILITY = Code("SYSTEMPROB", common.PRIVATE_SCHEME, "Implant system probability")
+SYSTEM_CANDIDATE = Code("SYSTEMCAND", common.PRIVATE_SCHEME, "Implant system candidate")
 DESIGN_ATTRIBUTE = Code("IMPLANTDESIGN", common.PRIVATE_SCHEME, "Implant design attribute")
 PART_LABEL = Code("PARTLABEL", common.PRIVATE_SCHEME, "Implant part label")
 PROCESSING_STEP = Code("PROCSTEP", common.PRIVATE_SCHEME, "Processing step")
@@ -242,6 +245,8 @@ def _finding_groups(
         name, probability = finding.system_top[0]
         texts.append((DEVICE_MODEL_NAME, name))
         measurements.append(hd.sr.Measurement(SYSTEM_PROBABILITY, float(probability), NO_UNITS))
+        texts.extend((SYSTEM_CANDIDATE, f"{rank}. {candidate} (p={p:.3f})")
+                     for rank, (candidate, p) in enumerate(finding.system_top, start=1))
     texts.extend((DESIGN_ATTRIBUTE, f"{key}: {value}") for key, value in finding.attributes.items())
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(

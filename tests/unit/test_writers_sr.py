@@ -86,6 +86,7 @@ def test_implant_report_has_one_group_per_implant(radiograph: pydicom.Dataset, t
         assert pydicom.uid.UID(group.tracking_uid).is_valid
     texts = _texts(groups[0])
     assert texts["Device Model Name"] == ["Straumann BLT"]
+    assert texts["Implant system candidate"] == ["1. Straumann BLT (p=0.710)", "2. Nobel Active (p=0.200)"]
     assert texts["Implant design attribute"] == ["body: tapered", "thread: V-shaped"]
     parts = sr.content.get_planar_roi_measurement_groups(
         finding_type=Code("IMPLANTPART", "99DENTALAI", "Dental implant part"))
