@@ -46,6 +46,10 @@ def metrics_table(report: dict[str, Any]) -> str:
         add(f"part {key.upper()}", report["parts"][key])
     for name, values in report["parts"]["per_class"].items():
         add(f"  {name} AP50", values.get("ap50", float("nan")))
+    op = report["operating_point"]
+    add(f"precision @ thresholds {op['part_threshold']}/{op['finding_threshold']}", op["precision"])
+    add("recall @ thresholds", op["recall"])
+    add("implant-free images with a finding", f"{op['of_which_with_findings']}/{op['images_without_implants']}")
     systems = report.get("systems")
     if systems:
         add("system top-1 (all implants)", systems["top1"])

@@ -7,6 +7,8 @@ Reports (JSON, plus PNG figures):
 * identification: system top-1 and top-3 accuracy over ground-truth implants matched by
   a predicted implant (IoU ≥ 0.5; unmatched implants count as wrong), the confusion
   matrix and the reliability diagram (ECE) of the calibrated system probabilities;
+* the operating point (the node's default thresholds): precision, recall, and how many
+  implant-free images got a finding;
 * identification alone: system top-1 / top-3 of the identifier on the true implant
   boxes (as if detection were perfect);
 * speed: mean milliseconds per image on the device used.
@@ -43,6 +45,30 @@ if TYPE_CHECKING:
     from dicom_service.vision.implant_runtime import LearnedImplantRuntime
 
 PART_NAMES: tuple[str, ...] = PART_CLASSES[1:]
+#: Lowest part score kept when AP is measured (AP integrates over all operating points).
+AP_SCORE_FLOOR = 0.05
+
+
+def _operating_counts(truth: np.ndarray, found: list) -> dict[str, int]:
+    """Greedy IoU ≥ 0.5 matching of reported implants to the truth of one image."""
+    ious = iou_matrix(truth, np.array(found, dtype=float).reshape(-1, 4))
+    matched_truth: set[int] = set()
+    tp = 0
+    for j in range(ious.shape[1]):
+        candidates = [(ious[t, j], t) for t in range(ious.shape[0]) if t not in matched_truth and ious[t, j] >= 0.5]
+        if candidates:
+            matched_truth.add(max(candidates)[1])
+            tp += 1
+    return {"true_positives": tp, "false_positives": len(found) - tp, "false_negatives": len(truth) - tp,
+            "images_without_implants": int(len(truth) == 0),
+            "of_which_with_findings": int(len(truth) == 0 and len(found) > 0)}
+
+
+def _operating_summary(totals: dict[str, int], runtime: LearnedImplantRuntime) -> dict:
+    """Precision and recall of what the node reports (its default thresholds), IoU ≥ 0.5."""
+    tp, fp, fn = totals["true_positives"], totals["false_positives"], totals["false_negatives"]
+    return {"part_threshold": runtime.part_threshold, "finding_threshold": runtime.finding_threshold,
+            "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / (tp + fn) if tp + fn else 1.0, **totals}
 
 
 def _truth(coco: CocoDataset, image_id: int, names: tuple[str, ...]) -> ImageTruth:
@@ -86,14 +112,21 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
     systems = list(runtime.identifier.systems)
     implant_dets, implant_truth, part_dets, part_truth = [], [], [], []
     probabilities, targets, truth_box_probabilities = [], [], []
+    operating_totals = {"true_positives": 0, "false_positives": 0, "false_negatives": 0,
+                        "images_without_implants": 0, "of_which_with_findings": 0}
     seconds = 0.0
     for done, image_info in enumerate(images, 1):
         image = read_radiograph(image_info)
         truth_box_probabilities += _identify_truth_boxes(runtime, coco, image_info.id, image)
         start = time.perf_counter()
-        parts = runtime.detect_parts(image)
-        result = runtime.detect(image, parts=parts)
+        parts = runtime.detect_parts(image, threshold=AP_SCORE_FLOOR)  # every operating point, for AP
+        result = runtime.detect(image, parts=parts, finding_threshold=0.0)
         seconds += time.perf_counter() - start
+        operating = runtime.detect(image, parts=[p for p in parts if p.score >= runtime.part_threshold])
+        truth_boxes = np.array([a.box for a in coco.for_image(image_info.id) if a.category == "implant"])
+        counts = _operating_counts(truth_boxes.reshape(-1, 4), [f.box for f in operating.findings])
+        for key, value in counts.items():
+            operating_totals[key] += value
         part_dets.append(ImageDetections(
             np.array([p.box for p in parts], dtype=float).reshape(-1, 4),
             np.array([p.score for p in parts], dtype=float),
@@ -126,6 +159,7 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
         "device": device, "ms_per_image": round(1000 * seconds / len(images), 1),
         "implants": {"ap": implants.ap, "ap50": implants.ap50, "ap75": implants.ap75},
         "parts": {"ap": part_ap.ap, "ap50": part_ap.ap50, "ap75": part_ap.ap75, "per_class": part_ap.per_class},
+        "operating_point": _operating_summary(operating_totals, runtime),
     }
     if targets:
         probs, y = np.array(probabilities), np.array(targets)

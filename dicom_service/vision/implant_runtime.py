@@ -24,6 +24,10 @@ from dicom_service.vision.tiling import plan_windows
 
 log = logging.getLogger(__name__)
 
+#: Default score thresholds of stage 1 (parts) and of reported implants.
+PART_THRESHOLD = 0.3
+FINDING_THRESHOLD = 0.3
+
 
 def _axis(group: ImplantGroup) -> tuple[float, float, float, float] | None:
     """Coronal-end to apex line from the outermost detected parts, if two or more."""
@@ -100,28 +104,35 @@ class LearnedImplantRuntime:
         ``"cpu"`` or ``"cuda[:N]"``.
     part_threshold : float
         Stage-1 detections below this score are ignored.
+    finding_threshold : float
+        Implants (grouped parts) scoring below this are not reported; the score is the
+        mean part score times the fraction of the three parts detected. 0 reports every
+        group (what ``eval implants`` does to compute AP over all operating points).
     """
 
-    def __init__(self, model_dir: Path, device: str = "cpu", *, part_threshold: float = 0.3) -> None:
+    def __init__(self, model_dir: Path, device: str = "cpu", *, part_threshold: float = PART_THRESHOLD,
+                 finding_threshold: float = FINDING_THRESHOLD) -> None:
         detector, identifier, config = load_bundle(model_dir, torch.device(device))
-        self._setup(detector, identifier, config, device, part_threshold)
+        self._setup(detector, identifier, config, device, part_threshold, finding_threshold)
 
     @classmethod
     def from_models(cls, detector: torch.nn.Module, identifier: ImplantIdentifier, config: dict, device: str = "cpu",
-                    *, part_threshold: float = 0.3) -> LearnedImplantRuntime:
+                    *, part_threshold: float = PART_THRESHOLD, finding_threshold: float = FINDING_THRESHOLD
+                    ) -> LearnedImplantRuntime:
         """A runtime over models already in memory (evaluation of a run before it is bundled)."""
         runtime = cls.__new__(cls)
-        runtime._setup(detector, identifier, config, device, part_threshold)
+        runtime._setup(detector, identifier, config, device, part_threshold, finding_threshold)
         return runtime
 
     def _setup(self, detector: torch.nn.Module, identifier: ImplantIdentifier, config: dict, device: str,
-               part_threshold: float) -> None:
+               part_threshold: float, finding_threshold: float) -> None:
         self.device = torch.device(device)
         self.detector = detector.to(self.device).eval()
         self.identifier = identifier.to(self.device).eval()
         self.config = config
         self.size = int(self.config["vit"]["img_size"])
         self.part_threshold = part_threshold
+        self.finding_threshold = finding_threshold
         self.info = AlgorithmInfo(
             name="implant-two-stage-vit",
             version=_weights_version(config),
@@ -130,23 +141,30 @@ class LearnedImplantRuntime:
                        f"systems={len(self.identifier.systems)}",
         )
 
-    def detect_parts(self, image: np.ndarray) -> list[ImplantPart]:
-        """Stage 1 on a ``(rows, cols)`` image in [0, 1]: design parts in source pixels."""
-        boxes, scores, labels = detect_in_windows(self.detector, image, self.size,
-                                                  threshold=self.part_threshold, device=self.device)
+    def detect_parts(self, image: np.ndarray, *, threshold: float | None = None) -> list[ImplantPart]:
+        """Stage 1 on a ``(rows, cols)`` image in [0, 1]: design parts in source pixels.
+
+        ``threshold`` overrides :attr:`part_threshold` (evaluation over all scores).
+        """
+        boxes, scores, labels = detect_in_windows(
+            self.detector, image, self.size, device=self.device,
+            threshold=self.part_threshold if threshold is None else threshold)
         return [ImplantPart(PART_CLASSES[int(label)], tuple(float(v) for v in box), float(score))
                 for box, score, label in zip(boxes, scores, labels, strict=True)]
 
-    def detect(self, image: np.ndarray, *, parts: list[ImplantPart] | None = None) -> RadiographResult:
+    def detect(self, image: np.ndarray, *, parts: list[ImplantPart] | None = None,
+               finding_threshold: float | None = None) -> RadiographResult:
         """Find, group and identify implants on a ``(rows, cols)`` float image in [0, 1].
 
-        ``parts`` may pass stage-1 results already computed by :meth:`detect_parts`.
+        ``parts`` may pass stage-1 results already computed by :meth:`detect_parts`;
+        ``finding_threshold`` overrides :attr:`finding_threshold`.
         """
+        min_score = self.finding_threshold if finding_threshold is None else finding_threshold
         if image.ndim != 2:
             raise ValueError(f"expected a (rows, cols) radiograph, got shape {image.shape}")
         if parts is None:
             parts = self.detect_parts(image)
-        groups = group_parts(parts, image_shape=image.shape)
+        groups = [g for g in group_parts(parts, image_shape=image.shape) if g.score >= min_score]
         findings: list[ImplantFinding] = []
         if groups:
             crops = []

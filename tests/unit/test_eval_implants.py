@@ -66,6 +66,9 @@ def test_eval_prints_table_and_writes_json_and_figures(data: Path, bundle: Path,
     for key in ("ap", "ap50", "ap75"):
         assert 0.0 <= report["implants"][key] <= 1.0 and 0.0 <= report["parts"][key] <= 1.0
     assert set(report["parts"]["per_class"]) == {"coronal", "middle", "apical"}
+    op = report["operating_point"]
+    assert op["true_positives"] + op["false_negatives"] == report["systems"]["implants"]
+    assert 0.0 <= op["precision"] <= 1.0 and 0.0 <= op["recall"] <= 1.0 and op["part_threshold"] == 0.3
     systems = report["systems"]
     assert systems["implants"] >= 1 and 0.0 <= systems["top1"] <= systems["top3"] <= 1.0
     truth = systems["on_true_boxes"]
