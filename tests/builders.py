@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,11 +32,15 @@ from dicom_service.media.video import encode_h264_mp4, video_transfer_syntax_for
 from dicom_service.uids import new_uid
 from tests.phantoms import intraoral_phantom, intraoral_scene, panoramic_phantom
 
+if TYPE_CHECKING:
+    from dicom_service.training.radiograph_scene import RadiographScene
+
 Box = tuple[float, float, float, float]
 
 IO_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.3"
 IO_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.3.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 VIDEO_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
 VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
 
@@ -44,7 +49,8 @@ PATIENT_ID = "PH0001"
 
 __all__ = [
     "make_intraoral_radiograph", "make_intraoral_radiograph_with_truth",
-    "make_panoramic_dx", "make_panoramic_dx_with_truth", "make_video_photographic",
+    "make_panoramic_dx", "make_panoramic_dx_with_truth", "make_radiograph_from_scene",
+    "make_video_photographic",
     "make_intraoral_scene", "make_vl_photographic_jpeg", "make_colour_photo_as_dx",
     "truncated_bytes", "non_dicom_bytes", "mismatched_sop_class", "oversized_rows",
     "with_uid", "save",
@@ -99,8 +105,17 @@ def _base(sop_class: str, modality: str, transfer_syntax: str, *, study_uid: str
 def _radiograph_dataset(image: np.ndarray, *, sop_class: str, modality: str,
                         bits_stored: int, photometric: str, for_processing: bool,
                         study_uid: str | None, series_uid: str | None,
-                        description: str) -> Dataset:
-    """Wrap a ``(rows, columns)`` float radiopacity image in ``[0, 1]`` as DX/IO."""
+                        description: str, value_range: tuple[float, float] | None = None,
+                        full_range_window: bool = False, pixel_mm: float = 0.1) -> Dataset:
+    """Wrap a ``(rows, columns)`` float radiopacity image in ``[0, 1]`` as DX/IO.
+
+    ``image`` 0..1 is mapped linearly onto ``value_range`` (fractions of the stored
+    range; by default 10-90 % for presentation and 5-60 % for processing).
+    Presentation images get a LINEAR VOI window: with ``full_range_window`` one that
+    maps stored ``0..max`` exactly onto ``0..1`` (``WindowCenter = 2**(bits-1)``,
+    ``WindowWidth = 2**bits``), else one over ``value_range``. Processing images get
+    none (the DX and IO IODs allow a VOI only for presentation).
+    """
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
     if not 8 <= bits_stored <= 16:
@@ -110,7 +125,8 @@ def _radiograph_dataset(image: np.ndarray, *, sop_class: str, modality: str,
     max_value = (1 << bits_stored) - 1
     # Presentation images use 10-90 % of the range so the VOI window matters;
     # processing images a smaller, offset range so that a percentile window is needed.
-    low, high = (0.10, 0.90) if not for_processing else (0.05, 0.60)
+    default_range = (0.10, 0.90) if not for_processing else (0.05, 0.60)
+    low, high = value_range if value_range is not None else default_range
     stored = np.clip(np.rint((low + (high - low) * image) * max_value), 0, max_value).astype("<u2")
     if photometric == "MONOCHROME1":
         stored = (max_value - stored).astype("<u2")
@@ -131,7 +147,7 @@ def _radiograph_dataset(image: np.ndarray, *, sop_class: str, modality: str,
     # -1: higher stored values mean less X-ray intensity (more radiopaque).
     ds.PixelIntensityRelationshipSign = 1 if photometric == "MONOCHROME1" else -1
     ds.LossyImageCompression = "00"
-    ds.PixelSpacing = ds.ImagerPixelSpacing = [0.1, 0.1]
+    ds.PixelSpacing = ds.ImagerPixelSpacing = [pixel_mm, pixel_mm]
     ds.PixelSpacingCalibrationType = "GEOMETRY"
     ds.PixelSpacingCalibrationDescription = "phantom geometry"
     ds.DetectorType = "SCINTILLATOR"
@@ -139,12 +155,31 @@ def _radiograph_dataset(image: np.ndarray, *, sop_class: str, modality: str,
     ds.PatientOrientation = ["L", "F"] if modality == "IO" else ["R", "F"]
     ds.AcquisitionContextSequence = []
     ds.PositionerType = "NONE"
-    if not for_processing:
+    if full_range_window and not for_processing:
+        # LINEAR (PS3.3 C.11.2.1.2.1): y = (x - (c - 0.5)) / (w - 1) + 0.5 = x / max_value
+        ds.WindowCenter = 1 << (bits_stored - 1)
+        ds.WindowWidth = 1 << bits_stored
+        ds.VOILUTFunction = "LINEAR"
+    elif not for_processing:
         ds.WindowCenter = round((low + high) / 2 * max_value, 1)
         ds.WindowWidth = round((high - low) * max_value, 1)
         ds.VOILUTFunction = "LINEAR"
     ds.PixelData = stored.tobytes()
     return ds
+
+
+def _intraoral_anatomy(ds: Dataset) -> None:
+    ds.BodyPartExamined = "JAW"
+    ds.ImageLaterality = "L"  # consistent with tooth 36 (FDI), mandibular left first molar
+    ds.AnatomicRegionSequence = [_code("91609006", "SCT", "Mandible")]
+    ds.PrimaryAnatomicStructureSequence = [_code("866006002", "SCT", "Permanent mandibular left first molar tooth")]
+
+
+def _panoramic_anatomy(ds: Dataset) -> None:
+    ds.BodyPartExamined = "JAW"
+    ds.ImageLaterality = "B"
+    ds.ViewPosition = ""
+    ds.AnatomicRegionSequence = [_code("28035005", "SCT", "Teeth, gums and supporting structures")]
 
 
 def make_intraoral_radiograph_with_truth(
@@ -183,10 +218,7 @@ def make_intraoral_radiograph_with_truth(
                              photometric=photometric, for_processing=for_processing,
                              study_uid=study_uid, series_uid=series_uid,
                              description="Intra-oral phantom")
-    ds.BodyPartExamined = "JAW"
-    ds.ImageLaterality = "L"  # consistent with tooth 36 (FDI), mandibular left first molar
-    ds.AnatomicRegionSequence = [_code("91609006", "SCT", "Mandible")]
-    ds.PrimaryAnatomicStructureSequence = [_code("866006002", "SCT", "Permanent mandibular left first molar tooth")]
+    _intraoral_anatomy(ds)
     return ds, boxes
 
 
@@ -220,10 +252,7 @@ def make_panoramic_dx_with_truth(
                              photometric="MONOCHROME2", for_processing=False,
                              study_uid=study_uid, series_uid=series_uid,
                              description="Panoramic phantom")
-    ds.BodyPartExamined = "JAW"
-    ds.ImageLaterality = "B"
-    ds.ViewPosition = ""
-    ds.AnatomicRegionSequence = [_code("28035005", "SCT", "Teeth, gums and supporting structures")]
+    _panoramic_anatomy(ds)
     return ds, boxes
 
 
@@ -232,6 +261,70 @@ def make_panoramic_dx(*, implants: int = 3, rows: int = 1000, cols: int = 2000, 
     """Panoramic phantom; see :func:`make_panoramic_dx_with_truth`."""
     return make_panoramic_dx_with_truth(implants=implants, rows=rows, cols=cols, seed=seed,
                                         study_uid=study_uid, series_uid=series_uid)[0]
+
+
+def make_radiograph_from_scene(
+    scene: RadiographScene, *, modality: str = "IO", bits_stored: int = 12,
+    photometric: str = "MONOCHROME2", for_processing: bool = False,
+    study_uid: str | None = None, series_uid: str | None = None,
+) -> Dataset:
+    """Wrap a training phantom (:mod:`dicom_service.training.radiograph_phantoms`) as DICOM.
+
+    The scene's 12-bit display values ``v`` are rescaled to the full stored range,
+    ``rint(v / 4095 * (2**bits_stored - 1))`` (inverted for MONOCHROME1).
+
+    * For presentation, a LINEAR VOI window over the full stored range is written, so
+      :func:`dicom_service.media.pixels.load_radiograph` returns ``scene.image / 4095``
+      up to rounding (``0.5 / (2**bits_stored - 1)``): the input the implant models
+      were trained on.
+    * For processing, the DX and IO IODs forbid a VOI window (``dciodvfy``: "may only
+      be present in For Presentation images"), so ``load_radiograph`` applies its
+      0.5-99.5 percentile window: the result is ``scene.image / 4095`` stretched
+      linearly between its 0.5th and 99.5th percentiles (and clipped), not equal to it.
+
+    The truth stays in ``scene.implants`` (boxes ``(x0, y0, x1, y1)``, x = column,
+    y = row, in the same pixel grid).
+
+    Parameters
+    ----------
+    scene : RadiographScene
+        ``scene.image`` is ``(rows, cols)`` uint16 with 12 bits stored, implants bright.
+    modality : {"IO", "PX", "DX"}
+        IO: Digital Intra-Oral X-Ray; PX/DX: Digital X-Ray (panoramic anatomy for PX).
+    bits_stored : int
+        8-16; BitsAllocated is always 16.
+    photometric : {"MONOCHROME2", "MONOCHROME1"}
+        MONOCHROME1 stores inverted values, so implants still display white.
+    for_processing : bool
+        For Processing SOP class instead of For Presentation.
+    study_uid, series_uid : str, optional
+        New UIDs by default.
+
+    Returns
+    -------
+    Dataset
+        Explicit VR Little Endian, 16 bits allocated, PixelSpacing = ``scene.pixel_mm``.
+    """
+    if modality not in ("IO", "PX", "DX"):
+        raise ValueError(f"modality must be IO, PX or DX, got {modality!r}")
+    if scene.image.ndim != 2:
+        raise ValueError(f"scene.image must be (rows, cols), got shape {scene.image.shape}")
+    if modality == "IO":
+        sop_class = IO_PROCESSING if for_processing else IO_PRESENTATION
+    else:
+        sop_class = DX_PROCESSING if for_processing else DX_PRESENTATION
+    image = np.clip(scene.image.astype(np.float64) / 4095.0, 0.0, 1.0)
+    ds = _radiograph_dataset(image, sop_class=sop_class, modality=modality, bits_stored=bits_stored,
+                             photometric=photometric, for_processing=for_processing,
+                             study_uid=study_uid, series_uid=series_uid,
+                             description=f"Training phantom {scene.scene_id}",
+                             value_range=(0.0, 1.0), full_range_window=True,
+                             pixel_mm=round(float(scene.pixel_mm), 6))
+    if modality == "IO":
+        _intraoral_anatomy(ds)
+    else:
+        _panoramic_anatomy(ds)
+    return ds
 
 
 def make_intraoral_scene(*, frames: int = 30, rows: int = 480, cols: int = 640,

@@ -145,3 +145,29 @@ def write_ablation(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     md_path.write_text(markdown_tables(result), encoding="utf-8")
     return json_path, md_path
+
+
+def merge_results(paths: Sequence[Path]) -> dict[str, Any]:
+    """Combine ``ablation.json`` files of runs with the same options but different ``--variants``.
+
+    Every variant is seeded on its own (pre-training, fine-tuning and the identifier
+    re-seed from ``opts.seed``), so variants run in separate processes give the rows a
+    single run would. Rows come out in :data:`VARIANTS` order; a variant in two files
+    is an error, and so are files whose options differ.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    reports: dict[str, Any] = {}
+    options = None
+    for path in paths:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if options is not None and doc.get("options") != options:
+            raise ValueError(f"{path}: options differ from the first file's")
+        options = doc.get("options")
+        for row in doc["rows"]:
+            if row["variant"] in rows:
+                raise ValueError(f"{path}: variant {row['variant']!r} is already in another file")
+            rows[row["variant"]] = row
+        reports.update(doc.get("reports", {}))
+    order = [v.name for v in VARIANTS]
+    return {"options": options, "rows": [rows[n] for n in order if n in rows], "reports": reports,
+            "merged_from": [str(p) for p in paths]}

@@ -28,6 +28,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", default=None,
                    help="implants-ablation: comma-separated subset of "
                         "random,mae,mde,mde-mask45,mde-mask65,mde-one-stage (default: all)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="implants-ablation: combine these ablation.json files (runs of other --variants) instead "
+                        "of training")
     add_training_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -102,6 +105,14 @@ def _eval_bundle(args: argparse.Namespace, coco: Any, device: str) -> int:
 def _ablation(args: argparse.Namespace, coco: Any, device: Any) -> int:
     from dicom_service.training.ablation_implants import VARIANTS, markdown_tables, run_ablation, write_ablation
 
+    if args.merge:
+        from dicom_service.training.ablation_implants import merge_results
+
+        merged = merge_results(args.merge)
+        if args.out is not None:
+            write_ablation(merged, args.out)
+        print(markdown_tables(merged))
+        return 0
     opts = options_from_args(args)
     variants = VARIANTS
     if args.variants:

@@ -45,8 +45,6 @@ if TYPE_CHECKING:
     from dicom_service.vision.implant_runtime import LearnedImplantRuntime
 
 PART_NAMES: tuple[str, ...] = PART_CLASSES[1:]
-#: Lowest part score kept when AP is measured (AP integrates over all operating points).
-AP_SCORE_FLOOR = 0.05
 
 
 def _operating_counts(truth: np.ndarray, found: list) -> dict[str, int]:
@@ -119,10 +117,10 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
         image = read_radiograph(image_info)
         truth_box_probabilities += _identify_truth_boxes(runtime, coco, image_info.id, image)
         start = time.perf_counter()
-        parts = runtime.detect_parts(image, threshold=AP_SCORE_FLOOR)  # every operating point, for AP
-        result = runtime.detect(image, parts=parts, finding_threshold=0.0)
+        parts = runtime.detect_parts(image)
+        result = runtime.detect(image, parts=parts, finding_threshold=0.0)  # every implant score, for AP
         seconds += time.perf_counter() - start
-        operating = runtime.detect(image, parts=[p for p in parts if p.score >= runtime.part_threshold])
+        operating = runtime.detect(image, parts=parts)
         truth_boxes = np.array([a.box for a in coco.for_image(image_info.id) if a.category == "implant"])
         counts = _operating_counts(truth_boxes.reshape(-1, 4), [f.box for f in operating.findings])
         for key, value in counts.items():

@@ -13,7 +13,10 @@ are missing. Method, as seed 002 §3.1 describes it:
    label (a duplicate moves to the nearest group without that label, or starts a new
    one); consecutive parts along the implant (coronal → middle → apical) must be
    adjacent — a group whose parts are too far apart for one implant is split.
-3. **Missing parts**: with two or more parts the implant axis is known (coronal →
+3. **Duplicates across groups** (:func:`suppress_overlaps`): a group whose implant box
+   overlaps a higher-scoring group's by IoU ≥ 0.5 is the same implant seen twice (for
+   example a stray low-score part grouped apart) and is dropped.
+4. **Missing parts**: with two or more parts the implant axis is known (coronal →
    apical direction), and a missing part's box is extrapolated along it by one part
    step; with a single part the implant box is that part's box and the finding is
    marked incomplete.
@@ -248,3 +251,26 @@ def group_parts(
                                    incomplete=len(ordered) == 1, score=score))
     result.sort(key=lambda g: (g.box[0], g.box[1]))
     return result
+
+
+def suppress_overlaps(groups: Sequence[ImplantGroup], iou: float = 0.5) -> list[ImplantGroup]:
+    """Greedy non-maximum suppression of implant groups by their boxes.
+
+    Groups are visited by descending score; one is kept unless its box overlaps an
+    already kept box by ``iou`` or more. The result is ordered left to right, like
+    :func:`group_parts`.
+    """
+    kept: list[ImplantGroup] = []
+    for group in sorted(groups, key=lambda g: -g.score):
+        if all(_iou(group.box, other.box) < iou for other in kept):
+            kept.append(group)
+    kept.sort(key=lambda g: (g.box[0], g.box[1]))
+    return kept
+
+
+def _iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

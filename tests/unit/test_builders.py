@@ -10,6 +10,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from dicom_service.media.pixels import PERCENTILE_WINDOW, load_radiograph
+from dicom_service.training.radiograph_phantoms import render_panoramic, render_periapical
+from dicom_service.training.radiograph_scene import RadiographScene
 from dicom_service.uids import is_valid_uid
 from tests import builders
 from tests.dicomcheck import run_dciodvfy
@@ -24,6 +27,12 @@ VALID_BUILDERS: dict[str, Callable[[], Dataset]] = {
     "video": lambda: builders.make_video_photographic(frames=8, rows=240, cols=320),
     "video_odd_size": lambda: builders.make_video_photographic(frames=3, rows=101, cols=135, fps=29.97),
     "vl_photo_jpeg": lambda: builders.make_vl_photographic_jpeg(rows=240, cols=320),
+    "scene_io": lambda: builders.make_radiograph_from_scene(render_periapical(1, size=(128, 160))),
+    "scene_io_processing_mono1_16bit": lambda: builders.make_radiograph_from_scene(
+        render_periapical(2, size=(128, 160)), photometric="MONOCHROME1", bits_stored=16, for_processing=True),
+    "scene_dx_processing_8bit": lambda: builders.make_radiograph_from_scene(
+        render_periapical(3, size=(128, 128)), modality="DX", bits_stored=8, for_processing=True),
+    "scene_px": lambda: builders.make_radiograph_from_scene(render_panoramic(4, size=(300, 600)), modality="PX"),
 }
 
 
@@ -90,3 +99,55 @@ def test_bad_inputs(tmp_path: Path) -> None:
     assert ds.SOPInstanceUID != bad.SOPInstanceUID
     colour = builders.make_colour_photo_as_dx(rows=64, cols=80)
     assert colour.SamplesPerPixel == 3 and colour.SOPClassUID == builders.DX_PRESENTATION
+
+
+@pytest.fixture(scope="module")
+def periapical_scene() -> RadiographScene:
+    return render_periapical(7, implants=2)
+
+
+@pytest.mark.parametrize("for_processing", [False, True], ids=["presentation", "processing"])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("bits_stored", [8, 10, 12, 16])
+def test_scene_radiograph_loads_as_the_training_image(
+    periapical_scene: RadiographScene, bits_stored: int, photometric: str, for_processing: bool,
+) -> None:
+    ds = builders.make_radiograph_from_scene(periapical_scene, bits_stored=bits_stored,
+                                             photometric=photometric, for_processing=for_processing)
+    assert (ds.Rows, ds.Columns) == periapical_scene.image.shape and ds.BitsStored == bits_stored
+    assert ds.PresentationIntentType == ("FOR PROCESSING" if for_processing else "FOR PRESENTATION")
+    assert ds.SOPClassUID == (builders.IO_PROCESSING if for_processing else builders.IO_PRESENTATION)
+    stored = ds.pixel_array
+    assert int(stored.max()) <= (1 << bits_stored) - 1
+    image = load_radiograph(ds)
+    expected = periapical_scene.image.astype(np.float64) / 4095.0
+    rounding = 0.5 / ((1 << bits_stored) - 1) + 1e-6
+    if for_processing:  # no VOI allowed: load_radiograph's percentile window stretches the range
+        assert "WindowCenter" not in ds
+        low, high = np.percentile(expected, PERCENTILE_WINDOW)
+        expected = np.clip((expected - low) / (high - low), 0.0, 1.0)
+        # each percentile, like each pixel, may move by the rounding of the stored values
+        rounding = 3.0 * rounding / (high - low) + 1e-5
+    else:
+        assert (ds.WindowCenter, ds.WindowWidth) == (1 << (bits_stored - 1), 1 << bits_stored)
+    assert image.shape == expected.shape and image.dtype == np.float32
+    assert float(np.abs(image - expected).max()) <= rounding
+    if bits_stored == 12:  # the scene's own values are stored unchanged (inverted for MONOCHROME1)
+        raw = 4095 - periapical_scene.image if photometric == "MONOCHROME1" else periapical_scene.image
+        assert np.array_equal(stored, raw)
+
+
+def test_scene_radiograph_modalities_and_spacing() -> None:
+    scene = render_panoramic(5, size=(300, 600))
+    px = builders.make_radiograph_from_scene(scene, modality="PX", study_uid="1.2.3", series_uid="1.2.3.4")
+    assert (px.Modality, px.SOPClassUID, px.ImageLaterality) == ("PX", builders.DX_PRESENTATION, "B")
+    assert (px.StudyInstanceUID, px.SeriesInstanceUID) == ("1.2.3", "1.2.3.4")
+    assert [float(v) for v in px.PixelSpacing] == pytest.approx([scene.pixel_mm] * 2)
+    assert np.abs(load_radiograph(px) - scene.image / 4095.0).max() <= 0.5 / 4095 + 1e-6
+    dx = builders.make_radiograph_from_scene(scene, modality="DX", for_processing=True)
+    assert (dx.Modality, dx.SOPClassUID, dx.PresentationIntentType) == (
+        "DX", builders.DX_PROCESSING, "FOR PROCESSING")
+    with pytest.raises(ValueError, match="modality"):
+        builders.make_radiograph_from_scene(scene, modality="CR")
+    with pytest.raises(ValueError, match="bits_stored"):
+        builders.make_radiograph_from_scene(scene, bits_stored=17)

@@ -83,3 +83,14 @@ def test_empty_and_bad_labels() -> None:
     assert group_parts([]) == []
     with pytest.raises(ValueError, match="unknown part labels"):
         group_parts([ImplantPart("abutment", (0, 0, 1, 1), 0.5)])
+
+
+def test_overlapping_groups_are_one_implant() -> None:
+    from dicom_service.vision.implant_grouping import ImplantGroup, suppress_overlaps
+
+    def group(box: tuple[float, float, float, float], score: float) -> ImplantGroup:
+        return ImplantGroup(parts=(), box=box, inferred=(), incomplete=False, score=score)
+
+    kept = suppress_overlaps([group((0, 0, 10, 30), 0.5), group((0, 2, 10, 30), 0.9), group((20, 0, 30, 30), 0.4)])
+    assert [g.score for g in kept] == [0.9, 0.4]  # left to right; the weaker duplicate is gone
+    assert suppress_overlaps([]) == []
