@@ -50,6 +50,7 @@ PATIENT_ID = "PH0001"
 __all__ = [
     "make_intraoral_radiograph", "make_intraoral_radiograph_with_truth",
     "make_panoramic_dx", "make_panoramic_dx_with_truth", "make_radiograph_from_scene",
+    "make_periapical_phantom_with_truth",
     "make_video_photographic",
     "make_intraoral_scene", "make_vl_photographic_jpeg", "make_colour_photo_as_dx",
     "truncated_bytes", "non_dicom_bytes", "mismatched_sop_class", "oversized_rows",
@@ -493,3 +494,19 @@ def save(ds: Dataset, path: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(target, enforce_file_format=True)
     return target
+
+
+def make_periapical_phantom_with_truth(
+    *, seed: int, implants: int, study_uid: str | None = None, series_uid: str | None = None,
+) -> tuple[Dataset, list[Box]]:
+    """A 416 x 416 training-style periapical phantom (the implant models' domain) as IO.
+
+    ``seed`` should lie outside the bundled model's training scenes (which use hashed
+    63-bit seeds); 10 000 + k is safe. Returns the data set and the true implant boxes
+    ``(x0, y0, x1, y1)``.
+    """
+    from dicom_service.training.radiograph_phantoms import render_periapical
+
+    scene = render_periapical(seed, implants=implants)
+    ds = make_radiograph_from_scene(scene, modality="IO", study_uid=study_uid, series_uid=series_uid)
+    return ds, [tuple(float(v) for v in imp.box) for imp in scene.implants]

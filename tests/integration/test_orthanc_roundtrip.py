@@ -145,10 +145,11 @@ def test_radiograph_study_round_trip(pacs_and_node: PacsAndNode, tmp_path: Path)
     """Two intra-oral images (2 implants, none) → SR ×2, SEG ×1, PR ×2, SC ×2 in Orthanc."""
     orthanc, node = pacs_and_node.orthanc, pacs_and_node.node
     study = new_uid()
-    with_implants, boxes = builders.make_intraoral_radiograph_with_truth(
-        implants=2, seed=3, study_uid=study, series_uid=new_uid())
-    without = builders.make_intraoral_radiograph(implants=0, seed=4, study_uid=study,
-                                                  series_uid=new_uid())
+    # training-style phantoms: the node runs its default runtime, the bundled implant model
+    with_implants, boxes = builders.make_periapical_phantom_with_truth(
+        implants=2, seed=10_001, study_uid=study, series_uid=new_uid())
+    without, _ = builders.make_periapical_phantom_with_truth(implants=0, seed=10_020, study_uid=study,
+                                                             series_uid=new_uid())
     files = [builders.save(with_implants, tmp_path / "in" / "implants.dcm"),
              builders.save(without, tmp_path / "in" / "none.dcm")]
     truth = {str(with_implants.SOPInstanceUID): [tuple(map(float, b)) for b in boxes],

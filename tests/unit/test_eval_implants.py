@@ -126,3 +126,23 @@ def test_detect_in_windows_maps_tiles_back_to_the_source() -> None:
     assert sorted(boxes[:, 0].round(2).tolist()) == sorted(round(x + 100 * 24 / 64, 2) for x in (0, 75, 150, 200))
     none = detect_in_windows(BoxAtCentre(), np.zeros((64, 64)), 64, threshold=0.95, device=torch.device("cpu"))
     assert none[0].shape == (0, 4) and none[1].shape == (0,)
+
+
+def test_ablation_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    row = {"implant_ap": 0.5, "implant_ap50": 0.9, "implant_ap75": 0.4, "part_ap50": 0.8, "system_top1": 0.7,
+           "ms_per_image": 100.0, "train_seconds": 1.0, "stages": 2, "init": "mde", "mask_ratio": 0.25}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"options": {"seed": 0}, "rows": [{**row, "variant": "mde"}]}))
+    b.write_text(json.dumps({"options": {"seed": 0}, "rows": [{**row, "variant": "random", "init": "random"}]}))
+    out = tmp_path / "merged"
+    assert main(["eval", "implants-ablation", "--coco", str(tmp_path / "x.json"), "--merge", str(a), str(b),
+                 "--out", str(out)]) == 2  # the data set must exist even for a merge
+    capsys.readouterr()
+    (tmp_path / "x.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    assert main(["eval", "implants-ablation", "--coco", str(tmp_path / "x.json"), "--merge", str(a), str(b),
+                 "--out", str(out)]) == 0
+    merged = json.loads((out / "ablation.json").read_text())
+    assert [r["variant"] for r in merged["rows"]] == ["random", "mde"]  # VARIANTS order
+    assert main(["eval", "implants-ablation", "--coco", str(tmp_path / "x.json"), "--merge", str(a), str(a)]) == 2
+    b.write_text(json.dumps({"options": {"seed": 1}, "rows": []}))
+    assert main(["eval", "implants-ablation", "--coco", str(tmp_path / "x.json"), "--merge", str(a), str(b)]) == 2

@@ -14,8 +14,9 @@ from tests import builders
 
 def test_process_folder_writes_results_and_summary(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
-    radiograph = builders.make_intraoral_radiograph(implants=2, seed=5)
-    empty = builders.make_intraoral_radiograph(implants=0, seed=6)
+    # training-style phantoms: the default radiograph runtime is the bundled implant model
+    radiograph, _ = builders.make_periapical_phantom_with_truth(seed=10_001, implants=2)
+    empty, _ = builders.make_periapical_phantom_with_truth(seed=10_020, implants=0)
     video = builders.make_video_photographic(frames=6, rows=120, cols=160)
     for name, ds in (("a.dcm", radiograph), ("b.dcm", empty), ("c/v.dcm", video)):
         builders.save(ds, inputs / name)
