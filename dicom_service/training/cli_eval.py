@@ -73,30 +73,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         device = resolve_device(args.device)
-        coco = load_coco(args.coco)
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be >= 1")
         if args.kind == "implants":
-            return _eval_bundle(args, coco, str(device))
-        return _ablation(args, coco, device)
+            return _eval_bundle(args, str(device))
+        return _ablation(args, load_coco(args.coco), device)
     except (ValueError, FileNotFoundError) as exc:
         print(f"dicom-service eval: {exc}", file=sys.stderr)
         return 2
 
 
-def _eval_bundle(args: argparse.Namespace, coco: Any, device: str) -> int:
-    from dicom_service.training.evaluate_implants import evaluate_runtime
-    from dicom_service.vision.implant_runtime import LearnedImplantRuntime
+def _eval_bundle(args: argparse.Namespace, device: str) -> int:
+    from dicom_service.training.evaluate_implants import evaluate_bundle
     from dicom_service.vision.registry import default_models_dir
 
     model = args.model or default_models_dir() / "implants"
-    if not (model / "config.json").is_file():
-        raise ValueError(f"no trained bundle in {model}")
-    runtime = LearnedImplantRuntime(model, device)
-    report = evaluate_runtime(runtime, coco, split=args.split, out_dir=args.out, limit=args.limit)
-    report.update(model=str(model), data=str(args.coco))
-    if args.out is not None:
-        (args.out / "eval_implants.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    report = evaluate_bundle(model, args.coco, split=args.split, device=device, out_dir=args.out, limit=args.limit)
     print(metrics_table(report))
     print(json.dumps({k: report[k] for k in ("implants", "parts", "systems", "ms_per_image") if k in report}))
     return 0

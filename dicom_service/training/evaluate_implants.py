@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,30 +75,40 @@ def _truth(coco: CocoDataset, image_id: int, names: tuple[str, ...]) -> ImageTru
 
 
 def evaluate_bundle(model_dir: Path, coco_path: Path, *, split: str = "test", device: str = "cpu",
-                    out_dir: Path | None = None, limit: int | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> dict:
-    """Load a bundle and run :func:`evaluate_runtime` on ``split`` of a COCO data set."""
+                    out_dir: Path | None = None, limit: int | None = None) -> dict:
+    """Load a bundle, run :func:`evaluate_runtime` on ``split`` of a COCO data set.
+
+    The report (with ``model`` and ``data``) is also written to
+    ``out_dir/eval_implants.json`` when ``out_dir`` is given.
+
+    Raises
+    ------
+    ValueError
+        No bundle in ``model_dir``, or a bad data set or split.
+    """
     from dicom_service.vision.implant_runtime import LearnedImplantRuntime
 
+    if not (Path(model_dir) / "config.json").is_file():
+        raise ValueError(f"no trained bundle in {model_dir}")
+    coco = load_coco(coco_path)  # before the models: a bad data set fails fast
     runtime = LearnedImplantRuntime(model_dir, device)
-    report = evaluate_runtime(runtime, load_coco(coco_path), split=split, out_dir=out_dir, limit=limit,
-                              progress=progress)
+    report = evaluate_runtime(runtime, coco, split=split, out_dir=out_dir, limit=limit)
     report.update(model=str(model_dir), data=str(coco_path))
     if out_dir is not None:
-        (out_dir / "eval_implants.json").write_text(json.dumps(report, indent=2))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval_implants.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
 
 
 def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split: str = "test",
-                     out_dir: Path | None = None, limit: int | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> dict:
+                     out_dir: Path | None = None, limit: int | None = None) -> dict:
     """Run the learned runtime on ``split`` images and compute every metric.
 
     Returns
     -------
     dict
-        JSON-serialisable report; figures (and ``eval_implants.json``) are written to
-        ``out_dir`` when given.
+        JSON-serialisable report; the confusion matrix and reliability diagram are
+        written to ``out_dir`` when given.
     """
     from dicom_service.training.implant_data import read_radiograph
 
@@ -113,32 +122,29 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
     operating_totals = {"true_positives": 0, "false_positives": 0, "false_negatives": 0,
                         "images_without_implants": 0, "of_which_with_findings": 0}
     seconds = 0.0
-    for done, image_info in enumerate(images, 1):
+    for image_info in images:
         image = read_radiograph(image_info)
         truth_box_probabilities += _identify_truth_boxes(runtime, coco, image_info.id, image)
         start = time.perf_counter()
         parts = runtime.detect_parts(image)
         result = runtime.detect(image, parts=parts, finding_threshold=0.0)  # every implant score, for AP
         seconds += time.perf_counter() - start
-        operating = runtime.detect(image, parts=parts)
-        truth_boxes = np.array([a.box for a in coco.for_image(image_info.id) if a.category == "implant"])
-        counts = _operating_counts(truth_boxes.reshape(-1, 4), [f.box for f in operating.findings])
-        for key, value in counts.items():
+        found = result.findings
+        truth_anns = [a for a in coco.for_image(image_info.id) if a.category == "implant"]
+        truth_boxes = np.array([a.box for a in truth_anns], dtype=float).reshape(-1, 4)
+        reported = [f.box for f in found if f.score >= runtime.finding_threshold]  # what the node reports
+        for key, value in _operating_counts(truth_boxes, reported).items():
             operating_totals[key] += value
         part_dets.append(ImageDetections(
             np.array([p.box for p in parts], dtype=float).reshape(-1, 4),
             np.array([p.score for p in parts], dtype=float),
             np.array([PART_NAMES.index(p.label) for p in parts], dtype=int)))
         part_truth.append(_truth(coco, image_info.id, PART_NAMES))
-        found = result.findings
         implant_dets.append(ImageDetections(
             np.array([f.box for f in found], dtype=float).reshape(-1, 4),
             np.array([f.score for f in found], dtype=float), np.zeros(len(found), dtype=int)))
-        truth_anns = [a for a in coco.for_image(image_info.id) if a.category == "implant"]
-        implant_truth.append(ImageTruth(np.array([a.box for a in truth_anns], dtype=float).reshape(-1, 4),
-                                        np.zeros(len(truth_anns), dtype=int)))
-        ious = iou_matrix(np.array([a.box for a in truth_anns]).reshape(-1, 4),
-                          np.array([f.box for f in found]).reshape(-1, 4))
+        implant_truth.append(ImageTruth(truth_boxes, np.zeros(len(truth_anns), dtype=int)))
+        ious = iou_matrix(truth_boxes, np.array([f.box for f in found]).reshape(-1, 4))
         for t, ann in enumerate(truth_anns):
             if ann.system is None or ann.system not in systems:
                 continue
@@ -148,8 +154,6 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
                     row[systems.index(name)] = p
             probabilities.append(row)
             targets.append(systems.index(ann.system))
-        if progress is not None:
-            progress(done, len(images))
     implants = coco_ap(implant_dets, implant_truth, ["implant"])
     part_ap = coco_ap(part_dets, part_truth, list(PART_NAMES))
     report: dict = {
@@ -180,9 +184,6 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
             if out_dir is not None:
                 save_png(render_confusion_matrix(matrix, systems), out_dir / "system_confusion.png")
                 save_png(render_reliability(rel, title="system probabilities"), out_dir / "reliability.png")
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "eval_implants.json").write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -227,11 +228,12 @@ def evaluate_one_stage(detector: torch.nn.Module, img_size: int, coco: CocoDatas
     from dicom_service.vision.implant_runtime import detect_in_windows
 
     images = sorted(coco.split(split), key=lambda im: im.id)[:limit]
+    detector.eval()
     dets, truth, seconds = [], [], 0.0
     for info in images:
         image = read_radiograph(info)
         start = time.perf_counter()
-        boxes, scores, _ = detect_in_windows(detector.eval(), image, img_size, threshold=threshold,
+        boxes, scores, _ = detect_in_windows(detector, image, img_size, threshold=threshold,
                                              device=torch.device(device))
         seconds += time.perf_counter() - start
         dets.append(ImageDetections(boxes, scores, np.zeros(len(boxes), dtype=int)))

@@ -93,6 +93,22 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, collate: Cal
                       generator=torch.Generator().manual_seed(seed))
 
 
+def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+          clip: tuple[nn.Module, float] | None = None) -> float:
+    """One optimisation step (backward, optional gradient clipping, step, schedule).
+
+    Returns the learning rate the step used.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None and clip[1] > 0:
+        nn.utils.clip_grad_norm_(clip[0].parameters(), clip[1])
+    optimizer.step()
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return lr
+
+
 def _emit(log: EpochLog | None, record: dict[str, Any]) -> None:
     if log is not None:
         log(record)
@@ -123,11 +139,7 @@ def pretrain_encoder(images_ds: Dataset, encoder: ViTEncoder, objective: Objecti
         start, total, count = time.perf_counter(), 0.0, 0
         for images in loader:
             loss, _ = model(images.to(device), generator=masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            lr = _step(loss, optimizer, scheduler)
             model.update_teacher()
             total, count = total + float(loss.detach()), count + 1
         _emit(log, {"stage": "pretrain", "objective": objective, "epoch": epoch + 1, "loss": total / count,
@@ -183,13 +195,7 @@ def train_detector(ds_train: Dataset, ds_val: Dataset | None, encoder: ViTEncode
         start, total, count = time.perf_counter(), 0.0, 0
         for images, targets in loader:
             loss = _detector_loss(detector, *_to_device(images, targets, device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm > 0:
-                nn.utils.clip_grad_norm_(detector.parameters(), clip_norm)
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            lr = _step(loss, optimizer, scheduler, (detector, clip_norm))
             total, count = total + float(loss.detach()), count + 1
         record = {"stage": "detector", "epoch": epoch + 1, "loss": total / count,
                   "lr": lr, "seconds": time.perf_counter() - start}
@@ -244,11 +250,7 @@ def train_identifier(crops_train: Dataset, crops_val: Dataset | None, systems: S
         start, total, count = time.perf_counter(), 0.0, 0
         for crops, system, attrs in loader:
             loss = identifier.loss(crops.to(device), system.to(device), {k: v.to(device) for k, v in attrs.items()})
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            lr = _step(loss, optimizer, scheduler)
             total, count = total + float(loss.detach()), count + 1
         record = {"stage": "identifier", "epoch": epoch + 1, "loss": total / count,
                   "lr": lr, "seconds": time.perf_counter() - start}

@@ -145,14 +145,10 @@ class LearnedImplantRuntime:
                        f"systems={len(self.identifier.systems)}",
         )
 
-    def detect_parts(self, image: np.ndarray, *, threshold: float | None = None) -> list[ImplantPart]:
-        """Stage 1 on a ``(rows, cols)`` image in [0, 1]: design parts in source pixels.
-
-        ``threshold`` overrides :attr:`part_threshold` (evaluation over all scores).
-        """
-        boxes, scores, labels = detect_in_windows(
-            self.detector, image, self.size, device=self.device,
-            threshold=self.part_threshold if threshold is None else threshold)
+    def detect_parts(self, image: np.ndarray) -> list[ImplantPart]:
+        """Stage 1 on a ``(rows, cols)`` image in [0, 1]: design parts in source pixels."""
+        boxes, scores, labels = detect_in_windows(self.detector, image, self.size, device=self.device,
+                                                  threshold=self.part_threshold)
         return [ImplantPart(PART_CLASSES[int(label)], tuple(float(v) for v in box), float(score))
                 for box, score, label in zip(boxes, scores, labels, strict=True)]
 
@@ -172,17 +168,15 @@ class LearnedImplantRuntime:
         groups = [g for g in grouped if g.score >= min_score]
         findings: list[ImplantFinding] = []
         if groups:
-            crops = []
-            for g in groups:
-                axis = _axis(g)
-                upright = axis is None or axis[3] >= axis[1]
-                crops.append(crop_implant(image, g.box, coronal_on_top=upright))
+            axes = [_axis(g) for g in groups]
+            crops = [crop_implant(image, g.box, coronal_on_top=axis is None or axis[3] >= axis[1])
+                     for g, axis in zip(groups, axes, strict=True)]
             batch = torch.from_numpy(np.stack(crops))[:, None].to(self.device)
-            for group, identity in zip(groups, self.identifier.identify(batch), strict=True):
+            for group, axis, identity in zip(groups, axes, self.identifier.identify(batch), strict=True):
                 findings.append(ImplantFinding(
                     box=group.box, score=group.score, parts=group.parts,
                     attributes=dict(identity["attributes"]), system_top=tuple(identity["systems"]),
-                    axis=_axis(group),
+                    axis=axis,
                 ))
         return RadiographResult(findings=findings, image_shape=(int(image.shape[0]), int(image.shape[1])),
                                 algorithm=self.info)
