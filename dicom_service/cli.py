@@ -83,8 +83,19 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
-    """Render the synthetic implant radiograph data set (COCO JSON + 16-bit PNG)."""
+    """Render a synthetic data set: implant radiographs (COCO + 16-bit PNG) or intraoral video clips."""
     from tqdm import tqdm
+
+    if args.kind == "video":
+        from dicom_service.training.video_phantoms import write_dataset
+
+        total = args.train + args.val + args.test
+        with tqdm(total=total, desc="rendering", unit="clip", disable=args.no_progress) as bar:
+            path = write_dataset(Path(args.out), train=args.train, val=args.val, test=args.test,
+                                 frames=args.frames, height=args.height, width=args.width, seed=args.seed,
+                                 progress=lambda done, _total, _name: bar.update(1))
+        print(json.dumps({"manifest": str(path), "clips": total, "seed": args.seed}))
+        return 0
 
     from dicom_service.training.coco import generate_dataset
 
@@ -137,10 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     conf.set_defaults(func=cmd_conformance)
 
     phantoms = sub.add_parser("phantoms", help="render synthetic training data sets")
-    phantoms.add_argument("kind", choices=["implants"], help="which data set")
-    phantoms.add_argument("--out", required=True, help="output folder (annotations.json + images/)")
-    phantoms.add_argument("--periapical", type=int, default=200, help="416x416 periapical scenes")
-    phantoms.add_argument("--panoramic", type=int, default=20, help="1000x2000 panoramic scenes")
+    phantoms.add_argument("kind", choices=["implants", "video"], help="which data set")
+    phantoms.add_argument("--out", required=True,
+                          help="output folder (implants: annotations.json + images/; video: manifest.json + splits)")
+    phantoms.add_argument("--periapical", type=int, default=200, help="implants: 416x416 periapical scenes")
+    phantoms.add_argument("--panoramic", type=int, default=20, help="implants: 1000x2000 panoramic scenes")
+    phantoms.add_argument("--train", type=int, default=96, help="video: training clips")
+    phantoms.add_argument("--val", type=int, default=12, help="video: validation clips")
+    phantoms.add_argument("--test", type=int, default=24, help="video: held-out test clips")
+    phantoms.add_argument("--frames", type=int, default=12, help="video: frames per clip")
+    phantoms.add_argument("--height", type=int, default=240, help="video: frame rows")
+    phantoms.add_argument("--width", type=int, default=320, help="video: frame columns")
     phantoms.add_argument("--seed", type=int, default=0)
     phantoms.add_argument("--no-progress", action="store_true")
     phantoms.set_defaults(func=cmd_phantoms)

@@ -172,7 +172,8 @@ class WorkerSettings(_Section):
 class ModelSettings(_Section):
     """Which vision runtime each workflow uses."""
 
-    video: str = "baseline"
+    video: str = Field("learned", description="'learned' (tooth SAM + restoration bundles in <path>, the "
+                       "default), 'learned-unstabilised', 'baseline' or 'baseline-unstabilised' (OpenCV only)")
     radiograph: str = Field("implants", description="'implants' (the trained bundle in <path>/implants, the "
                             "default) or 'baseline' (classical detector, no torch needed)")
     path: Path | None = Field(None, description="Folder of bundled models; null: the repository's models/.")

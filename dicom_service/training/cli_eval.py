@@ -13,13 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from dicom_service.training.cli_train import add_training_options, options_from_args
+from dicom_service.training.cli_video import add_video_eval_parser
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand to the CLI's subparsers."""
-    p = sub.add_parser("eval", help="measure models on a held-out COCO split")
-    p.add_argument("kind", choices=["implants", "implants-ablation"],
-                   help="implants: a trained bundle; implants-ablation: train and measure seed 002's variants")
+    evaluate = sub.add_parser("eval", help="measure models on a held-out split")
+    kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="{implants,implants-ablation,video}")
+    add_video_eval_parser(kinds)
+    for kind, text in (("implants", "a trained implant bundle on a COCO split"),
+                       ("implants-ablation", "train and measure seed 002's variants")):
+        _add_implant_eval(kinds.add_parser(kind, help=text))
+
+
+def _add_implant_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coco", required=True, type=Path, help="annotations.json with a 'split' per image")
     p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the bundled models/implants)")
     p.add_argument("--split", default="test", help="split to measure (default: test)")

@@ -14,13 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dicom_service.training.cli_video import add_video_train_parser
 from dicom_service.training.train_options import VIT_NAMES, TrainOptions
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``train`` subcommand (``train implants ...``) to the CLI's subparsers."""
-    p = sub.add_parser("train", help="train models on a COCO data set")
-    p.add_argument("kind", choices=["implants"], help="which models")
+    """Add the ``train`` subcommand (``train implants ...``, ``train video ...``) to the CLI's subparsers."""
+    train = sub.add_parser("train", help="train the bundled models (implants on COCO, video on paired clips)")
+    kinds = train.add_subparsers(dest="kind", required=True, metavar="{implants,video}")
+    p = kinds.add_parser("implants", help="seed 002's implant models on a COCO data set")
     p.add_argument("--coco", required=True, type=Path, help="annotations.json (images relative to it)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder (config.json + safetensors)")
     add_training_options(p)
@@ -28,6 +30,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="identifier: retrain only the stage-2 identifier of the bundle in --out; detector: continue "
                         "training its detector for --epochs (the other model is kept as is)")
     p.set_defaults(func=cmd_train_implants)
+    add_video_train_parser(kinds)
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,6 @@ data set, metrics). Nothing is pickled: weights load with safetensors on any dev
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -17,28 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 from torchvision.models.detection import MaskRCNN
 
 from dicom_service.vision.implant_identifier import ImplantIdentifier
 from dicom_service.vision.part_detector import PART_CLASSES, DetectorConfig, build_part_detector
+from dicom_service.vision.safetensors_io import load_checked, load_into, save_module
 from dicom_service.vision.vit import ViTConfig, ViTEncoder
 
 BUNDLE_FORMAT = 2
 DETECTOR_FILE, IDENTIFIER_FILE, CONFIG_FILE = "detector.safetensors", "identifier.safetensors", "config.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
 def save_bundle(out_dir: str | Path, detector: MaskRCNN, identifier: ImplantIdentifier,
@@ -56,9 +42,7 @@ def save_bundle(out_dir: str | Path, detector: MaskRCNN, identifier: ImplantIden
     encoder: ViTEncoder = detector.backbone.encoder
     weights = {}
     for name, module, file in (("detector", detector, DETECTOR_FILE), ("identifier", identifier, IDENTIFIER_FILE)):
-        # one metadata key only: safetensors writes a multi-key metadata map in random order
-        save_file(_state(module), str(root / file), metadata={"format": "pt"})
-        weights[name] = {"file": file, "sha256": _sha256(root / file)}
+        weights[name] = {"file": file, "sha256": save_module(module, root / file)}
     doc = dict(config)
     doc.update({
         "bundle_format": BUNDLE_FORMAT,
@@ -101,16 +85,10 @@ def load_bundle(model_dir: str | Path, device: torch.device | str = "cpu"
         raise ValueError(f"{root / CONFIG_FILE}: missing or bad key: {exc}") from exc
     states = {}
     for name in ("detector", "identifier"):
-        path = root / weights[name]["file"]
-        if _sha256(path) != weights[name]["sha256"]:
-            raise ValueError(f"{path}: sha256 differs from {CONFIG_FILE}")
-        states[name] = load_file(str(path), device="cpu")
+        states[name] = load_checked(root / weights[name]["file"], weights[name]["sha256"])
     device = torch.device(device)
     detector = build_part_detector(ViTEncoder(vit), det)
     identifier = ImplantIdentifier(systems, attributes, width=int(ident["width"]))
-    try:
-        detector.load_state_dict(states["detector"], strict=True)
-        identifier.load_state_dict(states["identifier"], strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{root}: weights do not fit the configured architecture: {exc}") from exc
+    load_into(detector, states["detector"], root)
+    load_into(identifier, states["identifier"], root)
     return detector.to(device).eval(), identifier.to(device).eval(), config

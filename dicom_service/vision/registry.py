@@ -48,11 +48,41 @@ def _learned_implants(device: str, models_dir: Path) -> RadiographRuntime:
     return LearnedImplantRuntime(bundle, device)
 
 
+def _video_bundles(name: str, models_dir: Path) -> None:
+    needed = ["video_restoration", "tooth_sam"]
+    needed += ["video_sr2"] if "sr2" in name else []
+    needed += ["video_interp2"] if "interp2" in name else []
+    for bundle in needed:
+        if not (models_dir / bundle / "config.json").is_file():
+            raise ConfigError(f"models.video {name!r}: no trained bundle in {models_dir / bundle} "
+                              "(train one with `dicom-service train video`)")
+
+
+def _learned_video(name: str) -> Callable[[str, Path], VideoRuntime]:
+    """Factory of the learned runtime whose options are spelled in ``name``."""
+
+    def build(device: str, models_dir: Path) -> VideoRuntime:
+        _video_bundles(name, models_dir)
+        try:
+            from dicom_service.vision.video_runtime import LearnedVideoRuntime
+        except ImportError as exc:
+            raise ConfigError(f"models.video {name!r} needs torch and segment-anything ({exc})") from None
+        return LearnedVideoRuntime(models_dir, device, stabilise="unstabilised" not in name,
+                                   upscale="sr2" in name, interpolate="interp2" in name)
+
+    return build
+
+
 #: Video runtimes by name; each factory takes the resolved device ("cpu" or "cuda[:N]")
 #: and the folder of bundled models.
 VIDEO_RUNTIMES: Mapping[str, Callable[[str, Path], VideoRuntime]] = MappingProxyType({
     "baseline": lambda device, models: ClassicalVideoRuntime(),
     "baseline-unstabilised": lambda device, models: ClassicalVideoRuntime(stabilise=False),
+    "learned": _learned_video("learned"),
+    "learned-unstabilised": _learned_video("learned-unstabilised"),
+    "learned-sr2": _learned_video("learned-sr2"),
+    "learned-interp2": _learned_video("learned-interp2"),
+    "learned-sr2-interp2": _learned_video("learned-sr2-interp2"),
 })
 
 #: Radiograph runtimes by name; each factory takes the resolved device and models folder.
@@ -157,3 +187,5 @@ def check_runtime_names(video: str, radiograph: str, models_dir: Path | None = N
     _lookup("radiograph", RADIOGRAPH_RUNTIMES, radiograph)
     if radiograph == "implants":
         _implant_bundle(models_dir or default_models_dir())
+    if video.startswith("learned"):
+        _video_bundles(video, models_dir or default_models_dir())

@@ -15,6 +15,23 @@ import numpy as np
 from dicom_service.domain import AlgorithmInfo, RadiographResult, VideoEnhancement
 
 
+def check_clip(frames: np.ndarray, fps: float) -> None:
+    """Validate a :meth:`VideoRuntime.enhance` input.
+
+    Raises
+    ------
+    ValueError
+        ``frames`` is not ``(T, H, W, 3)`` uint8 with ``T >= 1`` and H, W >= 16, or ``fps``
+        is not positive.
+    """
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8 with T >= 1, got {frames.shape} {frames.dtype}")
+    if min(frames.shape[1:3]) < 16:
+        raise ValueError(f"frames must be at least 16x16 pixels, got {frames.shape[2]}x{frames.shape[1]}")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+
+
 @runtime_checkable
 class VideoRuntime(Protocol):
     """Restores and enhances intraoral camera frames."""

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from dicom_service.vision.baseline_video import ClassicalVideoRuntime, estimate_motion, tooth_mask
+from dicom_service.vision.baseline_video import ClassicalVideoRuntime, tooth_mask
 from dicom_service.vision.runtime import VideoRuntime
+from dicom_service.vision.stabilisation import estimate_motion
 from tests import builders
 
 

@@ -1,0 +1,176 @@
+"""Video benchmark: restoration FPS, whole-pipeline FPS and prompt → mask latency.
+
+Clips are degraded synthetic intraoral phantoms (:func:`render_clip`, held-out test
+seeds) rendered at each size:
+
+``restoration``
+    :func:`restore_clip` with the bundled restoration model alone (masks and DIS flows
+    computed beforehand and not timed): frames per second.
+``pipeline``
+    The whole video workflow on a Video Photographic DICOM instance holding the clip as
+    H.264: decode (PyAV) → SAM automatic tooth masks → DIS flow → restoration →
+    stabilisation → H.264 encode of the enhanced video → SEG and SR objects
+    (:func:`process_video_instance`): frames per second.
+``prompt_to_mask``
+    With the image embedding cached (:meth:`ToothSegmenter.set_image` once), the latency of
+    :meth:`ToothSegmenter.predict` for 3 clicks plus the previous logits: median and p90 ms.
+``ten_second_clip`` (``--ten-second``)
+    A 10 s 640x480 clip at 30 fps (the rendered clip played forwards and backwards up to
+    300 frames) through the whole pipeline once: seconds.
+
+On CUDA, restoration runs in float16 and the device is synchronised before each clock
+read. Run from the repository root: ``python -m benchmarks.video [--sizes 640x480,1280x720]
+[--frames 30] [--device auto] [--ten-second]``. Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/video.py): make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from benchmarks.common import hardware, median
+
+
+def log(text: str) -> None:
+    """Progress line on stderr (stdout carries only the JSON)."""
+    print(f"[video] {text}", file=sys.stderr, flush=True)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, height = (int(v) for v in text.lower().split("x"))
+    return width, height
+
+
+def _video_dataset(frames: np.ndarray, fps: float) -> Any:
+    """A Video Photographic instance (H.264 in MP4) holding ``frames``."""
+    from pydicom.encaps import encapsulate
+
+    from dicom_service.media.video import encode_h264_mp4
+    from tests.builders import make_video_photographic
+
+    count, height, width = frames.shape[:3]
+    ds = make_video_photographic(frames=1, rows=height, cols=width, fps=fps)
+    ds.NumberOfFrames = count
+    ds.StopTrim = count
+    ds.PixelData = encapsulate([encode_h264_mp4(frames, fps)], has_bot=False)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def bench_restoration(runtime: Any, clip: Any, device: str) -> dict[str, Any]:
+    """Restoration model alone on a clip (masks and flows prepared outside the clock)."""
+    from dicom_service.training.train_restoration import clip_flows
+    from dicom_service.vision.optical_flow import DisFlow
+    from dicom_service.vision.restoration_model import restore_clip
+    from dicom_service.vision.video_runtime import automatic_masks
+
+    frames = clip.degraded
+    masks = automatic_masks(runtime.segmenter, frames)
+    flows = clip_flows(frames, DisFlow())
+    restore_clip(runtime.restorer, frames[:2], masks[:2], flows[:2], device, runtime.dtype)  # warm-up
+    _sync(device)
+    started = time.perf_counter()
+    restore_clip(runtime.restorer, frames, masks, flows, device, runtime.dtype)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return {"frames": int(frames.shape[0]), "seconds": round(seconds, 3), "fps": round(frames.shape[0] / seconds, 2)}
+
+
+def bench_pipeline(runtime: Any, frames: np.ndarray, fps: float, device: str) -> dict[str, Any]:
+    """Decode → segment → restore → stabilise → encode (+ SEG, SR) of one instance."""
+    from dicom_service.pipelines.video import process_video_instance
+
+    ds = _video_dataset(frames, fps)
+    _sync(device)
+    started = time.perf_counter()
+    objects, summary = process_video_instance(ds, runtime, uid_seed="bench")
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return {"frames": int(summary["frames"]), "seconds": round(seconds, 3),
+            "fps": round(summary["frames"] / seconds, 2), "objects": [o.kind for o in objects]}
+
+
+def bench_prompt(runtime: Any, frame: np.ndarray, runs: int, device: str) -> dict[str, Any]:
+    """Prompt → mask latency with a cached image embedding (3 clicks + previous logits)."""
+    segmenter = runtime.segmenter
+    segmenter.set_image(frame)
+    h, w = frame.shape[:2]
+    points = np.array([[w * 0.5, h * 0.5], [w * 0.3, h * 0.55], [w * 0.7, h * 0.45]], np.float32)
+    labels = np.array([1, 1, 0], np.int64)
+    previous = segmenter.predict(points[:1], labels[:1]).low_res_logits
+    times = []
+    for _ in range(runs):
+        _sync(device)
+        started = time.perf_counter()
+        segmenter.predict(points, labels, mask_input=previous)
+        _sync(device)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return {"runs": runs, "median_ms": round(median(times), 2), "p90_ms": round(_percentile(times, 90), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="640x480,1280x720", help="comma-separated WIDTHxHEIGHT")
+    parser.add_argument("--frames", type=int, default=30, help="frames per clip")
+    parser.add_argument("--prompt-runs", type=int, default=50)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--models", type=Path, default=None)
+    parser.add_argument("--ten-second", action="store_true", help="also run a 10 s 640x480 clip end to end")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from dicom_service.training.video_phantoms import clip_seed, render_clip
+    from dicom_service.vision.registry import default_models_dir, resolve_device
+    from dicom_service.vision.video_runtime import LearnedVideoRuntime
+
+    device = resolve_device(args.device)
+    runtime = LearnedVideoRuntime(args.models or default_models_dir(), device)
+    result: dict[str, Any] = {"benchmark": "video", "device": device, "threads": torch.get_num_threads(),
+                              "hardware": hardware(), "algorithm": runtime.info.version, "cases": {}}
+    if device.startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name(0)
+    for index, text in enumerate(args.sizes.split(",")):
+        width, height = _size(text)
+        log(f"rendering {args.frames} frames {width}x{height}")
+        clip = render_clip(clip_seed(0, "test", 50 + index), frames=args.frames, height=height, width=width,
+                           teeth=True)
+        case = {"restoration": bench_restoration(runtime, clip, device)}
+        log(f"{text}: restoration {case['restoration']['fps']} fps")
+        case["pipeline"] = bench_pipeline(runtime, clip.degraded, clip.fps, device)
+        log(f"{text}: pipeline {case['pipeline']['fps']} fps")
+        case["prompt_to_mask"] = bench_prompt(runtime, clip.degraded[0], args.prompt_runs, device)
+        result["cases"][f"{width}x{height}"] = case
+    if args.ten_second:
+        clip = render_clip(clip_seed(0, "test", 60), frames=30, height=480, width=640, teeth=True)
+        cycle = np.concatenate([clip.degraded, clip.degraded[::-1]])
+        frames = np.concatenate([cycle] * 5)[:300]
+        log("10 s 640x480 clip (300 frames) end to end")
+        result["ten_second_clip"] = bench_pipeline(runtime, frames, 30.0, device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

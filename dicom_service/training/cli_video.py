@@ -1,0 +1,136 @@
+"""``dicom-service train video`` and ``dicom-service eval video``.
+
+Registered by :mod:`dicom_service.training.cli_train` and
+:mod:`dicom_service.training.cli_eval`. Torch is imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=None, help="phantom data set (manifest.json + splits)")
+    p.add_argument("--paired", type=Path, default=None, help="real paired clips: ROOT/<clip>/{LQ,HQ,masks}")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_video_train_parser(kinds: argparse._SubParsersAction) -> None:
+    """Add ``train video`` to the ``train`` subcommand's kinds."""
+    p = kinds.add_parser("video", help="seed 000/001's tooth SAM and restoration models on paired clips")
+    _data_options(p)
+    p.add_argument("--out", type=Path, required=True, help="models folder (tooth_sam/, video_restoration*/)")
+    p.add_argument("--only", default="sam,restoration,noprior,sr2,interp2",
+                   help="comma-separated parts to train: sam, restoration, noprior, sr2, interp2 (default: all)")
+    p.add_argument("--sam-steps", type=int, default=3000)
+    p.add_argument("--sam-lr", type=float, default=1e-3)
+    p.add_argument("--sam-batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3000, help="restoration training steps (each model)")
+    p.add_argument("--batch-size", type=int, default=8, help="restoration crops per step")
+    p.add_argument("--crop", type=int, default=96, help="restoration crop side (multiple of 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="restoration peak learning rate")
+    p.add_argument("--width", type=int, default=24, help="restoration channels at half resolution")
+    p.add_argument("--interframe-steps", type=int, default=2000, help="steps of the x2 SR and interpolation models")
+    p.add_argument("--interframe-crop", type=int, default=48,
+                   help="SR input crop side; the interpolation crop is twice it (multiple of 16)")
+    p.set_defaults(func=cmd_train_video)
+
+
+def add_video_eval_parser(kinds: argparse._SubParsersAction) -> None:
+    """Add ``eval video`` to the ``eval`` subcommand's kinds."""
+    p = kinds.add_parser("video", help="restoration, segmentation, flow and speed on a held-out split")
+    _data_options(p)
+    p.add_argument("--models", type=Path, default=None, help="models folder (default: the bundled models/)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", type=Path, default=None, help="folder for eval_video.json and contact_sheet.png")
+    p.add_argument("--limit", type=int, default=None, help="first N clips of the split")
+    p.set_defaults(func=cmd_eval_video)
+
+
+def _log(record: dict[str, Any]) -> None:
+    print(json.dumps(record), file=sys.stderr, flush=True)
+
+
+def cmd_train_video(args: argparse.Namespace) -> int:
+    """Train the parts named by ``--only`` and write their bundles; 2 on bad arguments or data."""
+    from dicom_service.training.train_implants import resolve_device
+    from dicom_service.training.train_restoration import RestorationTrainOptions
+    from dicom_service.training.video_recipe import (
+        PARTS,
+        load_training_clips,
+        train_interframe_bundle,
+        train_restoration_bundle,
+        train_sam_bundle,
+        with_masks,
+    )
+
+    try:
+        parts = [p.strip() for p in args.only.split(",") if p.strip()]
+        unknown = sorted(set(parts) - set(PARTS))
+        if unknown or not parts:
+            raise ValueError(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+        device = str(resolve_device(args.device))
+        train = load_training_clips(args.data, args.paired, "train")
+        val = load_training_clips(args.data, args.paired, "val")
+        opts = RestorationTrainOptions(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+                                       seed=args.seed)
+        opts.validate()
+        if args.width < 4 or min(args.sam_steps, args.interframe_steps) < 1:
+            raise ValueError("--width must be >= 4, --sam-steps and --interframe-steps >= 1")
+        if args.interframe_crop < 8 or args.interframe_crop % 8:
+            raise ValueError(f"--interframe-crop must be a positive multiple of 8, got {args.interframe_crop}")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dicom-service train video: {exc}", file=sys.stderr)
+        return 2
+    facts = {"command": shlex.join(["dicom-service", "train", "video", *sys.argv[3:]]) if len(sys.argv) > 2 else "",
+             "data": str(args.data or args.paired), "train_clips": len(train), "val_clips": len(val)}
+    summary: dict[str, Any] = {}
+    if "sam" in parts:
+        summary["sam"] = train_sam_bundle(train, val, args.out, steps=args.sam_steps, batch_size=args.sam_batch_size,
+                                          lr=args.sam_lr, seed=args.seed, device=device, facts=facts, log=_log)
+    if any(c.masks is None for c in train + val) and {"restoration", "noprior"} & set(parts):
+        from dicom_service.vision.tooth_predictor import ToothSegmenter
+        from dicom_service.vision.tooth_sam import load_sam_bundle
+        from dicom_service.vision.video_runtime import automatic_masks
+
+        segmenter = ToothSegmenter(load_sam_bundle(args.out / "tooth_sam", device)[0])
+        train = with_masks(train, lambda frames: automatic_masks(segmenter, frames))
+        val = with_masks(val, lambda frames: automatic_masks(segmenter, frames))
+    for part, prior, folder in (("restoration", True, "video_restoration"),
+                                ("noprior", False, "video_restoration_noprior")):
+        if part in parts:
+            summary[part] = train_restoration_bundle(train, val, args.out / folder, use_prior=prior, width=args.width,
+                                                     opts=opts, device=device, facts=facts, log=_log)
+    for part in ("sr2", "interp2"):
+        if part in parts:
+            summary[part] = train_interframe_bundle(part, train, val, args.out, steps=args.interframe_steps,
+                                                    crop=args.interframe_crop, seed=args.seed, device=device,
+                                                    facts=facts, log=_log)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_eval_video(args: argparse.Namespace) -> int:
+    """Measure the bundled video models on a held-out split; 2 on bad arguments or data."""
+    from dicom_service.training.evaluate_video import evaluate_video, metrics_table
+    from dicom_service.training.train_implants import resolve_device
+    from dicom_service.training.video_recipe import load_training_clips
+    from dicom_service.vision.registry import default_models_dir
+
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise ValueError("--limit must be >= 1")
+        device = str(resolve_device(args.device))
+        clips = load_training_clips(args.data, args.paired, args.split)[: args.limit]
+        report = evaluate_video(clips, args.models or default_models_dir(), device=device, out_dir=args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dicom-service eval video: {exc}", file=sys.stderr)
+        return 2
+    print(metrics_table(report))
+    return 0

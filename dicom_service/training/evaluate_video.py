@@ -1,0 +1,233 @@
+"""``eval video``: restoration, segmentation, flow and speed on a held-out split.
+
+Restoration is compared on the same clips, each output against the clean frames:
+
+``degraded``            the input itself;
+``classical``           the OpenCV baseline (bilateral + motion-guarded temporal
+                        averaging with DIS flow + CLAHE + unsharp), stabilisation off
+                        (stabilising moves frames away from the unstabilised reference);
+``no_prior``            the restoration model trained without the tooth prior;
+``full_auto``           the full model with automatic SAM masks (what the node runs);
+``full_box``, ``full_clicks_1/3/5``  the full model with masks from a box or 1/3/5
+                        simulated clicks (seed 000's prompt ablation carried into the
+                        restoration);
+``full_true_mask``      the full model with the true masks (upper bound of the prior);
+``full_no_flow``        the full model, automatic masks, previous-frame features not
+                        aligned by flow (the motion ablation).
+
+PSNR is averaged per clip (over all its frames); ``psnr_teeth`` is measured on the true
+tooth pixels only. Propagation: the true mask of frame 0 (a perfect correction) carried
+through the clip (:func:`propagate_correction`), mIoU on the other frames. Flow: DIS end-point error against the
+true phantom flow, on pixels whose target stays inside the frame. Interframe models (when bundled): see
+:func:`~dicom_service.training.train_interframe.evaluate_interframe`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from dicom_service.training.image_metrics import mask_iou, psnr, ssim
+from dicom_service.training.train_interframe import evaluate_interframe
+from dicom_service.training.train_restoration import clip_flows
+from dicom_service.training.train_sam import evaluate_tooth_sam, prompted_masks
+from dicom_service.training.video_phantoms import VideoClip
+from dicom_service.vision.baseline_video import ClassicalVideoRuntime
+from dicom_service.vision.interframe import load_interframe_bundle
+from dicom_service.vision.mask_propagation import propagate_correction
+from dicom_service.vision.optical_flow import DisFlow, endpoint_error
+from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
+from dicom_service.vision.tooth_predictor import ToothSegmenter
+from dicom_service.vision.tooth_sam import load_sam_bundle
+from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_masks
+
+METHODS = ("degraded", "classical", "no_prior", "full_auto", "full_box", "full_clicks_1", "full_clicks_3",
+           "full_clicks_5", "full_true_mask", "full_no_flow")
+SHEET_COLUMNS = ("degraded", "classical", "no_prior", "full_auto", "clean")
+
+
+def interactive_masks(segmenter: ToothSegmenter, frames: np.ndarray, truth: np.ndarray,
+                      clicks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Masks from a box and from ``n`` simulated clicks, frame by frame.
+
+    See :func:`~dicom_service.training.train_sam.prompted_masks`. Frames with an empty
+    true mask get an empty mask (nobody clicks where there are no teeth).
+
+    Returns
+    -------
+    dict
+        ``"box"`` and ``"clicks_<n>"`` → ``(T, H, W)`` bool.
+    """
+    keys = ["box"] + [f"clicks_{n}" for n in clicks]
+    out = {k: np.zeros(truth.shape, dtype=bool) for k in keys}
+    for t, (frame, gt) in enumerate(zip(frames, truth, strict=True)):
+        if gt.any():
+            segmenter.set_image(frame)
+            for key, mask in prompted_masks(segmenter, gt, clicks).items():
+                out[key][t] = mask
+    return out
+
+
+def _flow_epe(clip: VideoClip, dis: DisFlow) -> dict[str, float]:
+    """DIS EPE against the true forward flow, on degraded and on clean frames."""
+    if clip.flow is None or clip.clean.shape[0] < 2:
+        return {}
+    h, w = clip.clean.shape[1:3]
+    ys, xs = np.mgrid[0:h, 0:w]
+    result: dict[str, list[float]] = {"degraded": [], "clean": []}
+    for t in range(clip.clean.shape[0] - 1):
+        true = clip.flow[t]
+        tx, ty = xs + true[..., 0], ys + true[..., 1]
+        valid = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+        for key, frames in (("degraded", clip.degraded), ("clean", clip.clean)):
+            result[key].append(endpoint_error(dis(frames[t], frames[t + 1]), true, valid))
+    return {k: float(np.nanmean(v)) for k, v in result.items()}
+
+
+def _timed(fn: Callable[[], np.ndarray], frames: int, seconds: dict[str, float], key: str) -> np.ndarray:
+    started = time.perf_counter()
+    out = fn()
+    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - started
+    seconds[f"{key}_frames"] = seconds.get(f"{key}_frames", 0.0) + frames
+    return out
+
+
+def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str = "cpu",
+                   out_dir: Path | None = None) -> dict[str, Any]:
+    """Measure every method on ``clips``; write ``eval_video.json`` and ``contact_sheet.png``.
+
+    Raises
+    ------
+    ValueError
+        No clip, or a clip without masks.
+    """
+    if not clips:
+        raise ValueError("no clips to evaluate")
+    if any(c.masks is None for c in clips):
+        raise ValueError("eval video needs true tooth masks for every clip")
+    full, _ = load_restoration_bundle(models_dir / "video_restoration", device)
+    no_prior, _ = load_restoration_bundle(models_dir / "video_restoration_noprior", device)
+    sam, sam_config = load_sam_bundle(models_dir / "tooth_sam", device)
+    segmenter = ToothSegmenter(sam)
+    classical = ClassicalVideoRuntime(stabilise=False)
+    dis = DisFlow()
+    per_method: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "ssim": [], "psnr_teeth": []} for m in METHODS}
+    epe: dict[str, list[float]] = {"degraded": [], "clean": []}
+    seconds: dict[str, float] = {}
+    propagation: list[float] = []
+    sheet_rows = []
+    for index, clip in enumerate(clips):
+        frames, truth, count = clip.degraded, np.asarray(clip.masks, dtype=bool), clip.degraded.shape[0]
+        flows = _timed(lambda: clip_flows(frames, dis), count, seconds, "flow")  # noqa: B023
+        auto = _timed(lambda: automatic_masks(segmenter, frames), count, seconds, "segment")  # noqa: B023
+        prompted = interactive_masks(segmenter, frames, truth, (1, 3, 5))
+        outputs = {
+            "degraded": frames,
+            "classical": _timed(lambda: classical.enhance(frames, clip.fps).frames, count, seconds,  # noqa: B023
+                                "classical"),
+            "no_prior": restore_clip(no_prior, frames, None, flows, device),
+            "full_auto": _timed(lambda: restore_clip(full, frames, auto, flows, device), count,  # noqa: B023
+                                seconds, "restore"),
+            "full_true_mask": restore_clip(full, frames, truth, flows, device),
+            "full_no_flow": restore_clip(full, frames, auto, None, device),
+        }
+        for key, masks in prompted.items():
+            outputs[f"full_{key}"] = restore_clip(full, frames, masks, flows, device)
+        for method, result in outputs.items():
+            per_method[method]["psnr"].append(psnr(result, clip.clean))
+            per_method[method]["ssim"].append(ssim(result, clip.clean))
+            per_method[method]["psnr_teeth"].append(psnr(result, clip.clean, truth))
+        if truth[0].any():  # a perfect correction on frame 0, carried through the clip
+            carried = propagate_correction(segmenter, frames, 0, truth[0], flow=dis)
+            propagation.extend(mask_iou(carried[t], truth[t]) for t in range(1, count))
+        for key, value in _flow_epe(clip, dis).items():
+            epe[key].append(value)
+        if index < 4:
+            middle = count // 2
+            sheet_rows.append([outputs[c][middle] if c != "clean" else clip.clean[middle] for c in SHEET_COLUMNS])
+    runtime = LearnedVideoRuntime(models_dir, device, stabilise=True)
+    pipeline_started = time.perf_counter()
+    for clip in clips:
+        runtime.enhance(clip.degraded, clip.fps)
+    pipeline_seconds = time.perf_counter() - pipeline_started
+    total_frames = sum(c.degraded.shape[0] for c in clips)
+    height, width = clips[0].degraded.shape[1:3]
+    report: dict[str, Any] = {
+        "clips": len(clips), "frames": total_frames, "size": [width, height], "device": device,
+        "methods": {m: {k: float(np.nanmean(v)) if v else None for k, v in values.items()}
+                    for m, values in per_method.items()},
+        "segmentation": evaluate_tooth_sam(sam, clips, device),
+        "propagation_miou": float(np.mean(propagation)) if propagation else None,
+        "flow_epe_px": {k: float(np.mean(v)) if v else None for k, v in epe.items()},
+        "fps": {
+            "restoration": seconds["restore_frames"] / seconds["restore"],
+            "segmentation_automatic": seconds["segment_frames"] / seconds["segment"],
+            "dis_flow": seconds["flow_frames"] / seconds["flow"],
+            "classical": seconds["classical_frames"] / seconds["classical"],
+            "learned_pipeline": total_frames / pipeline_seconds,
+        },
+        "threads": torch.get_num_threads(),
+        "sam_bundle_sha256": sam_config["weights"]["sha256"],
+    }
+    interframe = [load_interframe_bundle(models_dir / name, device)[0] if (models_dir / name / "config.json").is_file()
+                  else None for name in ("video_sr2", "video_interp2")]
+    if any(m is not None for m in interframe):
+        report["interframe"] = evaluate_interframe(interframe[0], interframe[1], clips, device)
+    methods = report["methods"]
+    report["gains_db"] = {
+        "full_vs_degraded": methods["full_auto"]["psnr"] - methods["degraded"]["psnr"],
+        "full_vs_classical": methods["full_auto"]["psnr"] - methods["classical"]["psnr"],
+        "full_vs_no_prior": methods["full_auto"]["psnr"] - methods["no_prior"]["psnr"],
+        "full_vs_no_prior_teeth": methods["full_auto"]["psnr_teeth"] - methods["no_prior"]["psnr_teeth"],
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval_video.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_contact_sheet(sheet_rows, SHEET_COLUMNS, out_dir / "contact_sheet.png")
+    return report
+
+
+def write_contact_sheet(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], path: Path) -> None:
+    """Grid of ``(H, W, 3)`` uint8 RGB frames, one row per clip, titled columns, as PNG."""
+    if not rows:
+        raise ValueError("no rows for the contact sheet")
+    h, w = rows[0][0].shape[:2]
+    band = 22
+    sheet = np.full((band + h * len(rows), w * len(titles), 3), 255, dtype=np.uint8)
+    for c, title in enumerate(titles):
+        cv2.putText(sheet, title, (c * w + 6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            sheet[band + r * h: band + (r + 1) * h, c * w:(c + 1) * w] = image
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+def metrics_table(report: dict[str, Any]) -> str:
+    """Plain-text table of an ``eval video`` report."""
+    lines = [f"{report['clips']} clips, {report['frames']} frames {report['size'][0]}x{report['size'][1]} "
+             f"on {report['device']}", "", f"{'method':<18}{'PSNR dB':>9}{'SSIM':>8}{'PSNR teeth':>12}"]
+    for method, values in report["methods"].items():
+        lines.append(f"{method:<18}{values['psnr']:>9.2f}{values['ssim']:>8.4f}{values['psnr_teeth']:>12.2f}")
+    lines.append("")
+    for key, value in report["gains_db"].items():
+        lines.append(f"gain {key:<28}{value:>+8.2f} dB")
+    seg = report["segmentation"]
+    lines.append("")
+    lines.append("mIoU " + "  ".join(f"{k} {v:.3f}" for k, v in seg["miou"].items() if v is not None))
+    if seg.get("automatic_false_positive_rate") is not None:
+        lines.append(f"automatic masks on frames without teeth: {seg['automatic_false_positive_rate']:.3f} non-empty")
+    if report.get("propagation_miou") is not None:
+        lines.append(f"correction on frame 0 carried through each clip: mIoU {report['propagation_miou']:.3f}")
+    lines.append("flow EPE px (DIS): " + "  ".join(f"{k} {v:.2f}" for k, v in report["flow_epe_px"].items()
+                                                  if v is not None))
+    for kind, values in report.get("interframe", {}).items():
+        lines.append(f"{kind}: " + "  ".join(f"{k} {v:.2f} dB" for k, v in values.items()))
+    lines.append("FPS: " + "  ".join(f"{k} {v:.1f}" for k, v in report["fps"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Image-quality metrics for restoration: PSNR and SSIM (Wang et al., 2004).
+
+Both take uint8 RGB frames ``(H, W, 3)`` (or stacks ``(T, H, W, 3)``) with data range
+255. SSIM uses the usual 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
+computed per channel and averaged.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+_C1 = (0.01 * 255) ** 2
+_C2 = (0.03 * 255) ** 2
+
+
+def psnr(result: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio in dB (inf when identical).
+
+    Parameters
+    ----------
+    result, reference : np.ndarray
+        uint8 arrays of one shape, ``(..., H, W, 3)``.
+    mask : np.ndarray or None
+        ``(..., H, W)`` bool: only these pixels count (e.g. the tooth region).
+    """
+    if result.shape != reference.shape:
+        raise ValueError(f"shapes differ: {result.shape} vs {reference.shape}")
+    diff = (result.astype(np.float64) - reference.astype(np.float64)) ** 2
+    if mask is not None:
+        if not mask.any():
+            return float("nan")
+        diff = diff[mask]
+    mse = float(diff.mean())
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
+
+
+def _ssim_channel(a: np.ndarray, b: np.ndarray) -> float:
+    def blur(x: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(x, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + _C1) * (2 * cov + _C2)
+    den = (mu_a ** 2 + mu_b ** 2 + _C1) * (var_a + var_b + _C2)
+    return float((num / den).mean())
+
+
+def ssim(result: np.ndarray, reference: np.ndarray) -> float:
+    """Mean structural similarity of two uint8 RGB frames or stacks of frames.
+
+    Parameters
+    ----------
+    result, reference : np.ndarray
+        ``(H, W, 3)`` or ``(T, H, W, 3)`` uint8, one shape.
+    """
+    if result.shape != reference.shape:
+        raise ValueError(f"shapes differ: {result.shape} vs {reference.shape}")
+    frames_a = result.reshape((-1,) + result.shape[-3:]).astype(np.float64)
+    frames_b = reference.reshape((-1,) + reference.shape[-3:]).astype(np.float64)
+    values = [_ssim_channel(fa[..., c], fb[..., c])
+              for fa, fb in zip(frames_a, frames_b, strict=True) for c in range(fa.shape[-1])]
+    return float(np.mean(values))
+
+
+def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two ``(H, W)`` bool masks (1.0 when both are empty)."""
+    if predicted.shape != truth.shape:
+        raise ValueError(f"shapes differ: {predicted.shape} vs {truth.shape}")
+    union = np.logical_or(predicted, truth).sum()
+    return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0

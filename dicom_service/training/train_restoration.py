@@ -1,0 +1,200 @@
+"""Training of the intraframe restoration model on paired clips (degraded → clean).
+
+Each step draws random crops of consecutive frame pairs ``(t - 1, t)`` from the training
+clips: the degraded current and previous frames, the DIS flow current → previous
+computed on the *degraded* frames (as at inference), the tooth mask (ground truth,
+randomly eroded or dilated by up to 3 px so that the model tolerates imperfect automatic
+masks) and the clean current frame. Loss: Smooth L1 (beta 0.01) on the restored frame
+plus half the Smooth L1 of the region branch inside the tooth mask (seed 000).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dicom_service.training.image_metrics import psnr
+from dicom_service.training.train_implants import warmup_cosine
+from dicom_service.training.video_phantoms import VideoClip
+from dicom_service.vision.optical_flow import DisFlow
+from dicom_service.vision.restoration_model import restore_clip
+from dicom_service.vision.restoration_net import SIZE_MULTIPLE, PriorRestorationNet, RestorationConfig
+
+log = logging.getLogger(__name__)
+SMOOTH_L1_BETA = 0.01
+
+
+@dataclass(frozen=True)
+class RestorationTrainOptions:
+    """Hyper-parameters of :func:`train_restoration`."""
+
+    steps: int = 3000
+    batch_size: int = 8
+    crop: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    region_weight: float = 0.5
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option."""
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch size must be >= 1, got {self.steps} and {self.batch_size}")
+        if self.crop < SIZE_MULTIPLE or self.crop % SIZE_MULTIPLE:
+            raise ValueError(f"crop must be a positive multiple of {SIZE_MULTIPLE}, got {self.crop}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("lr must be > 0, weight decay and warm-up steps >= 0")
+
+
+def clip_flows(frames: np.ndarray, flow: DisFlow) -> list[np.ndarray | None]:
+    """DIS flows frame ``t`` → ``t - 1`` for ``t >= 1`` (entry 0 is None).
+
+    Parameters
+    ----------
+    frames : np.ndarray
+        ``(T, H, W, 3)`` uint8 RGB.
+    """
+    return [None] + [flow(frames[t], frames[t - 1]) for t in range(1, frames.shape[0])]
+
+
+class PairSampler:
+    """Random crops of consecutive frame pairs from a list of clips.
+
+    Parameters
+    ----------
+    clips : sequence of VideoClip
+        Each with ``T >= 2`` frames of at least ``crop x crop`` pixels.
+    crop : int
+        Crop side (multiple of 16).
+    seed : int
+    """
+
+    def __init__(self, clips: Sequence[VideoClip], crop: int, seed: int) -> None:
+        if crop % SIZE_MULTIPLE:
+            raise ValueError(f"crop must be a multiple of {SIZE_MULTIPLE}, got {crop}")
+        usable = [c for c in clips if c.clean.shape[0] >= 2 and min(c.clean.shape[1:3]) >= crop]
+        if not usable:
+            raise ValueError(f"no clip has >= 2 frames of at least {crop}x{crop} pixels")
+        self.clips = usable
+        self.crop = crop
+        self.rng = np.random.default_rng(seed)
+        dis = DisFlow()
+        self.flows = [clip_flows(c.degraded, dis) for c in usable]
+
+    def _mask(self, mask: np.ndarray, change: int) -> np.ndarray:
+        m = mask.astype(np.uint8)
+        if change > 0:
+            m = cv2.dilate(m, np.ones((3, 3), np.uint8), iterations=change)
+        elif change < 0:
+            m = cv2.erode(m, np.ones((3, 3), np.uint8), iterations=-change)
+        return m.astype(np.float32)
+
+    def batch(self, size: int) -> dict[str, torch.Tensor]:
+        """A batch: ``image``, ``previous``, ``clean`` ``(N, 3, c, c)``; ``mask``,
+        ``previous_mask`` ``(N, 1, c, c)``; ``flow`` ``(N, 2, c, c)`` (current → previous)."""
+        keys = ("image", "previous", "clean", "mask", "previous_mask", "flow")
+        items: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        c = self.crop
+        for _ in range(size):
+            k = int(self.rng.integers(len(self.clips)))
+            clip = self.clips[k]
+            t = int(self.rng.integers(1, clip.clean.shape[0]))
+            h, w = clip.clean.shape[1:3]
+            y, x = int(self.rng.integers(0, h - c + 1)), int(self.rng.integers(0, w - c + 1))
+            change = int(self.rng.integers(-3, 4))
+            window = (slice(y, y + c), slice(x, x + c))
+            flow = self.flows[k][t][window].copy()
+            sample = {
+                "image": clip.degraded[t][window], "previous": clip.degraded[t - 1][window],
+                "clean": clip.clean[t][window],
+                "mask": self._mask(clip.masks[t], change)[window][..., None],
+                "previous_mask": self._mask(clip.masks[t - 1], change)[window][..., None],
+            }
+            if self.rng.random() < 0.5:  # horizontal flip: x components of the flow change sign
+                sample = {key: v[:, ::-1] for key, v in sample.items()}
+                flow = flow[:, ::-1] * np.array([-1.0, 1.0], dtype=np.float32)
+            sample["flow"] = flow
+            for key, value in sample.items():
+                items[key].append(np.ascontiguousarray(value))
+        out = {}
+        for key, values in items.items():
+            array = torch.from_numpy(np.stack(values)).permute(0, 3, 1, 2).float()
+            out[key] = array / 255.0 if key in ("image", "previous", "clean") else array
+        return out
+
+
+def _masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    loss = F.smooth_l1_loss(pred, target, beta=SMOOTH_L1_BETA, reduction="none") * mask
+    return loss.sum() / (3 * mask.sum()).clamp(min=1.0)
+
+
+def restoration_loss(model: PriorRestorationNet, batch: dict[str, torch.Tensor], region_weight: float
+                     ) -> torch.Tensor:
+    """Smooth L1 of the restored frame plus ``region_weight`` × masked Smooth L1 of the
+    region branch (when the model has one)."""
+    use_prior = model.config.use_prior
+    previous = None
+    if model.config.use_motion:
+        previous = model.frame_features(batch["previous"], batch["previous_mask"] if use_prior else None)
+    restored, region, _ = model(batch["image"], batch["mask"] if use_prior else None, previous, batch["flow"])
+    loss = F.smooth_l1_loss(restored, batch["clean"], beta=SMOOTH_L1_BETA)
+    if region is not None:
+        loss = loss + region_weight * _masked_smooth_l1(region, batch["clean"], batch["mask"])
+    return loss
+
+
+def train_restoration(config: RestorationConfig, train: Sequence[VideoClip], opts: RestorationTrainOptions,
+                      device: str = "cpu", log_fn: Callable[[dict[str, Any]], None] | None = None
+                      ) -> PriorRestorationNet:
+    """Train a :class:`PriorRestorationNet` from scratch.
+
+    Parameters
+    ----------
+    config : RestorationConfig
+    train : sequence of VideoClip
+        Paired clips (``degraded``, ``clean``, ``masks``).
+    opts : RestorationTrainOptions
+    device : str
+    log_fn : callable or None
+        Receives ``{"step", "loss", "lr", "seconds"}`` every 50 steps.
+    """
+    opts.validate()
+    torch.manual_seed(opts.seed)
+    sampler = PairSampler(train, opts.crop, opts.seed)
+    model = PriorRestorationNet(config).to(device).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    scheduler = warmup_cosine(optimiser, opts.steps, opts.warmup_steps)
+    started, running = time.perf_counter(), []
+    for step in range(opts.steps):
+        batch = {k: v.to(device) for k, v in sampler.batch(opts.batch_size).items()}
+        loss = restoration_loss(model, batch, opts.region_weight)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        scheduler.step()
+        running.append(loss.detach().item())
+        if log_fn is not None and ((step + 1) % 50 == 0 or step + 1 == opts.steps):
+            log_fn({"step": step + 1, "loss": float(np.mean(running)), "lr": scheduler.get_last_lr()[0],
+                    "seconds": round(time.perf_counter() - started, 1)})
+            running = []
+    return model.eval()
+
+
+def mean_psnr(model: PriorRestorationNet, clips: Sequence[VideoClip], device: str = "cpu") -> float:
+    """Mean per-clip PSNR of the model on clips, with ground-truth masks and DIS flows."""
+    dis = DisFlow()
+    values = []
+    for clip in clips:
+        restored = restore_clip(model, clip.degraded, clip.masks, clip_flows(clip.degraded, dis), device)
+        values.append(psnr(restored, clip.clean))
+    return float(np.mean(values))

@@ -1,0 +1,129 @@
+"""``train video``: the tooth SAM and the two restoration models, trained and bundled.
+
+Three bundles are written under the models folder:
+
+``tooth_sam/``
+    The ``tiny`` SAM-architecture model (seed 000's interactive segmentation module),
+    trained on degraded frames with simulated boxes and clicks and a prompt-free mode.
+``video_restoration/``
+    The full restoration model (tooth prior + motion), used by the ``learned`` runtime.
+``video_restoration_noprior/``
+    The same model without the tooth prior (seed 000's ablation), for ``eval video``.
+``video_sr2/``, ``video_interp2/``
+    The interframe models (x2 super-resolution, x2 frame interpolation), trained on the
+    clean frames.
+
+Data: a phantom data set written by ``dicom-service phantoms video`` (``--data``), or
+real paired clips laid out as ``ROOT/<clip>/{LQ,HQ,masks}`` (``--paired``). Real clips
+without masks get tooth masks from the SAM bundle (automatic mode) for the prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicom_service.training.train_restoration import RestorationTrainOptions, mean_psnr, train_restoration
+from dicom_service.training.video_dataset import list_paired_root, list_split, load_clip, load_paired_folder
+from dicom_service.training.video_phantoms import VideoClip
+from dicom_service.vision.restoration_model import save_restoration_bundle
+from dicom_service.vision.restoration_net import RestorationConfig
+
+PARTS = ("sam", "restoration", "noprior", "sr2", "interp2")
+Log = Callable[[dict[str, Any]], None]
+
+
+def load_training_clips(data: Path | None, paired: Path | None, split: str) -> list[VideoClip]:
+    """Clips of one split of a phantom data set, or every real paired clip.
+
+    Real paired data has no split of its own: ``train`` takes all clips but every fifth,
+    ``val`` and ``test`` take every fifth (sorted by folder name).
+
+    Raises
+    ------
+    ValueError
+        Neither or both sources given, or an unknown split.
+    """
+    if data is not None and paired is None:
+        return [load_clip(path) for path in list_split(data, split)]
+    if data is not None or paired is None:
+        raise ValueError("give exactly one of --data (phantom data set) or --paired (real paired clips)")
+    folders = list_paired_root(paired)
+    if not folders:
+        raise ValueError(f"{paired}: no clip folders with LQ/ and HQ/")
+    if split == "train":
+        chosen = [f for i, f in enumerate(folders) if i % 5 != 4] or folders
+    elif split in ("val", "test"):
+        chosen = [f for i, f in enumerate(folders) if i % 5 == 4] or folders[-1:]
+    else:
+        raise ValueError(f"unknown split {split!r}; use train, val or test")
+    return [load_paired_folder(f) for f in chosen]
+
+
+def with_masks(clips: Sequence[VideoClip], masker: Callable[[np.ndarray], np.ndarray]) -> list[VideoClip]:
+    """Fill missing tooth masks with ``masker(degraded (T, H, W, 3)) -> (T, H, W) bool``."""
+    return [c if c.masks is not None else dataclasses.replace(c, masks=masker(c.degraded)) for c in clips]
+
+
+def train_sam_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], out: Path, *, steps: int,
+                     batch_size: int, lr: float, seed: int, device: str, facts: dict[str, Any], log: Log
+                     ) -> dict[str, Any]:
+    """Train the tiny tooth SAM, measure it on ``val`` and write ``out/tooth_sam``."""
+    from dicom_service.training.train_sam import evaluate_tooth_sam, frames_from_clips, train_tooth_sam
+    from dicom_service.vision.tooth_sam import save_sam_bundle
+
+    if any(c.masks is None for c in train):
+        raise ValueError("training the tooth SAM needs tooth masks for every training clip")
+    started = time.perf_counter()
+    model = train_tooth_sam(frames_from_clips(train), steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                            device=device, log=lambda line: log({"stage": "sam", "progress": line}))
+    seconds = time.perf_counter() - started
+    metrics = evaluate_tooth_sam(model, [c for c in val if c.masks is not None], device)
+    save_sam_bundle(model.cpu(), "tiny", out / "tooth_sam",
+                    {**facts, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                     "training_seconds": round(seconds, 1), "val": metrics})
+    log({"stage": "sam", "seconds": round(seconds, 1), "val": metrics})
+    return metrics
+
+
+def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], folder: Path, *,
+                             use_prior: bool, width: int, opts: RestorationTrainOptions, device: str,
+                             facts: dict[str, Any], log: Log) -> dict[str, Any]:
+    """Train one restoration model, measure its val PSNR (true masks) and bundle it."""
+    config = RestorationConfig(width=width, use_prior=use_prior)
+    stage = "restoration" if use_prior else "noprior"
+    started = time.perf_counter()
+    model = train_restoration(config, train, opts, device, log_fn=lambda r: log({"stage": stage, **r}))
+    seconds = time.perf_counter() - started
+    val_psnr = mean_psnr(model, val, device)
+    metrics = {"val_psnr_db": round(val_psnr, 3), "training_seconds": round(seconds, 1)}
+    save_restoration_bundle(model.cpu(), folder, {**facts, "options": dataclasses.asdict(opts), **metrics})
+    log({"stage": stage, **metrics})
+    return metrics
+
+
+def train_interframe_bundle(kind: str, train: Sequence[VideoClip], val: Sequence[VideoClip], out: Path, *,
+                            steps: int, crop: int, seed: int, device: str, facts: dict[str, Any], log: Log
+                            ) -> dict[str, Any]:
+    """Train ``sr2`` (input crops ``crop``) or ``interp2`` (crops ``2 crop``), measure it on
+    ``val`` and write ``out/video_<kind>``."""
+    from dicom_service.training.train_interframe import evaluate_interframe, train_interpolator, train_super_resolution
+    from dicom_service.vision.interframe import save_interframe_bundle
+
+    started = time.perf_counter()
+    if kind == "sr2":
+        model = train_super_resolution(train, steps=steps, crop=crop, seed=seed, device=device, log=log)
+        metrics = evaluate_interframe(model, None, val, device)
+    else:
+        model = train_interpolator(train, steps=steps, crop=2 * crop, seed=seed, device=device, log=log)
+        metrics = evaluate_interframe(None, model, val, device)
+    seconds = time.perf_counter() - started
+    facts = {**facts, "steps": steps, "crop": crop, "seed": seed, "training_seconds": round(seconds, 1), "val": metrics}
+    save_interframe_bundle(model.cpu(), out / f"video_{kind}", facts)
+    log({"stage": kind, "seconds": round(seconds, 1), "val": metrics})
+    return metrics

@@ -1,0 +1,67 @@
+"""Carry a corrected tooth mask from one frame to the rest of the clip (doctor-in-the-loop).
+
+When a dentist corrects the mask of frame ``k`` (with clicks or a box), the correction is
+carried frame by frame, forwards and backwards: the mask of the last visited frame is
+warped onto its neighbour with DIS optical flow (:func:`propagate_mask`), then the
+neighbour is re-segmented by SAM prompted with that warped mask's box and pseudo-logits
+(:meth:`ToothSegmenter.refine_with_mask`). SAM snaps the warped mask to the
+neighbour's tooth edges, so flow errors do not accumulate the way pure warping would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dicom_service.vision.optical_flow import DisFlow
+from dicom_service.vision.tooth_predictor import ToothSegmenter, propagate_mask
+
+
+def propagate_correction(segmenter: ToothSegmenter, frames: np.ndarray, index: int, corrected: np.ndarray,
+                         *, radius: int | None = None, flow: DisFlow | None = None) -> dict[int, np.ndarray]:
+    """Masks of the neighbours of frame ``index`` carried from its corrected mask.
+
+    Parameters
+    ----------
+    segmenter : ToothSegmenter
+    frames : np.ndarray
+        ``(T, H, W, 3)`` uint8 RGB.
+    index : int
+        The corrected frame, ``0 <= index < T``.
+    corrected : np.ndarray
+        ``(H, W)`` bool, the corrected mask of frame ``index``.
+    radius : int or None
+        How many frames on each side to update (None: the whole clip).
+    flow : DisFlow or None
+        Flow estimator (a new DIS one when None).
+
+    Returns
+    -------
+    dict
+        Frame index → ``(H, W)`` bool mask, including ``index`` itself (``corrected``).
+
+    Raises
+    ------
+    ValueError
+        Bad shapes or an index outside the clip.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    count = frames.shape[0]
+    if not 0 <= index < count:
+        raise ValueError(f"frame index {index} outside the clip of {count} frames")
+    if corrected.shape != frames.shape[1:3] or corrected.dtype != np.bool_:
+        raise ValueError(f"corrected mask must be {frames.shape[1:3]} bool, got {corrected.shape} {corrected.dtype}")
+    if radius is not None and radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    reach = count if radius is None else radius
+    flow = flow or DisFlow()
+    masks = {index: corrected}
+    for step in (1, -1):
+        previous, t = corrected, index + step
+        while 0 <= t < count and abs(t - index) <= reach:
+            warped = propagate_mask(previous, flow(frames[t - step], frames[t]))
+            segmenter.set_image(frames[t])
+            previous = segmenter.refine_with_mask(warped).mask
+            masks[t] = previous
+            t += step
+    return masks

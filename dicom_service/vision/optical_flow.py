@@ -1,0 +1,84 @@
+"""Dense optical flow for the video models: OpenCV DIS, and its end-point error.
+
+DIS (Kroeger et al., 2016) is the documented flow source of the motion branch: it runs
+on grey frames downscaled to at most ``max_side`` pixels and the field is scaled back
+up. A learned flow head is not bundled (see the restoration model card).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+DEFAULT_MAX_SIDE = 320
+
+
+def grey_scaled(frame: np.ndarray, factor: float) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB → grey uint8, area-downscaled by ``factor`` when < 1."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    if factor < 1.0:
+        grey = cv2.resize(grey, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    return grey
+
+
+class DisFlow:
+    """Reusable DIS flow estimator (one OpenCV object, not thread-safe).
+
+    Parameters
+    ----------
+    max_side : int
+        Frames are downscaled so that their longer side is at most this.
+    preset : int
+        ``cv2.DISOPTICAL_FLOW_PRESET_*``.
+    """
+
+    def __init__(self, max_side: int = DEFAULT_MAX_SIDE,
+                 preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST) -> None:
+        if max_side < 16:
+            raise ValueError(f"max_side must be >= 16, got {max_side}")
+        self.max_side = max_side
+        self._dis = cv2.DISOpticalFlow_create(preset)
+
+    def __call__(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Flow from ``source`` to ``target``.
+
+        Parameters
+        ----------
+        source, target : np.ndarray
+            ``(H, W, 3)`` uint8 RGB of the same size.
+
+        Returns
+        -------
+        np.ndarray
+            ``(H, W, 2)`` float32: at pixel (row y, column x) of ``source``, the
+            displacement ``(dx, dy)`` in full-resolution pixels such that the point is at
+            ``(x + dx, y + dy)`` in ``target``.
+        """
+        if source.shape != target.shape or source.ndim != 3 or source.shape[2] != 3:
+            raise ValueError(f"flow needs two (H, W, 3) frames of one size, got {source.shape} and {target.shape}")
+        height, width = source.shape[:2]
+        factor = min(1.0, self.max_side / float(max(height, width)))
+        flow = self._dis.calc(grey_scaled(source, factor), grey_scaled(target, factor), None)
+        if factor < 1.0:
+            flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) / factor
+        return flow.astype(np.float32, copy=False)
+
+
+def endpoint_error(predicted: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Mean end-point error (pixels) between two ``(H, W, 2)`` flows.
+
+    Parameters
+    ----------
+    predicted, true : np.ndarray
+        ``(H, W, 2)`` flows (dx, dy).
+    valid : np.ndarray or None
+        ``(H, W)`` bool, pixels to average over (all when None).
+    """
+    if predicted.shape != true.shape:
+        raise ValueError(f"flow shapes differ: {predicted.shape} vs {true.shape}")
+    error = np.linalg.norm(predicted.astype(np.float64) - true, axis=-1)
+    if valid is not None:
+        if not valid.any():
+            return float("nan")
+        error = error[valid]
+    return float(error.mean())

@@ -1,0 +1,84 @@
+"""``train video`` and ``eval video`` end to end on a tiny phantom set, real paired folders,
+and their argument errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("segment_anything")
+
+from dicom_service.cli import main  # noqa: E402
+from dicom_service.training.video_phantoms import render_clip, write_dataset  # noqa: E402
+
+SMALL = ["--sam-steps", "4", "--steps", "4", "--batch-size", "2", "--crop", "32", "--width", "8",
+         "--interframe-steps", "4", "--interframe-crop", "16", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("video")
+    data = root / "data"
+    write_dataset(data, train=2, val=1, test=1, frames=3, height=64, width=80, seed=5)
+    models = root / "models"
+    assert main(["train", "video", "--data", str(data), "--out", str(models), *SMALL]) == 0
+    return data, models
+
+
+def test_train_writes_three_bundles_with_their_command(trained: tuple[Path, Path]) -> None:
+    _, models = trained
+    for name in ("tooth_sam", "video_restoration", "video_restoration_noprior", "video_sr2", "video_interp2"):
+        config = json.loads((models / name / "config.json").read_text())
+        facts = config.get("metadata", config)
+        assert "train video" in facts["command"] and facts["train_clips"] == 2
+    assert json.loads((models / "video_restoration_noprior" / "config.json").read_text())[
+        "architecture"]["use_prior"] is False
+
+
+def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    data, models = trained
+    out = tmp_path / "eval"
+    assert main(["eval", "video", "--data", str(data), "--models", str(models), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    report = json.loads((out / "eval_video.json").read_text())
+    assert set(report["methods"]) >= {"degraded", "classical", "no_prior", "full_auto", "full_clicks_3"}
+    assert report["methods"]["degraded"]["psnr"] < 40 and report["fps"]["learned_pipeline"] > 0
+    assert set(report["interframe"]) == {"sr2", "interp2"}
+    assert set(report["segmentation"]["miou"]) == {"automatic", "box", "clicks_1", "clicks_3", "clicks_5"}
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] == 5 * 80
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_train_on_real_paired_folders_without_masks(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, models = trained
+    for k in range(2):
+        clip = render_clip(40 + k, frames=3, height=64, width=80)
+        for sub, frames in (("LQ", clip.degraded), ("HQ", clip.clean)):
+            (tmp_path / "real" / f"clip{k}" / sub).mkdir(parents=True)
+            for t, frame in enumerate(frames):
+                cv2.imwrite(str(tmp_path / "real" / f"clip{k}" / sub / f"{t:04d}.png"),
+                            cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "models"
+    (out / "tooth_sam").mkdir(parents=True)
+    for f in (models / "tooth_sam").iterdir():  # masks for the prior come from this SAM bundle
+        (out / "tooth_sam" / f.name).write_bytes(f.read_bytes())
+    assert main(["train", "video", "--paired", str(tmp_path / "real"), "--out", str(out), "--only", "restoration",
+                 *SMALL]) == 0
+    assert (out / "video_restoration" / "restoration.safetensors").is_file()
+
+
+def test_bad_arguments_exit_2(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, models = trained
+    assert main(["train", "video", "--data", str(data), "--out", str(tmp_path), "--only", "bogus", *SMALL]) == 2
+    assert main(["train", "video", "--out", str(tmp_path), *SMALL]) == 2
+    assert main(["train", "video", "--data", str(tmp_path / "none"), "--out", str(tmp_path), *SMALL]) == 2
+    assert main(["train", "video", "--data", str(data), "--out", str(tmp_path), *SMALL, "--crop", "30"]) == 2
+    assert main(["eval", "video", "--data", str(data), "--models", str(tmp_path), "--device", "cpu"]) == 2
+    assert main(["eval", "video", "--data", str(data), "--limit", "0", "--device", "cpu"]) == 2
+    assert main(["eval", "video", "--data", str(data), "--split", "nowhere", "--device", "cpu"]) == 2

@@ -1,0 +1,45 @@
+"""DIS flow recovers a known shift; end-point error arithmetic."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from dicom_service.vision.optical_flow import DisFlow, endpoint_error
+
+
+def _texture(height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    return cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def test_dis_recovers_a_translation_at_full_and_reduced_resolution() -> None:
+    image = _texture(240, 640)
+    moved = np.roll(image, (3, 5), axis=(0, 1))  # content moves +5 px in x, +3 px in y
+    for max_side in (640, 320):
+        flow = DisFlow(max_side=max_side)(image, moved)
+        assert flow.shape == (240, 640, 2) and flow.dtype == np.float32
+        inner = flow[40:-40, 40:-40].reshape(-1, 2)
+        assert np.median(inner[:, 0]) == pytest.approx(5.0, abs=0.5)
+        assert np.median(inner[:, 1]) == pytest.approx(3.0, abs=0.5)
+
+
+def test_flow_needs_two_frames_of_one_size() -> None:
+    with pytest.raises(ValueError, match="one size"):
+        DisFlow()(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match="max_side"):
+        DisFlow(max_side=4)
+
+
+def test_endpoint_error() -> None:
+    true = np.zeros((4, 4, 2), np.float32)
+    pred = true.copy()
+    pred[..., 0] = 3.0
+    pred[..., 1] = 4.0
+    assert endpoint_error(pred, true) == pytest.approx(5.0)
+    valid = np.zeros((4, 4), bool)
+    assert np.isnan(endpoint_error(pred, true, valid))
+    with pytest.raises(ValueError):
+        endpoint_error(pred[:2], true)

@@ -1,0 +1,85 @@
+"""The dual-branch restoration network, its bundle and clip inference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dicom_service.vision.restoration_model import (  # noqa: E402
+    load_restoration_bundle,
+    restore_clip,
+    save_restoration_bundle,
+)
+from dicom_service.vision.restoration_net import (  # noqa: E402
+    PriorRestorationNet,
+    RestorationConfig,
+    pad_to_multiple,
+    warp,
+)
+
+
+def test_warp_with_a_constant_flow_shifts_features() -> None:
+    features = torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8)
+    flow = torch.zeros(1, 2, 8, 8)
+    flow[:, 0] = 1.0  # out(x, y) = features(x + 1, y)
+    out = warp(features, flow)
+    assert torch.allclose(out[0, 0, :, :-1], features[0, 0, :, 1:])
+    assert torch.equal(warp(features, None), features)
+
+
+@pytest.mark.parametrize("prior", [True, False])
+def test_forward_shapes_and_prior_requirement(prior: bool) -> None:
+    model = PriorRestorationNet(RestorationConfig(width=8, use_prior=prior)).eval()
+    image = torch.rand(2, 3, 32, 48)
+    mask = torch.ones(2, 1, 32, 48) if prior else None
+    with torch.no_grad():
+        restored, region, features = model(image, mask)
+        again, _, _ = model(image, mask, features, torch.zeros(2, 2, 32, 48))
+    assert restored.shape == image.shape and again.shape == image.shape
+    assert features.shape == (2, 8, 16, 24)
+    assert (region is not None) == prior
+    if prior:
+        with pytest.raises(ValueError, match="mask is required"):
+            model(image, None)
+
+
+def test_pad_to_multiple_keeps_the_original_size() -> None:
+    padded, size = pad_to_multiple(torch.rand(1, 3, 33, 50))
+    assert padded.shape[-2:] == (48, 64) and size == (33, 50)
+
+
+def test_bundle_round_trip_and_tamper_detection(tmp_path) -> None:
+    model = PriorRestorationNet(RestorationConfig(width=8)).eval()
+    save_restoration_bundle(model, tmp_path / "b", {"command": "test"})
+    loaded, config = load_restoration_bundle(tmp_path / "b")
+    assert config["command"] == "test" and config["architecture"]["width"] == 8
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])
+    weights = tmp_path / "b" / "restoration.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ValueError, match="sha256"):
+        load_restoration_bundle(tmp_path / "b")
+    doc = json.loads((tmp_path / "b" / "config.json").read_text())
+    del doc["architecture"]
+    (tmp_path / "b" / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="missing or bad key"):
+        load_restoration_bundle(tmp_path / "b")
+
+
+def test_restore_clip_on_odd_sizes_and_one_frame() -> None:
+    model = PriorRestorationNet(RestorationConfig(width=8)).eval()
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 37, 53, 3), dtype=np.uint8)
+    masks = np.zeros((3, 37, 53), bool)
+    flows = [None] + [np.zeros((37, 53, 2), np.float32)] * 2
+    out = restore_clip(model, frames, masks, flows)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    assert restore_clip(model, frames[:1], masks[:1], None).shape == (1, 37, 53, 3)
+    with pytest.raises(ValueError, match="masks"):
+        restore_clip(model, frames, None, flows)
+    with pytest.raises(ValueError, match="uint8"):
+        restore_clip(model, frames.astype(np.float32), masks, flows)

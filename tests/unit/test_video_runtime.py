@@ -1,0 +1,89 @@
+"""The learned video runtime with the bundled models: quality on a held-out phantom, and
+the bad inputs of issue 3 (odd sizes, one frame, grayscale, 4K, no teeth)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("segment_anything")
+
+from dicom_service.training.image_metrics import psnr  # noqa: E402
+from dicom_service.training.video_phantoms import clip_seed, render_clip  # noqa: E402
+from dicom_service.vision.registry import build_video_runtime, default_models_dir  # noqa: E402
+from dicom_service.vision.runtime import VideoRuntime  # noqa: E402
+from dicom_service.vision.video_runtime import LearnedVideoRuntime  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def runtime() -> LearnedVideoRuntime:
+    return LearnedVideoRuntime(default_models_dir(), "cpu", stabilise=False)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_registry_builds_the_learned_runtime() -> None:
+    built = build_video_runtime("learned", "cpu")
+    assert isinstance(built, VideoRuntime) and built.info.family == "ai"
+
+
+def test_restores_and_segments_a_held_out_phantom(runtime: LearnedVideoRuntime) -> None:
+    clip = render_clip(clip_seed(0, "test", 1), frames=4, teeth=True)
+    result = runtime.enhance(clip.degraded, clip.fps)
+    assert result.frames.shape == clip.clean.shape and result.frames.dtype == np.uint8
+    assert psnr(result.frames, clip.clean) > psnr(clip.degraded, clip.clean) + 3.0
+    assert _iou(result.tooth_masks, clip.masks) > 0.9
+    assert result.metrics["tooth_area_fraction"] > 0.05
+    assert any("SAM" in step for step in result.steps)
+
+
+def test_odd_frame_size_and_a_single_frame(runtime: LearnedVideoRuntime) -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 77, 101, 3), dtype=np.uint8)
+    result = runtime.enhance(frames, 25.0)
+    assert result.frames.shape == frames.shape and result.tooth_masks.shape == (3, 77, 101)
+    single = runtime.enhance(frames[:1], 1.0)
+    assert single.frames.shape == (1, 77, 101, 3)
+    assert single.metrics["shake_px_before"] == 0.0
+
+
+def test_grayscale_video_replicated_to_rgb(runtime: LearnedVideoRuntime) -> None:
+    clip = render_clip(clip_seed(0, "test", 2), frames=2, height=64, width=96)
+    grey = clip.degraded.mean(axis=-1).astype(np.uint8)
+    result = runtime.enhance(np.repeat(grey[..., None], 3, axis=-1), 30.0)
+    assert result.frames.shape == (2, 64, 96, 3)
+    with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
+        runtime.enhance(grey, 30.0)
+
+
+def test_4k_frames_are_processed_downscaled(runtime: LearnedVideoRuntime) -> None:
+    clip = render_clip(clip_seed(0, "test", 3), frames=2, height=270, width=480)
+    big = np.stack([np.kron(f, np.ones((8, 8, 1), np.uint8)) for f in clip.degraded])  # 2160 x 3840
+    result = runtime.enhance(big, 30.0)
+    assert result.frames.shape == big.shape and result.tooth_masks.shape == big.shape[:3]
+    assert any("downscaled" in step for step in result.steps)
+
+
+def test_a_clip_without_teeth_gets_empty_masks(runtime: LearnedVideoRuntime) -> None:
+    clip = render_clip(clip_seed(0, "test", 4), frames=3, teeth=False)
+    result = runtime.enhance(clip.degraded, clip.fps)
+    assert result.tooth_masks.mean() < 0.01
+    assert result.frames.shape == clip.clean.shape
+
+
+def test_bad_arguments_are_errors(runtime: LearnedVideoRuntime) -> None:
+    with pytest.raises(ValueError, match="16x16"):
+        runtime.enhance(np.zeros((1, 8, 8, 3), np.uint8), 30.0)
+    with pytest.raises(ValueError, match="fps"):
+        runtime.enhance(np.zeros((1, 32, 32, 3), np.uint8), 0.0)
+    with pytest.raises(ValueError, match="uint8"):
+        runtime.enhance(np.zeros((1, 32, 32, 3), np.float32), 30.0)
+
+
+def test_stabilisation_reduces_shake() -> None:
+    clip = render_clip(clip_seed(0, "test", 5), frames=12, teeth=True)
+    result = LearnedVideoRuntime(default_models_dir(), "cpu", stabilise=True).enhance(clip.degraded, clip.fps)
+    assert result.metrics["shake_px_after"] < result.metrics["shake_px_before"]
