@@ -40,6 +40,7 @@ bench: install-test
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/turnaround.py
 	$(BIN)/python -m benchmarks.implants
+	$(BIN)/python -m benchmarks.video --ten-second
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

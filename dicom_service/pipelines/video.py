@@ -49,7 +49,7 @@ def process_video_instance(
         raise MediaError(f"instance {sop}: no frames decoded")
     count, height, width = frames.shape[:3]
     progress(f"{sop}: decoded {count} frames {width}x{height} at {fps:.2f} fps")
-    enhanced = runtime.enhance(frames, fps)
+    enhanced = runtime.enhance(frames, fps, progress=lambda line: progress(f"{sop}: {line}"))
     progress(f"{sop}: enhanced with {enhanced.algorithm.name}")
     seed = f"{uid_seed}/{sop}"
     objects: list[ResultObject] = []

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from dicom_service.domain import AlgorithmInfo, VideoEnhancement
-from dicom_service.vision.runtime import check_clip
+from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
 from dicom_service.vision.stabilisation import estimate_motion, shake_px, smoothing_radius, stabilise
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class ClassicalVideoRuntime:
         steps.append("Tooth mask: bright low-saturation warm-white pixels, morphological clean-up")
         return steps
 
-    def enhance(self, frames: np.ndarray, fps: float) -> VideoEnhancement:
+    def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
         """Stabilise, denoise, enhance a clip and segment its teeth.
 
         Parameters
@@ -179,6 +179,8 @@ class ClassicalVideoRuntime:
             ``(T, H, W, 3)`` uint8 RGB, ``T >= 1``, any size >= 16x16.
         fps : float
             Frame rate (> 0; 1.0 for a still photograph).
+        progress : callable or None
+            Receives about one line per second; an exception it raises stops the work.
 
         Returns
         -------
@@ -205,7 +207,9 @@ class ClassicalVideoRuntime:
         work = stabilise(frames, motion, radius) if stabilised else frames
         denoised = np.stack([self._spatial(frame) for frame in work])
         out = np.empty_like(frames)
+        tick = ProgressThrottle(progress)
         for t in range(count):
+            tick(f"enhanced {t}/{count} frames")
             current = denoised[t]
             if self.temporal and count >= 2:
                 current = self._temporal_blend(denoised, t, current)

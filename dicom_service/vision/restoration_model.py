@@ -8,7 +8,7 @@ clip frame by frame, carrying the previous frame's features (motion branch).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 @torch.inference_mode()
 def restore_clip(model: PriorRestorationNet, frames: np.ndarray, masks: np.ndarray | None,
                  flows: Sequence[np.ndarray | None] | None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> np.ndarray:
+                 dtype: torch.dtype = torch.float32, on_frame: Callable[[int], None] | None = None) -> np.ndarray:
     """Restore a clip frame by frame.
 
     Parameters
@@ -70,6 +70,8 @@ def restore_clip(model: PriorRestorationNet, frames: np.ndarray, masks: np.ndarr
     device : str or torch.device
     dtype : torch.dtype
         Compute precision (float16 on CUDA for speed).
+    on_frame : callable or None
+        Called with ``t`` after frame ``t`` is restored (progress; may raise to abort).
 
     Returns
     -------
@@ -94,4 +96,6 @@ def restore_clip(model: PriorRestorationNet, frames: np.ndarray, masks: np.ndarr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             restored, _, previous = model(image, mask, previous if t > 0 else None, flow)
         out[t] = to_uint8(restored[..., :size[0], :size[1]].float())
+        if on_frame is not None:
+            on_frame(t)
     return out

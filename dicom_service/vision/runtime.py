@@ -8,11 +8,45 @@ by :func:`dicom_service.vision.registry.build_video_runtime` and
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from dicom_service.domain import AlgorithmInfo, RadiographResult, VideoEnhancement
+
+#: Progress callback of a runtime: one line of text; it may raise to interrupt the work
+#: (the job worker does so at shutdown).
+Progress = Callable[[str], None]
+
+
+class ProgressThrottle:
+    """Forward progress lines at most once per ``seconds`` (and always when forced).
+
+    Long loops call it on every item, so an interruption raised by ``progress`` lands
+    within about ``seconds`` plus one item, while the log gets at most one line per
+    ``seconds``.
+
+    Parameters
+    ----------
+    progress : callable or None
+        Receives the lines (None: nothing happens).
+    seconds : float
+    """
+
+    def __init__(self, progress: Progress | None, seconds: float = 1.0) -> None:
+        self.progress = progress
+        self.seconds = seconds
+        self._last = time.monotonic()
+
+    def __call__(self, text: str, *, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= self.seconds:
+            self._last = now
+            self.progress(text)
 
 
 def check_clip(frames: np.ndarray, fps: float) -> None:
@@ -38,7 +72,7 @@ class VideoRuntime(Protocol):
 
     info: AlgorithmInfo
 
-    def enhance(self, frames: np.ndarray, fps: float) -> VideoEnhancement:
+    def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
         """Enhance a clip.
 
         Parameters
@@ -47,6 +81,9 @@ class VideoRuntime(Protocol):
             ``(T, H, W, 3)`` uint8 RGB, ``T >= 1``.
         fps : float
             Frame rate of the clip (1.0 for a still photograph).
+        progress : callable or None
+            Receives progress lines during long clips (about one per second); an
+            exception it raises aborts the work.
         """
         ...
 

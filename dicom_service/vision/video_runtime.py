@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -39,7 +40,7 @@ from dicom_service.vision.interframe import (
 )
 from dicom_service.vision.optical_flow import DisFlow
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
-from dicom_service.vision.runtime import check_clip
+from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
 from dicom_service.vision.stabilisation import estimate_motion, shake_px, smoothing_radius, stabilise
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.tooth_sam import load_sam_bundle
@@ -67,12 +68,16 @@ def _resize_stack(frames: np.ndarray, size: tuple[int, int], interpolation: int)
     return np.stack([cv2.resize(f, (w, h), interpolation=interpolation) for f in frames])
 
 
-def automatic_masks(segmenter: ToothSegmenter, frames: np.ndarray) -> np.ndarray:
-    """Automatic-mode tooth masks ``(T, H, W)`` bool of frames ``(T, H, W, 3)`` uint8 RGB."""
+def automatic_masks(segmenter: ToothSegmenter, frames: np.ndarray,
+                    on_frame: Callable[[int], None] | None = None) -> np.ndarray:
+    """Automatic-mode tooth masks ``(T, H, W)`` bool of frames ``(T, H, W, 3)`` uint8 RGB;
+    ``on_frame(t)`` is called after frame ``t`` (progress; may raise to abort)."""
     masks = np.zeros(frames.shape[:3], dtype=bool)
     for t, frame in enumerate(frames):
         segmenter.set_image(frame)
         masks[t] = segmenter.automatic().mask
+        if on_frame is not None:
+            on_frame(t)
     return masks
 
 
@@ -141,7 +146,7 @@ class LearnedVideoRuntime:
             steps.append("Resolution doubled: learned x2 super-resolution")
         return steps
 
-    def enhance(self, frames: np.ndarray, fps: float) -> VideoEnhancement:
+    def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
         """Segment teeth, restore and (optionally) stabilise a clip.
 
         Parameters
@@ -150,6 +155,9 @@ class LearnedVideoRuntime:
             ``(T, H, W, 3)`` uint8 RGB, ``T >= 1``, H, W >= 16.
         fps : float
             Frame rate (> 0; 1.0 for a still photograph).
+        progress : callable or None
+            Receives about one line per second; checked after every frame, so an
+            exception it raises (the worker's shutdown) stops the work within a frame.
 
         Returns
         -------
@@ -171,10 +179,12 @@ class LearnedVideoRuntime:
         work_size = _work_size(height, width)
         scaled = work_size != (height, width)
         work = _resize_stack(frames, work_size, cv2.INTER_AREA) if scaled else np.ascontiguousarray(frames)
-        masks = automatic_masks(self.segmenter, work)
+        tick = ProgressThrottle(progress)
+        masks = automatic_masks(self.segmenter, work, lambda t: tick(f"tooth masks {t + 1}/{count} frames"))
         dis = DisFlow()
         flows = [None] + [dis(work[t], work[t - 1]) for t in range(1, count)]
-        restored = restore_clip(self.restorer, work, masks, flows, self.device, self.dtype)
+        restored = restore_clip(self.restorer, work, masks, flows, self.device, self.dtype,
+                                on_frame=lambda t: tick(f"restored {t + 1}/{count} frames"))
         if scaled:
             restored = _resize_stack(restored, (height, width), cv2.INTER_CUBIC)
             masks = _resize_stack(masks.astype(np.uint8), (height, width), cv2.INTER_NEAREST).astype(bool)
