@@ -57,6 +57,18 @@ def _log(record: dict[str, Any]) -> None:
     print(json.dumps(record), file=sys.stderr, flush=True)
 
 
+def _train_command(args: argparse.Namespace) -> str:
+    """The ``train video`` command line with every option explicit (recorded in the bundles)."""
+    source = ["--data", str(args.data)] if args.data is not None else ["--paired", str(args.paired)]
+    parts = ["dicom-service", "train", "video", *source, "--out", str(args.out), "--only", args.only,
+             "--sam-steps", str(args.sam_steps), "--sam-lr", str(args.sam_lr),
+             "--sam-batch-size", str(args.sam_batch_size), "--steps", str(args.steps),
+             "--batch-size", str(args.batch_size), "--crop", str(args.crop), "--lr", str(args.lr),
+             "--width", str(args.width), "--interframe-steps", str(args.interframe_steps),
+             "--interframe-crop", str(args.interframe_crop), "--device", args.device, "--seed", str(args.seed)]
+    return shlex.join(parts)
+
+
 def cmd_train_video(args: argparse.Namespace) -> int:
     """Train the parts named by ``--only`` and write their bundles; 2 on bad arguments or data."""
     from dicom_service.training.train_implants import resolve_device
@@ -88,7 +100,7 @@ def cmd_train_video(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"dicom-service train video: {exc}", file=sys.stderr)
         return 2
-    facts = {"command": shlex.join(["dicom-service", "train", "video", *sys.argv[3:]]) if len(sys.argv) > 2 else "",
+    facts = {"command": _train_command(args),
              "data": str(args.data or args.paired), "train_clips": len(train), "val_clips": len(val)}
     summary: dict[str, Any] = {}
     if "sam" in parts:
