@@ -87,3 +87,26 @@ def test_stabilisation_reduces_shake() -> None:
     clip = render_clip(clip_seed(0, "test", 5), frames=12, teeth=True)
     result = LearnedVideoRuntime(default_models_dir(), "cpu", stabilise=True).enhance(clip.degraded, clip.fps)
     assert result.metrics["shake_px_after"] < result.metrics["shake_px_before"]
+
+
+def test_sr2_and_interp2_options_through_the_pipeline(tmp_path) -> None:
+    """``learned-sr2-interp2``: twice the frame rate and twice the size, written as a valid
+    Video Photographic object whose SEG still covers the source frames."""
+    import pydicom
+
+    from dicom_service.pipelines.video import process_video_instance
+    from tests import builders
+    from tests.dicomcheck import run_dciodvfy
+
+    runtime = build_video_runtime("learned-sr2-interp2", "cpu")
+    source = builders.make_video_photographic(frames=4, rows=64, cols=96)
+    objects, summary = process_video_instance(source, runtime, uid_seed="sr-interp")
+    video = next(o.dataset for o in objects if o.kind == "video")
+    path = builders.save(video, tmp_path / "video.dcm")
+    assert run_dciodvfy(path) == []
+    back = pydicom.dcmread(path)
+    assert (back.Rows, back.Columns, back.NumberOfFrames) == (128, 192, 7)
+    assert float(back.FrameTime) == pytest.approx(1000.0 / 60.0, abs=1e-2)
+    assert any("Frame rate doubled" in s for s in summary["steps"])
+    seg = next(o.dataset for o in objects if o.kind == "seg")
+    assert (seg.Rows, seg.Columns) == (64, 96)
