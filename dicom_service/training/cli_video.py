@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicom_service.domain import ConfigError
+
 
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="phantom data set (manifest.json + splits)")
@@ -71,7 +73,6 @@ def _train_command(args: argparse.Namespace) -> str:
 
 def cmd_train_video(args: argparse.Namespace) -> int:
     """Train the parts named by ``--only`` and write their bundles; 2 on bad arguments or data."""
-    from dicom_service.training.train_implants import resolve_device
     from dicom_service.training.train_restoration import RestorationTrainOptions
     from dicom_service.training.video_recipe import (
         PARTS,
@@ -81,13 +82,14 @@ def cmd_train_video(args: argparse.Namespace) -> int:
         train_sam_bundle,
         with_masks,
     )
+    from dicom_service.vision.registry import resolve_device
 
     try:
         parts = [p.strip() for p in args.only.split(",") if p.strip()]
         unknown = sorted(set(parts) - set(PARTS))
         if unknown or not parts:
             raise ValueError(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
-        device = str(resolve_device(args.device))
+        device = resolve_device(args.device)
         train = load_training_clips(args.data, args.paired, "train")
         val = load_training_clips(args.data, args.paired, "val")
         opts = RestorationTrainOptions(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
@@ -97,7 +99,7 @@ def cmd_train_video(args: argparse.Namespace) -> int:
             raise ValueError("--width must be >= 4, --sam-steps and --interframe-steps >= 1")
         if args.interframe_crop < 8 or args.interframe_crop % 8:
             raise ValueError(f"--interframe-crop must be a positive multiple of 8, got {args.interframe_crop}")
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ConfigError) as exc:
         print(f"dicom-service train video: {exc}", file=sys.stderr)
         return 2
     facts = {"command": _train_command(args),
@@ -131,17 +133,16 @@ def cmd_train_video(args: argparse.Namespace) -> int:
 def cmd_eval_video(args: argparse.Namespace) -> int:
     """Measure the bundled video models on a held-out split; 2 on bad arguments or data."""
     from dicom_service.training.evaluate_video import evaluate_video, metrics_table
-    from dicom_service.training.train_implants import resolve_device
     from dicom_service.training.video_recipe import load_training_clips
-    from dicom_service.vision.registry import default_models_dir
+    from dicom_service.vision.registry import default_models_dir, resolve_device
 
     try:
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be >= 1")
-        device = str(resolve_device(args.device))
+        device = resolve_device(args.device)
         clips = load_training_clips(args.data, args.paired, args.split)[: args.limit]
         report = evaluate_video(clips, args.models or default_models_dir(), device=device, out_dir=args.out)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ConfigError) as exc:
         print(f"dicom-service eval video: {exc}", file=sys.stderr)
         return 2
     print(metrics_table(report))

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import torch
 from dicom_service.training.image_metrics import mask_iou, psnr, ssim
 from dicom_service.training.train_interframe import evaluate_interframe
 from dicom_service.training.train_restoration import clip_flows
-from dicom_service.training.train_sam import evaluate_tooth_sam, prompted_masks
+from dicom_service.training.train_sam import PROMPT_MODES, prompted_masks, segmentation_report
 from dicom_service.training.video_phantoms import VideoClip
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
 from dicom_service.vision.interframe import load_interframe_bundle
@@ -45,7 +46,6 @@ from dicom_service.vision.mask_propagation import propagate_correction
 from dicom_service.vision.optical_flow import DisFlow, endpoint_error
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.tooth_predictor import ToothSegmenter
-from dicom_service.vision.tooth_sam import load_sam_bundle
 from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_masks
 
 METHODS = ("degraded", "classical", "no_prior", "full_auto", "full_box", "full_clicks_1", "full_clicks_3",
@@ -91,12 +91,13 @@ def _flow_epe(clip: VideoClip, dis: DisFlow) -> dict[str, float]:
     return {k: float(np.nanmean(v)) for k, v in result.items()}
 
 
-def _timed(fn: Callable[[], np.ndarray], frames: int, seconds: dict[str, float], key: str) -> np.ndarray:
+@contextmanager
+def _timed(seconds: dict[str, float], key: str, frames: int) -> Iterator[None]:
+    """Add the block's wall time to ``seconds[key]`` and ``frames`` to ``seconds[key_frames]``."""
     started = time.perf_counter()
-    out = fn()
+    yield
     seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - started
     seconds[f"{key}_frames"] = seconds.get(f"{key}_frames", 0.0) + frames
-    return out
 
 
 def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str = "cpu",
@@ -112,29 +113,40 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         raise ValueError("no clips to evaluate")
     if any(c.masks is None for c in clips):
         raise ValueError("eval video needs true tooth masks for every clip")
-    full, _ = load_restoration_bundle(models_dir / "video_restoration", device)
+    runtime = LearnedVideoRuntime(models_dir, device, stabilise=True)
+    full, segmenter = runtime.restorer, runtime.segmenter
     no_prior, _ = load_restoration_bundle(models_dir / "video_restoration_noprior", device)
-    sam, sam_config = load_sam_bundle(models_dir / "tooth_sam", device)
-    segmenter = ToothSegmenter(sam)
     classical = ClassicalVideoRuntime(stabilise=False)
     dis = DisFlow()
     per_method: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "ssim": [], "psnr_teeth": []} for m in METHODS}
     epe: dict[str, list[float]] = {"degraded": [], "clean": []}
     seconds: dict[str, float] = {}
     propagation: list[float] = []
+    truths: list[np.ndarray] = []
+    automatic: list[np.ndarray] = []
+    prompted_all: dict[str, list[np.ndarray]] = {k: [] for k in PROMPT_MODES}
     sheet_rows = []
     for index, clip in enumerate(clips):
         frames, truth, count = clip.degraded, np.asarray(clip.masks, dtype=bool), clip.degraded.shape[0]
-        flows = _timed(lambda: clip_flows(frames, dis), count, seconds, "flow")  # noqa: B023
-        auto = _timed(lambda: automatic_masks(segmenter, frames), count, seconds, "segment")  # noqa: B023
-        prompted = interactive_masks(segmenter, frames, truth, (1, 3, 5))
+        with _timed(seconds, "flow", count):
+            flows = clip_flows(frames, dis)
+        with _timed(seconds, "segment", count):
+            auto = automatic_masks(segmenter, frames)
+        with _timed(seconds, "prompted", count):
+            prompted = interactive_masks(segmenter, frames, truth, (1, 3, 5))
+        truths.extend(truth)
+        automatic.extend(auto)
+        for key, masks in prompted.items():
+            prompted_all[key].extend(masks)
+        with _timed(seconds, "classical", count):
+            classical_frames = classical.enhance(frames, clip.fps).frames
+        with _timed(seconds, "restore", count):
+            full_auto = restore_clip(full, frames, auto, flows, device)
         outputs = {
             "degraded": frames,
-            "classical": _timed(lambda: classical.enhance(frames, clip.fps).frames, count, seconds,  # noqa: B023
-                                "classical"),
+            "classical": classical_frames,
             "no_prior": restore_clip(no_prior, frames, None, flows, device),
-            "full_auto": _timed(lambda: restore_clip(full, frames, auto, flows, device), count,  # noqa: B023
-                                seconds, "restore"),
+            "full_auto": full_auto,
             "full_true_mask": restore_clip(full, frames, truth, flows, device),
             "full_no_flow": restore_clip(full, frames, auto, None, device),
         }
@@ -152,7 +164,6 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         if index < 4:
             middle = count // 2
             sheet_rows.append([outputs[c][middle] if c != "clean" else clip.clean[middle] for c in SHEET_COLUMNS])
-    runtime = LearnedVideoRuntime(models_dir, device, stabilise=True)
     pipeline_started = time.perf_counter()
     for clip in clips:
         runtime.enhance(clip.degraded, clip.fps)
@@ -163,7 +174,8 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         "clips": len(clips), "frames": total_frames, "size": [width, height], "device": device,
         "methods": {m: {k: float(np.nanmean(v)) if v else None for k, v in values.items()}
                     for m, values in per_method.items()},
-        "segmentation": evaluate_tooth_sam(sam, clips, device),
+        "segmentation": segmentation_report(truths, automatic, prompted_all,
+                                            seconds["segment"] + seconds["prompted"]),
         "propagation_miou": float(np.mean(propagation)) if propagation else None,
         "flow_epe_px": {k: float(np.mean(v)) if v else None for k, v in epe.items()},
         "fps": {
@@ -174,7 +186,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
             "learned_pipeline": total_frames / pipeline_seconds,
         },
         "threads": torch.get_num_threads(),
-        "sam_bundle_sha256": sam_config["weights"]["sha256"],
+        "sam_bundle_sha256": runtime.configs["sam"]["weights"]["sha256"],
     }
     interframe = [load_interframe_bundle(models_dir / name, device)[0] if (models_dir / name / "config.json").is_file()
                   else None for name in ("video_sr2", "video_interp2")]

@@ -17,7 +17,6 @@ for a given seed; CUDA kernels used by Mask R-CNN are not bit-deterministic.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,7 @@ from torchvision.models.detection import MaskRCNN
 
 from dicom_service.training.implant_data import collate_detection
 from dicom_service.training.mim import MaskedImageModel, MIMConfig, Objective
+from dicom_service.training.optim import optimiser_step, warmup_cosine
 from dicom_service.vision.implant_identifier import ImplantIdentifier, fit_temperature
 from dicom_service.vision.part_detector import DetectorConfig, build_part_detector
 from dicom_service.vision.vit import ViTEncoder
@@ -57,25 +57,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from ``lr / warmup_steps`` to ``lr``, then cosine decay to 0 at ``total_steps``.
-
-    Step it once per iteration. ``warmup_steps`` is capped at half of ``total_steps`` so
-    that short runs still reach the base learning rate.
-    """
-    total = max(1, total_steps)
-    warm = min(max(0, warmup_steps), total // 2)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases, norms and other 1-D parameters (MAE convention)."""
     decay, no_decay = [], []
@@ -91,22 +72,6 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, collate: Cal
         raise ValueError("cannot train on an empty data set")
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
                       generator=torch.Generator().manual_seed(seed))
-
-
-def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-          clip: tuple[nn.Module, float] | None = None) -> float:
-    """One optimisation step (backward, optional gradient clipping, step, schedule).
-
-    Returns the learning rate the step used.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip is not None and clip[1] > 0:
-        nn.utils.clip_grad_norm_(clip[0].parameters(), clip[1])
-    optimizer.step()
-    lr = optimizer.param_groups[0]["lr"]
-    scheduler.step()
-    return lr
 
 
 def _emit(log: EpochLog | None, record: dict[str, Any]) -> None:
@@ -139,7 +104,7 @@ def pretrain_encoder(images_ds: Dataset, encoder: ViTEncoder, objective: Objecti
         start, total, count = time.perf_counter(), 0.0, 0
         for images in loader:
             loss, _ = model(images.to(device), generator=masks)
-            lr = _step(loss, optimizer, scheduler)
+            lr = optimiser_step(loss, optimizer, scheduler)
             model.update_teacher()
             total, count = total + float(loss.detach()), count + 1
         _emit(log, {"stage": "pretrain", "objective": objective, "epoch": epoch + 1, "loss": total / count,
@@ -195,7 +160,7 @@ def train_detector(ds_train: Dataset, ds_val: Dataset | None, encoder: ViTEncode
         start, total, count = time.perf_counter(), 0.0, 0
         for images, targets in loader:
             loss = _detector_loss(detector, *_to_device(images, targets, device))
-            lr = _step(loss, optimizer, scheduler, (detector, clip_norm))
+            lr = optimiser_step(loss, optimizer, scheduler, (detector, clip_norm))
             total, count = total + float(loss.detach()), count + 1
         record = {"stage": "detector", "epoch": epoch + 1, "loss": total / count,
                   "lr": lr, "seconds": time.perf_counter() - start}
@@ -250,7 +215,7 @@ def train_identifier(crops_train: Dataset, crops_val: Dataset | None, systems: S
         start, total, count = time.perf_counter(), 0.0, 0
         for crops, system, attrs in loader:
             loss = identifier.loss(crops.to(device), system.to(device), {k: v.to(device) for k, v in attrs.items()})
-            lr = _step(loss, optimizer, scheduler)
+            lr = optimiser_step(loss, optimizer, scheduler)
             total, count = total + float(loss.detach()), count + 1
         record = {"stage": "identifier", "epoch": epoch + 1, "loss": total / count,
                   "lr": lr, "seconds": time.perf_counter() - start}

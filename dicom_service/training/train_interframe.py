@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dicom_service.training.image_metrics import psnr
-from dicom_service.training.train_implants import warmup_cosine
+from dicom_service.training.optim import optimiser_step, warmup_cosine
 from dicom_service.training.video_phantoms import VideoClip
 from dicom_service.vision.interframe import FrameInterpolator2x, SuperResolution2x, interpolate_clip, upscale_clip
 from dicom_service.vision.optical_flow import DisFlow
@@ -89,10 +89,7 @@ def _optimise(model: torch.nn.Module, steps: int, lr: float, loss_of: Callable[[
     started, running = time.perf_counter(), []
     for step in range(steps):
         loss = loss_of()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
+        optimiser_step(loss, optimiser, scheduler)
         running.append(loss.detach().item())
         if log is not None and ((step + 1) % 100 == 0 or step + 1 == steps):
             log({"stage": stage, "step": step + 1, "loss": float(np.mean(running)),

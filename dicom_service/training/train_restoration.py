@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dicom_service.training.image_metrics import psnr
-from dicom_service.training.train_implants import warmup_cosine
+from dicom_service.training.optim import optimiser_step, warmup_cosine
 from dicom_service.training.video_phantoms import VideoClip
 from dicom_service.vision.optical_flow import DisFlow
 from dicom_service.vision.restoration_model import restore_clip
@@ -177,11 +177,7 @@ def train_restoration(config: RestorationConfig, train: Sequence[VideoClip], opt
     for step in range(opts.steps):
         batch = {k: v.to(device) for k, v in sampler.batch(opts.batch_size).items()}
         loss = restoration_loss(model, batch, opts.region_weight)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        scheduler.step()
+        optimiser_step(loss, optimiser, scheduler, (model, 1.0))
         running.append(loss.detach().item())
         if log_fn is not None and ((step + 1) % 50 == 0 or step + 1 == opts.steps):
             log_fn({"step": step + 1, "loss": float(np.mean(running)), "lr": scheduler.get_last_lr()[0],

@@ -23,7 +23,7 @@ video clips with ``degraded`` ``(T, H, W, 3)`` and ``masks`` ``(T, H, W)`` array
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import cv2
@@ -35,12 +35,14 @@ from torchvision.ops import sigmoid_focal_loss
 
 from dicom_service.training.click_simulation import box_from_mask, first_click, next_click
 from dicom_service.training.image_metrics import mask_iou
-from dicom_service.training.train_implants import warmup_cosine
+from dicom_service.training.optim import optimiser_step, warmup_cosine
 from dicom_service.vision.tooth_predictor import ToothSegmenter, check_frame, decode_masks, mask_logits
 from dicom_service.vision.tooth_sam import build_tooth_sam
 
 FramePair = tuple[np.ndarray, np.ndarray]
 MODE_PROBS = {"automatic": 0.30, "box": 0.25, "clicks": 0.45}
+#: The prompted modes :func:`evaluate_tooth_sam` scores.
+PROMPT_MODES = ("box", "clicks_1", "clicks_3", "clicks_5")
 
 
 class ClipLike(Protocol):
@@ -207,11 +209,7 @@ def train_tooth_sam(data: Sequence[FramePair], *, steps: int, lr: float = 1e-3, 
         losses = [_sample_losses(model, embeddings[i:i + 1], gts[i], rng, max_extra_clicks)[0]
                   for i in range(batch_size)]
         loss = torch.stack(losses).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        optimiser_step(loss, optimizer, schedule, (model, 1.0))
         history.append(float(loss.detach()))
         if log is not None and (step + 1) % log_every == 0:
             recent = float(np.mean(history[-log_every:]))
@@ -279,23 +277,47 @@ def evaluate_tooth_sam(model: Sam, clips: Iterable[ClipLike] | Sequence[FramePai
     items = list(clips)
     pairs = items if items and isinstance(items[0], tuple) else frames_from_clips(items, stride)  # type: ignore[arg-type]
     seg = ToothSegmenter(model.to(torch.device(device)).eval())
-    scores: dict[str, list[float]] = {k: [] for k in ("automatic", "box", "clicks_1", "clicks_3", "clicks_5")}
-    false_pos: list[bool] = []
+    truths, automatic = [], []
+    prompted: dict[str, list[np.ndarray]] = {k: [] for k in PROMPT_MODES}
     start = time.monotonic()
     for frame, gt in pairs:
         seg.set_image(frame)
-        auto = seg.automatic()
+        truths.append(gt)
+        automatic.append(seg.automatic().mask)
+        masks = prompted_masks(seg, gt, (1, 3, 5)) if gt.any() else {}
+        for key in PROMPT_MODES:  # nobody prompts a frame without teeth: the entry is not scored
+            prompted[key].append(masks.get(key, gt))
+    return segmentation_report(truths, automatic, prompted, time.monotonic() - start)
+
+
+def segmentation_report(truths: Sequence[np.ndarray], automatic: Sequence[np.ndarray],
+                        prompted: Mapping[str, Sequence[np.ndarray]], seconds: float) -> dict[str, Any]:
+    """The :func:`evaluate_tooth_sam` figures from masks already predicted.
+
+    Parameters
+    ----------
+    truths, automatic : sequence of np.ndarray
+        Per frame, ``(H, W)`` bool: the true mask and the automatic-mode mask.
+    prompted : mapping
+        ``"box"``, ``"clicks_1"``, ... → per frame ``(H, W)`` bool masks; entries of frames
+        whose true mask is empty are ignored.
+    seconds : float
+        Time spent predicting all of them.
+    """
+    scores: dict[str, list[float]] = {k: [] for k in ("automatic", *prompted)}
+    false_pos: list[bool] = []
+    for t, (gt, auto) in enumerate(zip(truths, automatic, strict=True)):
         if not gt.any():
-            false_pos.append(bool(auto.mask.any()))
+            false_pos.append(bool(auto.any()))
             continue
-        scores["automatic"].append(mask_iou(auto.mask, gt))
-        for key, mask in prompted_masks(seg, gt, (1, 3, 5)).items():
-            scores[key].append(mask_iou(mask, gt))
+        scores["automatic"].append(mask_iou(auto, gt))
+        for key, masks in prompted.items():
+            scores[key].append(mask_iou(masks[t], gt))
     return {
         "miou": {k: (float(np.mean(v)) if v else None) for k, v in scores.items()},
         "automatic_false_positive_rate": float(np.mean(false_pos)) if false_pos else None,
-        "frames": len(pairs),
-        "frames_with_teeth": len(scores["box"]),
+        "frames": len(truths),
+        "frames_with_teeth": len(truths) - len(false_pos),
         "frames_without_teeth": len(false_pos),
-        "seconds_per_frame": (time.monotonic() - start) / max(1, len(pairs)),
+        "seconds_per_frame": seconds / max(1, len(truths)),
     }

@@ -182,10 +182,3 @@ def degrade_clip(clean: np.ndarray, motions: np.ndarray, rng: np.random.Generato
     frames = [degrade_frame(f, (float(m[0]), float(m[1])), params, rng) for f, m in zip(clean, motions, strict=True)]
     return np.stack(frames)
 
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two uint8 arrays of the same shape (peak 255)."""
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)

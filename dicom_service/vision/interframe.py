@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dicom_service.vision.optical_flow import DisFlow
-from dicom_service.vision.restoration_model import to_tensor, to_uint8
+from dicom_service.vision.restoration_model import flow_to_tensor, to_tensor, to_uint8
 from dicom_service.vision.restoration_net import RestorationBranch, pad_to_multiple, warp
 from dicom_service.vision.safetensors_io import read_bundle, write_bundle
 
@@ -147,10 +147,6 @@ def upscale_clip(model: SuperResolution2x, frames: np.ndarray, device: str | tor
     return out
 
 
-def _flow_tensor(flow: np.ndarray, device: torch.device) -> torch.Tensor:
-    return pad_to_multiple(torch.from_numpy(flow).to(device).permute(2, 0, 1)[None])[0]
-
-
 @torch.inference_mode()
 def interpolate_clip(model: FrameInterpolator2x, frames: np.ndarray, device: str | torch.device = "cpu",
                      flow: DisFlow | None = None, refine: bool = True) -> np.ndarray:
@@ -166,7 +162,7 @@ def interpolate_clip(model: FrameInterpolator2x, frames: np.ndarray, device: str
     for t in range(count - 1):
         a, _ = pad_to_multiple(to_tensor(frames[t], device))
         b, _ = pad_to_multiple(to_tensor(frames[t + 1], device))
-        fwd = _flow_tensor(flow(frames[t], frames[t + 1]), device)
-        bwd = _flow_tensor(flow(frames[t + 1], frames[t]), device)
+        fwd, _ = pad_to_multiple(flow_to_tensor(flow(frames[t], frames[t + 1]), device))
+        bwd, _ = pad_to_multiple(flow_to_tensor(flow(frames[t + 1], frames[t]), device))
         out[2 * t + 1] = to_uint8(model(a, b, fwd, bwd, refine)[..., :h, :w])
     return out

@@ -46,6 +46,11 @@ def to_tensor(frame: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float() / 255.0
 
 
+def flow_to_tensor(flow: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``(H, W, 2)`` float flow (x, y) → ``(1, 2, H, W)`` float32."""
+    return torch.from_numpy(np.ascontiguousarray(flow)).to(device).permute(2, 0, 1)[None].float()
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """``(1, 3, H, W)`` float in ``[0, 1]`` → ``(H, W, 3)`` uint8 RGB (rounded, clamped)."""
     return (image[0].clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
@@ -92,7 +97,7 @@ def restore_clip(model: PriorRestorationNet, frames: np.ndarray, masks: np.ndarr
             mask, _ = pad_to_multiple(torch.from_numpy(masks[t]).to(device)[None, None].float())
         flow = None
         if flows is not None and t > 0 and flows[t] is not None:
-            flow, _ = pad_to_multiple(torch.from_numpy(flows[t]).to(device).permute(2, 0, 1)[None].float())
+            flow, _ = pad_to_multiple(flow_to_tensor(flows[t], device))
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             restored, _, previous = model(image, mask, previous if t > 0 else None, flow)
         out[t] = to_uint8(restored[..., :size[0], :size[1]].float())

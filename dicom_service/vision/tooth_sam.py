@@ -23,7 +23,6 @@ Weights never load through pickle: ``.pth`` / ``.pt`` with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -34,10 +33,10 @@ import torch
 from safetensors.torch import load_file
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from dicom_service.vision.safetensors_io import load_checked, save_module
+from dicom_service.vision.safetensors_io import read_bundle, write_bundle
 
 SAM_BUNDLE_FORMAT = 1
-SAM_WEIGHTS_FILE, SAM_CONFIG_FILE = "sam.safetensors", "config.json"
+SAM_WEIGHTS_FILE = "sam.safetensors"
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -262,20 +261,9 @@ def save_sam_bundle(model: Sam, name: str, folder: str | Path, metadata: Mapping
     itself), the weight file with its ``sha256`` and the caller's ``metadata`` (training
     command, steps, data set, metrics, ...).
     """
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    cfg = config_of(model)
-    digest = save_module(model, root / SAM_WEIGHTS_FILE)
-    doc = {
-        "bundle_format": SAM_BUNDLE_FORMAT,
-        "name": name,
-        "sam": asdict(cfg),
-        "weights": {"file": SAM_WEIGHTS_FILE, "sha256": digest},
-        "metadata": dict(metadata),
-    }
-    path = root / SAM_CONFIG_FILE
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    doc = {"bundle_format": SAM_BUNDLE_FORMAT, "name": name, "sam": asdict(config_of(model)),
+           "metadata": dict(metadata)}
+    return write_bundle(Path(folder), model, SAM_WEIGHTS_FILE, doc)
 
 
 def load_sam_bundle(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Sam, dict[str, Any]]:
@@ -289,15 +277,5 @@ def load_sam_bundle(folder: str | Path, device: torch.device | str = "cpu") -> t
         The config lacks a key, the weights' sha256 differs from the config, or the weights
         do not fit the configured architecture.
     """
-    root = Path(folder)
-    config = json.loads((root / SAM_CONFIG_FILE).read_text(encoding="utf-8"))
-    try:
-        cfg = SamConfig.from_dict(config["sam"])
-        weights = root / config["weights"]["file"]
-        digest = config["weights"]["sha256"]
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{root / SAM_CONFIG_FILE}: missing or bad key: {exc}") from exc
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} does not exist")
-    model = load_sam_weights(build_sam_from_config(cfg), load_checked(weights, digest), str(weights))
-    return model.to(torch.device(device)).eval(), config
+    model, config = read_bundle(Path(folder), lambda doc: build_sam_from_config(SamConfig.from_dict(doc["sam"])))
+    return model.to(torch.device(device)).eval(), config  # type: ignore[return-value]

@@ -122,6 +122,8 @@ class LearnedVideoRuntime:
             self.interpolator = load_interframe_bundle(models_dir / INTERP_BUNDLE, self.device)[0]
         self.smoothing_seconds = smoothing_seconds
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        #: The bundles' config.json documents (provenance: training command, sha256, metrics).
+        self.configs = {"restoration": restoration_config, "sam": sam_config}
         versions = (restoration_config["weights"]["sha256"][:12], sam_config["weights"]["sha256"][:12])
         self.info = AlgorithmInfo(
             name=NAME, version=f"restoration-{versions[0]}+sam-{versions[1]}", family="ai",

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from dicom_service.training.image_metrics import psnr
 from dicom_service.training.video_dataset import list_split, load_clip
-from dicom_service.training.video_degradation import psnr
 from dicom_service.training.video_phantoms import clip_seed, render_clip, write_dataset
 
 SMALL = {"frames": 4, "height": 96, "width": 128}
