@@ -26,9 +26,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coco", required=True, type=Path, help="annotations.json (images relative to it)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder (config.json + safetensors)")
     add_training_options(p)
-    p.add_argument("--only", choices=["identifier", "detector"], default=None,
+    p.add_argument("--only", choices=["identifier", "detector", "thresholds"], default=None,
                    help="identifier: retrain only the stage-2 identifier of the bundle in --out; detector: continue "
-                        "training its detector for --epochs (the other model is kept as is)")
+                        "training its detector for --epochs (the other model is kept as is); thresholds: only "
+                        "choose the bundle's operating point again on the validation split")
     p.set_defaults(func=cmd_train_implants)
     add_video_train_parser(kinds)
 
@@ -122,10 +123,29 @@ def cmd_train_implants(args: argparse.Namespace) -> int:
         "training_seconds": round(time.perf_counter() - started, 1),
     }
     path = save_bundle(args.out, detector, identifier, config)
+    thresholds = _choose_thresholds(args.out, coco, device, opts)
     print(json.dumps({"bundle": str(path.parent), "config": str(path), "init": opts.init, "device": str(device),
                       "images": images, "crops": crops, "temperature": float(identifier.temperature),
-                      "seconds": round(time.perf_counter() - started, 2)}))
+                      "thresholds": thresholds, "seconds": round(time.perf_counter() - started, 2)}))
     return 0
+
+
+def _choose_thresholds(bundle: Path, coco: Any, device: Any, opts: TrainOptions) -> dict[str, Any] | None:
+    """Choose the bundle's operating point on the validation split and store it in its
+    ``config.json``; None (and the runtime's fallbacks) when validation has no implant."""
+    from dicom_service.training.tune_implant_thresholds import tune_operating_point
+    from dicom_service.vision.implant_bundle import save_bundle
+    from dicom_service.vision.implant_runtime import LearnedImplantRuntime
+
+    runtime = LearnedImplantRuntime(bundle, str(device))
+    try:
+        thresholds = tune_operating_point(runtime, coco, split="val", limit=opts.limit_images)
+    except ValueError as exc:
+        print(f"dicom-service train: thresholds not chosen ({exc}); the runtime's defaults apply", file=sys.stderr)
+        thresholds = None
+    config = {**runtime.config, "thresholds": thresholds}
+    save_bundle(bundle, runtime.detector.cpu(), runtime.identifier.cpu(), config)
+    return thresholds
 
 
 def _retrain_one(args: argparse.Namespace, opts: TrainOptions, coco: Any, device: Any,
@@ -140,6 +160,11 @@ def _retrain_one(args: argparse.Namespace, opts: TrainOptions, coco: Any, device
         print(f"dicom-service train: --only {args.only} needs a bundle in --out: {exc}", file=sys.stderr)
         return 2
     summary: dict[str, Any] = {}
+    if args.only == "thresholds":
+        summary["thresholds"] = _choose_thresholds(args.out, coco, device, opts)
+        print(json.dumps({"bundle": str(args.out), "only": args.only, **summary,
+                          "seconds": round(time.perf_counter() - started, 2)}))
+        return 0
     if args.only == "identifier":
         identifier, crops = recipe.trained_identifier(coco, opts, device, log)
         config["dataset"]["crops"] = summary["crops"] = crops
@@ -151,6 +176,7 @@ def _retrain_one(args: argparse.Namespace, opts: TrainOptions, coco: Any, device
         continued.append({"epochs": opts.epochs, "lr": opts.lr, "last": last("detector"), "command": _command(args)})
         summary["images"] = images
     path = save_bundle(args.out, detector, identifier, config)
+    summary["thresholds"] = _choose_thresholds(args.out, coco, device, opts)
     print(json.dumps({"bundle": str(path.parent), "config": str(path), "only": args.only, **summary,
                       "temperature": float(identifier.temperature),
                       "seconds": round(time.perf_counter() - started, 2)}))

@@ -15,6 +15,9 @@ from typing import Any
 
 from dicom_service.domain import ConfigError
 
+#: Bundle folder (under ``--out``) of each restoration part of ``train video``.
+RESTORATION_FOLDERS = {"restoration": "video_restoration", "noprior": "video_restoration_noprior"}
+
 
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="phantom data set (manifest.json + splits)")
@@ -38,6 +41,8 @@ def add_video_train_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, default=96, help="restoration crop side (multiple of 16)")
     p.add_argument("--lr", type=float, default=1e-3, help="restoration peak learning rate")
     p.add_argument("--width", type=int, default=24, help="restoration channels at half resolution")
+    p.add_argument("--resume", action="store_true",
+                   help="restoration/noprior: continue from the bundle already in --out (fresh schedule)")
     p.add_argument("--interframe-steps", type=int, default=2000, help="steps of the x2 SR and interpolation models")
     p.add_argument("--interframe-crop", type=int, default=48,
                    help="SR input crop side; the interpolation crop is twice it (multiple of 16)")
@@ -68,6 +73,8 @@ def _train_command(args: argparse.Namespace) -> str:
              "--batch-size", str(args.batch_size), "--crop", str(args.crop), "--lr", str(args.lr),
              "--width", str(args.width), "--interframe-steps", str(args.interframe_steps),
              "--interframe-crop", str(args.interframe_crop), "--device", args.device, "--seed", str(args.seed)]
+    if args.resume:
+        parts.append("--resume")
     return shlex.join(parts)
 
 
@@ -99,6 +106,9 @@ def cmd_train_video(args: argparse.Namespace) -> int:
             raise ValueError("--width must be >= 4, --sam-steps and --interframe-steps >= 1")
         if args.interframe_crop < 8 or args.interframe_crop % 8:
             raise ValueError(f"--interframe-crop must be a positive multiple of 8, got {args.interframe_crop}")
+        for part, folder in RESTORATION_FOLDERS.items():
+            if args.resume and part in parts and not (args.out / folder / "config.json").is_file():
+                raise ValueError(f"--resume: no {part} bundle to continue in {args.out / folder}")
     except (ValueError, FileNotFoundError, ConfigError) as exc:
         print(f"dicom-service train video: {exc}", file=sys.stderr)
         return 2
@@ -116,11 +126,16 @@ def cmd_train_video(args: argparse.Namespace) -> int:
         segmenter = ToothSegmenter(load_sam_bundle(args.out / "tooth_sam", device)[0])
         train = with_masks(train, lambda frames: automatic_masks(segmenter, frames))
         val = with_masks(val, lambda frames: automatic_masks(segmenter, frames))
-    for part, prior, folder in (("restoration", True, "video_restoration"),
-                                ("noprior", False, "video_restoration_noprior")):
+    for part, folder in RESTORATION_FOLDERS.items():
         if part in parts:
-            summary[part] = train_restoration_bundle(train, val, args.out / folder, use_prior=prior, width=args.width,
-                                                     opts=opts, device=device, facts=facts, log=_log)
+            prior = part == "restoration"
+            try:
+                summary[part] = train_restoration_bundle(train, val, args.out / folder, use_prior=prior,
+                                                         width=args.width, opts=opts, device=device, facts=facts,
+                                                         log=_log, resume=args.resume)
+            except (ValueError, FileNotFoundError) as exc:
+                print(f"dicom-service train video: {exc}", file=sys.stderr)
+                return 2
     for part in ("sr2", "interp2"):
         if part in parts:
             summary[part] = train_interframe_bundle(part, train, val, args.out, steps=args.interframe_steps,

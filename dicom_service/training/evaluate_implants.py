@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 PART_NAMES: tuple[str, ...] = PART_CLASSES[1:]
 
 
-def _operating_counts(truth: np.ndarray, found: list) -> dict[str, int]:
+def operating_counts(truth: np.ndarray, found: list) -> dict[str, int]:
     """Greedy IoU ≥ 0.5 matching of reported implants to the truth of one image."""
     ious = iou_matrix(truth, np.array(found, dtype=float).reshape(-1, 4))
     matched_truth: set[int] = set()
@@ -64,7 +65,7 @@ def _operating_counts(truth: np.ndarray, found: list) -> dict[str, int]:
 def _operating_summary(totals: dict[str, int], runtime: LearnedImplantRuntime) -> dict:
     """Precision and recall of what the node reports (its default thresholds), IoU ≥ 0.5."""
     tp, fp, fn = totals["true_positives"], totals["false_positives"], totals["false_negatives"]
-    return {"part_threshold": runtime.part_threshold, "finding_threshold": runtime.finding_threshold,
+    return {**asdict(runtime.operating_point),
             "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / (tp + fn) if tp + fn else 1.0, **totals}
 
 
@@ -133,7 +134,7 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
         truth_anns = [a for a in coco.for_image(image_info.id) if a.category == "implant"]
         truth_boxes = np.array([a.box for a in truth_anns], dtype=float).reshape(-1, 4)
         reported = [f.box for f in found if f.score >= runtime.finding_threshold]  # what the node reports
-        for key, value in _operating_counts(truth_boxes, reported).items():
+        for key, value in operating_counts(truth_boxes, reported).items():
             operating_totals[key] += value
         part_dets.append(ImageDetections(
             np.array([p.box for p in parts], dtype=float).reshape(-1, 4),

@@ -153,9 +153,9 @@ def restoration_loss(model: PriorRestorationNet, batch: dict[str, torch.Tensor],
 
 
 def train_restoration(config: RestorationConfig, train: Sequence[VideoClip], opts: RestorationTrainOptions,
-                      device: str = "cpu", log_fn: Callable[[dict[str, Any]], None] | None = None
-                      ) -> PriorRestorationNet:
-    """Train a :class:`PriorRestorationNet` from scratch.
+                      device: str = "cpu", log_fn: Callable[[dict[str, Any]], None] | None = None,
+                      initial: PriorRestorationNet | None = None) -> PriorRestorationNet:
+    """Train a :class:`PriorRestorationNet`, from scratch or on from ``initial``.
 
     Parameters
     ----------
@@ -166,11 +166,16 @@ def train_restoration(config: RestorationConfig, train: Sequence[VideoClip], opt
     device : str
     log_fn : callable or None
         Receives ``{"step", "loss", "lr", "seconds"}`` every 50 steps.
+    initial : PriorRestorationNet, optional
+        A trained model to continue from (its architecture must equal ``config``);
+        training then runs ``opts.steps`` more steps with a fresh warm-up and cosine.
     """
     opts.validate()
+    if initial is not None and initial.config != config:
+        raise ValueError(f"cannot continue a {initial.config} model as {config}")
     torch.manual_seed(opts.seed)
     sampler = PairSampler(train, opts.crop, opts.seed)
-    model = PriorRestorationNet(config).to(device).train()
+    model = (initial if initial is not None else PriorRestorationNet(config)).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = warmup_cosine(optimiser, opts.steps, opts.warmup_steps)
     started, running = time.perf_counter(), []

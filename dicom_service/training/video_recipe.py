@@ -31,10 +31,12 @@ import numpy as np
 from dicom_service.training.train_restoration import RestorationTrainOptions, mean_psnr, train_restoration
 from dicom_service.training.video_dataset import list_paired_root, list_split, load_clip, load_paired_folder
 from dicom_service.training.video_phantoms import VideoClip
-from dicom_service.vision.restoration_model import save_restoration_bundle
+from dicom_service.vision.restoration_model import load_restoration_bundle, save_restoration_bundle
 from dicom_service.vision.restoration_net import RestorationConfig
 
 PARTS = ("sam", "restoration", "noprior", "sr2", "interp2")
+#: What a resumed restoration bundle keeps of each earlier run in its ``"runs"`` list.
+RUN_KEYS = ("command", "options", "val_psnr_db", "training_seconds")
 Log = Callable[[dict[str, Any]], None]
 
 
@@ -93,16 +95,32 @@ def train_sam_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], out: 
 
 def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], folder: Path, *,
                              use_prior: bool, width: int, opts: RestorationTrainOptions, device: str,
-                             facts: dict[str, Any], log: Log) -> dict[str, Any]:
-    """Train one restoration model, measure its val PSNR (true masks) and bundle it."""
+                             facts: dict[str, Any], log: Log, resume: bool = False) -> dict[str, Any]:
+    """Train one restoration model, measure its val PSNR (true masks) and bundle it.
+
+    With ``resume`` the bundle already in ``folder`` is trained on (same architecture);
+    its earlier runs are kept in the new ``config.json`` under ``"runs"``, oldest first,
+    and ``training_seconds`` becomes the total.
+    """
     config = RestorationConfig(width=width, use_prior=use_prior)
     stage = "restoration" if use_prior else "noprior"
+    initial, earlier = None, []
+    if resume:
+        initial, previous = load_restoration_bundle(folder, device)
+        if initial.config != config:
+            raise ValueError(f"--resume: {folder} holds {initial.config}, not {config} (check --width)")
+        earlier = [*previous.get("runs", []), {k: previous.get(k) for k in RUN_KEYS}]
     started = time.perf_counter()
-    model = train_restoration(config, train, opts, device, log_fn=lambda r: log({"stage": stage, **r}))
+    model = train_restoration(config, train, opts, device, log_fn=lambda r: log({"stage": stage, **r}),
+                              initial=initial)
     seconds = time.perf_counter() - started
     val_psnr = mean_psnr(model, val, device)
-    metrics = {"val_psnr_db": round(val_psnr, 3), "training_seconds": round(seconds, 1)}
-    save_restoration_bundle(model.cpu(), folder, {**facts, "options": dataclasses.asdict(opts), **metrics})
+    metrics = {"val_psnr_db": round(val_psnr, 3),
+               "training_seconds": round(seconds + sum(r.get("training_seconds") or 0 for r in earlier), 1)}
+    run = {**facts, "options": dataclasses.asdict(opts), **metrics}
+    if earlier:
+        run = {**run, "runs": earlier, "training_seconds_this_run": round(seconds, 1)}
+    save_restoration_bundle(model.cpu(), folder, run)
     log({"stage": stage, **metrics})
     return metrics
 

@@ -9,6 +9,7 @@ identifies each implant's design attributes and system (calibrated top 3).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,40 @@ from dicom_service.vision.tiling import plan_windows
 
 log = logging.getLogger(__name__)
 
-#: Default score thresholds of stage 1 (parts) and of reported implants, and the IoU
-#: above which two implant groups are one implant. Chosen on the phantom validation
-#: split (``models/implants/MODEL_CARD.md``): parts ≥ 0.3 and group NMS 0.5 gave the best
-#: implant AP; findings ≥ 0.4 trade recall 0.80 for precision 0.59 there.
+#: Fallback score thresholds of stage 1 (parts) and of reported implants, and the IoU
+#: above which two implant groups are one implant, for bundles whose ``config.json`` has
+#: no ``thresholds`` (``train implants`` chooses them on the validation split and
+#: stores them there: :mod:`dicom_service.training.tune_implant_thresholds`).
 PART_THRESHOLD = 0.3
 FINDING_THRESHOLD = 0.4
 GROUP_NMS_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The thresholds of the learned runtime.
+
+    Attributes
+    ----------
+    part_threshold : float
+        Stage-1 detections below this score are ignored.
+    finding_threshold : float
+        Implants (grouped parts) scoring below this are not reported; the score is the
+        mean part score times the fraction of the three parts detected. 0 reports every
+        group (what ``eval implants`` does to compute AP over all operating points).
+    group_nms_iou : float
+        Two implant groups whose boxes overlap by this IoU or more are one implant.
+    """
+
+    part_threshold: float = PART_THRESHOLD
+    finding_threshold: float = FINDING_THRESHOLD
+    group_nms_iou: float = GROUP_NMS_IOU
+
+    @classmethod
+    def from_config(cls, config: dict) -> OperatingPoint:
+        """The bundle's ``thresholds`` (chosen on validation), else the module defaults."""
+        stored = config.get("thresholds") or {}
+        return cls(**{f.name: float(stored[f.name]) for f in fields(cls) if f.name in stored})
 
 
 def _axis(group: ImplantGroup) -> tuple[float, float, float, float] | None:
@@ -106,37 +134,30 @@ class LearnedImplantRuntime:
         safetensors weights).
     device : str
         ``"cpu"`` or ``"cuda[:N]"``.
-    part_threshold : float
-        Stage-1 detections below this score are ignored.
-    finding_threshold : float
-        Implants (grouped parts) scoring below this are not reported; the score is the
-        mean part score times the fraction of the three parts detected. 0 reports every
-        group (what ``eval implants`` does to compute AP over all operating points).
+    part_threshold, finding_threshold, group_nms_iou : float, optional
+        Override the bundle's :class:`OperatingPoint` (see there).
     """
 
-    def __init__(self, model_dir: Path, device: str = "cpu", *, part_threshold: float = PART_THRESHOLD,
-                 finding_threshold: float = FINDING_THRESHOLD) -> None:
+    def __init__(self, model_dir: Path, device: str = "cpu", **overrides: float) -> None:
         detector, identifier, config = load_bundle(model_dir, torch.device(device))
-        self._setup(detector, identifier, config, device, part_threshold, finding_threshold)
+        self._setup(detector, identifier, config, device, overrides)
 
     @classmethod
     def from_models(cls, detector: torch.nn.Module, identifier: ImplantIdentifier, config: dict, device: str = "cpu",
-                    *, part_threshold: float = PART_THRESHOLD, finding_threshold: float = FINDING_THRESHOLD
-                    ) -> LearnedImplantRuntime:
+                    **overrides: float) -> LearnedImplantRuntime:
         """A runtime over models already in memory (evaluation of a run before it is bundled)."""
         runtime = cls.__new__(cls)
-        runtime._setup(detector, identifier, config, device, part_threshold, finding_threshold)
+        runtime._setup(detector, identifier, config, device, overrides)
         return runtime
 
     def _setup(self, detector: torch.nn.Module, identifier: ImplantIdentifier, config: dict, device: str,
-               part_threshold: float, finding_threshold: float) -> None:
+               overrides: dict[str, float]) -> None:
         self.device = torch.device(device)
         self.detector = detector.to(self.device).eval()
         self.identifier = identifier.to(self.device).eval()
         self.config = config
         self.size = int(self.config["vit"]["img_size"])
-        self.part_threshold = part_threshold
-        self.finding_threshold = finding_threshold
+        self.operating_point = replace(OperatingPoint.from_config(config), **overrides)
         self.info = AlgorithmInfo(
             name="implant-two-stage-vit",
             version=_weights_version(config),
@@ -145,12 +166,34 @@ class LearnedImplantRuntime:
                        f"systems={len(self.identifier.systems)}",
         )
 
-    def detect_parts(self, image: np.ndarray) -> list[ImplantPart]:
-        """Stage 1 on a ``(rows, cols)`` image in [0, 1]: design parts in source pixels."""
+    def detect_parts(self, image: np.ndarray, threshold: float | None = None) -> list[ImplantPart]:
+        """Stage 1 on a ``(rows, cols)`` image in [0, 1]: design parts in source pixels.
+
+        ``threshold`` overrides :attr:`part_threshold` (a lower floor lets a caller cache
+        stage 1 once and try several operating points on it).
+        """
+        floor = self.part_threshold if threshold is None else threshold
         boxes, scores, labels = detect_in_windows(self.detector, image, self.size, device=self.device,
-                                                  threshold=self.part_threshold)
+                                                  threshold=floor)
         return [ImplantPart(PART_CLASSES[int(label)], tuple(float(v) for v in box), float(score))
                 for box, score, label in zip(boxes, scores, labels, strict=True)]
+
+    @property
+    def part_threshold(self) -> float:
+        """Stage-1 score floor of :attr:`operating_point`."""
+        return self.operating_point.part_threshold
+
+    @property
+    def finding_threshold(self) -> float:
+        """Score floor of reported implants of :attr:`operating_point`."""
+        return self.operating_point.finding_threshold
+
+    def group(self, parts: list[ImplantPart], image_shape: tuple[int, ...]) -> list[ImplantGroup]:
+        """Stage 2 without identification: parts (at or above :attr:`part_threshold`)
+        grouped into implants, duplicates suppressed, left to right."""
+        kept = [p for p in parts if p.score >= self.part_threshold]
+        groups = group_parts(kept, image_shape=(int(image_shape[0]), int(image_shape[1])))
+        return suppress_overlaps(groups, self.operating_point.group_nms_iou)
 
     def detect(self, image: np.ndarray, *, parts: list[ImplantPart] | None = None,
                finding_threshold: float | None = None) -> RadiographResult:
@@ -164,8 +207,7 @@ class LearnedImplantRuntime:
             raise ValueError(f"expected a (rows, cols) radiograph, got shape {image.shape}")
         if parts is None:
             parts = self.detect_parts(image)
-        grouped = suppress_overlaps(group_parts(parts, image_shape=image.shape), GROUP_NMS_IOU)
-        groups = [g for g in grouped if g.score >= min_score]
+        groups = [g for g in self.group(parts, image.shape) if g.score >= min_score]
         findings: list[ImplantFinding] = []
         if groups:
             axes = [_axis(g) for g in groups]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ require_module("safetensors")
 
 from dicom_service.cli import main  # noqa: E402
 from dicom_service.training.ablation_implants import VARIANTS, markdown_tables  # noqa: E402
-from dicom_service.training.coco import generate_dataset  # noqa: E402
+from dicom_service.training.coco import generate_dataset, load_coco  # noqa: E402
+from dicom_service.training.evaluate_implants import evaluate_runtime  # noqa: E402
 from dicom_service.training.train_options import VIT_NAMES, TrainOptions  # noqa: E402
 from dicom_service.vision.implant_runtime import detect_in_windows  # noqa: E402
 from dicom_service.vision.vit import VIT_SIZES  # noqa: E402
@@ -68,7 +70,9 @@ def test_eval_prints_table_and_writes_json_and_figures(data: Path, bundle: Path,
     assert set(report["parts"]["per_class"]) == {"coronal", "middle", "apical"}
     op = report["operating_point"]
     assert op["true_positives"] + op["false_negatives"] == report["systems"]["implants"]
-    assert 0.0 <= op["precision"] <= 1.0 and 0.0 <= op["recall"] <= 1.0 and op["part_threshold"] == 0.3
+    chosen = json.loads((bundle / "config.json").read_text())["thresholds"]
+    assert 0.0 <= op["precision"] <= 1.0 and 0.0 <= op["recall"] <= 1.0
+    assert (op["part_threshold"], op["group_nms_iou"]) == (chosen["part_threshold"], chosen["group_nms_iou"])
     systems = report["systems"]
     assert systems["implants"] >= 1 and 0.0 <= systems["top1"] <= systems["top3"] <= 1.0
     truth = systems["on_true_boxes"]
@@ -146,3 +150,36 @@ def test_ablation_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["eval", "implants-ablation", "--coco", str(tmp_path / "x.json"), "--merge", str(a), str(a)]) == 2
     b.write_text(json.dumps({"options": {"seed": 1}, "rows": []}))
     assert main(["eval", "implants-ablation", "--coco", str(tmp_path / "x.json"), "--merge", str(a), str(b)]) == 2
+
+
+def test_thresholds_are_chosen_on_validation_and_beat_the_fallbacks(data: Path, bundle: Path) -> None:
+    from dicom_service.training.tune_implant_thresholds import FINDING_GRID, NMS_GRID, PART_GRID, tune_operating_point
+    from dicom_service.vision.implant_runtime import LearnedImplantRuntime, OperatingPoint
+
+    stored = json.loads((bundle / "config.json").read_text())["thresholds"]
+    assert stored["chosen_on"] == "val" and stored["images"] == 1 and stored["implants"] >= 1
+    assert stored["part_threshold"] in PART_GRID and stored["group_nms_iou"] in NMS_GRID
+    assert stored["finding_threshold"] in FINDING_GRID
+    runtime = LearnedImplantRuntime(bundle, "cpu")
+    assert runtime.operating_point == OperatingPoint(stored["part_threshold"], stored["finding_threshold"],
+                                                     stored["group_nms_iou"])
+    coco = load_coco(data)
+    fallback = evaluate_runtime(LearnedImplantRuntime(bundle, "cpu", **asdict(OperatingPoint())), coco, split="val")
+    assert stored["ap50"] >= fallback["implants"]["ap50"] - 1e-9  # the fallback point is in the grid
+    tuned = evaluate_runtime(runtime, coco, split="val")
+    assert tuned["implants"]["ap50"] == pytest.approx(stored["ap50"], abs=1e-6)
+    with pytest.raises(ValueError, match="test split"):
+        tune_operating_point(runtime, coco, split="test")
+    with pytest.raises(ValueError, match="no implant"):
+        tune_operating_point(runtime, coco, split="nowhere")
+
+
+def test_operating_point_from_config_and_overrides(bundle: Path) -> None:
+    from dicom_service.vision.implant_runtime import GROUP_NMS_IOU, LearnedImplantRuntime, OperatingPoint
+
+    assert OperatingPoint.from_config({}) == OperatingPoint()
+    point = OperatingPoint.from_config({"thresholds": {"part_threshold": 0.2, "chosen_on": "val"}})
+    assert point.part_threshold == 0.2 and point.group_nms_iou == GROUP_NMS_IOU
+    runtime = LearnedImplantRuntime(bundle, "cpu", finding_threshold=0.75)
+    assert runtime.finding_threshold == 0.75
+    assert runtime.part_threshold == runtime.config["thresholds"]["part_threshold"]

@@ -82,3 +82,24 @@ def test_bad_arguments_exit_2(trained: tuple[Path, Path], tmp_path: Path) -> Non
     assert main(["eval", "video", "--data", str(data), "--models", str(tmp_path), "--device", "cpu"]) == 2
     assert main(["eval", "video", "--data", str(data), "--limit", "0", "--device", "cpu"]) == 2
     assert main(["eval", "video", "--data", str(data), "--split", "nowhere", "--device", "cpu"]) == 2
+
+
+def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, models = trained
+    out = tmp_path / "models"
+    (out / "video_restoration").mkdir(parents=True)
+    for f in (models / "video_restoration").iterdir():
+        (out / "video_restoration" / f.name).write_bytes(f.read_bytes())
+    before = (out / "video_restoration" / "restoration.safetensors").read_bytes()
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration", "--resume",
+                 *SMALL]) == 0
+    config = json.loads((out / "video_restoration" / "config.json").read_text())
+    assert "--resume" in config["command"] and len(config["runs"]) == 1
+    assert "--resume" not in config["runs"][0]["command"]
+    assert config["training_seconds"] >= config["training_seconds_this_run"]
+    assert (out / "video_restoration" / "restoration.safetensors").read_bytes() != before
+    # another width than the bundle's, and a part with no bundle to continue: clear errors
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration", "--resume",
+                 *SMALL, "--width", "12"]) == 2
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "noprior", "--resume",
+                 *SMALL]) == 2

@@ -244,4 +244,10 @@ def test_only_one_model_keeps_the_other(coco_path: Path, tmp_path: Path, capsys:
     assert again["weights"]["identifier"] == after["weights"]["identifier"]
     assert again["weights"]["detector"]["sha256"] != after["weights"]["detector"]["sha256"]
     assert len(again["fine_tune_continued"]) == 1 and again["fine_tune_continued"][0]["epochs"] == 1
+    assert again["thresholds"]["chosen_on"] == "val"
+    again["thresholds"] = None  # as in a bundle from before the thresholds were stored
+    (out / "config.json").write_text(json.dumps(again))
+    assert main(["train", "implants", "--coco", str(coco_path), "--out", str(out), *small, "--only", "thresholds"]) == 0
+    tuned = json.loads((out / "config.json").read_text())
+    assert tuned["weights"] == again["weights"] and tuned["thresholds"]["chosen_on"] == "val"
     load_bundle(out, "cpu")

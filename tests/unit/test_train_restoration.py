@@ -47,3 +47,15 @@ def mean_psnr_of(clip) -> float:
     from dicom_service.training.image_metrics import psnr
 
     return psnr(clip.degraded, clip.clean)
+
+
+def test_training_continues_from_an_initial_model(clips) -> None:
+    opts = RestorationTrainOptions(steps=20, batch_size=2, crop=32, lr=2e-3, warmup_steps=2)
+    config = RestorationConfig(width=8, use_prior=True)
+    first = train_restoration(config, clips, opts)
+    weights = {k: v.clone() for k, v in first.state_dict().items()}
+    second = train_restoration(config, clips, opts, initial=first)
+    assert second is first  # trained in place, on from its weights
+    assert any(not torch.equal(weights[k], v) for k, v in second.state_dict().items())
+    with pytest.raises(ValueError, match="cannot continue"):
+        train_restoration(RestorationConfig(width=12, use_prior=True), clips, opts, initial=first)

@@ -1,0 +1,119 @@
+"""Choose the learned implant runtime's operating point on a validation split.
+
+The thresholds of :class:`~dicom_service.vision.implant_runtime.OperatingPoint` belong
+to the weights they were chosen for, so ``train implants`` picks them after training and
+stores them in the bundle's ``config.json`` (``"thresholds"``), where the runtime reads
+them. The search runs stage 1 once per image (parts down to the lowest score of the
+grid), then for every grid point only stage 2's grouping:
+
+1. ``part_threshold`` × ``group_nms_iou``: the pair with the best implant AP50 (ties:
+   the best AP over IoU 0.50:0.95, then the higher part threshold);
+2. ``finding_threshold``: with that pair, the floor on implant scores with the best F1
+   of reported implants (greedy IoU ≥ 0.5 matching), ties to the higher floor.
+
+It never looks at the test split's labels unless told to: :func:`tune_operating_point`
+refuses ``split="test"``, so the figures ``eval implants`` reports stay held out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from dicom_service.domain import ImplantPart
+from dicom_service.training.coco import CocoDataset
+from dicom_service.training.detection_metrics import ImageDetections, ImageTruth, coco_ap
+from dicom_service.training.evaluate_implants import operating_counts
+from dicom_service.vision.implant_runtime import LearnedImplantRuntime, OperatingPoint
+
+PART_GRID: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+NMS_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+FINDING_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 19))
+
+
+def _implant_truth(coco: CocoDataset, image_id: int) -> np.ndarray:
+    anns = [a for a in coco.for_image(image_id) if a.category == "implant"]
+    return np.array([a.box for a in anns], dtype=float).reshape(-1, 4)
+
+
+def _grouped(runtime: LearnedImplantRuntime, cached: Sequence[tuple[list[ImplantPart], tuple[int, int]]]
+             ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Implant boxes ``(N, 4)`` and scores ``(N,)`` per image at the runtime's operating point."""
+    out = []
+    for parts, shape in cached:
+        groups = runtime.group(parts, shape)
+        out.append((np.array([g.box for g in groups], dtype=float).reshape(-1, 4),
+                    np.array([g.score for g in groups], dtype=float)))
+    return out
+
+
+def tune_operating_point(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split: str = "val",
+                         limit: int | None = None, part_grid: Sequence[float] = PART_GRID,
+                         nms_grid: Sequence[float] = NMS_GRID, finding_grid: Sequence[float] = FINDING_GRID
+                         ) -> dict:
+    """Grid-search the runtime's thresholds on ``split`` and set the best on ``runtime``.
+
+    Parameters
+    ----------
+    runtime : LearnedImplantRuntime
+        Its :attr:`~LearnedImplantRuntime.operating_point` is replaced by the choice.
+    coco : CocoDataset
+        Images with implant boxes; ``split`` must not be ``"test"``.
+    limit : int, optional
+        First N images of the split (smoke runs).
+
+    Returns
+    -------
+    dict
+        ``{"part_threshold", "finding_threshold", "group_nms_iou", "chosen_on",
+        "images", "implants", "ap50", "ap", "precision", "recall", "f1"}`` (the last six
+        on ``split`` at the chosen point): what a bundle stores as ``"thresholds"``.
+
+    Raises
+    ------
+    ValueError
+        ``split`` is ``"test"``, or it has no image with an implant.
+    """
+    from dicom_service.training.implant_data import read_radiograph
+
+    if split == "test":
+        raise ValueError("thresholds must not be chosen on the test split that eval implants reports")
+    images = sorted(coco.split(split), key=lambda im: im.id)[:limit]
+    truths = [_implant_truth(coco, info.id) for info in images]
+    if not any(len(t) for t in truths):
+        raise ValueError(f"split {split!r} has no implant to choose thresholds on")
+    cached = []
+    for info in images:
+        image = read_radiograph(info)
+        cached.append((runtime.detect_parts(image, threshold=min(part_grid)), image.shape[:2]))
+    truth = [ImageTruth(t, np.zeros(len(t), dtype=int)) for t in truths]
+    start = runtime.operating_point
+    best: tuple[tuple[float, float, float], OperatingPoint] | None = None
+    for part in part_grid:
+        for nms in nms_grid:
+            runtime.operating_point = replace(start, part_threshold=part, group_nms_iou=nms)
+            found = _grouped(runtime, cached)
+            ap = coco_ap([ImageDetections(b, s, np.zeros(len(b), dtype=int)) for b, s in found], truth, ["implant"])
+            key = (round(ap.ap50, 6), round(ap.ap, 6), part)
+            if best is None or key > best[0]:
+                best = (key, runtime.operating_point)
+    assert best is not None
+    runtime.operating_point = best[1]
+    found = _grouped(runtime, cached)
+    scores: list[tuple[float, float, float, float]] = []
+    for floor in finding_grid:
+        tp = fp = fn = 0
+        for (boxes, group_scores), t in zip(found, truths, strict=True):
+            counts = operating_counts(t, list(boxes[group_scores >= floor]))
+            tp, fp, fn = tp + counts["true_positives"], fp + counts["false_positives"], fn + counts["false_negatives"]
+        precision = tp / (tp + fp) if tp + fp else 1.0
+        recall = tp / (tp + fn) if tp + fn else 1.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores.append((f1, floor, precision, recall))
+    f1, floor, precision, recall = max(scores)
+    runtime.operating_point = replace(best[1], finding_threshold=floor)
+    return {**asdict(runtime.operating_point), "chosen_on": split, "images": len(images),
+            "implants": int(sum(len(t) for t in truths)), "ap50": best[0][0], "ap": best[0][1],
+            "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
