@@ -6,8 +6,8 @@ stores them in the bundle's ``config.json`` (``"thresholds"``), where the runtim
 them. The search runs stage 1 once per image (parts down to the lowest score of the
 grid), then for every grid point only stage 2's grouping:
 
-1. ``part_threshold`` × ``group_nms_iou``: the pair with the best implant AP50 (ties:
-   the best AP over IoU 0.50:0.95, then the higher part threshold);
+1. ``part_threshold`` × ``part_nms_iou`` × ``group_nms_iou``: the triple with the best
+   implant AP50 (ties: the best AP over IoU 0.50:0.95, then the higher thresholds);
 2. ``finding_threshold``: with that pair, the floor on implant scores with the best F1
    of reported implants (greedy IoU ≥ 0.5 matching), ties to the higher floor.
 
@@ -17,6 +17,7 @@ refuses ``split="test"``, so the figures ``eval implants`` reports stay held out
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 
@@ -29,7 +30,8 @@ from dicom_service.training.evaluate_implants import operating_counts
 from dicom_service.vision.implant_runtime import LearnedImplantRuntime, OperatingPoint
 
 PART_GRID: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
-NMS_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+PART_NMS_GRID: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 1.0)
+NMS_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
 FINDING_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 19))
 
 
@@ -51,8 +53,8 @@ def _grouped(runtime: LearnedImplantRuntime, cached: Sequence[tuple[list[Implant
 
 def tune_operating_point(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split: str = "val",
                          limit: int | None = None, part_grid: Sequence[float] = PART_GRID,
-                         nms_grid: Sequence[float] = NMS_GRID, finding_grid: Sequence[float] = FINDING_GRID
-                         ) -> dict:
+                         part_nms_grid: Sequence[float] = PART_NMS_GRID, nms_grid: Sequence[float] = NMS_GRID,
+                         finding_grid: Sequence[float] = FINDING_GRID) -> dict:
     """Grid-search the runtime's thresholds on ``split`` and set the best on ``runtime``.
 
     Parameters
@@ -67,7 +69,7 @@ def tune_operating_point(runtime: LearnedImplantRuntime, coco: CocoDataset, *, s
     Returns
     -------
     dict
-        ``{"part_threshold", "finding_threshold", "group_nms_iou", "chosen_on",
+        ``{"part_threshold", "finding_threshold", "group_nms_iou", "part_nms_iou", "chosen_on",
         "images", "implants", "ap50", "ap", "precision", "recall", "f1"}`` (the last six
         on ``split`` at the chosen point): what a bundle stores as ``"thresholds"``.
 
@@ -91,14 +93,13 @@ def tune_operating_point(runtime: LearnedImplantRuntime, coco: CocoDataset, *, s
     truth = [ImageTruth(t, np.zeros(len(t), dtype=int)) for t in truths]
     start = runtime.operating_point
     best: tuple[tuple[float, float, float], OperatingPoint] | None = None
-    for part in part_grid:
-        for nms in nms_grid:
-            runtime.operating_point = replace(start, part_threshold=part, group_nms_iou=nms)
-            found = _grouped(runtime, cached)
-            ap = coco_ap([ImageDetections(b, s, np.zeros(len(b), dtype=int)) for b, s in found], truth, ["implant"])
-            key = (round(ap.ap50, 6), round(ap.ap, 6), part)
-            if best is None or key > best[0]:
-                best = (key, runtime.operating_point)
+    for part, part_nms, nms in itertools.product(part_grid, part_nms_grid, nms_grid):
+        runtime.operating_point = replace(start, part_threshold=part, part_nms_iou=part_nms, group_nms_iou=nms)
+        found = _grouped(runtime, cached)
+        ap = coco_ap([ImageDetections(b, s, np.zeros(len(b), dtype=int)) for b, s in found], truth, ["implant"])
+        key = (round(ap.ap50, 6), round(ap.ap, 6), part, part_nms, nms)
+        if best is None or key > best[0]:
+            best = (key, runtime.operating_point)
     assert best is not None
     runtime.operating_point = best[1]
     found = _grouped(runtime, cached)

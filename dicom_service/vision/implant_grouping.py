@@ -2,8 +2,10 @@
 
 Stage 1 (a detector) finds implant design parts (``coronal``, ``middle``, ``apical``);
 this module groups them into implants and infers each implant's box, also when parts
-are missing. Method, as seed 002 §3.1 describes it:
+are missing. Method, as seed 002 §3.1 describes it, after one clean-up of stage 1's output:
 
+0. **One part per region** (:func:`suppress_part_overlaps`): parts of any label that
+   overlap a higher-scoring part by IoU ≥ 0.3 (the default) are dropped before grouping.
 1. **k-means with k-means++ initialisation** (at most 300 iterations) on part centres,
    in units of the median part size. ``k`` starts at the largest number of parts of any
    one label (an implant has at most one part of each label) — seed 002 sets k to the
@@ -251,6 +253,24 @@ def group_parts(
                                    incomplete=len(ordered) == 1, score=score))
     result.sort(key=lambda g: (g.box[0], g.box[1]))
     return result
+
+
+def suppress_part_overlaps(parts: Sequence[ImplantPart], iou: float = 0.3) -> list[ImplantPart]:
+    """Greedy non-maximum suppression of parts across labels, before grouping.
+
+    One region of the image is one design part. A detector unsure of a region's label
+    (a coronal thread that looks like the body's, say) returns it twice with different
+    labels; the weaker copy would then pull k-means apart or stretch an implant box.
+    Parts are visited by descending score; one is kept unless its box overlaps a kept
+    part's box, whatever its label, by ``iou`` or more. Neighbouring parts of one implant
+    overlap little (they meet along the implant's axis), so a low ``iou`` such as 0.3
+    keeps them. ``iou >= 1`` keeps every part. Order of the result: descending score.
+    """
+    kept: list[ImplantPart] = []
+    for part in sorted(parts, key=lambda p: -p.score):
+        if iou >= 1.0 or all(_iou(part.box, other.box) < iou for other in kept):
+            kept.append(part)
+    return kept
 
 
 def suppress_overlaps(groups: Sequence[ImplantGroup], iou: float = 0.5) -> list[ImplantGroup]:

@@ -18,7 +18,12 @@ from torchvision.ops import batched_nms
 
 from dicom_service.domain import AlgorithmInfo, ImplantFinding, ImplantPart, RadiographResult
 from dicom_service.vision.implant_bundle import load_bundle
-from dicom_service.vision.implant_grouping import ImplantGroup, group_parts, suppress_overlaps
+from dicom_service.vision.implant_grouping import (
+    ImplantGroup,
+    group_parts,
+    suppress_overlaps,
+    suppress_part_overlaps,
+)
 from dicom_service.vision.implant_identifier import ImplantIdentifier, crop_implant
 from dicom_service.vision.part_detector import PART_CLASSES
 from dicom_service.vision.tiling import plan_windows
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 PART_THRESHOLD = 0.3
 FINDING_THRESHOLD = 0.4
 GROUP_NMS_IOU = 0.5
+PART_NMS_IOU = 0.3
 
 
 @dataclass(frozen=True)
@@ -48,11 +54,16 @@ class OperatingPoint:
         group (what ``eval implants`` does to compute AP over all operating points).
     group_nms_iou : float
         Two implant groups whose boxes overlap by this IoU or more are one implant.
+    part_nms_iou : float
+        Before grouping, a part overlapping a higher-scoring part of any label by this
+        IoU or more is dropped (:func:`~dicom_service.vision.implant_grouping.suppress_part_overlaps`;
+        1 keeps every part).
     """
 
     part_threshold: float = PART_THRESHOLD
     finding_threshold: float = FINDING_THRESHOLD
     group_nms_iou: float = GROUP_NMS_IOU
+    part_nms_iou: float = PART_NMS_IOU
 
     @classmethod
     def from_config(cls, config: dict) -> OperatingPoint:
@@ -189,9 +200,10 @@ class LearnedImplantRuntime:
         return self.operating_point.finding_threshold
 
     def group(self, parts: list[ImplantPart], image_shape: tuple[int, ...]) -> list[ImplantGroup]:
-        """Stage 2 without identification: parts (at or above :attr:`part_threshold`)
-        grouped into implants, duplicates suppressed, left to right."""
-        kept = [p for p in parts if p.score >= self.part_threshold]
+        """Stage 2 without identification: parts at or above :attr:`part_threshold`, one
+        per region, grouped into implants, duplicate implants suppressed, left to right."""
+        kept = suppress_part_overlaps([p for p in parts if p.score >= self.part_threshold],
+                                      self.operating_point.part_nms_iou)
         groups = group_parts(kept, image_shape=(int(image_shape[0]), int(image_shape[1])))
         return suppress_overlaps(groups, self.operating_point.group_nms_iou)
 

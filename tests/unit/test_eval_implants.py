@@ -153,7 +153,13 @@ def test_ablation_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_thresholds_are_chosen_on_validation_and_beat_the_fallbacks(data: Path, bundle: Path) -> None:
-    from dicom_service.training.tune_implant_thresholds import FINDING_GRID, NMS_GRID, PART_GRID, tune_operating_point
+    from dicom_service.training.tune_implant_thresholds import (
+        FINDING_GRID,
+        NMS_GRID,
+        PART_GRID,
+        PART_NMS_GRID,
+        tune_operating_point,
+    )
     from dicom_service.vision.implant_runtime import LearnedImplantRuntime, OperatingPoint
 
     stored = json.loads((bundle / "config.json").read_text())["thresholds"]
@@ -162,7 +168,8 @@ def test_thresholds_are_chosen_on_validation_and_beat_the_fallbacks(data: Path, 
     assert stored["finding_threshold"] in FINDING_GRID
     runtime = LearnedImplantRuntime(bundle, "cpu")
     assert runtime.operating_point == OperatingPoint(stored["part_threshold"], stored["finding_threshold"],
-                                                     stored["group_nms_iou"])
+                                                     stored["group_nms_iou"], stored["part_nms_iou"])
+    assert stored["part_nms_iou"] in PART_NMS_GRID
     coco = load_coco(data)
     fallback = evaluate_runtime(LearnedImplantRuntime(bundle, "cpu", **asdict(OperatingPoint())), coco, split="val")
     assert stored["ap50"] >= fallback["implants"]["ap50"] - 1e-9  # the fallback point is in the grid

@@ -94,3 +94,18 @@ def test_overlapping_groups_are_one_implant() -> None:
     kept = suppress_overlaps([group((0, 0, 10, 30), 0.5), group((0, 2, 10, 30), 0.9), group((20, 0, 30, 30), 0.4)])
     assert [g.score for g in kept] == [0.9, 0.4]  # left to right; the weaker duplicate is gone
     assert suppress_overlaps([]) == []
+
+
+def test_one_part_per_region_before_grouping() -> None:
+    from dicom_service.vision.implant_grouping import suppress_part_overlaps
+
+    coronal = ImplantPart("coronal", (10, 0, 20, 10), 0.9)
+    middle = ImplantPart("middle", (10, 9, 20, 20), 0.8)  # its neighbour along the axis: IoU 0.05, kept
+    relabelled = ImplantPart("middle", (10, 1, 20, 11), 0.4)  # the coronal region seen as middle: dropped
+    apical = ImplantPart("apical", (10, 19, 20, 30), 0.2)
+    kept = suppress_part_overlaps([apical, relabelled, middle, coronal], 0.3)
+    assert kept == [coronal, middle, apical]
+    assert len(suppress_part_overlaps([apical, relabelled, middle, coronal], 1.0)) == 4
+    # the stray copy would otherwise split one implant into two groups
+    assert len(group_parts([coronal, middle, apical, relabelled])) == 2
+    assert len(group_parts(kept)) == 1 and group_parts(kept)[0].box == (10.0, 0.0, 20.0, 30.0)
