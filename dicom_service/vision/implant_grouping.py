@@ -12,11 +12,12 @@ are missing. Method, as seed 002 §3.1 describes it, after one clean-up of stage
    number of detected parts per image; we use the smallest k compatible with the labels
    and let the heuristics below add clusters where geometry demands it.
 2. **Spatial heuristics from implant geometry**: a group holds at most one part per
-   label (a duplicate moves to the nearest group without that label, or starts a new
+   label (a duplicate moves to the nearest group without that label within reach, or starts a new
    one); consecutive parts along the implant (coronal → middle → apical) must be
    adjacent — a group whose parts are too far apart for one implant is split.
 3. **Duplicates across groups** (:func:`suppress_overlaps`): a group whose implant box
-   overlaps a higher-scoring group's by IoU ≥ 0.5 is the same implant seen twice (for
+   overlaps a higher-scoring group's by IoU ≥ 0.5, or lies 60% or more inside it, is
+   the same implant seen twice (for
    example a stray low-score part grouped apart) and is dropped.
 4. **Missing parts**: with two or more parts the implant axis is known (coronal →
    apical direction), and a missing part's box is extrapolated along it by one part
@@ -119,8 +120,21 @@ def _size(box: Box) -> float:
     return float(max(box[2] - box[0], box[3] - box[1], 1.0))
 
 
-def _resolve_duplicates(groups: list[list[ImplantPart]]) -> list[list[ImplantPart]]:
-    """At most one part per label in a group: move extras to the nearest group lacking it."""
+def _within_reach(part: ImplantPart, group: Sequence[ImplantPart], reach: float) -> bool:
+    """Could ``part`` belong to the implant of ``group``: is some part of the group no
+    farther than the part-step limit of :func:`_split_distant` for their label steps?"""
+    for other in group:
+        steps = max(1, abs(PART_ORDER.index(part.label) - PART_ORDER.index(other.label)))
+        gap = float(np.linalg.norm(_centre(part.box) - _centre(other.box)))
+        if gap <= reach * steps * 0.5 * (_size(part.box) + _size(other.box)):
+            return True
+    return False
+
+
+def _resolve_duplicates(groups: list[list[ImplantPart]], reach: float) -> list[list[ImplantPart]]:
+    """At most one part per label in a group: move extras to the nearest group lacking
+    that label within reach, or else into a group of their own (an extra moved into a far
+    implant would split that implant apart)."""
     changed = True
     while changed:
         changed = False
@@ -135,7 +149,8 @@ def _resolve_duplicates(groups: list[list[ImplantPart]]) -> list[list[ImplantPar
                 same.sort(key=lambda p: float(np.linalg.norm(_centre(p.box) - anchor)))
                 extra = same[-1]
                 group.remove(extra)
-                free = [g for g in groups if g is not group and all(p.label != label for p in g)]
+                free = [g for g in groups if g is not group and all(p.label != label for p in g)
+                        and _within_reach(extra, g, reach)]
                 if free:
                     target = min(free, key=lambda g: float(min(
                         np.linalg.norm(_centre(p.box) - _centre(extra.box)) for p in g)))
@@ -236,7 +251,7 @@ def group_parts(
     labels = kmeans_pp(centres, k, max_iter=max_iter, seed=seed)
     groups: list[list[ImplantPart]] = [[p for p, c in zip(parts, labels, strict=True) if c == j]
                                        for j in range(k)]
-    groups = _resolve_duplicates([g for g in groups if g])
+    groups = _resolve_duplicates([g for g in groups if g], reach)
     split: list[list[ImplantPart]] = []
     for group in groups:
         split.extend(_split_distant(group, reach))
@@ -273,19 +288,30 @@ def suppress_part_overlaps(parts: Sequence[ImplantPart], iou: float = 0.3) -> li
     return kept
 
 
-def suppress_overlaps(groups: Sequence[ImplantGroup], iou: float = 0.5) -> list[ImplantGroup]:
+def suppress_overlaps(groups: Sequence[ImplantGroup], iou: float = 0.5, inside: float = 0.6
+                      ) -> list[ImplantGroup]:
     """Greedy non-maximum suppression of implant groups by their boxes.
 
     Groups are visited by descending score; one is kept unless its box overlaps an
-    already kept box by ``iou`` or more. The result is ordered left to right, like
-    :func:`group_parts`.
+    already kept box by ``iou`` or more, or has the fraction ``inside`` or more of its own
+    area inside a kept box (k-means may cut one long implant into two groups, the weaker
+    one lying mostly within the stronger one's box; two implants side by side overlap far
+    less). The result is ordered left to right, like :func:`group_parts`.
     """
     kept: list[ImplantGroup] = []
     for group in sorted(groups, key=lambda g: -g.score):
-        if all(_iou(group.box, other.box) < iou for other in kept):
+        if all(_iou(group.box, other.box) < iou and _inside(group.box, other.box) < inside for other in kept):
             kept.append(group)
     kept.sort(key=lambda g: (g.box[0], g.box[1]))
     return kept
+
+
+def _inside(a: Box, b: Box) -> float:
+    """Fraction of box ``a``'s area that lies inside box ``b``."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return ix * iy / area if area > 0 else 0.0
 
 
 def _iou(a: Box, b: Box) -> float:

@@ -109,3 +109,29 @@ def test_one_part_per_region_before_grouping() -> None:
     # the stray copy would otherwise split one implant into two groups
     assert len(group_parts([coronal, middle, apical, relabelled])) == 2
     assert len(group_parts(kept)) == 1 and group_parts(kept)[0].box == (10.0, 0.0, 20.0, 30.0)
+
+
+def test_a_duplicate_part_does_not_join_a_far_implant() -> None:
+    # left implant: a second "middle" (a duplicate that part NMS let through); right
+    # implant: its middle part was missed. The duplicate must not be moved into the
+    # right implant's group, which would split that implant in two.
+    left = _implant(0, 0) + [ImplantPart("middle", (2, 45, 32, 70), 0.5)]
+    right = _implant(300, 0, drop=("middle",))
+    groups = group_parts(left + right)
+    right_groups = [g for g in groups if g.box[0] >= 290]
+    assert len(right_groups) == 1
+    assert right_groups[0].box == (300.0, 0.0, 330.0, 120.0) and right_groups[0].inferred == ("middle",)
+    assert all(g.box[2] <= 40 for g in groups if g not in right_groups)
+
+
+def test_a_group_mostly_inside_a_stronger_one_is_the_same_implant() -> None:
+    from dicom_service.vision.implant_grouping import ImplantGroup, suppress_overlaps
+
+    def group(box: tuple[float, float, float, float], score: float) -> ImplantGroup:
+        return ImplantGroup(parts=(), box=box, inferred=(), incomplete=False, score=score)
+
+    strong, cut = group((39, 230, 109, 341), 0.54), group((48, 203, 114, 301), 0.47)  # IoU 0.44, 67% inside
+    assert suppress_overlaps([strong, cut]) == [strong]
+    assert suppress_overlaps([strong, cut], inside=1.01) == [strong, cut]  # IoU alone keeps both
+    neighbour = group((100, 230, 170, 341), 0.4)  # side by side: 13% of it inside
+    assert len(suppress_overlaps([strong, neighbour])) == 2
