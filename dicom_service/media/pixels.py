@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 PERCENTILE_WINDOW: tuple[float, float] = (0.5, 99.5)
 _PERCENTILE_MAX_SAMPLES = 1_000_000
 _COLOUR_PREFIXES = ("RGB", "YBR", "PALETTE", "HSV", "ARGB", "CMYK")
-_DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError,
+#: What pydicom's pixel decoders raise on corrupt, truncated or unsupported pixel data
+#: (callers turn them into :class:`~dicom_service.domain.MediaError`).
+DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError,
                   TypeError, IndexError, struct.error, EOFError)
 
 
@@ -199,7 +201,7 @@ def load_radiograph(ds: Dataset) -> np.ndarray:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
         stored = pixel_array(ds, index=0) if frames > 1 else pixel_array(ds)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise MediaError(f"pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if stored.ndim != 2:
         raise MediaError(f"decoded pixel data has shape {stored.shape}, expected (rows, columns)")

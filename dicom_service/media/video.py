@@ -25,6 +25,7 @@ from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.pixels import iter_pixels, pixel_array
 
 from dicom_service.domain import MediaError, UnsupportedInputError
+from dicom_service.media.pixels import DECODE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def _decode_with_pydicom(ds: Dataset, max_frames: int | None) -> np.ndarray:
             arr = pixel_array(ds, as_rgb=True)
             if n_frames == 1:
                 arr = arr[None]
-    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
+    except DECODE_ERRORS as exc:
         raise MediaError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
     samples = int(ds.get("SamplesPerPixel", 1))
     if samples not in (1, 3):

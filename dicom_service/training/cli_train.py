@@ -123,28 +123,30 @@ def cmd_train_implants(args: argparse.Namespace) -> int:
         "training_seconds": round(time.perf_counter() - started, 1),
     }
     path = save_bundle(args.out, detector, identifier, config)
-    thresholds = _choose_thresholds(args.out, coco, device, opts)
+    thresholds = _choose_thresholds(path, detector, identifier, coco, device, opts)
     print(json.dumps({"bundle": str(path.parent), "config": str(path), "init": opts.init, "device": str(device),
                       "images": images, "crops": crops, "temperature": float(identifier.temperature),
                       "thresholds": thresholds, "seconds": round(time.perf_counter() - started, 2)}))
     return 0
 
 
-def _choose_thresholds(bundle: Path, coco: Any, device: Any, opts: TrainOptions) -> dict[str, Any] | None:
-    """Choose the bundle's operating point on the validation split and store it in its
-    ``config.json``; None (and the runtime's fallbacks) when validation has no implant."""
+def _choose_thresholds(config_path: Path, detector: Any, identifier: Any, coco: Any, device: Any,
+                       opts: TrainOptions) -> dict[str, Any] | None:
+    """Choose the operating point of the bundle just saved (its models are still in
+    memory) on the validation split and store it in the bundle's ``config.json``; None
+    (and the runtime's fallbacks) when validation has no implant."""
     from dicom_service.training.tune_implant_thresholds import tune_operating_point
-    from dicom_service.vision.implant_bundle import save_bundle
+    from dicom_service.vision.implant_bundle import write_config
     from dicom_service.vision.implant_runtime import LearnedImplantRuntime
 
-    runtime = LearnedImplantRuntime(bundle, str(device))
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    runtime = LearnedImplantRuntime.from_models(detector, identifier, config, str(device))
     try:
         thresholds = tune_operating_point(runtime, coco, split="val", limit=opts.limit_images)
     except ValueError as exc:
         print(f"dicom-service train: thresholds not chosen ({exc}); the runtime's defaults apply", file=sys.stderr)
         thresholds = None
-    config = {**runtime.config, "thresholds": thresholds}
-    save_bundle(bundle, runtime.detector.cpu(), runtime.identifier.cpu(), config)
+    write_config(config_path.parent, {**config, "thresholds": thresholds})
     return thresholds
 
 
@@ -152,7 +154,7 @@ def _retrain_one(args: argparse.Namespace, opts: TrainOptions, coco: Any, device
                  log: Any, last: Any, started: float) -> int:
     """``--only identifier|detector``: train one model of an existing bundle, keep the other."""
     from dicom_service.training import implant_recipe as recipe
-    from dicom_service.vision.implant_bundle import load_bundle, save_bundle
+    from dicom_service.vision.implant_bundle import CONFIG_FILE, load_bundle, save_bundle
 
     try:
         detector, identifier, config = load_bundle(args.out, "cpu")
@@ -161,7 +163,7 @@ def _retrain_one(args: argparse.Namespace, opts: TrainOptions, coco: Any, device
         return 2
     summary: dict[str, Any] = {}
     if args.only == "thresholds":
-        summary["thresholds"] = _choose_thresholds(args.out, coco, device, opts)
+        summary["thresholds"] = _choose_thresholds(args.out / CONFIG_FILE, detector, identifier, coco, device, opts)
         print(json.dumps({"bundle": str(args.out), "only": args.only, **summary,
                           "seconds": round(time.perf_counter() - started, 2)}))
         return 0
@@ -176,7 +178,7 @@ def _retrain_one(args: argparse.Namespace, opts: TrainOptions, coco: Any, device
         continued.append({"epochs": opts.epochs, "lr": opts.lr, "last": last("detector"), "command": _command(args)})
         summary["images"] = images
     path = save_bundle(args.out, detector, identifier, config)
-    summary["thresholds"] = _choose_thresholds(args.out, coco, device, opts)
+    summary["thresholds"] = _choose_thresholds(path, detector, identifier, coco, device, opts)
     print(json.dumps({"bundle": str(path.parent), "config": str(path), "only": args.only, **summary,
                       "temperature": float(identifier.temperature),
                       "seconds": round(time.perf_counter() - started, 2)}))

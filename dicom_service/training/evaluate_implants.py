@@ -62,14 +62,20 @@ def operating_counts(truth: np.ndarray, found: list) -> dict[str, int]:
             "of_which_with_findings": int(len(truth) == 0 and len(found) > 0)}
 
 
-def _operating_summary(totals: dict[str, int], runtime: LearnedImplantRuntime) -> dict:
-    """Precision and recall of what the node reports (its default thresholds), IoU ≥ 0.5."""
+def precision_recall(totals: dict[str, int]) -> tuple[float, float]:
+    """Precision and recall of summed :func:`operating_counts` (1.0 when undefined)."""
     tp, fp, fn = totals["true_positives"], totals["false_positives"], totals["false_negatives"]
-    return {**asdict(runtime.operating_point),
-            "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / (tp + fn) if tp + fn else 1.0, **totals}
+    return tp / (tp + fp) if tp + fp else 1.0, tp / (tp + fn) if tp + fn else 1.0
 
 
-def _truth(coco: CocoDataset, image_id: int, names: tuple[str, ...]) -> ImageTruth:
+def _operating_summary(totals: dict[str, int], runtime: LearnedImplantRuntime) -> dict:
+    """Precision and recall of what the node reports (its operating point), IoU ≥ 0.5."""
+    precision, recall = precision_recall(totals)
+    return {**asdict(runtime.operating_point), "precision": precision, "recall": recall, **totals}
+
+
+def image_truth(coco: CocoDataset, image_id: int, names: tuple[str, ...]) -> ImageTruth:
+    """Boxes and label indices (into ``names``) of one image's annotations of those categories."""
     anns = [a for a in coco.for_image(image_id) if a.category in names]
     boxes = np.array([a.box for a in anns], dtype=float).reshape(-1, 4)
     return ImageTruth(boxes, np.array([names.index(a.category) for a in anns], dtype=int))
@@ -140,7 +146,7 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
             np.array([p.box for p in parts], dtype=float).reshape(-1, 4),
             np.array([p.score for p in parts], dtype=float),
             np.array([PART_NAMES.index(p.label) for p in parts], dtype=int)))
-        part_truth.append(_truth(coco, image_info.id, PART_NAMES))
+        part_truth.append(image_truth(coco, image_info.id, PART_NAMES))
         implant_dets.append(ImageDetections(
             np.array([f.box for f in found], dtype=float).reshape(-1, 4),
             np.array([f.score for f in found], dtype=float), np.zeros(len(found), dtype=int)))
@@ -238,7 +244,7 @@ def evaluate_one_stage(detector: torch.nn.Module, img_size: int, coco: CocoDatas
                                              device=torch.device(device))
         seconds += time.perf_counter() - start
         dets.append(ImageDetections(boxes, scores, np.zeros(len(boxes), dtype=int)))
-        truth.append(_truth(coco, info.id, ("implant",)))
+        truth.append(image_truth(coco, info.id, ("implant",)))
     result = coco_ap(dets, truth, ["implant"])
     return {"split": split, "images": len(images), "ms_per_image": round(1000 * seconds / max(1, len(images)), 1),
             "implants": {"ap": result.ap, "ap50": result.ap50, "ap75": result.ap75}}

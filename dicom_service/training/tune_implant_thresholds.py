@@ -10,7 +10,7 @@ grid), then for every grid point only stage 2's grouping:
    implant AP50 + AP (AP over IoU 0.50:0.95; ties: the better AP50, then the higher
    thresholds). AP50 alone, on a validation split of about a hundred implants, lets one
    implant more found at IoU 0.5 outweigh much looser boxes everywhere else;
-2. ``finding_threshold``: with that pair, the floor on implant scores with the best F1
+2. ``finding_threshold``: with that triple, the floor on implant scores with the best F1
    of reported implants (greedy IoU ≥ 0.5 matching), ties to the higher floor.
 
 It never looks at the test split's labels unless told to: :func:`tune_operating_point`
@@ -27,19 +27,14 @@ import numpy as np
 
 from dicom_service.domain import ImplantPart
 from dicom_service.training.coco import CocoDataset
-from dicom_service.training.detection_metrics import ImageDetections, ImageTruth, coco_ap
-from dicom_service.training.evaluate_implants import operating_counts
-from dicom_service.vision.implant_runtime import LearnedImplantRuntime, OperatingPoint
+from dicom_service.training.detection_metrics import ImageDetections, coco_ap
+from dicom_service.training.evaluate_implants import image_truth, operating_counts, precision_recall
+from dicom_service.vision.implant_runtime import LearnedImplantRuntime
 
 PART_GRID: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 PART_NMS_GRID: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 1.0)
 NMS_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
 FINDING_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 19))
-
-
-def _implant_truth(coco: CocoDataset, image_id: int) -> np.ndarray:
-    anns = [a for a in coco.for_image(image_id) if a.category == "implant"]
-    return np.array([a.box for a in anns], dtype=float).reshape(-1, 4)
 
 
 def _grouped(runtime: LearnedImplantRuntime, cached: Sequence[tuple[list[ImplantPart], tuple[int, int]]]
@@ -85,39 +80,36 @@ def tune_operating_point(runtime: LearnedImplantRuntime, coco: CocoDataset, *, s
     if split == "test":
         raise ValueError("thresholds must not be chosen on the test split that eval implants reports")
     images = sorted(coco.split(split), key=lambda im: im.id)[:limit]
-    truths = [_implant_truth(coco, info.id) for info in images]
-    if not any(len(t) for t in truths):
+    truth = [image_truth(coco, info.id, ("implant",)) for info in images]
+    if not any(len(t.boxes) for t in truth):
         raise ValueError(f"split {split!r} has no implant to choose thresholds on")
     cached = []
     for info in images:
         image = read_radiograph(info)
         cached.append((runtime.detect_parts(image, threshold=min(part_grid)), image.shape[:2]))
-    truth = [ImageTruth(t, np.zeros(len(t), dtype=int)) for t in truths]
     start = runtime.operating_point
-    best: tuple[tuple[float, float, float], OperatingPoint] | None = None
+    best_key: tuple[float, ...] | None = None
     for part, part_nms, nms in itertools.product(part_grid, part_nms_grid, nms_grid):
         runtime.operating_point = replace(start, part_threshold=part, part_nms_iou=part_nms, group_nms_iou=nms)
         found = _grouped(runtime, cached)
         ap = coco_ap([ImageDetections(b, s, np.zeros(len(b), dtype=int)) for b, s in found], truth, ["implant"])
         key = (round(ap.ap50 + ap.ap, 6), round(ap.ap50, 6), part, part_nms, nms)
-        if best is None or key > best[0]:
-            best = (key, runtime.operating_point)
-    assert best is not None
-    runtime.operating_point = best[1]
+        if best_key is None or key > best_key:
+            best_key, best, best_ap = key, runtime.operating_point, ap
+    runtime.operating_point = best
     found = _grouped(runtime, cached)
     scores: list[tuple[float, float, float, float]] = []
     for floor in finding_grid:
-        tp = fp = fn = 0
-        for (boxes, group_scores), t in zip(found, truths, strict=True):
-            counts = operating_counts(t, list(boxes[group_scores >= floor]))
-            tp, fp, fn = tp + counts["true_positives"], fp + counts["false_positives"], fn + counts["false_negatives"]
-        precision = tp / (tp + fp) if tp + fp else 1.0
-        recall = tp / (tp + fn) if tp + fn else 1.0
+        totals = {"true_positives": 0, "false_positives": 0, "false_negatives": 0}
+        for (boxes, group_scores), t in zip(found, truth, strict=True):
+            counts = operating_counts(t.boxes, list(boxes[group_scores >= floor]))
+            totals = {k: v + counts[k] for k, v in totals.items()}
+        precision, recall = precision_recall(totals)
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         scores.append((f1, floor, precision, recall))
     f1, floor, precision, recall = max(scores)
-    runtime.operating_point = replace(best[1], finding_threshold=floor)
+    runtime.operating_point = replace(best, finding_threshold=floor)
     return {**asdict(runtime.operating_point), "chosen_on": split, "images": len(images),
-            "implants": int(sum(len(t) for t in truths)), "ap50": best[0][1],
-            "ap": round(best[0][0] - best[0][1], 6),
-            "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
+            "implants": int(sum(len(t.boxes) for t in truth)), "ap50": round(best_ap.ap50, 6),
+            "ap": round(best_ap.ap, 6), "precision": round(precision, 4), "recall": round(recall, 4),
+            "f1": round(f1, 4)}

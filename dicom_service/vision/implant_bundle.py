@@ -55,8 +55,17 @@ def save_bundle(out_dir: str | Path, detector: MaskRCNN, identifier: ImplantIden
         "temperature": float(identifier.temperature),
         "weights": weights,
     })
-    path = root / CONFIG_FILE
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return write_config(root, doc)
+
+
+def write_config(model_dir: str | Path, config: Mapping[str, Any]) -> Path:
+    """(Re)write a bundle's ``config.json`` alone; the weights and their sha256 stay.
+
+    Used by :func:`save_bundle`, and to store facts found after training (the
+    operating point chosen on validation) without writing the weights again.
+    """
+    path = Path(model_dir) / CONFIG_FILE
+    path.write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 

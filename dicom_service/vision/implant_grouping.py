@@ -12,13 +12,13 @@ are missing. Method, as seed 002 §3.1 describes it, after one clean-up of stage
    number of detected parts per image; we use the smallest k compatible with the labels
    and let the heuristics below add clusters where geometry demands it.
 2. **Spatial heuristics from implant geometry**: a group holds at most one part per
-   label (a duplicate moves to the nearest group without that label within reach, or starts a new
-   one); consecutive parts along the implant (coronal → middle → apical) must be
+   label (a duplicate moves to the nearest group without that label within reach, or
+   starts a new one); consecutive parts along the implant (coronal → middle → apical) must be
    adjacent — a group whose parts are too far apart for one implant is split.
 3. **Duplicates across groups** (:func:`suppress_overlaps`): a group whose implant box
    overlaps a higher-scoring group's by IoU ≥ 0.5, or lies 60% or more inside it, is
-   the same implant seen twice (for
-   example a stray low-score part grouped apart) and is dropped.
+   the same implant seen twice (for example a stray low-score part grouped apart, or one
+   long implant cut in two by k-means) and is dropped.
 4. **Missing parts**: with two or more parts the implant axis is known (coronal →
    apical direction), and a missing part's box is extrapolated along it by one part
    step; with a single part the implant box is that part's box and the finding is
@@ -306,17 +306,20 @@ def suppress_overlaps(groups: Sequence[ImplantGroup], iou: float = 0.5, inside: 
     return kept
 
 
-def _inside(a: Box, b: Box) -> float:
-    """Fraction of box ``a``'s area that lies inside box ``b``."""
+def _intersection(a: Box, b: Box) -> float:
+    """Area shared by two boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return ix * iy
+
+
+def _inside(a: Box, b: Box) -> float:
+    """Fraction of box ``a``'s area that lies inside box ``b``."""
     area = (a[2] - a[0]) * (a[3] - a[1])
-    return ix * iy / area if area > 0 else 0.0
+    return _intersection(a, b) / area if area > 0 else 0.0
 
 
 def _iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
+    inter = _intersection(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0

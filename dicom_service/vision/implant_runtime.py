@@ -145,8 +145,9 @@ class LearnedImplantRuntime:
         safetensors weights).
     device : str
         ``"cpu"`` or ``"cuda[:N]"``.
-    part_threshold, finding_threshold, group_nms_iou : float, optional
-        Override the bundle's :class:`OperatingPoint` (see there).
+    **overrides : float
+        Fields of :class:`OperatingPoint` (``part_threshold``, ``finding_threshold``,
+        ``group_nms_iou``, ``part_nms_iou``) that replace the bundle's.
     """
 
     def __init__(self, model_dir: Path, device: str = "cpu", **overrides: float) -> None:
