@@ -26,10 +26,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coco", required=True, type=Path, help="annotations.json (images relative to it)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder (config.json + safetensors)")
     add_training_options(p)
-    p.add_argument("--only", choices=["identifier", "detector", "thresholds"], default=None,
+    p.add_argument("--only", choices=["identifier", "detector", "thresholds", "calibration"], default=None,
                    help="identifier: retrain only the stage-2 identifier of the bundle in --out; detector: continue "
                         "training its detector for --epochs (the other model is kept as is); thresholds: only "
-                        "choose the bundle's operating point again on the validation split")
+                        "choose the bundle's operating point again on the validation split (weights untouched); "
+                        "calibration: only fit the identifier's temperature again on the validation findings")
     p.set_defaults(func=cmd_train_implants)
     add_video_train_parser(kinds)
 
@@ -131,12 +132,17 @@ def cmd_train_implants(args: argparse.Namespace) -> int:
 
 
 def _choose_thresholds(config_path: Path, detector: Any, identifier: Any, coco: Any, device: Any,
-                       opts: TrainOptions) -> dict[str, Any] | None:
+                       opts: TrainOptions, *, calibrate: bool = True) -> dict[str, Any] | None:
     """Choose the operating point of the bundle just saved (its models are still in
     memory) on the validation split and store it in the bundle's ``config.json``; None
-    (and the runtime's fallbacks) when validation has no implant."""
+    (and the runtime's fallbacks) when validation has no implant.
+
+    With ``calibrate`` the identifier's temperature is then fitted again on the crops of
+    the validation findings at that point (:mod:`~dicom_service.training.calibrate_identifier`)
+    and the bundle saved again (the temperature is part of the identifier's weights).
+    """
     from dicom_service.training.tune_implant_thresholds import tune_operating_point
-    from dicom_service.vision.implant_bundle import write_config
+    from dicom_service.vision.implant_bundle import save_bundle, write_config
     from dicom_service.vision.implant_runtime import LearnedImplantRuntime
 
     config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -146,8 +152,22 @@ def _choose_thresholds(config_path: Path, detector: Any, identifier: Any, coco: 
     except ValueError as exc:
         print(f"dicom-service train: thresholds not chosen ({exc}); the runtime's defaults apply", file=sys.stderr)
         thresholds = None
-    write_config(config_path.parent, {**config, "thresholds": thresholds})
+    config["thresholds"] = thresholds
+    if calibrate:
+        _calibrate(runtime, coco, opts, config)
+        save_bundle(config_path.parent, detector, identifier, config)
+    else:
+        write_config(config_path.parent, config)
     return thresholds
+
+
+def _calibrate(runtime: Any, coco: Any, opts: TrainOptions, config: dict[str, Any]) -> None:
+    """Fit the temperature on detected validation boxes; record it in ``config["calibration"]``."""
+    from dicom_service.training.calibrate_identifier import calibrate_on_detections
+
+    calibration = calibrate_on_detections(runtime, coco, split="val", limit=opts.limit_images)
+    print(json.dumps({"stage": "calibration", **calibration}), file=sys.stderr, flush=True)
+    config["calibration"] = calibration
 
 
 def _retrain_one(args: argparse.Namespace, opts: TrainOptions, coco: Any, device: Any,
@@ -163,8 +183,18 @@ def _retrain_one(args: argparse.Namespace, opts: TrainOptions, coco: Any, device
         return 2
     summary: dict[str, Any] = {}
     if args.only == "thresholds":
-        summary["thresholds"] = _choose_thresholds(args.out / CONFIG_FILE, detector, identifier, coco, device, opts)
+        summary["thresholds"] = _choose_thresholds(args.out / CONFIG_FILE, detector, identifier, coco, device, opts,
+                                                   calibrate=False)
         print(json.dumps({"bundle": str(args.out), "only": args.only, **summary,
+                          "seconds": round(time.perf_counter() - started, 2)}))
+        return 0
+    if args.only == "calibration":
+        from dicom_service.vision.implant_runtime import LearnedImplantRuntime
+
+        runtime = LearnedImplantRuntime.from_models(detector, identifier, config, str(device))
+        _calibrate(runtime, coco, opts, config)
+        save_bundle(args.out, detector, identifier, config)
+        print(json.dumps({"bundle": str(args.out), "only": args.only, "calibration": config["calibration"],
                           "seconds": round(time.perf_counter() - started, 2)}))
         return 0
     if args.only == "identifier":

@@ -34,7 +34,7 @@ MAX_NOISE_FRACTION = 0.06
 TWELVE_BIT_MAX = 4095
 _MIN_BOX_SIDE = 1.0  # boxes thinner than one model pixel after resizing are dropped
 MIN_VISIBLE = 0.5  # parts cut by a tile edge are kept when this fraction of their box is inside
-BOX_JITTER = 0.05  # crop augmentation: each box side moves by up to this fraction of the box size
+BOX_JITTER = 0.10  # crop augmentation: each box side moves by up to this fraction of the box size
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly
 
 

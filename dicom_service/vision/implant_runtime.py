@@ -81,6 +81,13 @@ def _axis(group: ImplantGroup) -> tuple[float, float, float, float] | None:
             (last[0] + last[2]) / 2, (last[1] + last[3]) / 2)
 
 
+def finding_crop(image: np.ndarray, box: tuple[float, float, float, float],
+                 axis: tuple[float, float, float, float] | None) -> np.ndarray:
+    """The identifier's ``(192, 64)`` input for an implant box of a ``(rows, cols)`` image:
+    coronal end on top when the axis (coronal end → apex, ``(x0, y0, x1, y1)``) says so."""
+    return crop_implant(image, box, coronal_on_top=axis is None or axis[3] >= axis[1])
+
+
 @torch.no_grad()
 def detect_in_windows(detector: torch.nn.Module, image: np.ndarray, size: int, *, threshold: float,
                       device: torch.device, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -224,8 +231,7 @@ class LearnedImplantRuntime:
         findings: list[ImplantFinding] = []
         if groups:
             axes = [_axis(g) for g in groups]
-            crops = [crop_implant(image, g.box, coronal_on_top=axis is None or axis[3] >= axis[1])
-                     for g, axis in zip(groups, axes, strict=True)]
+            crops = [finding_crop(image, g.box, axis) for g, axis in zip(groups, axes, strict=True)]
             batch = torch.from_numpy(np.stack(crops))[:, None].to(self.device)
             for group, axis, identity in zip(groups, axes, self.identifier.identify(batch), strict=True):
                 findings.append(ImplantFinding(

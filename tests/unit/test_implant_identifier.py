@@ -8,7 +8,12 @@ from tests.dicomcheck import require_module
 
 torch = require_module("torch")
 
-from dicom_service.vision.implant_identifier import CROP_SHAPE, ImplantIdentifier, fit_temperature  # noqa: E402
+from dicom_service.vision.implant_identifier import (  # noqa: E402
+    CROP_SHAPE,
+    TEMPERATURE_BOUNDS,
+    ImplantIdentifier,
+    fit_temperature,
+)
 
 SYSTEMS = ("A", "B", "C")
 ATTRIBUTES = {"body": ("straight", "tapered"), "apex": ("flat", "rounded")}
@@ -55,6 +60,30 @@ def test_temperature_scaling_calibrates_overconfident_logits() -> None:
     assert 4.0 < t < 16.0
     nll = torch.nn.functional.cross_entropy
     assert nll(overconfident / t, targets) < nll(overconfident, targets)
+    # the golden-section minimum is the NLL minimum: nudging T either way does no better
+    for nudged in (0.98 * t, 1.02 * t):
+        assert nll(overconfident.double() / t, targets) <= nll(overconfident.double() / nudged, targets)
+
+
+def test_temperature_is_bounded_when_held_out_data_has_no_error() -> None:
+    """All right: the NLL falls as T -> 0, so the lower bound decides, and every top-3
+    probability of a confident crop stays a positive float32 (unbounded, T collapsed to
+    0.063 on a real bundle and the 2nd and 3rd probabilities became 0)."""
+    g = torch.Generator().manual_seed(4)
+    targets = torch.randint(0, 3, (200,), generator=g)
+    logits = torch.randn(200, 3, generator=g)
+    logits[torch.arange(200), targets] += 6.0  # every argmax right
+    assert bool((logits.argmax(1) == targets).all())
+    t = fit_temperature(logits, targets)
+    assert t == pytest.approx(TEMPERATURE_BOUNDS[0])
+    confident = torch.tensor([[24.0, 0.0, -1.0]])
+    assert bool((torch.softmax(confident / t, dim=1) > 0).all())
+    assert fit_temperature(-logits, targets) == pytest.approx(TEMPERATURE_BOUNDS[1])  # all wrong: flattest
+    assert fit_temperature(logits, targets, bounds=(0.5, 0.5)) == 0.5
+    with pytest.raises(ValueError, match="bounds"):
+        fit_temperature(logits, targets, bounds=(0.0, 1.0))
+    with pytest.raises(ValueError, match="N > 0"):
+        fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
 
 
 def test_needs_systems() -> None:

@@ -204,7 +204,7 @@ def test_train_implants_cli_smoke(coco_path: Path, tmp_path: Path, capsys: pytes
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["images"]["val"] == 1 and summary["crops"]["val"] >= 1
-    stages = [json.loads(line)["stage"] for line in captured.err.splitlines() if line.startswith("{")]
+    stages = [stage for stage in stages_all(captured.err) if stage != "calibration"]
     assert stages == ["pretrain", "detector", "identifier"]
     config = json.loads((out / "config.json").read_text())
     for key in ("vit", "init", "mask_ratio", "systems", "attributes", "part_classes", "temperature", "command",
@@ -213,6 +213,7 @@ def test_train_implants_cli_smoke(coco_path: Path, tmp_path: Path, capsys: pytes
     assert config["init"] == "mde" and config["vit"]["img_size"] == 64 and config["mask_ratio"] == 0.25
     assert config["command"].startswith("dicom-service train implants --coco ")
     assert config["identifier_training"]["temperature_fitted"] is True
+    assert config["calibration"]["split"] == "val" and "calibration" in stages_all(captured.err)
     assert {p.name for p in out.iterdir()} == {"config.json", "detector.safetensors", "identifier.safetensors"}
     detector, identifier, _ = load_bundle(out, "cpu")
     image = PartDetectionDataset(load_coco(coco_path), "val", img_size=64)[0][0]
@@ -247,7 +248,27 @@ def test_only_one_model_keeps_the_other(coco_path: Path, tmp_path: Path, capsys:
     assert again["thresholds"]["chosen_on"] == "val"
     again["thresholds"] = None  # as in a bundle from before the thresholds were stored
     (out / "config.json").write_text(json.dumps(again))
+    capsys.readouterr()
     assert main(["train", "implants", "--coco", str(coco_path), "--out", str(out), *small, "--only", "thresholds"]) == 0
     tuned = json.loads((out / "config.json").read_text())
     assert tuned["weights"] == again["weights"] and tuned["thresholds"]["chosen_on"] == "val"
-    load_bundle(out, "cpu")
+    assert "calibration" not in capsys.readouterr().err  # --only thresholds leaves the temperature alone
+    assert main(["train", "implants", "--coco", str(coco_path), "--out", str(out), *small,
+                 "--only", "calibration"]) == 0
+    calibrated = json.loads((out / "config.json").read_text())
+    assert calibrated["weights"]["detector"] == tuned["weights"]["detector"]
+    assert calibrated["thresholds"] == tuned["thresholds"]
+    report = calibrated["calibration"]
+    assert report["split"] == "val" and report["fitted_on"] in {"detected boxes", "true boxes"}
+    assert calibrated["temperature"] == pytest.approx(report["temperature"], rel=1e-5)
+    _, identifier, _ = load_bundle(out, "cpu")
+    assert float(identifier.temperature) == pytest.approx(calibrated["temperature"])
+
+
+def stages_all(err: str) -> list[str]:
+    """The distinct ``stage`` of the JSON log lines of a training run, in order."""
+    stages: list[str] = []
+    for line in err.splitlines():
+        if line.startswith("{") and (stage := json.loads(line)["stage"]) not in stages:
+            stages.append(stage)
+    return stages
