@@ -43,6 +43,11 @@ def add_video_train_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=24, help="restoration channels at half resolution")
     p.add_argument("--resume", action="store_true",
                    help="restoration/noprior: continue from the bundle already in --out (fresh schedule)")
+    p.add_argument("--refine", action="store_true",
+                   help="restoration/noprior: add the full-resolution refinement stage (with --resume it is grown "
+                        "onto the bundle's model, starting as the same function)")
+    p.add_argument("--ssim-weight", type=float, default=0.0,
+                   help="restoration/noprior: weight of a (1 - SSIM) term added to the Smooth L1 loss")
     p.add_argument("--interframe-steps", type=int, default=2000, help="steps of the x2 SR and interpolation models")
     p.add_argument("--interframe-crop", type=int, default=48,
                    help="SR input crop side; the interpolation crop is twice it (multiple of 16)")
@@ -75,6 +80,10 @@ def _train_command(args: argparse.Namespace) -> str:
              "--interframe-crop", str(args.interframe_crop), "--device", args.device, "--seed", str(args.seed)]
     if args.resume:
         parts.append("--resume")
+    if args.refine:
+        parts.append("--refine")
+    if args.ssim_weight:
+        parts += ["--ssim-weight", str(args.ssim_weight)]
     return shlex.join(parts)
 
 
@@ -100,7 +109,7 @@ def cmd_train_video(args: argparse.Namespace) -> int:
         train = load_training_clips(args.data, args.paired, "train")
         val = load_training_clips(args.data, args.paired, "val")
         opts = RestorationTrainOptions(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-                                       seed=args.seed)
+                                       ssim_weight=args.ssim_weight, seed=args.seed)
         opts.validate()
         if args.width < 4 or min(args.sam_steps, args.interframe_steps) < 1:
             raise ValueError("--width must be >= 4, --sam-steps and --interframe-steps >= 1")
@@ -132,7 +141,7 @@ def cmd_train_video(args: argparse.Namespace) -> int:
             try:
                 summary[part] = train_restoration_bundle(train, val, args.out / folder, use_prior=prior,
                                                          width=args.width, opts=opts, device=device, facts=facts,
-                                                         log=_log, resume=args.resume)
+                                                         log=_log, resume=args.resume, refine=args.refine)
             except (ValueError, FileNotFoundError) as exc:
                 print(f"dicom-service train video: {exc}", file=sys.stderr)
                 return 2

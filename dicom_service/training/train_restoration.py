@@ -5,7 +5,9 @@ clips: the degraded current and previous frames, the DIS flow current → previo
 computed on the *degraded* frames (as at inference), the tooth mask (ground truth,
 randomly eroded or dilated by up to 3 px so that the model tolerates imperfect automatic
 masks) and the clean current frame. Loss: Smooth L1 (beta 0.01) on the restored frame
-plus half the Smooth L1 of the region branch inside the tooth mask (seed 000).
+plus half the Smooth L1 of the region branch inside the tooth mask (seed 000), plus
+optionally ``ssim_weight`` × (1 − SSIM) of the restored frame (:func:`ssim_torch`, the
+measure ``eval video`` reports; an addition to the seed's loss, off by default).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class RestorationTrainOptions:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     region_weight: float = 0.5
+    ssim_weight: float = 0.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -53,6 +56,8 @@ class RestorationTrainOptions:
             raise ValueError(f"crop must be a positive multiple of {SIZE_MULTIPLE}, got {self.crop}")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ValueError("lr must be > 0, weight decay and warm-up steps >= 0")
+        if self.ssim_weight < 0:
+            raise ValueError(f"the SSIM weight must be >= 0, got {self.ssim_weight}")
 
 
 def clip_flows(frames: np.ndarray, flow: DisFlow) -> list[np.ndarray | None]:
@@ -137,10 +142,39 @@ def _masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     return loss.sum() / (3 * mask.sum()).clamp(min=1.0)
 
 
-def restoration_loss(model: PriorRestorationNet, batch: dict[str, torch.Tensor], region_weight: float
-                     ) -> torch.Tensor:
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Differentiable mean SSIM of two ``(N, C, H, W)`` images in ``[0, 1]``.
+
+    The definition of :func:`~dicom_service.training.image_metrics.ssim` (11x11 Gaussian
+    window, sigma 1.5, K1 = 0.01, K2 = 0.03, per channel, mean over pixels and channels),
+    with reflected borders; H and W must be at least 6.
+    """
+    channels = a.shape[1]
+    window = _gaussian_window().to(a)[None, None].expand(channels, 1, 11, 11)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (5, 5, 5, 5), mode="reflect"), window, groups=channels)
+
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return value.mean()
+
+
+def restoration_loss(model: PriorRestorationNet, batch: dict[str, torch.Tensor], region_weight: float,
+                     ssim_weight: float = 0.0) -> torch.Tensor:
     """Smooth L1 of the restored frame plus ``region_weight`` × masked Smooth L1 of the
-    region branch (when the model has one)."""
+    region branch (when the model has one) plus ``ssim_weight`` × (1 − SSIM) of the frame."""
     use_prior = model.config.use_prior
     previous = None
     if model.config.use_motion:
@@ -149,6 +183,8 @@ def restoration_loss(model: PriorRestorationNet, batch: dict[str, torch.Tensor],
     loss = F.smooth_l1_loss(restored, batch["clean"], beta=SMOOTH_L1_BETA)
     if region is not None:
         loss = loss + region_weight * _masked_smooth_l1(region, batch["clean"], batch["mask"])
+    if ssim_weight > 0:
+        loss = loss + ssim_weight * (1.0 - ssim_torch(restored, batch["clean"]))
     return loss
 
 
@@ -167,7 +203,8 @@ def train_restoration(config: RestorationConfig, train: Sequence[VideoClip], opt
     log_fn : callable or None
         Receives ``{"step", "loss", "lr", "seconds"}`` every 50 steps.
     initial : PriorRestorationNet, optional
-        A trained model to continue from (its architecture must equal ``config``);
+        A trained model to continue from (its architecture must equal ``config``, grown
+        with :func:`~dicom_service.vision.restoration_net.grow_refinement` if needed);
         training then runs ``opts.steps`` more steps with a fresh warm-up and cosine.
     """
     opts.validate()
@@ -181,7 +218,7 @@ def train_restoration(config: RestorationConfig, train: Sequence[VideoClip], opt
     started, running = time.perf_counter(), []
     for step in range(opts.steps):
         batch = {k: v.to(device) for k, v in sampler.batch(opts.batch_size).items()}
-        loss = restoration_loss(model, batch, opts.region_weight)
+        loss = restoration_loss(model, batch, opts.region_weight, opts.ssim_weight)
         optimiser_step(loss, optimiser, scheduler, (model, 1.0))
         running.append(loss.detach().item())
         if log_fn is not None and ((step + 1) % 50 == 0 or step + 1 == opts.steps):

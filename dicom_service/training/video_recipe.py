@@ -32,7 +32,7 @@ from dicom_service.training.train_restoration import RestorationTrainOptions, me
 from dicom_service.training.video_dataset import list_paired_root, list_split, load_clip, load_paired_folder
 from dicom_service.training.video_phantoms import VideoClip
 from dicom_service.vision.restoration_model import load_restoration_bundle, save_restoration_bundle
-from dicom_service.vision.restoration_net import RestorationConfig
+from dicom_service.vision.restoration_net import RestorationConfig, grow_refinement
 
 PARTS = ("sam", "restoration", "noprior", "sr2", "interp2")
 #: What a resumed restoration bundle keeps of each earlier run in its ``"runs"`` list.
@@ -95,20 +95,26 @@ def train_sam_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], out: 
 
 def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], folder: Path, *,
                              use_prior: bool, width: int, opts: RestorationTrainOptions, device: str,
-                             facts: dict[str, Any], log: Log, resume: bool = False) -> dict[str, Any]:
+                             facts: dict[str, Any], log: Log, resume: bool = False,
+                             refine: bool = False) -> dict[str, Any]:
     """Train one restoration model, measure its val PSNR (true masks) and bundle it.
 
-    With ``resume`` the bundle already in ``folder`` is trained on (same architecture);
-    its earlier runs are kept in the new ``config.json`` under ``"runs"``, oldest first,
-    and ``training_seconds`` becomes the total.
+    With ``resume`` the bundle already in ``folder`` is trained on (same architecture;
+    with ``refine`` a bundle without the full-resolution refinement gets one grown, see
+    :func:`~dicom_service.vision.restoration_net.grow_refinement`); its earlier runs are
+    kept in the new ``config.json`` under ``"runs"``, oldest first, and
+    ``training_seconds`` becomes the total.
     """
-    config = RestorationConfig(width=width, use_prior=use_prior)
+    config = RestorationConfig(width=width, use_prior=use_prior, refine=refine)
     stage = "restoration" if use_prior else "noprior"
     initial, earlier = None, []
     if resume:
         initial, previous = load_restoration_bundle(folder, device)
+        if refine and initial.config == dataclasses.replace(config, refine=False):
+            initial = grow_refinement(initial)
+            log({"stage": stage, "grown": "full-resolution refinement (zero-started)"})
         if initial.config != config:
-            raise ValueError(f"--resume: {folder} holds {initial.config}, not {config} (check --width)")
+            raise ValueError(f"--resume: {folder} holds {initial.config}, not {config} (check --width, --refine)")
         earlier = [*previous.get("runs", []), {k: previous.get(k) for k in RUN_KEYS}]
     started = time.perf_counter()
     model = train_restoration(config, train, opts, device, log_fn=lambda r: log({"stage": stage, **r}),

@@ -20,6 +20,13 @@ previous features are the current ones.
 Without the prior (``use_prior=False``, the ablation of seed 000) the region branch is
 absent and the mask channel is not an input.
 
+With ``refine=True`` a small full-resolution stage (:class:`FullResolutionRefinement`)
+follows the frame branch: the branches work at half resolution and end in a pixel
+shuffle, which leaves pixel-level noise they cannot cancel; the refinement sees the
+input (and mask) beside the restored frame at full resolution and adds a correction. Its
+last convolution starts at zero, so a model grown from one without it starts as the same
+function (:func:`grow_refinement`).
+
 All tensors are ``(N, C, H, W)`` float32; images are RGB in ``[0, 1]``; masks ``(N, 1,
 H, W)`` in ``[0, 1]``; flows ``(N, 2, H, W)`` in pixels, channel 0 = x (column), 1 = y.
 H and W must be multiples of :data:`SIZE_MULTIPLE` (pad first, see :func:`pad_to_multiple`).
@@ -27,7 +34,7 @@ H and W must be multiples of :data:`SIZE_MULTIPLE` (pad first, see :func:`pad_to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +59,15 @@ class RestorationConfig:
         Region branch and mask input (the full model) or the frame branch alone.
     use_motion : bool
         Fuse the flow-aligned previous frame features.
+    refine : bool
+        Add the full-resolution refinement after the frame branch.
     """
 
     width: int = 32
     blocks: int = 2
     use_prior: bool = True
     use_motion: bool = True
+    refine: bool = False
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -154,6 +164,29 @@ class RestorationBranch(nn.Module):
         return self.head(d1)
 
 
+class FullResolutionRefinement(nn.Module):
+    """Three 3x3 convolutions at full resolution predicting a correction of a restored frame.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the network input (RGB plus optional mask); the restored RGB is
+        concatenated to it.
+    width : int
+        Hidden channels.
+    """
+
+    def __init__(self, in_channels: int, width: int = 16) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv(in_channels + 3, width), _conv(width, width), nn.Conv2d(width, 3, 3, padding=1))
+        nn.init.zeros_(self.body[2].weight)
+        nn.init.zeros_(self.body[2].bias)
+
+    def forward(self, network_input: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` input and ``(N, 3, H, W)`` restored frame → corrected ``(N, 3, H, W)``."""
+        return restored + self.body(torch.cat([network_input, restored], dim=1))
+
+
 class PriorRestorationNet(nn.Module):
     """Dual-branch restoration with channel-concatenation fusion and motion alignment.
 
@@ -175,6 +208,8 @@ class PriorRestorationNet(nn.Module):
             self.fuse3 = nn.Conv2d(2 * w3, w3, 1)
         if config.use_motion:
             self.motion = ChannelAttentionFusion(w1)
+        if config.refine:
+            self.refine = FullResolutionRefinement(3 + prior)
 
     def frame_features(self, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Half-resolution frame-branch features of one frame (cached for the next frame).
@@ -244,7 +279,28 @@ class PriorRestorationNet(nn.Module):
             f3 = branch.bottleneck(branch.down3(f2))
         f3 = branch.colour(f3)
         restored = image + branch.decode(f1, f2, f3)
+        if self.config.refine:
+            restored = self.refine(frame_in, restored)
         return restored, region_out, features
+
+
+def grow_refinement(model: PriorRestorationNet) -> PriorRestorationNet:
+    """A copy of a model without refinement, with a (zero-started) refinement added.
+
+    The copy computes the same function as ``model`` until it is trained further.
+
+    Raises
+    ------
+    ValueError
+        ``model`` already has a refinement.
+    """
+    if model.config.refine:
+        raise ValueError("the model already has the full-resolution refinement")
+    grown = PriorRestorationNet(replace(model.config, refine=True)).to(next(model.parameters()).device)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("refine.") for key in missing):
+        raise ValueError(f"cannot grow the refinement: missing {missing}, unexpected {unexpected}")
+    return grown.train(model.training)
 
 
 def _half_flow(flow: torch.Tensor | None, features: torch.Tensor) -> torch.Tensor | None:

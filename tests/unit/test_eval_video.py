@@ -14,6 +14,7 @@ pytest.importorskip("segment_anything")
 
 from dicom_service.cli import main  # noqa: E402
 from dicom_service.training.video_phantoms import render_clip, write_dataset  # noqa: E402
+from dicom_service.vision.restoration_model import load_restoration_bundle  # noqa: E402
 
 SMALL = ["--sam-steps", "4", "--steps", "4", "--batch-size", "2", "--crop", "32", "--width", "8",
          "--interframe-steps", "4", "--interframe-crop", "16", "--device", "cpu"]
@@ -103,3 +104,16 @@ def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, 
                  *SMALL, "--width", "12"]) == 2
     assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "noprior", "--resume",
                  *SMALL]) == 2
+    # --refine grows the full-resolution refinement onto the bundle's model, then trains on
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration", "--resume",
+                 "--refine", "--ssim-weight", "0.2", *SMALL]) == 0
+    grown = json.loads((out / "video_restoration" / "config.json").read_text())
+    assert grown["architecture"]["refine"] is True and len(grown["runs"]) == 2
+    assert "--refine" in grown["command"] and grown["options"]["ssim_weight"] == 0.2
+    model, _ = load_restoration_bundle(out / "video_restoration")
+    assert model.config.refine and any(k.startswith("refine.") for k in model.state_dict())
+    # a refined bundle resumes as such, and not as a model without the refinement
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration", "--resume",
+                 *SMALL]) == 2
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
+                 *SMALL, "--ssim-weight", "-1"]) == 2

@@ -17,6 +17,7 @@ from dicom_service.vision.restoration_model import (  # noqa: E402
 from dicom_service.vision.restoration_net import (  # noqa: E402
     PriorRestorationNet,
     RestorationConfig,
+    grow_refinement,
     pad_to_multiple,
     warp,
 )
@@ -45,6 +46,27 @@ def test_forward_shapes_and_prior_requirement(prior: bool) -> None:
     if prior:
         with pytest.raises(ValueError, match="mask is required"):
             model(image, None)
+
+
+@pytest.mark.parametrize("prior", [True, False])
+def test_grown_refinement_starts_as_the_same_function_then_learns(prior: bool) -> None:
+    torch.manual_seed(0)
+    model = PriorRestorationNet(RestorationConfig(width=8, use_prior=prior)).eval()
+    grown = grow_refinement(model).eval()
+    assert grown.config.refine and not model.config.refine
+    image = torch.rand(1, 3, 32, 48)
+    mask = (torch.rand(1, 1, 32, 48) > 0.5).float() if prior else None
+    with torch.no_grad():
+        base, _, feats = model(image, mask)
+        out, _, feats2 = grown(image, mask)
+    assert torch.equal(base, out) and torch.equal(feats, feats2)
+    # one step on a target moves the refinement's zero-started output layer
+    grown.train()
+    target = torch.rand(1, 3, 32, 48)
+    torch.nn.functional.l1_loss(grown(image, mask)[0], target).backward()
+    assert float(grown.refine.body[2].weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="already has"):
+        grow_refinement(grown)
 
 
 def test_pad_to_multiple_keeps_the_original_size() -> None:

@@ -11,6 +11,7 @@ from dicom_service.training.train_restoration import (  # noqa: E402
     PairSampler,
     RestorationTrainOptions,
     mean_psnr,
+    ssim_torch,
     train_restoration,
 )
 from dicom_service.training.video_phantoms import render_clip  # noqa: E402
@@ -59,3 +60,28 @@ def test_training_continues_from_an_initial_model(clips) -> None:
     assert any(not torch.equal(weights[k], v) for k, v in second.state_dict().items())
     with pytest.raises(ValueError, match="cannot continue"):
         train_restoration(RestorationConfig(width=12, use_prior=True), clips, opts, initial=first)
+
+
+def test_ssim_torch_matches_the_reported_metric(clips) -> None:
+    from dicom_service.training.image_metrics import ssim
+
+    clip = clips[0]
+    a = torch.from_numpy(clip.degraded[0]).permute(2, 0, 1)[None].float() / 255
+    b = torch.from_numpy(clip.clean[0]).permute(2, 0, 1)[None].float() / 255
+    # the same measure up to the border handling (reflect-101 vs reflect) and rounding
+    assert float(ssim_torch(a, b)) == pytest.approx(ssim(clip.degraded[0], clip.clean[0]), abs=5e-3)
+    assert float(ssim_torch(b, b)) == pytest.approx(1.0, abs=1e-5)
+    a.requires_grad_(True)
+    (1 - ssim_torch(a, b)).backward()
+    assert a.grad is not None and float(a.grad.abs().sum()) > 0
+
+
+def test_ssim_term_trains_and_bad_weight_is_refused(clips) -> None:
+    opts = RestorationTrainOptions(steps=60, batch_size=4, crop=32, lr=2e-3, warmup_steps=5, ssim_weight=0.5)
+    records: list[dict] = []
+    model = train_restoration(RestorationConfig(width=8, use_prior=True, refine=True), clips, opts,
+                              log_fn=records.append)
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert model.config.refine
+    with pytest.raises(ValueError, match="SSIM weight"):
+        RestorationTrainOptions(ssim_weight=-0.1).validate()
