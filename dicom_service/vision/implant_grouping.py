@@ -14,7 +14,10 @@ are missing. Method, as seed 002 §3.1 describes it, after one clean-up of stage
 2. **Spatial heuristics from implant geometry**: a group holds at most one part per
    label (a duplicate moves to the nearest group without that label within reach, or
    starts a new one); consecutive parts along the implant (coronal → middle → apical) must be
-   adjacent — a group whose parts are too far apart for one implant is split.
+   adjacent — a group whose parts are too far apart for one implant is split. Then two
+   single-part groups of different labels within reach of each other are merged
+   (:func:`_merge_singletons`): an implant whose other parts were missed, typically one cut
+   by the image edge, would otherwise give two weak one-part findings.
 3. **Duplicates across groups** (:func:`suppress_overlaps`): a group whose implant box
    overlaps a higher-scoring group's by IoU ≥ 0.5, or lies 60% or more inside it, is
    the same implant seen twice (for example a stray low-score part grouped apart, or one
@@ -179,6 +182,25 @@ def _split_distant(group: list[ImplantPart], reach: float) -> list[list[ImplantP
     return pieces
 
 
+def _merge_singletons(groups: list[list[ImplantPart]], reach: float) -> list[list[ImplantPart]]:
+    """Merge pairs of one-part groups with different labels that are within reach,
+    nearest pairs first; each group joins at most one other."""
+    singles = [i for i, g in enumerate(groups) if len(g) == 1]
+    pairs = []
+    for a_pos, i in enumerate(singles):
+        for j in singles[a_pos + 1:]:
+            a, b = groups[i][0], groups[j][0]
+            if a.label != b.label and _within_reach(a, [b], reach):
+                pairs.append((float(np.linalg.norm(_centre(a.box) - _centre(b.box))), i, j))
+    used: set[int] = set()
+    merged: list[list[ImplantPart]] = []
+    for _, i, j in sorted(pairs):
+        if i not in used and j not in used:
+            used.update((i, j))
+            merged.append(groups[i] + groups[j])
+    return merged + [g for k, g in enumerate(groups) if k not in used]
+
+
 def _extrapolate(parts: Sequence[ImplantPart]) -> tuple[list[Box], tuple[str, ...]]:
     """Boxes of missing parts, extrapolated along the coronal → apical axis."""
     index = {p.label: p for p in parts}
@@ -255,6 +277,7 @@ def group_parts(
     split: list[list[ImplantPart]] = []
     for group in groups:
         split.extend(_split_distant(group, reach))
+    split = _merge_singletons(split, reach)
     result: list[ImplantGroup] = []
     for group in split:
         ordered = tuple(sorted(group, key=lambda p: PART_ORDER.index(p.label)))

@@ -135,3 +135,32 @@ def test_a_group_mostly_inside_a_stronger_one_is_the_same_implant() -> None:
     assert suppress_overlaps([strong, cut], inside=1.01) == [strong, cut]  # IoU alone keeps both
     neighbour = group((100, 230, 170, 341), 0.4)  # side by side: 13% of it inside
     assert len(suppress_overlaps([strong, neighbour])) == 2
+
+
+def test_two_lone_parts_of_an_edge_cut_implant_are_one_implant() -> None:
+    # stage-1 parts of a validation phantom (scores and boxes as detected): three implants,
+    # the left one a 25 px sliver cut by the image edge. k-means gives its coronal and
+    # apical parts to the neighbour's cluster, duplicate resolution leaves each alone, and
+    # each alone scores under the finding floor; merged, they are the implant.
+    def part(label: str, score: float, box: tuple[float, float, float, float]) -> ImplantPart:
+        return ImplantPart(label, box, score)
+
+    parts = [part("coronal", 0.99, (172, 161, 228, 216)), part("coronal", 0.95, (51, 159, 111, 220)),
+             part("apical", 0.95, (51, 98, 108, 143)), part("apical", 0.92, (160, 59, 208, 98)),
+             part("coronal", 0.85, (1, 133, 22, 220)), part("apical", 0.76, (0, 97, 26, 140)),
+             part("middle", 0.71, (161, 87, 215, 127)), part("middle", 0.59, (164, 114, 221, 164)),
+             part("middle", 0.51, (53, 140, 110, 176))]
+    groups = group_parts(parts, image_shape=(416, 416))
+    edge = [g for g in groups if g.box[2] <= 30]
+    assert len(edge) == 1 and not edge[0].incomplete
+    assert edge[0].box == (0.0, 97.0, 26.0, 220.0) and edge[0].inferred == ("middle",)
+    assert edge[0].score == pytest.approx((0.85 + 0.76) / 2 * 2 / 3)
+    middle = [g for g in groups if 40 <= g.box[0] <= 60]
+    assert len(middle) == 1 and len(middle[0].parts) == 3  # the neighbour is untouched
+
+
+def test_lone_parts_merge_only_with_another_label_within_reach() -> None:
+    same_label = _implant(0, 0, drop=("middle", "apical")) + _implant(0, 45, drop=("middle", "apical"))
+    assert len(group_parts(same_label)) == 2  # two coronal parts are two implants
+    far = _implant(0, 0, drop=("middle", "apical")) + _implant(0, 400, up=True, drop=("coronal", "middle"))
+    assert len(group_parts(far)) == 2 and all(g.incomplete for g in group_parts(far))
