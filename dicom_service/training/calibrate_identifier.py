@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dicom_service.training.coco import CocoDataset
-from dicom_service.training.detection_metrics import iou_matrix
+from dicom_service.training.evaluate_implants import covering_findings
 from dicom_service.vision.implant_identifier import CROP_SHAPE, TEMPERATURE_BOUNDS, fit_temperature
 from dicom_service.vision.implant_runtime import LearnedImplantRuntime, finding_crop
 
@@ -67,13 +67,9 @@ def detected_crops(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split: 
             continue
         image = read_radiograph(info)
         found = runtime.detect(image).findings
-        if not found:
-            continue
-        ious = iou_matrix(np.array([a.box for a in truth], dtype=float).reshape(-1, 4),
-                          np.array([f.box for f in found], dtype=float).reshape(-1, 4))
-        for t, ann in enumerate(truth):
-            j = int(ious[t].argmax())
-            if ious[t, j] >= 0.5:
+        covers = covering_findings(np.array([a.box for a in truth], dtype=float), [f.box for f in found])
+        for ann, j in zip(truth, covers, strict=True):
+            if j is not None:
                 crops.append(finding_crop(image, found[j].box, found[j].axis))
                 targets.append(systems.index(ann.system))
     stacked = np.stack(crops) if crops else np.zeros((0, *CROP_SHAPE), np.float32)
@@ -99,22 +95,19 @@ def calibrate_on_detections(runtime: LearnedImplantRuntime, coco: CocoDataset, *
     identifier = runtime.identifier
     previous = float(identifier.temperature)
     crops, targets = detected_crops(runtime, coco, split=split, limit=limit)
-    report: dict = {"split": split, "crops": int(len(targets)), "previous": round(previous, 6),
-                    "bounds": list(TEMPERATURE_BOUNDS), "top1": None, "nll_before": None, "nll_after": None}
-    logits = torch.zeros(0, len(identifier.systems))
-    if len(targets):
-        batch = torch.from_numpy(crops)[:, None].to(runtime.device)
-        logits = torch.cat([identifier(chunk)[0] for chunk in batch.split(64)]).float().cpu()
-    y = torch.from_numpy(targets)
-    temperature = previous
-    if len(targets) >= min_crops:
-        temperature = fit_temperature(logits, y)
-        identifier.temperature.fill_(temperature)
-    if len(targets):
-        report.update(top1=round(float((logits.argmax(1) == y).float().mean()), 4),
-                      nll_before=round(float(F.cross_entropy(logits / previous, y)), 4),
-                      nll_after=round(float(F.cross_entropy(logits / temperature, y)), 4))
     fitted = len(targets) >= min_crops
-    return {**report, "fitted_on": "detected boxes" if fitted else "true boxes",
+    report: dict = {"split": split, "crops": int(len(targets)), "previous": round(previous, 6),
+                    "bounds": list(TEMPERATURE_BOUNDS), "fitted_on": "detected boxes" if fitted else "true boxes",
+                    "temperature": previous, "at_bound": False, "top1": None, "nll_before": None, "nll_after": None}
+    if not len(targets):
+        return report
+    batch = torch.from_numpy(crops)[:, None].to(runtime.device)
+    logits = torch.cat([identifier(chunk)[0] for chunk in batch.split(64)]).float().cpu()
+    y = torch.from_numpy(targets)
+    temperature = fit_temperature(logits, y) if fitted else previous
+    identifier.temperature.fill_(temperature)
+    return {**report, "top1": round(float((logits.argmax(1) == y).float().mean()), 4),
+            "nll_before": round(float(F.cross_entropy(logits / previous, y)), 4),
+            "nll_after": round(float(F.cross_entropy(logits / temperature, y)), 4),
             "temperature": round(temperature, 6) if fitted else previous,
             "at_bound": fitted and any(abs(temperature - b) <= 1e-6 * b for b in TEMPERATURE_BOUNDS)}

@@ -62,6 +62,16 @@ def operating_counts(truth: np.ndarray, found: list) -> dict[str, int]:
             "of_which_with_findings": int(len(truth) == 0 and len(found) > 0)}
 
 
+def covering_findings(truth: np.ndarray, found: list) -> list[int | None]:
+    """Per true box ``(T, 4)``, the index of the found box of highest IoU with it, or None
+    below IoU 0.5 (one found box may cover several true ones)."""
+    ious = iou_matrix(truth, np.array(found, dtype=float).reshape(-1, 4))
+    if not ious.shape[1]:
+        return [None] * ious.shape[0]
+    best = ious.argmax(axis=1)
+    return [int(j) if ious[t, j] >= 0.5 else None for t, j in enumerate(best)]
+
+
 def precision_recall(totals: dict[str, int]) -> tuple[float, float]:
     """Precision and recall of summed :func:`operating_counts` (1.0 when undefined)."""
     tp, fp, fn = totals["true_positives"], totals["false_positives"], totals["false_negatives"]
@@ -151,13 +161,13 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
             np.array([f.box for f in found], dtype=float).reshape(-1, 4),
             np.array([f.score for f in found], dtype=float), np.zeros(len(found), dtype=int)))
         implant_truth.append(ImageTruth(truth_boxes, np.zeros(len(truth_anns), dtype=int)))
-        ious = iou_matrix(truth_boxes, np.array([f.box for f in found]).reshape(-1, 4))
+        covers = covering_findings(truth_boxes, [f.box for f in found])
         for t, ann in enumerate(truth_anns):
             if ann.system is None or ann.system not in systems:
                 continue
             row = np.zeros(len(systems))
-            if ious.shape[1] and ious[t].max() >= 0.5:
-                for name, p in found[int(ious[t].argmax())].system_top:
+            if covers[t] is not None:
+                for name, p in found[covers[t]].system_top:
                     row[systems.index(name)] = p
             probabilities.append(row)
             targets.append(systems.index(ann.system))

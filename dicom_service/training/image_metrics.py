@@ -10,8 +10,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-_C1 = (0.01 * 255) ** 2
-_C2 = (0.03 * 255) ** 2
+#: SSIM constants (Wang et al., 2004): Gaussian window side and sigma, K1 and K2.
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+_C1 = (SSIM_K1 * 255) ** 2
+_C2 = (SSIM_K2 * 255) ** 2
 
 
 def psnr(result: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -37,7 +39,7 @@ def psnr(result: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = No
 
 def _ssim_channel(a: np.ndarray, b: np.ndarray) -> float:
     def blur(x: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(x, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+        return cv2.GaussianBlur(x, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
 
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a ** 2

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dicom_service.training.image_metrics import psnr
+from dicom_service.training.image_metrics import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, psnr
 from dicom_service.training.optim import optimiser_step, warmup_cosine
 from dicom_service.training.video_phantoms import VideoClip
 from dicom_service.vision.optical_flow import DisFlow
@@ -142,7 +142,7 @@ def _masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     return loss.sum() / (3 * mask.sum()).clamp(min=1.0)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
     g = g / g.sum()
@@ -156,13 +156,13 @@ def ssim_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     window, sigma 1.5, K1 = 0.01, K2 = 0.03, per channel, mean over pixels and channels),
     with reflected borders; H and W must be at least 6.
     """
-    channels = a.shape[1]
-    window = _gaussian_window().to(a)[None, None].expand(channels, 1, 11, 11)
+    channels, half = a.shape[1], SSIM_WINDOW // 2
+    window = _gaussian_window().to(a)[None, None].expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW)
 
     def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (5, 5, 5, 5), mode="reflect"), window, groups=channels)
+        return F.conv2d(F.pad(x, (half, half, half, half), mode="reflect"), window, groups=channels)
 
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a ** 2
     var_b = blur(b * b) - mu_b ** 2
