@@ -16,7 +16,11 @@ Restoration is compared on the same clips, each output against the clean frames:
                         aligned by flow (the motion ablation).
 
 PSNR is averaged per clip (over all its frames); ``psnr_teeth`` is measured on the true
-tooth pixels only. Propagation: the true mask of frame 0 (a perfect correction) carried
+tooth pixels only. ``by_scene`` splits the clips into those with teeth in view and those
+without (mucosa only, where no known colour tells the exposure), and gives for each
+``psnr_gain_corrected``: the PSNR left once each clip's output is multiplied by the
+channel gains that best fit the clean clip (:func:`gain_corrected`, a diagnostic: the
+gap to ``psnr`` is the share of the error that is global colour / exposure). Propagation: the true mask of frame 0 (a perfect correction) carried
 through the clip (:func:`propagate_correction`), mIoU on the other frames. Flow: DIS end-point error against the
 true phantom flow, on pixels whose target stays inside the frame. Interframe models (when bundled): see
 :func:`~dicom_service.training.train_interframe.evaluate_interframe`.
@@ -35,7 +39,7 @@ import cv2
 import numpy as np
 import torch
 
-from dicom_service.training.image_metrics import mask_iou, psnr, ssim
+from dicom_service.training.image_metrics import gain_corrected, mask_iou, psnr, ssim
 from dicom_service.training.train_interframe import evaluate_interframe
 from dicom_service.training.train_restoration import clip_flows
 from dicom_service.training.train_sam import PROMPT_MODES, prompted_masks, segmentation_report
@@ -51,6 +55,34 @@ from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_ma
 METHODS = ("degraded", "classical", "no_prior", "full_auto", "full_box", "full_clicks_1", "full_clicks_3",
            "full_clicks_5", "full_true_mask", "full_no_flow")
 SHEET_COLUMNS = ("degraded", "classical", "no_prior", "full_auto", "clean")
+#: Methods broken down by scene (clips with / without teeth in view).
+SCENE_METHODS = ("degraded", "classical", "no_prior", "full_auto")
+
+
+def scene_breakdown(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean metrics per scene kind.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        One per clip: ``{"teeth": bool, method: {"psnr", "ssim", "psnr_gain_corrected"}}``
+        for the methods of :data:`SCENE_METHODS`.
+
+    Returns
+    -------
+    dict
+        ``{"with_teeth" | "without_teeth": {"clips": n, method: {metric: mean}}}``; a
+        kind without clips has ``clips`` 0 and no methods.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for kind, teeth in (("with_teeth", True), ("without_teeth", False)):
+        chosen = [r for r in records if r["teeth"] == teeth]
+        entry: dict[str, Any] = {"clips": len(chosen)}
+        if chosen:
+            for method in SCENE_METHODS:
+                entry[method] = {k: float(np.mean([r[method][k] for r in chosen])) for k in chosen[0][method]}
+        out[kind] = entry
+    return out
 
 
 def interactive_masks(segmenter: ToothSegmenter, frames: np.ndarray, truth: np.ndarray,
@@ -126,6 +158,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
     automatic: list[np.ndarray] = []
     prompted_all: dict[str, list[np.ndarray]] = {k: [] for k in PROMPT_MODES}
     sheet_rows = []
+    scenes: list[dict[str, Any]] = []
     for index, clip in enumerate(clips):
         frames, truth, count = clip.degraded, np.asarray(clip.masks, dtype=bool), clip.degraded.shape[0]
         with _timed(seconds, "flow", count):
@@ -156,6 +189,11 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
             per_method[method]["psnr"].append(psnr(result, clip.clean))
             per_method[method]["ssim"].append(ssim(result, clip.clean))
             per_method[method]["psnr_teeth"].append(psnr(result, clip.clean, truth))
+        scene: dict[str, Any] = {"teeth": bool(truth.any())}
+        for method in SCENE_METHODS:
+            scene[method] = {"psnr": per_method[method]["psnr"][-1], "ssim": per_method[method]["ssim"][-1],
+                             "psnr_gain_corrected": psnr(gain_corrected(outputs[method], clip.clean), clip.clean)}
+        scenes.append(scene)
         if truth[0].any():  # a perfect correction on frame 0, carried through the clip
             carried = propagate_correction(segmenter, frames, 0, truth[0], flow=dis)
             propagation.extend(mask_iou(carried[t], truth[t]) for t in range(1, count))
@@ -174,6 +212,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         "clips": len(clips), "frames": total_frames, "size": [width, height], "device": device,
         "methods": {m: {k: float(np.nanmean(v)) if v else None for k, v in values.items()}
                     for m, values in per_method.items()},
+        "by_scene": scene_breakdown(scenes),
         "segmentation": segmentation_report(truths, automatic, prompted_all,
                                             seconds["segment"] + seconds["prompted"]),
         "propagation_miou": float(np.mean(propagation)) if propagation else None,
@@ -227,6 +266,10 @@ def metrics_table(report: dict[str, Any]) -> str:
              f"on {report['device']}", "", f"{'method':<18}{'PSNR dB':>9}{'SSIM':>8}{'PSNR teeth':>12}"]
     for method, values in report["methods"].items():
         lines.append(f"{method:<18}{values['psnr']:>9.2f}{values['ssim']:>8.4f}{values['psnr_teeth']:>12.2f}")
+    for kind, entry in report.get("by_scene", {}).items():
+        lines.append(f"{kind.replace('_', ' ')} ({entry['clips']} clips): " + "  ".join(
+            f"{m} {entry[m]['psnr']:.2f} dB / {entry[m]['ssim']:.3f} (gain-corrected {entry[m]['psnr_gain_corrected']:.2f})"
+            for m in SCENE_METHODS if m in entry))
     lines.append("")
     for key, value in report["gains_db"].items():
         lines.append(f"gain {key:<28}{value:>+8.2f} dB")

@@ -67,6 +67,29 @@ def ssim(result: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(values))
 
 
+def gain_corrected(result: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``result`` times the per-channel gains that best fit ``reference`` (least squares).
+
+    A diagnostic, not a method: it needs the reference. The PSNR it leaves tells how much
+    of the error is a global colour / exposure error and how much is detail.
+
+    Parameters
+    ----------
+    result, reference : np.ndarray
+        ``(..., 3)`` uint8 RGB of the same shape (a frame or a clip).
+
+    Returns
+    -------
+    np.ndarray
+        uint8 of the same shape (rounded, clamped).
+    """
+    if result.shape != reference.shape or result.shape[-1] != 3:
+        raise ValueError(f"need two (..., 3) arrays of one shape, got {result.shape} and {reference.shape}")
+    r = result.reshape(-1, 3).astype(np.float64)
+    gains = (r * reference.reshape(-1, 3)).sum(axis=0) / np.maximum((r * r).sum(axis=0), 1e-9)
+    return np.clip(r * gains + 0.5, 0, 255).astype(np.uint8).reshape(result.shape)
+
+
 def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
     """Intersection over union of two ``(H, W)`` bool masks (1.0 when both are empty)."""
     if predicted.shape != truth.shape:

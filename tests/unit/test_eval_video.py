@@ -50,6 +50,13 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
     assert set(report["methods"]) >= {"degraded", "classical", "no_prior", "full_auto", "full_clicks_3"}
     assert report["methods"]["degraded"]["psnr"] < 40 and report["fps"]["learned_pipeline"] > 0
     assert set(report["interframe"]) == {"sr2", "interp2"}
+    scenes = report["by_scene"]
+    assert scenes["with_teeth"]["clips"] + scenes["without_teeth"]["clips"] == report["clips"]
+    for entry in scenes.values():
+        for method in ("degraded", "full_auto"):
+            if entry["clips"]:
+                # the best channel gains can only raise the PSNR (up to rounding)
+                assert entry[method]["psnr_gain_corrected"] >= entry[method]["psnr"] - 0.05
     assert set(report["segmentation"]["miou"]) == {"automatic", "box", "clicks_1", "clicks_3", "clicks_5"}
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] == 5 * 80
@@ -117,3 +124,17 @@ def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, 
                  *SMALL]) == 2
     assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
                  *SMALL, "--ssim-weight", "-1"]) == 2
+
+
+def test_scene_breakdown_means_per_kind() -> None:
+    from dicom_service.training.evaluate_video import SCENE_METHODS, scene_breakdown
+
+    def record(teeth: bool, value: float) -> dict:
+        return {"teeth": teeth, **{m: {"psnr": value, "ssim": value / 100, "psnr_gain_corrected": value + 1}
+                                   for m in SCENE_METHODS}}
+
+    out = scene_breakdown([record(True, 30.0), record(True, 32.0), record(False, 20.0)])
+    assert out["with_teeth"]["clips"] == 2 and out["with_teeth"]["full_auto"]["psnr"] == pytest.approx(31.0)
+    assert out["without_teeth"]["no_prior"]["psnr_gain_corrected"] == pytest.approx(21.0)
+    empty = scene_breakdown([record(True, 30.0)])["without_teeth"]
+    assert empty == {"clips": 0}

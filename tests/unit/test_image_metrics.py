@@ -1,4 +1,4 @@
-"""PSNR and SSIM against values computed by hand."""
+"""PSNR, SSIM and the channel-gain diagnostic against values computed by hand."""
 
 from __future__ import annotations
 
@@ -40,3 +40,17 @@ def test_shape_mismatch_is_an_error() -> None:
         psnr(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8))
     with pytest.raises(ValueError, match="shapes differ"):
         ssim(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8))
+
+
+def test_gain_corrected_removes_a_colour_cast_not_detail() -> None:
+    from dicom_service.training.image_metrics import gain_corrected
+
+    rng = np.random.default_rng(0)
+    clean = rng.integers(40, 200, (2, 16, 16, 3), dtype=np.uint8)
+    cast = np.clip(clean * np.array([0.8, 1.0, 1.2]), 0, 255).astype(np.uint8)
+    assert psnr(cast, clean) < 25
+    assert psnr(gain_corrected(cast, clean), clean) > 45  # a pure channel gain is undone
+    noisy = np.clip(clean + rng.normal(0, 8, clean.shape), 0, 255).astype(np.uint8)
+    assert abs(psnr(gain_corrected(noisy, clean), clean) - psnr(noisy, clean)) < 0.2  # detail error stays
+    with pytest.raises(ValueError, match="one shape"):
+        gain_corrected(cast[0], clean)
