@@ -20,9 +20,11 @@ tooth pixels only. ``by_scene`` splits the clips into those with teeth in view a
 without (mucosa only, where no known colour tells the exposure), and gives for each
 ``psnr_gain_corrected``: the PSNR left once each clip's output is multiplied by the
 channel gains that best fit the clean clip (:func:`gain_corrected`, a diagnostic: the
-gap to ``psnr`` is the share of the error that is global colour / exposure). Propagation: the true mask of frame 0 (a perfect correction) carried
-through the clip (:func:`propagate_correction`), mIoU on the other frames. Flow: DIS end-point error against the
-true phantom flow, on pixels whose target stays inside the frame. Interframe models (when bundled): see
+gap to ``psnr`` is the share of the error that is global colour / exposure).
+Propagation: the true mask of frame 0 (a perfect correction) carried through the clip
+(:func:`propagate_correction`), mIoU on the other frames. Flow: DIS end-point error
+against the true phantom flow, on pixels whose target stays inside the frame.
+Interframe models (when bundled): see
 :func:`~dicom_service.training.train_interframe.evaluate_interframe`.
 """
 
@@ -268,7 +270,8 @@ def metrics_table(report: dict[str, Any]) -> str:
         lines.append(f"{method:<18}{values['psnr']:>9.2f}{values['ssim']:>8.4f}{values['psnr_teeth']:>12.2f}")
     for kind, entry in report.get("by_scene", {}).items():
         lines.append(f"{kind.replace('_', ' ')} ({entry['clips']} clips): " + "  ".join(
-            f"{m} {entry[m]['psnr']:.2f} dB / {entry[m]['ssim']:.3f} (gain-corrected {entry[m]['psnr_gain_corrected']:.2f})"
+            f"{m} {entry[m]['psnr']:.2f} dB / {entry[m]['ssim']:.3f} "
+            f"(gain-corrected {entry[m]['psnr_gain_corrected']:.2f})"
             for m in SCENE_METHODS if m in entry))
     lines.append("")
     for key, value in report["gains_db"].items():
