@@ -187,14 +187,15 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         }
         for key, masks in prompted.items():
             outputs[f"full_{key}"] = restore_clip(full, frames, masks, flows, device)
-        for method, result in outputs.items():
-            per_method[method]["psnr"].append(psnr(result, clip.clean))
-            per_method[method]["ssim"].append(ssim(result, clip.clean))
-            per_method[method]["psnr_teeth"].append(psnr(result, clip.clean, truth))
         scene: dict[str, Any] = {"teeth": bool(truth.any())}
-        for method in SCENE_METHODS:
-            scene[method] = {"psnr": per_method[method]["psnr"][-1], "ssim": per_method[method]["ssim"][-1],
-                             "psnr_gain_corrected": psnr(gain_corrected(outputs[method], clip.clean), clip.clean)}
+        for method, result in outputs.items():
+            values = {"psnr": psnr(result, clip.clean), "ssim": ssim(result, clip.clean),
+                      "psnr_teeth": psnr(result, clip.clean, truth)}
+            for key, value in values.items():
+                per_method[method][key].append(value)
+            if method in SCENE_METHODS:
+                scene[method] = {"psnr": values["psnr"], "ssim": values["ssim"],
+                                 "psnr_gain_corrected": psnr(gain_corrected(result, clip.clean), clip.clean)}
         scenes.append(scene)
         if truth[0].any():  # a perfect correction on frame 0, carried through the clip
             carried = propagate_correction(segmenter, frames, 0, truth[0], flow=dis)
