@@ -80,18 +80,19 @@ def _percentile(values: list[float], q: float) -> float:
 
 def bench_restoration(runtime: Any, clip: Any, device: str) -> dict[str, Any]:
     """Restoration model alone on a clip (masks and flows prepared outside the clock)."""
-    from dicom_service.training.train_restoration import clip_flows
-    from dicom_service.vision.optical_flow import DisFlow
+    from dicom_service.vision.optical_flow import DisFlow, clip_flows
     from dicom_service.vision.restoration_model import restore_clip
     from dicom_service.vision.video_runtime import automatic_masks
 
     frames = clip.degraded
     masks = automatic_masks(runtime.segmenter, frames)
-    flows = clip_flows(frames, DisFlow())
+    dis = DisFlow()
+    flows = clip_flows(frames, dis)
+    following = clip_flows(frames, dis, step=1) if runtime.restorer.config.bidirectional else None
     restore_clip(runtime.restorer, frames[:2], masks[:2], flows[:2], device, runtime.dtype)  # warm-up
     _sync(device)
     started = time.perf_counter()
-    restore_clip(runtime.restorer, frames, masks, flows, device, runtime.dtype)
+    restore_clip(runtime.restorer, frames, masks, flows, device, runtime.dtype, next_flows=following)
     _sync(device)
     seconds = time.perf_counter() - started
     return {"frames": int(frames.shape[0]), "seconds": round(seconds, 3), "fps": round(frames.shape[0] / seconds, 2)}

@@ -46,6 +46,9 @@ def add_video_train_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", action="store_true",
                    help="restoration/noprior: add the full-resolution refinement stage (with --resume it is grown "
                         "onto the bundle's model, starting as the same function)")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="restoration/noprior: also fuse the flow-aligned next frame (with --resume it is grown "
+                        "onto the bundle's model, starting as the same function)")
     p.add_argument("--ssim-weight", type=float, default=0.0,
                    help="restoration/noprior: weight of a (1 - SSIM) term added to the Smooth L1 loss")
     p.add_argument("--interframe-steps", type=int, default=2000, help="steps of the x2 SR and interpolation models")
@@ -82,6 +85,8 @@ def _train_command(args: argparse.Namespace) -> str:
         parts.append("--resume")
     if args.refine:
         parts.append("--refine")
+    if args.bidirectional:
+        parts.append("--bidirectional")
     if args.ssim_weight:
         parts += ["--ssim-weight", str(args.ssim_weight)]
     return shlex.join(parts)
@@ -141,7 +146,8 @@ def cmd_train_video(args: argparse.Namespace) -> int:
             try:
                 summary[part] = train_restoration_bundle(train, val, args.out / folder, use_prior=prior,
                                                          width=args.width, opts=opts, device=device, facts=facts,
-                                                         log=_log, resume=args.resume, refine=args.refine)
+                                                         log=_log, resume=args.resume, refine=args.refine,
+                                                         bidirectional=args.bidirectional)
             except (ValueError, FileNotFoundError) as exc:
                 print(f"dicom-service train video: {exc}", file=sys.stderr)
                 return 2

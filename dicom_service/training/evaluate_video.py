@@ -12,7 +12,8 @@ Restoration is compared on the same clips, each output against the clean frames:
                         simulated clicks (seed 000's prompt ablation carried into the
                         restoration);
 ``full_true_mask``      the full model with the true masks (upper bound of the prior);
-``full_no_flow``        the full model, automatic masks, previous-frame features not
+``full_no_flow``        the full model, automatic masks, the neighbouring frames'
+                        features (previous; next too for a bidirectional model) not
                         aligned by flow (the motion ablation).
 
 PSNR is averaged per clip (over all its frames); ``psnr_teeth`` is measured on the true
@@ -21,6 +22,9 @@ without (mucosa only, where no known colour tells the exposure), and gives for e
 ``psnr_gain_corrected``: the PSNR left once each clip's output is multiplied by the
 channel gains that best fit the clean clip (:func:`gain_corrected`, a diagnostic: the
 gap to ``psnr`` is the share of the error that is global colour / exposure).
+For phantom clips, whose degradation is known, ``by_defocus`` and ``by_jpeg_quality``
+group them by the defocus disc radius and the JPEG quality they were rendered with, and
+``per_clip`` lists each clip's facts and metrics (where the SSIM gap lives).
 Propagation: the true mask of frame 0 (a perfect correction) carried through the clip
 (:func:`propagate_correction`), mIoU on the other frames. Flow: DIS end-point error
 against the true phantom flow, on pixels whose target stays inside the frame.
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,13 +47,12 @@ import torch
 
 from dicom_service.training.image_metrics import gain_corrected, mask_iou, psnr, ssim
 from dicom_service.training.train_interframe import evaluate_interframe
-from dicom_service.training.train_restoration import clip_flows
 from dicom_service.training.train_sam import PROMPT_MODES, prompted_masks, segmentation_report
-from dicom_service.training.video_phantoms import VideoClip
+from dicom_service.training.video_phantoms import VideoClip, clip_degradation
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
 from dicom_service.vision.interframe import load_interframe_bundle
 from dicom_service.vision.mask_propagation import propagate_correction
-from dicom_service.vision.optical_flow import DisFlow, endpoint_error
+from dicom_service.vision.optical_flow import DisFlow, clip_flows, endpoint_error
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_masks
@@ -57,34 +60,67 @@ from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_ma
 METHODS = ("degraded", "classical", "no_prior", "full_auto", "full_box", "full_clicks_1", "full_clicks_3",
            "full_clicks_5", "full_true_mask", "full_no_flow")
 SHEET_COLUMNS = ("degraded", "classical", "no_prior", "full_auto", "clean")
-#: Methods broken down by scene (clips with / without teeth in view).
+#: Methods broken down by clip kind (:data:`BREAKDOWNS`) and listed per clip.
 SCENE_METHODS = ("degraded", "classical", "no_prior", "full_auto")
+ClipRecord = dict[str, Any]
+#: Clip groupings of the report: ``{breakdown: {kind: predicate on a clip record}}``.
+#: ``by_scene`` holds for every clip; the degradation groupings only for phantom clips
+#: whose parameters are known (:func:`~dicom_service.training.video_phantoms.clip_degradation`).
+BREAKDOWNS: dict[str, dict[str, Callable[[ClipRecord], bool]]] = {
+    "by_scene": {"with_teeth": lambda r: r["teeth"], "without_teeth": lambda r: not r["teeth"]},
+    "by_defocus": {"sharp": lambda r: r["defocus_px"] == 0.0,
+                   "defocus_under_1.4px": lambda r: 0.0 < r["defocus_px"] < 1.4,
+                   "defocus_1.4px_and_over": lambda r: r["defocus_px"] >= 1.4},
+    "by_jpeg_quality": {"quality_under_50": lambda r: r["jpeg_quality"] < 50,
+                        "quality_50_and_over": lambda r: r["jpeg_quality"] >= 50},
+}
 
 
-def scene_breakdown(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean metrics per scene kind.
+def breakdown(records: Sequence[ClipRecord], groups: dict[str, Callable[[ClipRecord], bool]]
+              ) -> dict[str, dict[str, Any]]:
+    """Mean metrics per clip kind.
 
     Parameters
     ----------
     records : sequence of dict
-        One per clip: ``{"teeth": bool, method: {"psnr", "ssim", "psnr_gain_corrected"}}``
-        for the methods of :data:`SCENE_METHODS`.
+        One per clip: the fields the predicates read (``teeth``, ``defocus_px``,
+        ``jpeg_quality``) and ``{method: {"psnr", "ssim", "psnr_gain_corrected"}}`` for
+        the methods of :data:`SCENE_METHODS`.
+    groups : dict
+        ``{kind: predicate}``, e.g. one of :data:`BREAKDOWNS`.
 
     Returns
     -------
     dict
-        ``{"with_teeth" | "without_teeth": {"clips": n, method: {metric: mean}}}``; a
-        kind without clips has ``clips`` 0 and no methods.
+        ``{kind: {"clips": n, method: {metric: mean}}}``; a kind without clips has
+        ``clips`` 0 and no methods.
     """
     out: dict[str, dict[str, Any]] = {}
-    for kind, teeth in (("with_teeth", True), ("without_teeth", False)):
-        chosen = [r for r in records if r["teeth"] == teeth]
+    for kind, chosen_by in groups.items():
+        chosen = [r for r in records if chosen_by(r)]
         entry: dict[str, Any] = {"clips": len(chosen)}
         if chosen:
             for method in SCENE_METHODS:
                 entry[method] = {k: float(np.mean([r[method][k] for r in chosen])) for k in chosen[0][method]}
         out[kind] = entry
     return out
+
+
+def clip_record(clip: VideoClip, teeth: bool) -> ClipRecord:
+    """The facts of a clip the breakdowns group by: name, teeth in view and, for a
+    phantom clip, its degradation (``defocus_px``, ``exposure``, ``jpeg_quality``; None otherwise)."""
+    params = clip_degradation(clip)
+    return {"name": clip.name, "teeth": teeth,
+            "defocus_px": None if params is None else params.defocus,
+            "exposure": None if params is None else params.exposure,
+            "jpeg_quality": None if params is None else params.quality}
+
+
+def breakdowns(records: Sequence[ClipRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every grouping of :data:`BREAKDOWNS` that applies: the degradation ones only when
+    every clip's degradation is known."""
+    known = all(r["defocus_px"] is not None for r in records)
+    return {name: breakdown(records, groups) for name, groups in BREAKDOWNS.items() if name == "by_scene" or known}
 
 
 def interactive_masks(segmenter: ToothSegmenter, frames: np.ndarray, truth: np.ndarray,
@@ -160,11 +196,13 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
     automatic: list[np.ndarray] = []
     prompted_all: dict[str, list[np.ndarray]] = {k: [] for k in PROMPT_MODES}
     sheet_rows = []
-    scenes: list[dict[str, Any]] = []
+    records: list[ClipRecord] = []
     for index, clip in enumerate(clips):
         frames, truth, count = clip.degraded, np.asarray(clip.masks, dtype=bool), clip.degraded.shape[0]
         with _timed(seconds, "flow", count):
             flows = clip_flows(frames, dis)
+            bidirectional = full.config.bidirectional or no_prior.config.bidirectional
+            following = clip_flows(frames, dis, step=1) if bidirectional else None
         with _timed(seconds, "segment", count):
             auto = automatic_masks(segmenter, frames)
         with _timed(seconds, "prompted", count):
@@ -176,27 +214,29 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         with _timed(seconds, "classical", count):
             classical_frames = classical.enhance(frames, clip.fps).frames
         with _timed(seconds, "restore", count):
-            full_auto = restore_clip(full, frames, auto, flows, device)
+            full_auto = restore_clip(full, frames, auto, flows, device, next_flows=following)
+        # the neighbours' features taken as they are (zero flow) for the motion ablation
+        unaligned = None if following is None else [None if f is None else np.zeros_like(f) for f in following]
         outputs = {
             "degraded": frames,
             "classical": classical_frames,
-            "no_prior": restore_clip(no_prior, frames, None, flows, device),
+            "no_prior": restore_clip(no_prior, frames, None, flows, device, next_flows=following),
             "full_auto": full_auto,
-            "full_true_mask": restore_clip(full, frames, truth, flows, device),
-            "full_no_flow": restore_clip(full, frames, auto, None, device),
+            "full_true_mask": restore_clip(full, frames, truth, flows, device, next_flows=following),
+            "full_no_flow": restore_clip(full, frames, auto, None, device, next_flows=unaligned),
         }
         for key, masks in prompted.items():
-            outputs[f"full_{key}"] = restore_clip(full, frames, masks, flows, device)
-        scene: dict[str, Any] = {"teeth": bool(truth.any())}
+            outputs[f"full_{key}"] = restore_clip(full, frames, masks, flows, device, next_flows=following)
+        record = clip_record(clip, bool(truth.any()))
         for method, result in outputs.items():
             values = {"psnr": psnr(result, clip.clean), "ssim": ssim(result, clip.clean),
                       "psnr_teeth": psnr(result, clip.clean, truth)}
             for key, value in values.items():
                 per_method[method][key].append(value)
             if method in SCENE_METHODS:
-                scene[method] = {"psnr": values["psnr"], "ssim": values["ssim"],
+                record[method] = {"psnr": values["psnr"], "ssim": values["ssim"],
                                  "psnr_gain_corrected": psnr(gain_corrected(result, clip.clean), clip.clean)}
-        scenes.append(scene)
+        records.append(record)
         if truth[0].any():  # a perfect correction on frame 0, carried through the clip
             carried = propagate_correction(segmenter, frames, 0, truth[0], flow=dis)
             propagation.extend(mask_iou(carried[t], truth[t]) for t in range(1, count))
@@ -215,7 +255,8 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         "clips": len(clips), "frames": total_frames, "size": [width, height], "device": device,
         "methods": {m: {k: float(np.nanmean(v)) if v else None for k, v in values.items()}
                     for m, values in per_method.items()},
-        "by_scene": scene_breakdown(scenes),
+        **breakdowns(records),
+        "per_clip": records,
         "segmentation": segmentation_report(truths, automatic, prompted_all,
                                             seconds["segment"] + seconds["prompted"]),
         "propagation_miou": float(np.mean(propagation)) if propagation else None,
@@ -269,11 +310,12 @@ def metrics_table(report: dict[str, Any]) -> str:
              f"on {report['device']}", "", f"{'method':<18}{'PSNR dB':>9}{'SSIM':>8}{'PSNR teeth':>12}"]
     for method, values in report["methods"].items():
         lines.append(f"{method:<18}{values['psnr']:>9.2f}{values['ssim']:>8.4f}{values['psnr_teeth']:>12.2f}")
-    for kind, entry in report.get("by_scene", {}).items():
-        lines.append(f"{kind.replace('_', ' ')} ({entry['clips']} clips): " + "  ".join(
-            f"{m} {entry[m]['psnr']:.2f} dB / {entry[m]['ssim']:.3f} "
-            f"(gain-corrected {entry[m]['psnr_gain_corrected']:.2f})"
-            for m in SCENE_METHODS if m in entry))
+    for name in BREAKDOWNS:
+        for kind, entry in report.get(name, {}).items():
+            lines.append(f"{kind.replace('_', ' ')} ({entry['clips']} clips): " + "  ".join(
+                f"{m} {entry[m]['psnr']:.2f} dB / {entry[m]['ssim']:.3f} "
+                f"(gain-corrected {entry[m]['psnr_gain_corrected']:.2f})"
+                for m in SCENE_METHODS if m in entry))
     lines.append("")
     for key, value in report["gains_db"].items():
         lines.append(f"gain {key:<28}{value:>+8.2f} dB")

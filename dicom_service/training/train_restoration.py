@@ -4,7 +4,10 @@ Each step draws random crops of consecutive frame pairs ``(t - 1, t)`` from the 
 clips: the degraded current and previous frames, the DIS flow current → previous
 computed on the *degraded* frames (as at inference), the tooth mask (ground truth,
 randomly eroded or dilated by up to 3 px so that the model tolerates imperfect automatic
-masks) and the clean current frame. Loss: Smooth L1 (beta 0.01) on the restored frame
+masks) and the clean current frame. For a bidirectional model the samples are triplets
+``(t - 1, t, t + 1)`` with the flow current → next as well, and ``t`` also falls on a
+clip's first and last frames, where the missing neighbour is the current frame with a
+zero flow (what the network computes when the neighbour is absent). Loss: Smooth L1 (beta 0.01) on the restored frame
 plus half the Smooth L1 of the region branch inside the tooth mask (seed 000), plus
 optionally ``ssim_weight`` × (1 − SSIM) of the restored frame (:func:`ssim_torch`, the
 measure ``eval video`` reports; an addition to the seed's loss, off by default).
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 from dicom_service.training.image_metrics import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, psnr
 from dicom_service.training.optim import optimiser_step, warmup_cosine
 from dicom_service.training.video_phantoms import VideoClip
-from dicom_service.vision.optical_flow import DisFlow
+from dicom_service.vision.optical_flow import DisFlow, clip_flows
 from dicom_service.vision.restoration_model import restore_clip
 from dicom_service.vision.restoration_net import SIZE_MULTIPLE, PriorRestorationNet, RestorationConfig
 
@@ -60,17 +63,6 @@ class RestorationTrainOptions:
             raise ValueError(f"the SSIM weight must be >= 0, got {self.ssim_weight}")
 
 
-def clip_flows(frames: np.ndarray, flow: DisFlow) -> list[np.ndarray | None]:
-    """DIS flows frame ``t`` → ``t - 1`` for ``t >= 1`` (entry 0 is None).
-
-    Parameters
-    ----------
-    frames : np.ndarray
-        ``(T, H, W, 3)`` uint8 RGB.
-    """
-    return [None] + [flow(frames[t], frames[t - 1]) for t in range(1, frames.shape[0])]
-
-
 class PairSampler:
     """Random crops of consecutive frame pairs from a list of clips.
 
@@ -81,9 +73,11 @@ class PairSampler:
     crop : int
         Crop side (multiple of 16).
     seed : int
+    bidirectional : bool
+        Triplets with the next frame (see the module docstring).
     """
 
-    def __init__(self, clips: Sequence[VideoClip], crop: int, seed: int) -> None:
+    def __init__(self, clips: Sequence[VideoClip], crop: int, seed: int, bidirectional: bool = False) -> None:
         if crop % SIZE_MULTIPLE:
             raise ValueError(f"crop must be a multiple of {SIZE_MULTIPLE}, got {crop}")
         usable = [c for c in clips if c.clean.shape[0] >= 2 and min(c.clean.shape[1:3]) >= crop]
@@ -92,8 +86,10 @@ class PairSampler:
         self.clips = usable
         self.crop = crop
         self.rng = np.random.default_rng(seed)
+        self.bidirectional = bidirectional
         dis = DisFlow()
         self.flows = [clip_flows(c.degraded, dis) for c in usable]
+        self.next_flows = [clip_flows(c.degraded, dis, step=1) for c in usable] if bidirectional else []
 
     def _mask(self, mask: np.ndarray, change: int) -> np.ndarray:
         m = mask.astype(np.uint8)
@@ -105,35 +101,42 @@ class PairSampler:
 
     def batch(self, size: int) -> dict[str, torch.Tensor]:
         """A batch: ``image``, ``previous``, ``clean`` ``(N, 3, c, c)``; ``mask``,
-        ``previous_mask`` ``(N, 1, c, c)``; ``flow`` ``(N, 2, c, c)`` (current → previous)."""
-        keys = ("image", "previous", "clean", "mask", "previous_mask", "flow")
-        items: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        ``previous_mask`` ``(N, 1, c, c)``; ``flow`` ``(N, 2, c, c)`` (current → previous);
+        bidirectional: also ``next`` ``(N, 3, c, c)``, ``next_mask`` ``(N, 1, c, c)`` and
+        ``next_flow`` ``(N, 2, c, c)`` (current → next)."""
+        items: dict[str, list[np.ndarray]] = {}
         c = self.crop
         for _ in range(size):
             k = int(self.rng.integers(len(self.clips)))
             clip = self.clips[k]
-            t = int(self.rng.integers(1, clip.clean.shape[0]))
+            count = clip.clean.shape[0]
+            t = int(self.rng.integers(0, count)) if self.bidirectional else int(self.rng.integers(1, count))
             h, w = clip.clean.shape[1:3]
             y, x = int(self.rng.integers(0, h - c + 1)), int(self.rng.integers(0, w - c + 1))
             change = int(self.rng.integers(-3, 4))
             window = (slice(y, y + c), slice(x, x + c))
-            flow = self.flows[k][t][window].copy()
-            sample = {
-                "image": clip.degraded[t][window], "previous": clip.degraded[t - 1][window],
-                "clean": clip.clean[t][window],
-                "mask": self._mask(clip.masks[t], change)[window][..., None],
-                "previous_mask": self._mask(clip.masks[t - 1], change)[window][..., None],
-            }
+            sample = {"image": clip.degraded[t][window], "clean": clip.clean[t][window],
+                      "mask": self._mask(clip.masks[t], change)[window][..., None]}
+            flows: dict[str, np.ndarray] = {}
+            neighbours = [("previous", "flow", -1, self.flows[k])]
+            if self.bidirectional:
+                neighbours.append(("next", "next_flow", 1, self.next_flows[k]))
+            for name, flow_key, step, clip_flow in neighbours:
+                inside = 0 <= t + step < count
+                source = t + step if inside else t  # a missing neighbour: the frame itself, zero flow
+                sample[name] = clip.degraded[source][window]
+                sample[f"{name}_mask"] = self._mask(clip.masks[source], change)[window][..., None]
+                flow = clip_flow[t] if inside else None
+                flows[flow_key] = flow[window].copy() if flow is not None else np.zeros((c, c, 2), np.float32)
             if self.rng.random() < 0.5:  # horizontal flip: x components of the flow change sign
                 sample = {key: v[:, ::-1] for key, v in sample.items()}
-                flow = flow[:, ::-1] * np.array([-1.0, 1.0], dtype=np.float32)
-            sample["flow"] = flow
-            for key, value in sample.items():
-                items[key].append(np.ascontiguousarray(value))
+                flows = {key: v[:, ::-1] * np.array([-1.0, 1.0], dtype=np.float32) for key, v in flows.items()}
+            for key, value in {**sample, **flows}.items():
+                items.setdefault(key, []).append(np.ascontiguousarray(value))
         out = {}
         for key, values in items.items():
             array = torch.from_numpy(np.stack(values)).permute(0, 3, 1, 2).float()
-            out[key] = array / 255.0 if key in ("image", "previous", "clean") else array
+            out[key] = array / 255.0 if key in ("image", "previous", "next", "clean") else array
         return out
 
 
@@ -176,10 +179,13 @@ def restoration_loss(model: PriorRestorationNet, batch: dict[str, torch.Tensor],
     """Smooth L1 of the restored frame plus ``region_weight`` × masked Smooth L1 of the
     region branch (when the model has one) plus ``ssim_weight`` × (1 − SSIM) of the frame."""
     use_prior = model.config.use_prior
-    previous = None
+    previous = following = None
     if model.config.use_motion:
         previous = model.frame_features(batch["previous"], batch["previous_mask"] if use_prior else None)
-    restored, region, _ = model(batch["image"], batch["mask"] if use_prior else None, previous, batch["flow"])
+    if model.config.bidirectional:
+        following = model.frame_features(batch["next"], batch["next_mask"] if use_prior else None)
+    restored, region, _ = model(batch["image"], batch["mask"] if use_prior else None, previous, batch["flow"],
+                                following, batch.get("next_flow"))
     loss = F.smooth_l1_loss(restored, batch["clean"], beta=SMOOTH_L1_BETA)
     if region is not None:
         loss = loss + region_weight * _masked_smooth_l1(region, batch["clean"], batch["mask"])
@@ -204,14 +210,14 @@ def train_restoration(config: RestorationConfig, train: Sequence[VideoClip], opt
         Receives ``{"step", "loss", "lr", "seconds"}`` every 50 steps.
     initial : PriorRestorationNet, optional
         A trained model to continue from (its architecture must equal ``config``, grown
-        with :func:`~dicom_service.vision.restoration_net.grow_refinement` if needed);
+        with :func:`~dicom_service.vision.restoration_net.grow` if needed);
         training then runs ``opts.steps`` more steps with a fresh warm-up and cosine.
     """
     opts.validate()
     if initial is not None and initial.config != config:
         raise ValueError(f"cannot continue a {initial.config} model as {config}")
     torch.manual_seed(opts.seed)
-    sampler = PairSampler(train, opts.crop, opts.seed)
+    sampler = PairSampler(train, opts.crop, opts.seed, bidirectional=config.bidirectional)
     model = (initial if initial is not None else PriorRestorationNet(config)).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = warmup_cosine(optimiser, opts.steps, opts.warmup_steps)
@@ -233,6 +239,8 @@ def mean_psnr(model: PriorRestorationNet, clips: Sequence[VideoClip], device: st
     dis = DisFlow()
     values = []
     for clip in clips:
-        restored = restore_clip(model, clip.degraded, clip.masks, clip_flows(clip.degraded, dis), device)
+        following = clip_flows(clip.degraded, dis, step=1) if model.config.bidirectional else None
+        restored = restore_clip(model, clip.degraded, clip.masks, clip_flows(clip.degraded, dis), device,
+                                next_flows=following)
         values.append(psnr(restored, clip.clean))
     return float(np.mean(values))

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from dicom_service.training.intraoral_scene import render_scene
-from dicom_service.training.video_degradation import degrade_clip
+from dicom_service.training.video_degradation import DegradationParams, degrade_clip, sample_params
 
 GENERATOR_VERSION = "intraoral-video-1"
 SPLITS = ("train", "val", "test")
@@ -184,6 +184,16 @@ def render_clip(seed: int, *, frames: int = 12, height: int = 240, width: int = 
         raise ValueError(f"height and width must be >= 32, got {height} x {width}")
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    clean, masks, flow, motion, rng = _render_clean(seed, frames, height, width, fps, teeth, instrument)
+    degraded = degrade_clip(clean, motion, rng)
+    return VideoClip(clean=clean, degraded=degraded, masks=masks, flow=flow, fps=float(fps), name=f"seed_{seed}")
+
+
+def _render_clean(seed: int, frames: int, height: int, width: int, fps: float, teeth: bool | None,
+                  instrument: bool | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
+    """The clean part of :func:`render_clip`: ``clean``, ``masks``, ``flow``, the per-frame
+    image motion ``(T, 2)`` ``(dx, dy)`` and the generator in the state the degradation draws from."""
     rng = np.random.default_rng(seed)
     canvas_shape = (int(math.ceil(height * CANVAS_FACTOR)), int(math.ceil(width * CANVAS_FACTOR)))
     scene = render_scene(rng, canvas_shape, (height, width), teeth=teeth, instrument=instrument)
@@ -216,8 +226,26 @@ def render_clip(seed: int, *, frames: int = 12, height: int = 240, width: int = 
     centre = np.array([(width - 1) / 2, (height - 1) / 2, 1.0])
     motion = np.array([(cams[min(t + 1, frames - 1)] @ np.linalg.inv(cams[min(t + 1, frames - 1) - 1]) @ centre)[:2]
                        - centre[:2] for t in range(frames)])
-    degraded = degrade_clip(clean, motion, rng)
-    return VideoClip(clean=clean, degraded=degraded, masks=masks, flow=flow, fps=float(fps), name=f"seed_{seed}")
+    return clean, masks, flow, motion, rng
+
+
+def clip_degradation(clip: VideoClip) -> DegradationParams | None:
+    """The degradation parameters a phantom clip was rendered with, or None.
+
+    The clip is rendered again from the seed in its name (``seed_<n>``, default scene
+    options) and the parameters are drawn as :func:`render_clip` drew them; None when the
+    name carries no seed or the re-rendered clean frames differ from ``clip.clean`` (real
+    data, or a phantom made with other options or another generator version).
+    """
+    if not clip.name.startswith("seed_") or not clip.name[5:].isdigit():
+        return None
+    frames, height, width = clip.clean.shape[:3]
+    if frames < 2 or height < 32 or width < 32:
+        return None
+    clean, _, _, _, rng = _render_clean(int(clip.name[5:]), frames, height, width, clip.fps, None, None)
+    if not np.array_equal(clean, clip.clean):
+        return None
+    return sample_params(rng)
 
 
 def clip_seed(seed: int, split: str, index: int) -> int:

@@ -32,7 +32,7 @@ from dicom_service.training.train_restoration import RestorationTrainOptions, me
 from dicom_service.training.video_dataset import list_paired_root, list_split, load_clip, load_paired_folder
 from dicom_service.training.video_phantoms import VideoClip
 from dicom_service.vision.restoration_model import load_restoration_bundle, save_restoration_bundle
-from dicom_service.vision.restoration_net import RestorationConfig, grow_refinement
+from dicom_service.vision.restoration_net import RestorationConfig, grow
 
 PARTS = ("sam", "restoration", "noprior", "sr2", "interp2")
 #: What a resumed restoration bundle keeps of each earlier run in its ``"runs"`` list.
@@ -96,25 +96,29 @@ def train_sam_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], out: 
 def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], folder: Path, *,
                              use_prior: bool, width: int, opts: RestorationTrainOptions, device: str,
                              facts: dict[str, Any], log: Log, resume: bool = False,
-                             refine: bool = False) -> dict[str, Any]:
+                             refine: bool = False, bidirectional: bool = False) -> dict[str, Any]:
     """Train one restoration model, measure its val PSNR (true masks) and bundle it.
 
     With ``resume`` the bundle already in ``folder`` is trained on (same architecture;
-    with ``refine`` a bundle without the full-resolution refinement gets one grown, see
-    :func:`~dicom_service.vision.restoration_net.grow_refinement`); its earlier runs are
+    ``refine`` / ``bidirectional`` grow the full-resolution refinement / the next-frame
+    fusion onto a bundle without them, see
+    :func:`~dicom_service.vision.restoration_net.grow`); its earlier runs are
     kept in the new ``config.json`` under ``"runs"``, oldest first, and
     ``training_seconds`` becomes the total.
     """
-    config = RestorationConfig(width=width, use_prior=use_prior, refine=refine)
+    config = RestorationConfig(width=width, use_prior=use_prior, refine=refine, bidirectional=bidirectional)
     stage = "restoration" if use_prior else "noprior"
     initial, earlier = None, []
     if resume:
         initial, previous = load_restoration_bundle(folder, device)
-        if refine and initial.config == dataclasses.replace(config, refine=False):
-            initial = grow_refinement(initial)
-            log({"stage": stage, "grown": "full-resolution refinement (zero-started)"})
+        missing = {name: True for name in ("refine", "bidirectional")
+                   if getattr(config, name) and not getattr(initial.config, name)}
+        if missing and initial.config == dataclasses.replace(config, **{name: False for name in missing}):
+            initial = grow(initial, **missing)
+            log({"stage": stage, "grown": f"{', '.join(missing)} (zero-started)"})
         if initial.config != config:
-            raise ValueError(f"--resume: {folder} holds {initial.config}, not {config} (check --width, --refine)")
+            raise ValueError(f"--resume: {folder} holds {initial.config}, not {config} "
+                             "(check --width, --refine, --bidirectional)")
         earlier = [*previous.get("runs", []), {k: previous.get(k) for k in RUN_KEYS}]
     started = time.perf_counter()
     model = train_restoration(config, train, opts, device, log_fn=lambda r: log({"stage": stage, **r}),

@@ -64,6 +64,29 @@ class DisFlow:
         return flow.astype(np.float32, copy=False)
 
 
+def clip_flows(frames: np.ndarray, flow: DisFlow, step: int = -1) -> list[np.ndarray | None]:
+    """Flows from each frame to its neighbour ``t + step`` (``step`` -1: previous, +1: next).
+
+    Parameters
+    ----------
+    frames : np.ndarray
+        ``(T, H, W, 3)`` uint8 RGB.
+    flow : DisFlow
+    step : int
+        -1 or +1.
+
+    Returns
+    -------
+    list
+        ``T`` entries, ``(H, W, 2)`` float32 (x, y) frame ``t`` → frame ``t + step``;
+        None where the neighbour is outside the clip (the first or the last frame).
+    """
+    if step not in (-1, 1):
+        raise ValueError(f"step must be -1 or +1, got {step}")
+    count = frames.shape[0]
+    return [flow(frames[t], frames[t + step]) if 0 <= t + step < count else None for t in range(count)]
+
+
 def endpoint_error(predicted: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None) -> float:
     """Mean end-point error (pixels) between two ``(H, W, 2)`` flows.
 

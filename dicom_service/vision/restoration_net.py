@@ -15,7 +15,12 @@ Motion (MOST-NET+): the frame branch's half-resolution features of the *previous
 are warped onto the current frame with an optical flow (current → previous) and fused
 with the current features by channel attention (squeeze-and-excitation weights over the
 concatenated channels, then a 1x1 convolution). On the first frame of a clip the
-previous features are the current ones.
+previous features are the current ones. With ``bidirectional=True`` the *next* frame's
+features are aligned the same way (flow current → next) and fused by a second
+channel-attention module after the first: the handpiece shake makes the motion blur
+change from frame to frame, so each neighbour may hold detail the current frame lost.
+On the last frame the current features stand in. Its mixing convolution starts at zero,
+so a model grown from one without it starts as the same function (:func:`grow`).
 
 Without the prior (``use_prior=False``, the ablation of seed 000) the region branch is
 absent and the mask channel is not an input.
@@ -25,7 +30,7 @@ follows the frame branch: the branches work at half resolution and end in a pixe
 shuffle, which leaves pixel-level noise they cannot cancel; the refinement sees the
 input (and mask) beside the restored frame at full resolution and adds a correction. Its
 last convolution starts at zero, so a model grown from one without it starts as the same
-function (:func:`grow_refinement`).
+function (:func:`grow`).
 
 All tensors are ``(N, C, H, W)`` float32; images are RGB in ``[0, 1]``; masks ``(N, 1,
 H, W)`` in ``[0, 1]``; flows ``(N, 2, H, W)`` in pixels, channel 0 = x (column), 1 = y.
@@ -61,6 +66,8 @@ class RestorationConfig:
         Fuse the flow-aligned previous frame features.
     refine : bool
         Add the full-resolution refinement after the frame branch.
+    bidirectional : bool
+        Also fuse the flow-aligned next frame's features (needs ``use_motion``).
     """
 
     width: int = 32
@@ -68,6 +75,11 @@ class RestorationConfig:
     use_prior: bool = True
     use_motion: bool = True
     refine: bool = False
+    bidirectional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bidirectional and not self.use_motion:
+            raise ValueError("a bidirectional restoration model needs use_motion")
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -95,14 +107,20 @@ class ChannelAttentionFusion(nn.Module):
     ----------
     channels : int
         Channels of each input; the output has the same number.
+    zero_start : bool
+        Start the mixing convolution at zero, so that the module starts as the identity
+        on ``current`` (a module grown onto a trained model).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, zero_start: bool = False) -> None:
         super().__init__()
         both = 2 * channels
         self.attention = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(both, both // 4, 1), nn.ReLU(),
                                        nn.Conv2d(both // 4, both, 1), nn.Sigmoid())
         self.mix = nn.Conv2d(both, channels, 1)
+        if zero_start:
+            nn.init.zeros_(self.mix.weight)
+            nn.init.zeros_(self.mix.bias)
 
     def forward(self, current: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
         both = torch.cat([current, aligned], dim=1)
@@ -208,6 +226,8 @@ class PriorRestorationNet(nn.Module):
             self.fuse3 = nn.Conv2d(2 * w3, w3, 1)
         if config.use_motion:
             self.motion = ChannelAttentionFusion(w1)
+        if config.bidirectional:
+            self.next_motion = ChannelAttentionFusion(w1, zero_start=True)
         if config.refine:
             self.refine = FullResolutionRefinement(3 + prior)
 
@@ -231,7 +251,9 @@ class PriorRestorationNet(nn.Module):
         return torch.cat([image, mask], dim=1)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None,
-                previous: torch.Tensor | None = None, flow: torch.Tensor | None = None
+                previous: torch.Tensor | None = None, flow: torch.Tensor | None = None,
+                following: torch.Tensor | None = None, following_flow: torch.Tensor | None = None,
+                features: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Restore one frame.
 
@@ -246,6 +268,15 @@ class PriorRestorationNet(nn.Module):
             first frame (the current features stand in).
         flow : torch.Tensor or None
             ``(N, 2, H, W)`` flow current → previous in pixels (x, y); None = zero.
+        following : torch.Tensor or None
+            ``(N, w, H/2, W/2)`` :meth:`frame_features` of the next frame (bidirectional
+            models only; ignored otherwise); None on the last frame (the current features
+            stand in).
+        following_flow : torch.Tensor or None
+            ``(N, 2, H, W)`` flow current → next in pixels (x, y); None = zero.
+        features : torch.Tensor or None
+            This frame's :meth:`frame_features` when already computed (as ``following``
+            of the step before); None computes them.
 
         Returns
         -------
@@ -259,11 +290,15 @@ class PriorRestorationNet(nn.Module):
         """
         frame_in = self._frame_input(image, mask)
         branch = self.frame
-        f1 = branch.encode_half(frame_in)
+        f1 = branch.encode_half(frame_in) if features is None else features
         features = f1
         if self.config.use_motion:
             aligned = f1 if previous is None else warp(previous, _half_flow(flow, f1))
-            f1 = self.motion(f1, aligned)
+            fused = self.motion(f1, aligned)
+            if self.config.bidirectional:
+                aligned = f1 if following is None else warp(following, _half_flow(following_flow, f1))
+                fused = self.next_motion(fused, aligned)
+            f1 = fused
         region_out = None
         if self.config.use_prior:
             reg, prior = self.region, frame_in[:, 3:4]
@@ -284,22 +319,33 @@ class PriorRestorationNet(nn.Module):
         return restored, region_out, features
 
 
-def grow_refinement(model: PriorRestorationNet) -> PriorRestorationNet:
-    """A copy of a model without refinement, with a (zero-started) refinement added.
+#: Parameter-name prefixes of the parts :func:`grow` can add, by config field.
+GROWABLE = {"refine": "refine.", "bidirectional": "next_motion."}
 
-    The copy computes the same function as ``model`` until it is trained further.
+
+def grow(model: PriorRestorationNet, *, refine: bool = False, bidirectional: bool = False) -> PriorRestorationNet:
+    """A copy of a trained model with zero-started parts added.
+
+    ``refine`` adds the full-resolution refinement, ``bidirectional`` the next-frame
+    fusion. Both start at zero, so the copy computes the same function as ``model``
+    until it is trained further.
 
     Raises
     ------
     ValueError
-        ``model`` already has a refinement.
+        Nothing to add, or a part the model already has.
     """
-    if model.config.refine:
-        raise ValueError("the model already has the full-resolution refinement")
-    grown = PriorRestorationNet(replace(model.config, refine=True)).to(next(model.parameters()).device)
+    changes = {name: True for name, wanted in (("refine", refine), ("bidirectional", bidirectional)) if wanted}
+    if not changes:
+        raise ValueError("grow: name a part to add (refine, bidirectional)")
+    present = [name for name in changes if getattr(model.config, name)]
+    if present:
+        raise ValueError(f"the model already has {', '.join(present)}")
+    grown = PriorRestorationNet(replace(model.config, **changes)).to(next(model.parameters()).device)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("refine.") for key in missing):
-        raise ValueError(f"cannot grow the refinement: missing {missing}, unexpected {unexpected}")
+    prefixes = tuple(GROWABLE[name] for name in changes)
+    if unexpected or any(not key.startswith(prefixes) for key in missing):
+        raise ValueError(f"cannot grow {', '.join(changes)}: missing {missing}, unexpected {unexpected}")
     return grown.train(model.training)
 
 

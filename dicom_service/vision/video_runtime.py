@@ -7,9 +7,10 @@ Steps for a clip ``(T, H, W, 3)``:
 2. tooth masks: the bundled SAM-architecture model in its automatic mode (no prompt;
    see :meth:`~dicom_service.vision.tooth_predictor.ToothSegmenter.automatic`) on every
    frame;
-3. optical flow frame ``t`` → ``t - 1`` with OpenCV DIS on the degraded frames;
-4. restoration frame by frame with the previous frame's features warped by the flow
-   (:func:`~dicom_service.vision.restoration_model.restore_clip`);
+3. optical flow frame ``t`` → ``t - 1`` (and ``t`` → ``t + 1`` for a bidirectional
+   restoration model) with OpenCV DIS on the degraded frames;
+4. restoration frame by frame with the previous (and next) frame's features warped by
+   the flow (:func:`~dicom_service.vision.restoration_model.restore_clip`);
 5. optional stabilisation of the restored frames (camera path smoothing, the same code
    as the classical baseline);
 6. optional interframe enhancement: x2 frame interpolation (learned, flow-guided) and
@@ -38,7 +39,7 @@ from dicom_service.vision.interframe import (
     load_interframe_bundle,
     upscale_clip,
 )
-from dicom_service.vision.optical_flow import DisFlow
+from dicom_service.vision.optical_flow import DisFlow, clip_flows
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
 from dicom_service.vision.stabilisation import estimate_motion, shake_px, smoothing_radius, stabilise
@@ -135,10 +136,12 @@ class LearnedVideoRuntime:
         steps = ["Tooth masks: SAM-architecture model, automatic mode (prompt-free decoding)"]
         if scaled:
             steps.append(f"Processed downscaled to at most {MAX_WORK_PIXELS} pixels, result upscaled (bicubic)")
+        both = self.restorer.config.bidirectional
         if count >= 2:
-            steps.append("Optical flow: OpenCV DIS, frame to previous frame")
+            steps.append("Optical flow: OpenCV DIS, frame to previous" + (" and to next frame" if both else " frame"))
         steps.append("Restoration: dual-branch network (tooth region + whole frame, fused features), "
-                     "previous-frame features aligned by flow with channel attention")
+                     + ("previous- and next-frame" if both else "previous-frame")
+                     + " features aligned by flow with channel attention")
         if stabilised:
             steps.append("Camera-shake stabilisation (DIS optical flow, RANSAC similarity, "
                          f"camera path smoothed over {self.smoothing_seconds:g} s)")
@@ -184,9 +187,10 @@ class LearnedVideoRuntime:
         tick = ProgressThrottle(progress)
         masks = automatic_masks(self.segmenter, work, lambda t: tick(f"tooth masks {t + 1}/{count} frames"))
         dis = DisFlow()
-        flows = [None] + [dis(work[t], work[t - 1]) for t in range(1, count)]
+        flows = clip_flows(work, dis)
+        following = clip_flows(work, dis, step=1) if self.restorer.config.bidirectional else None
         restored = restore_clip(self.restorer, work, masks, flows, self.device, self.dtype,
-                                on_frame=lambda t: tick(f"restored {t + 1}/{count} frames"))
+                                on_frame=lambda t: tick(f"restored {t + 1}/{count} frames"), next_flows=following)
         if scaled:
             restored = _resize_stack(restored, (height, width), cv2.INTER_CUBIC)
             masks = _resize_stack(masks.astype(np.uint8), (height, width), cv2.INTER_NEAREST).astype(bool)

@@ -57,6 +57,13 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
             if entry["clips"]:
                 # the best channel gains can only raise the PSNR (up to rounding)
                 assert entry[method]["psnr_gain_corrected"] >= entry[method]["psnr"] - 0.05
+    # phantom clips: their degradation is known, so the clips are also grouped by it
+    assert len(report["per_clip"]) == report["clips"]
+    for name in ("by_defocus", "by_jpeg_quality"):
+        assert sum(entry["clips"] for entry in report[name].values()) == report["clips"]
+    sharp = [r for r in report["per_clip"] if r["defocus_px"] == 0.0]
+    assert report["by_defocus"]["sharp"]["clips"] == len(sharp)
+    assert all(30 <= r["jpeg_quality"] <= 70 and "full_auto" in r for r in report["per_clip"])
     assert set(report["segmentation"]["miou"]) == {"automatic", "box", "clicks_1", "clicks_3", "clicks_5"}
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] == 5 * 80
@@ -122,19 +129,50 @@ def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, 
     # a refined bundle resumes as such, and not as a model without the refinement
     assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration", "--resume",
                  *SMALL]) == 2
+    # --bidirectional grows the next-frame fusion onto the refined bundle
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration", "--resume",
+                 "--refine", "--bidirectional", *SMALL]) == 0
+    both = json.loads((out / "video_restoration" / "config.json").read_text())
+    assert both["architecture"]["bidirectional"] is True and len(both["runs"]) == 3
+    assert "--bidirectional" in both["command"]
+    model, _ = load_restoration_bundle(out / "video_restoration")
+    assert any(k.startswith("next_motion.") for k in model.state_dict())
     assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
                  *SMALL, "--ssim-weight", "-1"]) == 2
 
 
-def test_scene_breakdown_means_per_kind() -> None:
-    from dicom_service.training.evaluate_video import SCENE_METHODS, scene_breakdown
+def test_breakdown_means_per_kind() -> None:
+    from dicom_service.training.evaluate_video import BREAKDOWNS, SCENE_METHODS, breakdown, breakdowns
 
-    def record(teeth: bool, value: float) -> dict:
-        return {"teeth": teeth, **{m: {"psnr": value, "ssim": value / 100, "psnr_gain_corrected": value + 1}
-                                   for m in SCENE_METHODS}}
+    def record(teeth: bool, value: float, defocus: float | None = 0.0) -> dict:
+        return {"teeth": teeth, "defocus_px": defocus, "jpeg_quality": 40,
+                **{m: {"psnr": value, "ssim": value / 100, "psnr_gain_corrected": value + 1} for m in SCENE_METHODS}}
 
-    out = scene_breakdown([record(True, 30.0), record(True, 32.0), record(False, 20.0)])
+    out = breakdown([record(True, 30.0), record(True, 32.0), record(False, 20.0)], BREAKDOWNS["by_scene"])
     assert out["with_teeth"]["clips"] == 2 and out["with_teeth"]["full_auto"]["psnr"] == pytest.approx(31.0)
     assert out["without_teeth"]["no_prior"]["psnr_gain_corrected"] == pytest.approx(21.0)
-    empty = scene_breakdown([record(True, 30.0)])["without_teeth"]
+    empty = breakdown([record(True, 30.0)], BREAKDOWNS["by_scene"])["without_teeth"]
     assert empty == {"clips": 0}
+    by_defocus = breakdown([record(True, 30.0, 0.0), record(True, 26.0, 1.0), record(True, 24.0, 2.0)],
+                           BREAKDOWNS["by_defocus"])
+    assert [e["full_auto"]["psnr"] for e in by_defocus.values()] == [30.0, 26.0, 24.0]
+    # a clip of unknown degradation (real data) leaves only the scene grouping
+    assert set(breakdowns([record(True, 30.0), record(True, 30.0, None)])) == {"by_scene"}
+    assert set(breakdowns([record(True, 30.0)])) == set(BREAKDOWNS)
+
+
+def test_clip_degradation_of_phantoms_only() -> None:
+    from dataclasses import replace
+
+    from dicom_service.training.video_phantoms import clip_degradation
+
+    clip = render_clip(7, frames=3, height=48, width=64)
+    params = clip_degradation(clip)
+    assert params is not None and params == clip_degradation(clip)
+    assert params.defocus == 0.0 or 0.6 <= params.defocus <= 2.2
+    assert 30 <= params.quality <= 70 and 0.3 <= params.exposure <= 1.0
+    assert clip_degradation(replace(clip, name="patient_video")) is None
+    assert clip_degradation(replace(clip, name="seed_8")) is None  # another seed renders other frames
+    edited = clip.clean.copy()
+    edited[0, 0, 0, 0] ^= 1
+    assert clip_degradation(replace(clip, clean=edited)) is None

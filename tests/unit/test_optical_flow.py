@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dicom_service.vision.optical_flow import DisFlow, endpoint_error
+from dicom_service.vision.optical_flow import DisFlow, clip_flows, endpoint_error
 
 
 def _texture(height: int, width: int) -> np.ndarray:
@@ -24,6 +24,18 @@ def test_dis_recovers_a_translation_at_full_and_reduced_resolution() -> None:
         inner = flow[40:-40, 40:-40].reshape(-1, 2)
         assert np.median(inner[:, 0]) == pytest.approx(5.0, abs=0.5)
         assert np.median(inner[:, 1]) == pytest.approx(3.0, abs=0.5)
+
+
+def test_clip_flows_to_the_previous_and_the_next_frame() -> None:
+    image = _texture(96, 128)
+    frames = np.stack([np.roll(image, (0, 2 * t), axis=(0, 1)) for t in range(3)])  # +2 px in x per frame
+    backward, forward = clip_flows(frames, DisFlow()), clip_flows(frames, DisFlow(), step=1)
+    assert backward[0] is None and forward[2] is None and len(backward) == len(forward) == 3
+    for flows, sign in ((backward[1:], -1.0), (forward[:2], 1.0)):
+        for flow in flows:
+            assert np.median(flow[20:-20, 20:-20, 0]) == pytest.approx(2.0 * sign, abs=0.5)
+    with pytest.raises(ValueError, match="step"):
+        clip_flows(frames, DisFlow(), step=2)
 
 
 def test_flow_needs_two_frames_of_one_size() -> None:

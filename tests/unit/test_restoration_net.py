@@ -17,7 +17,7 @@ from dicom_service.vision.restoration_model import (  # noqa: E402
 from dicom_service.vision.restoration_net import (  # noqa: E402
     PriorRestorationNet,
     RestorationConfig,
-    grow_refinement,
+    grow,
     pad_to_multiple,
     warp,
 )
@@ -52,7 +52,7 @@ def test_forward_shapes_and_prior_requirement(prior: bool) -> None:
 def test_grown_refinement_starts_as_the_same_function_then_learns(prior: bool) -> None:
     torch.manual_seed(0)
     model = PriorRestorationNet(RestorationConfig(width=8, use_prior=prior)).eval()
-    grown = grow_refinement(model).eval()
+    grown = grow(model, refine=True).eval()
     assert grown.config.refine and not model.config.refine
     image = torch.rand(1, 3, 32, 48)
     mask = (torch.rand(1, 1, 32, 48) > 0.5).float() if prior else None
@@ -66,7 +66,34 @@ def test_grown_refinement_starts_as_the_same_function_then_learns(prior: bool) -
     torch.nn.functional.l1_loss(grown(image, mask)[0], target).backward()
     assert float(grown.refine.body[2].weight.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="already has"):
-        grow_refinement(grown)
+        grow(grown, refine=True)
+    with pytest.raises(ValueError, match="name a part"):
+        grow(grown)
+
+
+@pytest.mark.parametrize("prior", [True, False])
+def test_grown_next_frame_fusion_starts_as_the_same_function_then_learns(prior: bool) -> None:
+    torch.manual_seed(0)
+    model = PriorRestorationNet(RestorationConfig(width=8, use_prior=prior, refine=True)).eval()
+    grown = grow(model, bidirectional=True).eval()
+    assert grown.config.bidirectional and grown.config.refine
+    image, following_image = torch.rand(1, 3, 32, 48), torch.rand(1, 3, 32, 48)
+    mask = (torch.rand(1, 1, 32, 48) > 0.5).float() if prior else None
+    flow = torch.full((1, 2, 32, 48), 1.5)
+    with torch.no_grad():
+        previous = model.frame_features(torch.rand(1, 3, 32, 48), mask)
+        following = grown.frame_features(following_image, mask)
+        base, _, _ = model(image, mask, previous, flow)
+        out, _, _ = grown(image, mask, previous, flow, following, -flow)
+    assert torch.allclose(base, out, atol=1e-6)
+    grown.train()
+    restored = grown(image, mask, previous, flow, following, -flow)[0]
+    torch.nn.functional.l1_loss(restored, torch.rand(1, 3, 32, 48)).backward()
+    assert float(grown.next_motion.mix.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="already has bidirectional"):
+        grow(grown, bidirectional=True)
+    with pytest.raises(ValueError, match="needs use_motion"):
+        RestorationConfig(use_motion=False, bidirectional=True)
 
 
 def test_pad_to_multiple_keeps_the_original_size() -> None:
@@ -105,3 +132,30 @@ def test_restore_clip_on_odd_sizes_and_one_frame() -> None:
         restore_clip(model, frames, None, flows)
     with pytest.raises(ValueError, match="uint8"):
         restore_clip(model, frames.astype(np.float32), masks, flows)
+    with pytest.raises(ValueError, match="one entry per frame"):
+        restore_clip(model, frames, masks, flows[:2])
+
+
+def test_bidirectional_restore_clip_uses_the_next_frame() -> None:
+    torch.manual_seed(0)
+    model = PriorRestorationNet(RestorationConfig(width=8, bidirectional=True)).eval()
+    torch.nn.init.normal_(model.next_motion.mix.weight, std=0.5)  # a trained fusion is not zero
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (4, 37, 53, 3), dtype=np.uint8)
+    masks = rng.random((4, 37, 53)) > 0.5
+    flows = [None] + [np.zeros((37, 53, 2), np.float32)] * 3
+    following = [np.zeros((37, 53, 2), np.float32)] * 3 + [None]
+    with_next = restore_clip(model, frames, masks, flows, next_flows=following)
+    without = restore_clip(model, frames, masks, flows)
+    assert with_next.shape == frames.shape
+    # the next frame changes every frame but the last, which has no next frame
+    assert all(not np.array_equal(with_next[t], without[t]) for t in range(3))
+    assert np.array_equal(with_next[3], without[3])
+    # the same as running the network frame by frame with the next frame's features
+    with torch.no_grad():
+        pad = lambda a: pad_to_multiple(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255)[0]  # noqa: E731
+        image, mask = pad(frames[0]), pad(masks[0, ..., None].astype(np.uint8) * 255)
+        nxt, nmask = pad(frames[1]), pad(masks[1, ..., None].astype(np.uint8) * 255)
+        out, _, _ = model(image, mask, None, None, model.frame_features(nxt, nmask), torch.zeros(1, 2, 48, 64))
+    expected = (out[0, :, :37, :53].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(with_next[0], expected)

@@ -34,6 +34,30 @@ def test_sampler_batches_are_consistent(clips) -> None:
         PairSampler(clips, 128, seed=0)
 
 
+def test_bidirectional_sampler_gives_triplets_with_edge_frames_standing_in(clips) -> None:
+    batch = PairSampler(clips, 64, seed=0, bidirectional=True).batch(40)
+    assert batch["next"].shape == (40, 3, 64, 64) and batch["next_flow"].shape == (40, 2, 64, 64)
+    assert batch["next_mask"].shape == (40, 1, 64, 64)
+    first = [i for i in range(40) if torch.equal(batch["previous"][i], batch["image"][i])]
+    last = [i for i in range(40) if torch.equal(batch["next"][i], batch["image"][i])]
+    assert first and last and not set(first) & set(last)  # 3-frame clips: t = 0 and t = 2 both drawn
+    # a missing neighbour comes with a zero flow, a real one with the DIS flow
+    assert all(float(batch["flow"][i].abs().max()) == 0.0 for i in first)
+    assert all(float(batch["next_flow"][i].abs().max()) == 0.0 for i in last)
+    middle = [i for i in range(40) if i not in first and i not in last]
+    assert middle and all(float(batch["next_flow"][i].abs().max()) > 0.0 for i in middle)
+    # the pair sampler keeps its draws: every frame has a real previous frame
+    pairs = PairSampler(clips, 64, seed=0).batch(40)
+    assert "next" not in pairs and not any(torch.equal(pairs["previous"][i], pairs["image"][i]) for i in range(40))
+
+
+def test_bidirectional_training_runs_and_improves_on_the_input(clips) -> None:
+    opts = RestorationTrainOptions(steps=60, batch_size=4, crop=32, lr=2e-3, warmup_steps=5)
+    model = train_restoration(RestorationConfig(width=8, bidirectional=True), clips, opts)
+    assert model.config.bidirectional
+    assert mean_psnr(model, clips) > float(np.mean([mean_psnr_of(c) for c in clips]))
+
+
 @pytest.mark.parametrize("prior", [True, False])
 def test_short_training_lowers_the_loss(clips, prior: bool) -> None:
     records: list[dict] = []
