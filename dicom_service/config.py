@@ -173,7 +173,9 @@ class ModelSettings(_Section):
     """Which vision runtime each workflow uses."""
 
     video: str = Field("learned", description="'learned' (tooth SAM + restoration bundles in <path>, the "
-                       "default), 'learned-unstabilised', 'baseline' or 'baseline-unstabilised' (OpenCV only)")
+                       "default), 'learned-unstabilised', 'learned-sr2', 'learned-interp2', "
+                       "'learned-sr2-interp2', 'learned-noprior' (restoration without the tooth prior), "
+                       "'baseline' or 'baseline-unstabilised' (OpenCV only)")
     radiograph: str = Field("implants", description="'implants' (the trained bundle in <path>/implants, the "
                             "default) or 'baseline' (classical detector, no torch needed)")
     path: Path | None = Field(None, description="Folder of bundled models; null: the repository's models/.")

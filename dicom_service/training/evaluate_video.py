@@ -14,7 +14,11 @@ Restoration is compared on the same clips, each output against the clean frames:
 ``full_true_mask``      the full model with the true masks (upper bound of the prior);
 ``full_no_flow``        the full model, automatic masks, the neighbouring frames'
                         features (previous; next too for a bidirectional model) not
-                        aligned by flow (the motion ablation).
+                        aligned by flow (the motion ablation);
+``full_no_next``        the full model, automatic masks, the next frame not used (the
+                        current frame's features stand in for it, as on a clip's last
+                        frame): what the bidirectional fusion adds. For a model without
+                        it this is ``full_auto``.
 
 PSNR is averaged per clip (over all its frames); ``psnr_teeth`` is measured on the true
 tooth pixels only. ``by_scene`` splits the clips into those with teeth in view and those
@@ -58,7 +62,8 @@ from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_masks
 
 METHODS = ("degraded", "classical", "no_prior", "full_auto", "full_box", "full_clicks_1", "full_clicks_3",
-           "full_clicks_5", "full_true_mask", "full_no_flow")
+           "full_clicks_5", "full_true_mask", "full_no_flow",
+           "full_no_next")
 SHEET_COLUMNS = ("degraded", "classical", "no_prior", "full_auto", "clean")
 #: Methods broken down by clip kind (:data:`BREAKDOWNS`) and listed per clip.
 SCENE_METHODS = ("degraded", "classical", "no_prior", "full_auto")
@@ -224,6 +229,8 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
             "full_auto": full_auto,
             "full_true_mask": restore_clip(full, frames, truth, flows, device, next_flows=following),
             "full_no_flow": restore_clip(full, frames, auto, None, device, next_flows=unaligned),
+            "full_no_next": (restore_clip(full, frames, auto, flows, device) if full.config.bidirectional
+                             else full_auto),
         }
         for key, masks in prompted.items():
             outputs[f"full_{key}"] = restore_clip(full, frames, masks, flows, device, next_flows=following)

@@ -49,7 +49,7 @@ def _learned_implants(device: str, models_dir: Path) -> RadiographRuntime:
 
 
 def _video_bundles(name: str, models_dir: Path) -> None:
-    needed = ["video_restoration", "tooth_sam"]
+    needed = ["video_restoration_noprior" if "noprior" in name else "video_restoration", "tooth_sam"]
     needed += ["video_sr2"] if "sr2" in name else []
     needed += ["video_interp2"] if "interp2" in name else []
     for bundle in needed:
@@ -68,7 +68,7 @@ def _learned_video(name: str) -> Callable[[str, Path], VideoRuntime]:
         except ImportError as exc:
             raise ConfigError(f"models.video {name!r} needs torch and segment-anything ({exc})") from None
         return LearnedVideoRuntime(models_dir, device, stabilise="unstabilised" not in name,
-                                   upscale="sr2" in name, interpolate="interp2" in name)
+                                   upscale="sr2" in name, interpolate="interp2" in name, prior="noprior" not in name)
 
     return build
 
@@ -83,6 +83,7 @@ VIDEO_RUNTIMES: Mapping[str, Callable[[str, Path], VideoRuntime]] = MappingProxy
     "learned-sr2": _learned_video("learned-sr2"),
     "learned-interp2": _learned_video("learned-interp2"),
     "learned-sr2-interp2": _learned_video("learned-sr2-interp2"),
+    "learned-noprior": _learned_video("learned-noprior"),
 })
 
 #: Radiograph runtimes by name; each factory takes the resolved device and models folder.

@@ -49,9 +49,12 @@ from dicom_service.vision.tooth_sam import load_sam_bundle
 log = logging.getLogger(__name__)
 
 NAME = "iars-sam-prior-motion-restoration"
+#: The algorithm name when the restoration runs without the tooth prior (``prior=False``).
+NAME_NOPRIOR = "motion-restoration-without-tooth-prior"
 #: Frames with more pixels than this are processed downscaled (1280x720).
 MAX_WORK_PIXELS = 1280 * 720
 RESTORATION_BUNDLE, SAM_BUNDLE = "video_restoration", "tooth_sam"
+NOPRIOR_BUNDLE = "video_restoration_noprior"
 SR_BUNDLE, INTERP_BUNDLE = "video_sr2", "video_interp2"
 
 
@@ -88,7 +91,8 @@ class LearnedVideoRuntime:
     Parameters
     ----------
     models_dir : Path
-        Folder holding the ``video_restoration`` and ``tooth_sam`` bundles.
+        Folder holding the ``video_restoration`` (or ``video_restoration_noprior``) and
+        ``tooth_sam`` bundles.
     device : str
         ``"cpu"`` or ``"cuda[:N]"`` (resolved by the registry).
     stabilise : bool
@@ -99,6 +103,10 @@ class LearnedVideoRuntime:
         x2 super-resolution of the output (inputs up to :data:`MAX_WORK_PIXELS` only).
     interpolate : bool
         x2 frame rate (a learned frame between each pair; videos only).
+    prior : bool
+        Restore with the tooth-prior model (``video_restoration``, seed 000's design, the
+        default); False uses ``video_restoration_noprior`` (whole frame only). The tooth
+        masks are segmented either way: they are the Segmentation output.
 
     Raises
     ------
@@ -107,11 +115,13 @@ class LearnedVideoRuntime:
     """
 
     def __init__(self, models_dir: Path, device: str = "cpu", *, stabilise: bool = True,
-                 smoothing_seconds: float = 1.0, upscale: bool = False, interpolate: bool = False) -> None:
+                 smoothing_seconds: float = 1.0, upscale: bool = False, interpolate: bool = False,
+                 prior: bool = True) -> None:
         if smoothing_seconds <= 0:
             raise ValueError(f"smoothing_seconds must be > 0, got {smoothing_seconds}")
         self.device = torch.device(device)
-        self.restorer, restoration_config = load_restoration_bundle(models_dir / RESTORATION_BUNDLE, self.device)
+        bundle = RESTORATION_BUNDLE if prior else NOPRIOR_BUNDLE
+        self.restorer, restoration_config = load_restoration_bundle(models_dir / bundle, self.device)
         sam, sam_config = load_sam_bundle(models_dir / SAM_BUNDLE, self.device)
         self.segmenter = ToothSegmenter(sam)
         self.stabilise = stabilise
@@ -127,7 +137,8 @@ class LearnedVideoRuntime:
         self.configs = {"restoration": restoration_config, "sam": sam_config}
         versions = (restoration_config["weights"]["sha256"][:12], sam_config["weights"]["sha256"][:12])
         self.info = AlgorithmInfo(
-            name=NAME, version=f"restoration-{versions[0]}+sam-{versions[1]}", family="ai",
+            name=NAME if self.restorer.config.use_prior else NAME_NOPRIOR,
+            version=f"restoration-{versions[0]}+sam-{versions[1]}", family="ai",
             parameters=(f"stabilise={stabilise} smoothing_s={smoothing_seconds} upscale={upscale} "
                         f"interpolate={interpolate} device={self.device.type}"),
         )
@@ -139,7 +150,9 @@ class LearnedVideoRuntime:
         both = self.restorer.config.bidirectional
         if count >= 2:
             steps.append("Optical flow: OpenCV DIS, frame to previous" + (" and to next frame" if both else " frame"))
-        steps.append("Restoration: dual-branch network (tooth region + whole frame, fused features), "
+        network = ("dual-branch network (tooth region + whole frame, fused features)" if self.restorer.config.use_prior
+                   else "whole-frame network without the tooth prior")
+        steps.append(f"Restoration: {network}, "
                      + ("previous- and next-frame" if both else "previous-frame")
                      + " features aligned by flow with channel attention")
         if stabilised:
@@ -189,7 +202,8 @@ class LearnedVideoRuntime:
         dis = DisFlow()
         flows = clip_flows(work, dis)
         following = clip_flows(work, dis, step=1) if self.restorer.config.bidirectional else None
-        restored = restore_clip(self.restorer, work, masks, flows, self.device, self.dtype,
+        prior = masks if self.restorer.config.use_prior else None
+        restored = restore_clip(self.restorer, work, prior, flows, self.device, self.dtype,
                                 on_frame=lambda t: tick(f"restored {t + 1}/{count} frames"), next_flows=following)
         if scaled:
             restored = _resize_stack(restored, (height, width), cv2.INTER_CUBIC)

@@ -48,6 +48,8 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
                  "--device", "cpu"]) == 0
     report = json.loads((out / "eval_video.json").read_text())
     assert set(report["methods"]) >= {"degraded", "classical", "no_prior", "full_auto", "full_clicks_3"}
+    # a model without the next-frame fusion: not using the next frame changes nothing
+    assert report["methods"]["full_no_next"] == report["methods"]["full_auto"]
     assert report["methods"]["degraded"]["psnr"] < 40 and report["fps"]["learned_pipeline"] > 0
     assert set(report["interframe"]) == {"sr2", "interp2"}
     scenes = report["by_scene"]
@@ -137,6 +139,15 @@ def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, 
     assert "--bidirectional" in both["command"]
     model, _ = load_restoration_bundle(out / "video_restoration")
     assert any(k.startswith("next_motion.") for k in model.state_dict())
+    # eval video runs the bidirectional bundle with and without the next frame
+    for name in ("tooth_sam", "video_restoration_noprior"):
+        (out / name).mkdir()
+        for f in (models / name).iterdir():
+            (out / name / f.name).write_bytes(f.read_bytes())
+    assert main(["eval", "video", "--data", str(data), "--models", str(out), "--out", str(tmp_path / "eval"),
+                 "--device", "cpu"]) == 0
+    methods = json.loads((tmp_path / "eval" / "eval_video.json").read_text())["methods"]
+    assert all(0 < methods[m]["psnr"] < 100 for m in ("full_auto", "full_no_next", "full_no_flow"))
     assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
                  *SMALL, "--ssim-weight", "-1"]) == 2
 

@@ -30,6 +30,19 @@ def test_registry_builds_the_learned_runtime() -> None:
     assert isinstance(built, VideoRuntime) and built.info.family == "ai"
 
 
+def test_learned_noprior_restores_without_the_prior_and_still_segments() -> None:
+    """``learned-noprior``: the bundle trained without the tooth prior restores; SAM still
+    gives the tooth masks (the Segmentation output), and the provenance says which model ran."""
+    built = build_video_runtime("learned-noprior", "cpu")
+    assert isinstance(built, LearnedVideoRuntime) and built.restorer.config.use_prior is False
+    clip = render_clip(clip_seed(0, "test", 1), frames=3, teeth=True)
+    result = built.enhance(clip.degraded, clip.fps)
+    assert psnr(result.frames, clip.clean) > psnr(clip.degraded, clip.clean) + 3.0
+    assert _iou(result.tooth_masks, clip.masks) > 0.9
+    assert result.algorithm.name == "motion-restoration-without-tooth-prior"
+    assert any("without the tooth prior" in step for step in result.steps)
+
+
 def test_restores_and_segments_a_held_out_phantom(runtime: LearnedVideoRuntime) -> None:
     clip = render_clip(clip_seed(0, "test", 1), frames=4, teeth=True)
     result = runtime.enhance(clip.degraded, clip.fps)
@@ -38,6 +51,7 @@ def test_restores_and_segments_a_held_out_phantom(runtime: LearnedVideoRuntime) 
     assert _iou(result.tooth_masks, clip.masks) > 0.9
     assert result.metrics["tooth_area_fraction"] > 0.05
     assert any("SAM" in step for step in result.steps)
+    assert any("dual-branch" in step for step in result.steps)
 
 
 def test_odd_frame_size_and_a_single_frame(runtime: LearnedVideoRuntime) -> None:

@@ -48,10 +48,12 @@ def test_learned_video_names_and_missing_bundles(tmp_path) -> None:
     from dicom_service.vision.registry import check_runtime_names
 
     assert {"learned", "learned-unstabilised", "learned-sr2", "learned-interp2",
-            "learned-sr2-interp2"} <= set(VIDEO_RUNTIMES)
+            "learned-sr2-interp2", "learned-noprior"} <= set(VIDEO_RUNTIMES)
     with pytest.raises(ConfigError, match=r"models.video 'learned-sr2'.*video_restoration"):
         build_video_runtime("learned-sr2", "cpu", tmp_path)
     with pytest.raises(ConfigError, match="no trained bundle"):
         check_runtime_names("learned", "baseline", tmp_path)
+    with pytest.raises(ConfigError, match="video_restoration_noprior"):
+        check_runtime_names("learned-noprior", "baseline", tmp_path)
     if importlib.util.find_spec("segment_anything") is not None:
         assert build_video_runtime("learned-unstabilised", "cpu").stabilise is False
