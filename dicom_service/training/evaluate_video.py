@@ -18,7 +18,9 @@ Restoration is compared on the same clips, each output against the clean frames:
 ``full_no_next``        the full model, automatic masks, the next frame not used (the
                         current frame's features stand in for it, as on a clip's last
                         frame): what the bidirectional fusion adds. For a model without
-                        it this is ``full_auto``.
+                        it this is ``full_auto``;
+``full_empty_mask``     the full model told that no pixel is tooth (what a missed
+                        segmentation costs).
 
 PSNR is averaged per clip (over all its frames); ``psnr_teeth`` is measured on the true
 tooth pixels only. ``by_scene`` splits the clips into those with teeth in view and those
@@ -63,7 +65,7 @@ from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_ma
 
 METHODS = ("degraded", "classical", "no_prior", "full_auto", "full_box", "full_clicks_1", "full_clicks_3",
            "full_clicks_5", "full_true_mask", "full_no_flow",
-           "full_no_next")
+           "full_no_next", "full_empty_mask")
 SHEET_COLUMNS = ("degraded", "classical", "no_prior", "full_auto", "clean")
 #: Methods broken down by clip kind (:data:`BREAKDOWNS`) and listed per clip.
 SCENE_METHODS = ("degraded", "classical", "no_prior", "full_auto")
@@ -231,6 +233,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
             "full_no_flow": restore_clip(full, frames, auto, None, device, next_flows=unaligned),
             "full_no_next": (restore_clip(full, frames, auto, flows, device) if full.config.bidirectional
                              else full_auto),
+            "full_empty_mask": restore_clip(full, frames, np.zeros_like(truth), flows, device, next_flows=following),
         }
         for key, masks in prompted.items():
             outputs[f"full_{key}"] = restore_clip(full, frames, masks, flows, device, next_flows=following)

@@ -147,7 +147,7 @@ def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, 
     assert main(["eval", "video", "--data", str(data), "--models", str(out), "--out", str(tmp_path / "eval"),
                  "--device", "cpu"]) == 0
     methods = json.loads((tmp_path / "eval" / "eval_video.json").read_text())["methods"]
-    assert all(0 < methods[m]["psnr"] < 100 for m in ("full_auto", "full_no_next", "full_no_flow"))
+    assert all(0 < methods[m]["psnr"] < 100 for m in ("full_auto", "full_no_next", "full_no_flow", "full_empty_mask"))
     assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
                  *SMALL, "--ssim-weight", "-1"]) == 2
 
