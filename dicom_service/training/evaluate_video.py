@@ -64,8 +64,7 @@ from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_masks
 
 METHODS = ("degraded", "classical", "no_prior", "full_auto", "full_box", "full_clicks_1", "full_clicks_3",
-           "full_clicks_5", "full_true_mask", "full_no_flow",
-           "full_no_next", "full_empty_mask")
+           "full_clicks_5", "full_true_mask", "full_no_flow", "full_no_next", "full_empty_mask")
 SHEET_COLUMNS = ("degraded", "classical", "no_prior", "full_auto", "clean")
 #: Methods broken down by clip kind (:data:`BREAKDOWNS`) and listed per clip.
 SCENE_METHODS = ("degraded", "classical", "no_prior", "full_auto")

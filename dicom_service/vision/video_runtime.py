@@ -202,8 +202,7 @@ class LearnedVideoRuntime:
         dis = DisFlow()
         flows = clip_flows(work, dis)
         following = clip_flows(work, dis, step=1) if self.restorer.config.bidirectional else None
-        prior = masks if self.restorer.config.use_prior else None
-        restored = restore_clip(self.restorer, work, prior, flows, self.device, self.dtype,
+        restored = restore_clip(self.restorer, work, masks, flows, self.device, self.dtype,
                                 on_frame=lambda t: tick(f"restored {t + 1}/{count} frames"), next_flows=following)
         if scaled:
             restored = _resize_stack(restored, (height, width), cv2.INTER_CUBIC)

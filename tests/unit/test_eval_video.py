@@ -4,6 +4,7 @@ and their argument errors."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -141,9 +142,7 @@ def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, 
     assert any(k.startswith("next_motion.") for k in model.state_dict())
     # eval video runs the bidirectional bundle with and without the next frame
     for name in ("tooth_sam", "video_restoration_noprior"):
-        (out / name).mkdir()
-        for f in (models / name).iterdir():
-            (out / name / f.name).write_bytes(f.read_bytes())
+        shutil.copytree(models / name, out / name)
     assert main(["eval", "video", "--data", str(data), "--models", str(out), "--out", str(tmp_path / "eval"),
                  "--device", "cpu"]) == 0
     methods = json.loads((tmp_path / "eval" / "eval_video.json").read_text())["methods"]
