@@ -7,6 +7,7 @@ Registered by :mod:`dicom_service.training.cli_train` and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -15,7 +16,9 @@ from typing import Any
 
 from dicom_service.domain import ConfigError
 
-#: Bundle folder (under ``--out``) of each restoration part of ``train video``.
+#: Bundle folder (under ``--out``) of each restoration part of ``train video``, in training
+#: order: ``restoration`` first, so that ``--prior-from-noprior`` reads the noprior bundle
+#: before ``noprior`` is retrained.
 RESTORATION_FOLDERS = {"restoration": "video_restoration", "noprior": "video_restoration_noprior"}
 
 
@@ -51,6 +54,12 @@ def add_video_train_parser(kinds: argparse._SubParsersAction) -> None:
                         "onto the bundle's model, starting as the same function)")
     p.add_argument("--ssim-weight", type=float, default=0.0,
                    help="restoration/noprior: weight of a (1 - SSIM) term added to the Smooth L1 loss")
+    p.add_argument("--prior-from-noprior", action="store_true",
+                   help="restoration: start from the no-prior bundle in --out with the tooth prior grown onto it "
+                        "(starts as the same function; trained before noprior, so it reads the bundle as it was)")
+    p.add_argument("--mask-dropout", type=float, default=0.0,
+                   help="restoration: share of training samples whose tooth masks are emptied (a missed "
+                        "segmentation), so the model does not depend on the mask")
     p.add_argument("--interframe-steps", type=int, default=2000, help="steps of the x2 SR and interpolation models")
     p.add_argument("--interframe-crop", type=int, default=48,
                    help="SR input crop side; the interpolation crop is twice it (multiple of 16)")
@@ -89,6 +98,10 @@ def _train_command(args: argparse.Namespace) -> str:
         parts.append("--bidirectional")
     if args.ssim_weight:
         parts += ["--ssim-weight", str(args.ssim_weight)]
+    if args.prior_from_noprior:
+        parts.append("--prior-from-noprior")
+    if args.mask_dropout:
+        parts += ["--mask-dropout", str(args.mask_dropout)]
     return shlex.join(parts)
 
 
@@ -114,7 +127,7 @@ def cmd_train_video(args: argparse.Namespace) -> int:
         train = load_training_clips(args.data, args.paired, "train")
         val = load_training_clips(args.data, args.paired, "val")
         opts = RestorationTrainOptions(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-                                       ssim_weight=args.ssim_weight, seed=args.seed)
+                                       ssim_weight=args.ssim_weight, mask_dropout=args.mask_dropout, seed=args.seed)
         opts.validate()
         if args.width < 4 or min(args.sam_steps, args.interframe_steps) < 1:
             raise ValueError("--width must be >= 4, --sam-steps and --interframe-steps >= 1")
@@ -123,6 +136,11 @@ def cmd_train_video(args: argparse.Namespace) -> int:
         for part, folder in RESTORATION_FOLDERS.items():
             if args.resume and part in parts and not (args.out / folder / "config.json").is_file():
                 raise ValueError(f"--resume: no {part} bundle to continue in {args.out / folder}")
+        noprior_folder = args.out / RESTORATION_FOLDERS["noprior"]
+        if args.prior_from_noprior and "restoration" not in parts:
+            raise ValueError("--prior-from-noprior applies to the restoration part: add it to --only")
+        if args.prior_from_noprior and not (noprior_folder / "config.json").is_file():
+            raise ValueError(f"--prior-from-noprior: no noprior bundle in {noprior_folder}")
     except (ValueError, FileNotFoundError, ConfigError) as exc:
         print(f"dicom-service train video: {exc}", file=sys.stderr)
         return 2
@@ -143,11 +161,14 @@ def cmd_train_video(args: argparse.Namespace) -> int:
     for part, folder in RESTORATION_FOLDERS.items():
         if part in parts:
             prior = part == "restoration"
+            grow_from = noprior_folder if prior and args.prior_from_noprior else None
+            part_opts = opts if prior else dataclasses.replace(opts, mask_dropout=0.0)
             try:
                 summary[part] = train_restoration_bundle(train, val, args.out / folder, use_prior=prior,
-                                                         width=args.width, opts=opts, device=device, facts=facts,
-                                                         log=_log, resume=args.resume, refine=args.refine,
-                                                         bidirectional=args.bidirectional)
+                                                         width=args.width, opts=part_opts, device=device,
+                                                         facts=facts, log=_log, resume=args.resume,
+                                                         refine=args.refine, bidirectional=args.bidirectional,
+                                                         prior_from=grow_from)
             except (ValueError, FileNotFoundError) as exc:
                 print(f"dicom-service train video: {exc}", file=sys.stderr)
                 return 2

@@ -7,7 +7,10 @@ randomly eroded or dilated by up to 3 px so that the model tolerates imperfect a
 masks) and the clean current frame. For a bidirectional model the samples are triplets
 ``(t - 1, t, t + 1)`` with the flow current → next as well, and ``t`` also falls on a
 clip's first and last frames, where the missing neighbour is the current frame with a
-zero flow (what the network computes when the neighbour is absent). Loss: Smooth L1 (beta 0.01) on the restored frame
+zero flow (what the network computes when the neighbour is absent). With ``mask_dropout``
+a share of the samples get empty masks (all frames of the sample), so that a model with
+the prior learns to restore a frame whose teeth the segmenter missed as well as a model
+without it. Loss: Smooth L1 (beta 0.01) on the restored frame
 plus half the Smooth L1 of the region branch inside the tooth mask (seed 000), plus
 optionally ``ssim_weight`` × (1 − SSIM) of the restored frame (:func:`ssim_torch`, the
 measure ``eval video`` reports; an addition to the seed's loss, off by default).
@@ -49,6 +52,7 @@ class RestorationTrainOptions:
     warmup_steps: int = 100
     region_weight: float = 0.5
     ssim_weight: float = 0.0
+    mask_dropout: float = 0.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -61,6 +65,8 @@ class RestorationTrainOptions:
             raise ValueError("lr must be > 0, weight decay and warm-up steps >= 0")
         if self.ssim_weight < 0:
             raise ValueError(f"the SSIM weight must be >= 0, got {self.ssim_weight}")
+        if not 0 <= self.mask_dropout < 1:
+            raise ValueError(f"the mask dropout must be in [0, 1), got {self.mask_dropout}")
 
 
 class PairSampler:
@@ -75,9 +81,12 @@ class PairSampler:
     seed : int
     bidirectional : bool
         Triplets with the next frame (see the module docstring).
+    mask_dropout : float
+        Probability that a sample's masks are all empty (a missed segmentation).
     """
 
-    def __init__(self, clips: Sequence[VideoClip], crop: int, seed: int, bidirectional: bool = False) -> None:
+    def __init__(self, clips: Sequence[VideoClip], crop: int, seed: int, bidirectional: bool = False,
+                 mask_dropout: float = 0.0) -> None:
         if crop % SIZE_MULTIPLE:
             raise ValueError(f"crop must be a multiple of {SIZE_MULTIPLE}, got {crop}")
         usable = [c for c in clips if c.clean.shape[0] >= 2 and min(c.clean.shape[1:3]) >= crop]
@@ -87,11 +96,14 @@ class PairSampler:
         self.crop = crop
         self.rng = np.random.default_rng(seed)
         self.bidirectional = bidirectional
+        self.mask_dropout = mask_dropout
         dis = DisFlow()
         self.flows = [clip_flows(c.degraded, dis) for c in usable]
         self.next_flows = [clip_flows(c.degraded, dis, step=1) for c in usable] if bidirectional else []
 
-    def _mask(self, mask: np.ndarray, change: int) -> np.ndarray:
+    def _mask(self, mask: np.ndarray, change: int | None) -> np.ndarray:
+        if change is None:  # dropped: the segmenter found no tooth
+            return np.zeros(mask.shape, np.float32)
         m = mask.astype(np.uint8)
         if change > 0:
             m = cv2.dilate(m, np.ones((3, 3), np.uint8), iterations=change)
@@ -113,7 +125,9 @@ class PairSampler:
             t = int(self.rng.integers(0, count)) if self.bidirectional else int(self.rng.integers(1, count))
             h, w = clip.clean.shape[1:3]
             y, x = int(self.rng.integers(0, h - c + 1)), int(self.rng.integers(0, w - c + 1))
-            change = int(self.rng.integers(-3, 4))
+            change: int | None = int(self.rng.integers(-3, 4))
+            if self.mask_dropout and self.rng.random() < self.mask_dropout:
+                change = None
             window = (slice(y, y + c), slice(x, x + c))
             sample = {"image": clip.degraded[t][window], "clean": clip.clean[t][window],
                       "mask": self._mask(clip.masks[t], change)[window][..., None]}
@@ -217,7 +231,8 @@ def train_restoration(config: RestorationConfig, train: Sequence[VideoClip], opt
     if initial is not None and initial.config != config:
         raise ValueError(f"cannot continue a {initial.config} model as {config}")
     torch.manual_seed(opts.seed)
-    sampler = PairSampler(train, opts.crop, opts.seed, bidirectional=config.bidirectional)
+    sampler = PairSampler(train, opts.crop, opts.seed, bidirectional=config.bidirectional,
+                          mask_dropout=opts.mask_dropout)
     model = (initial if initial is not None else PriorRestorationNet(config)).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = warmup_cosine(optimiser, opts.steps, opts.warmup_steps)

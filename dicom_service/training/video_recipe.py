@@ -96,7 +96,8 @@ def train_sam_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], out: 
 def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], folder: Path, *,
                              use_prior: bool, width: int, opts: RestorationTrainOptions, device: str,
                              facts: dict[str, Any], log: Log, resume: bool = False,
-                             refine: bool = False, bidirectional: bool = False) -> dict[str, Any]:
+                             refine: bool = False, bidirectional: bool = False,
+                             prior_from: Path | None = None) -> dict[str, Any]:
     """Train one restoration model, measure its val PSNR (true masks) and bundle it.
 
     With ``resume`` the bundle already in ``folder`` is trained on (same architecture;
@@ -104,20 +105,32 @@ def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip
     fusion onto a bundle without them, see
     :func:`~dicom_service.vision.restoration_net.grow`); its earlier runs are
     kept in the new ``config.json`` under ``"runs"``, oldest first, and
-    ``training_seconds`` becomes the total.
+    ``training_seconds`` becomes the total. With ``prior_from`` (a model with the prior
+    only) the run starts instead from the no-prior bundle in that folder with the tooth
+    prior grown onto it, so it starts as the same function as that model and whatever
+    it gains over it comes from the prior; the no-prior bundle's runs become the history.
     """
     config = RestorationConfig(width=width, use_prior=use_prior, refine=refine, bidirectional=bidirectional)
     stage = "restoration" if use_prior else "noprior"
     initial, earlier = None, []
-    if resume:
+    if prior_from is not None and not use_prior:
+        raise ValueError("prior_from grows the prior: only the model with the prior starts from it")
+    if prior_from is not None:
+        initial, previous = load_restoration_bundle(prior_from, device)
+        if initial.config.use_prior:
+            raise ValueError(f"--prior-from-noprior: {prior_from} already holds a model with the prior")
+        initial = grow(initial, prior=True)
+        log({"stage": stage, "grown": f"tooth prior onto {prior_from} (starts as the same function)"})
+    elif resume:
         initial, previous = load_restoration_bundle(folder, device)
+    if initial is not None:
         missing = {name: True for name in ("refine", "bidirectional")
                    if getattr(config, name) and not getattr(initial.config, name)}
         if missing and initial.config == dataclasses.replace(config, **{name: False for name in missing}):
             initial = grow(initial, **missing)
             log({"stage": stage, "grown": f"{', '.join(missing)} (zero-started)"})
         if initial.config != config:
-            raise ValueError(f"--resume: {folder} holds {initial.config}, not {config} "
+            raise ValueError(f"{prior_from or folder} holds {initial.config}, not {config} "
                              "(check --width, --refine, --bidirectional)")
         earlier = [*previous.get("runs", []), {k: previous.get(k) for k in RUN_KEYS}]
     started = time.perf_counter()

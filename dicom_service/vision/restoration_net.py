@@ -323,30 +323,68 @@ class PriorRestorationNet(nn.Module):
 GROWABLE = {"refine": "refine.", "bidirectional": "next_motion."}
 
 
-def grow(model: PriorRestorationNet, *, refine: bool = False, bidirectional: bool = False) -> PriorRestorationNet:
-    """A copy of a trained model with zero-started parts added.
+def grow(model: PriorRestorationNet, *, refine: bool = False, bidirectional: bool = False,
+         prior: bool = False) -> PriorRestorationNet:
+    """A copy of a trained model with parts added that start as the same function.
 
     ``refine`` adds the full-resolution refinement, ``bidirectional`` the next-frame
-    fusion. Both start at zero, so the copy computes the same function as ``model``
-    until it is trained further.
+    fusion; both start at zero. ``prior`` turns a model without the tooth prior into
+    one with it (:func:`_prior_state`): the mask input weights start at zero, the region
+    branch starts as a copy of the frame branch and the fusion convolutions start as the
+    identity on the frame features. In every case the copy computes the same function as
+    ``model`` (for any mask) until it is trained further.
 
     Raises
     ------
     ValueError
         Nothing to add, or a part the model already has.
     """
-    changes = {name: True for name, wanted in (("refine", refine), ("bidirectional", bidirectional)) if wanted}
+    wanted = (("refine", refine), ("bidirectional", bidirectional), ("use_prior", prior))
+    changes = {name: True for name, flag in wanted if flag}
     if not changes:
-        raise ValueError("grow: name a part to add (refine, bidirectional)")
+        raise ValueError("grow: name a part to add (refine, bidirectional, prior)")
     present = [name for name in changes if getattr(model.config, name)]
     if present:
         raise ValueError(f"the model already has {', '.join(present)}")
     grown = PriorRestorationNet(replace(model.config, **changes)).to(next(model.parameters()).device)
-    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    prefixes = tuple(GROWABLE[name] for name in changes)
+    state = _prior_state(model, grown) if prior else model.state_dict()
+    missing, unexpected = grown.load_state_dict(state, strict=False)
+    prefixes = tuple(GROWABLE[name] for name in changes if name in GROWABLE)
     if unexpected or any(not key.startswith(prefixes) for key in missing):
         raise ValueError(f"cannot grow {', '.join(changes)}: missing {missing}, unexpected {unexpected}")
     return grown.train(model.training)
+
+
+def _prior_state(model: PriorRestorationNet, grown: PriorRestorationNet) -> dict[str, torch.Tensor]:
+    """State of ``grown`` (with the prior) that computes what ``model`` (without) does.
+
+    The pixel-unshuffled stem input of a 4-channel branch is ``[16 RGB+mask sub-pixels]``
+    ordered channel-major, so its first 12 input channels are the 3-channel stem's; the
+    mask's 4 start at zero. The refinement's input gains the mask between the frame and
+    the restored RGB (zero weights). ``fuse*`` = ``[identity | zero]`` over
+    ``[frame | region]`` channels.
+    """
+    source = model.state_dict()
+    state = {key: value.clone() for key, value in source.items()}
+    target = grown.state_dict()
+
+    def widen(key: str, columns: list[int]) -> None:
+        weight = torch.zeros_like(target[key])
+        weight[:, columns] = source[key]
+        state[key] = weight
+
+    widen("frame.stem.0.weight", list(range(12)))
+    if model.config.refine:
+        widen("refine.body.0.0.weight", [0, 1, 2, 4, 5, 6])
+    for key in source:
+        if key.startswith("frame."):  # both branches take 4 channels: the widened stem fits the region's
+            state["region." + key.removeprefix("frame.")] = state[key].clone()
+    for name in ("fuse1", "fuse2", "fuse3"):
+        weight = torch.zeros_like(target[f"{name}.weight"])
+        channels = weight.shape[0]
+        weight[:, :channels, 0, 0] = torch.eye(channels)
+        state[f"{name}.weight"], state[f"{name}.bias"] = weight, torch.zeros_like(target[f"{name}.bias"])
+    return state
 
 
 def _half_flow(flow: torch.Tensor | None, features: torch.Tensor) -> torch.Tensor | None:

@@ -68,6 +68,9 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
     assert report["by_defocus"]["sharp"]["clips"] == len(sharp)
     assert all(30 <= r["jpeg_quality"] <= 70 and "full_auto" in r for r in report["per_clip"])
     assert set(report["segmentation"]["miou"]) == {"automatic", "box", "clicks_1", "clicks_3", "clicks_5"}
+    effect = report["prior_effect"]["psnr"]  # one test clip: the paired mean is the plain difference
+    assert effect["clips"] == report["clips"] == 1 and effect["ci95"] is None
+    assert effect["mean"] == pytest.approx(report["gains_db"]["full_vs_no_prior"])
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] == 5 * 80
     assert "PSNR" in capsys.readouterr().out
@@ -149,6 +152,41 @@ def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, 
     assert all(0 < methods[m]["psnr"] < 100 for m in ("full_auto", "full_no_next", "full_no_flow", "full_empty_mask"))
     assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
                  *SMALL, "--ssim-weight", "-1"]) == 2
+
+
+def test_prior_grown_from_the_noprior_bundle(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, models = trained
+    out = tmp_path / "models"
+    shutil.copytree(models / "video_restoration_noprior", out / "video_restoration_noprior")
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
+                 "--prior-from-noprior", "--mask-dropout", "0.2", *SMALL]) == 0
+    config = json.loads((out / "video_restoration" / "config.json").read_text())
+    noprior = json.loads((out / "video_restoration_noprior" / "config.json").read_text())
+    assert config["architecture"]["use_prior"] is True and config["options"]["mask_dropout"] == 0.2
+    assert "--prior-from-noprior" in config["command"] and config["runs"][-1]["command"] == noprior["command"]
+    model, _ = load_restoration_bundle(out / "video_restoration")
+    assert model.config.use_prior and any(k.startswith("region.") for k in model.state_dict())
+    # the prior cannot be grown onto a model that has it, nor without the restoration part or a noprior bundle
+    shutil.copytree(out / "video_restoration", out / "video_restoration_noprior", dirs_exist_ok=True)
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
+                 "--prior-from-noprior", *SMALL]) == 2
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "noprior",
+                 "--prior-from-noprior", *SMALL]) == 2
+    assert main(["train", "video", "--data", str(data), "--out", str(tmp_path / "empty"), "--only", "restoration",
+                 "--prior-from-noprior", *SMALL]) == 2
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
+                 "--mask-dropout", "1.5", *SMALL]) == 2
+
+
+def test_paired_gain_counts_wins_and_brackets_the_mean() -> None:
+    from dicom_service.training.evaluate_video import paired_gain
+
+    gain = paired_gain([30.0, 31.0, 32.0, 33.0, float("nan")], [29.0, 30.5, 32.5, 31.0, 30.0])
+    assert gain["clips"] == 4 and gain["wins"] == 3 and gain["mean"] == pytest.approx(0.75)
+    low, high = gain["ci95"]
+    assert -0.5 <= low < 0.75 < high <= 2.0
+    assert paired_gain([1.0, 2.0], [1.0, 2.0])["ci95"] == [0.0, 0.0]
+    assert paired_gain([float("nan")], [1.0]) == {"clips": 0, "mean": None, "ci95": None, "wins": 0}
 
 
 def test_breakdown_means_per_kind() -> None:

@@ -96,6 +96,36 @@ def test_grown_next_frame_fusion_starts_as_the_same_function_then_learns(prior: 
         RestorationConfig(use_motion=False, bidirectional=True)
 
 
+@pytest.mark.parametrize(("refine", "bidirectional"), [(False, False), (True, True)])
+def test_grown_prior_starts_as_the_no_prior_model_for_any_mask_then_learns(refine: bool, bidirectional: bool) -> None:
+    torch.manual_seed(0)
+    model = PriorRestorationNet(RestorationConfig(width=8, use_prior=False, refine=refine,
+                                                  bidirectional=bidirectional)).eval()
+    with torch.no_grad():  # move every parameter off its initial value (zero-started layers too)
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    grown = grow(model, prior=True).eval()
+    assert grown.config.use_prior and grown.config.refine == refine
+    image, flow = torch.rand(1, 3, 32, 48), torch.randn(1, 2, 32, 48)
+    with torch.no_grad():
+        previous = model.frame_features(torch.rand(1, 3, 32, 48), None)
+        following = model.frame_features(torch.rand(1, 3, 32, 48), None)
+        base, none, _ = model(image, None, previous, flow, following, -flow)
+        for mask in (torch.zeros(1, 1, 32, 48), torch.ones(1, 1, 32, 48), (torch.rand(1, 1, 32, 48) > 0.5).float()):
+            out, region, _ = grown(image, mask, previous, flow, following, -flow)
+            assert torch.allclose(base, out, atol=1e-6) and region is not None and none is None
+            assert torch.equal(grown.frame_features(image, mask), model.frame_features(image, None))
+    assert float(grown.frame.stem[0].weight.detach()[:, 12:].abs().sum()) == 0.0
+    # the region features enter through zero-started fusion columns that one step moves
+    grown.train()
+    restored = grown(image, mask, previous, flow, following, -flow)[0]
+    torch.nn.functional.l1_loss(restored, torch.rand(1, 3, 32, 48)).backward()
+    assert float(grown.fuse1.weight.grad[:, 8:].abs().sum()) > 0
+    assert float(grown.frame.stem[0].weight.grad[:, 12:].abs().sum()) > 0
+    with pytest.raises(ValueError, match="already has use_prior"):
+        grow(grown, prior=True)
+
+
 def test_pad_to_multiple_keeps_the_original_size() -> None:
     padded, size = pad_to_multiple(torch.rand(1, 3, 33, 50))
     assert padded.shape[-2:] == (48, 64) and size == (33, 50)

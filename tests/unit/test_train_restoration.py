@@ -51,6 +51,22 @@ def test_bidirectional_sampler_gives_triplets_with_edge_frames_standing_in(clips
     assert "next" not in pairs and not any(torch.equal(pairs["previous"][i], pairs["image"][i]) for i in range(40))
 
 
+def test_mask_dropout_empties_every_mask_of_a_share_of_the_samples(clips) -> None:
+    def empty(batch: dict, key: str) -> set[int]:
+        return {i for i in range(len(batch[key])) if float(batch[key][i].sum()) == 0.0}
+
+    kept = PairSampler(clips, 64, seed=0, bidirectional=True).batch(60)
+    assert not empty(kept, "mask")  # every crop of these 64x80 clips shows teeth
+    dropped = PairSampler(clips, 64, seed=0, bidirectional=True, mask_dropout=0.5).batch(60)
+    gone = empty(dropped, "mask")
+    assert 10 <= len(gone) <= 50
+    assert gone <= empty(dropped, "previous_mask") and gone <= empty(dropped, "next_mask")
+    assert not torch.equal(dropped["image"][sorted(gone)[0]], torch.zeros(3, 64, 64))  # the frames are kept
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="mask dropout"):
+            RestorationTrainOptions(mask_dropout=bad).validate()
+
+
 def test_bidirectional_training_runs_and_improves_on_the_input(clips) -> None:
     opts = RestorationTrainOptions(steps=60, batch_size=4, crop=32, lr=2e-3, warmup_steps=5)
     model = train_restoration(RestorationConfig(width=8, bidirectional=True), clips, opts)
