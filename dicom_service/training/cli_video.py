@@ -134,7 +134,8 @@ def cmd_train_video(args: argparse.Namespace) -> int:
         if args.interframe_crop < 8 or args.interframe_crop % 8:
             raise ValueError(f"--interframe-crop must be a positive multiple of 8, got {args.interframe_crop}")
         for part, folder in RESTORATION_FOLDERS.items():
-            if args.resume and part in parts and not (args.out / folder / "config.json").is_file():
+            grown = part == "restoration" and args.prior_from_noprior  # starts from the noprior bundle instead
+            if args.resume and part in parts and not grown and not (args.out / folder / "config.json").is_file():
                 raise ValueError(f"--resume: no {part} bundle to continue in {args.out / folder}")
         noprior_folder = args.out / RESTORATION_FOLDERS["noprior"]
         if args.prior_from_noprior and "restoration" not in parts:

@@ -158,12 +158,14 @@ def test_prior_grown_from_the_noprior_bundle(trained: tuple[Path, Path], tmp_pat
     data, models = trained
     out = tmp_path / "models"
     shutil.copytree(models / "video_restoration_noprior", out / "video_restoration_noprior")
-    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration",
-                 "--prior-from-noprior", "--mask-dropout", "0.2", *SMALL]) == 0
+    # no prior bundle to resume is needed: the prior model starts from the noprior one, which resumes
+    assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration,noprior",
+                 "--resume", "--prior-from-noprior", "--mask-dropout", "0.2", *SMALL]) == 0
     config = json.loads((out / "video_restoration" / "config.json").read_text())
     noprior = json.loads((out / "video_restoration_noprior" / "config.json").read_text())
     assert config["architecture"]["use_prior"] is True and config["options"]["mask_dropout"] == 0.2
-    assert "--prior-from-noprior" in config["command"] and config["runs"][-1]["command"] == noprior["command"]
+    assert "--prior-from-noprior" in config["command"] and noprior["options"]["mask_dropout"] == 0.0
+    assert config["runs"] == noprior["runs"]  # both continued the same noprior bundle
     model, _ = load_restoration_bundle(out / "video_restoration")
     assert model.config.use_prior and any(k.startswith("region.") for k in model.state_dict())
     # the prior cannot be grown onto a model that has it, nor without the restoration part or a noprior bundle
