@@ -105,7 +105,8 @@ def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip
     fusion onto a bundle without them, see
     :func:`~dicom_service.vision.restoration_net.grow`); its earlier runs are
     kept in the new ``config.json`` under ``"runs"``, oldest first, and
-    ``training_seconds`` becomes the total. With ``prior_from`` (a model with the prior
+    ``training_seconds`` becomes the total (each entry of ``"runs"`` keeps the total as
+    it stood after that run). With ``prior_from`` (a model with the prior
     only) the run starts instead from the no-prior bundle in that folder with the tooth
     prior grown onto it, so it starts as the same function as that model and whatever
     it gains over it comes from the prior; the no-prior bundle's runs become the history.
@@ -133,13 +134,15 @@ def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip
             raise ValueError(f"{prior_from or folder} holds {initial.config}, not {config} "
                              "(check --width, --refine, --bidirectional)")
         earlier = [*previous.get("runs", []), {k: previous.get(k) for k in RUN_KEYS}]
+    # each bundle's training_seconds is already the total of its runs so far
+    before = (earlier[-1].get("training_seconds") or 0.0) if earlier else 0.0
     started = time.perf_counter()
     model = train_restoration(config, train, opts, device, log_fn=lambda r: log({"stage": stage, **r}),
                               initial=initial)
     seconds = time.perf_counter() - started
     val_psnr = mean_psnr(model, val, device)
     metrics = {"val_psnr_db": round(val_psnr, 3),
-               "training_seconds": round(seconds + sum(r.get("training_seconds") or 0 for r in earlier), 1)}
+               "training_seconds": round(seconds + before, 1)}
     run = {**facts, "options": dataclasses.asdict(opts), **metrics}
     if earlier:
         run = {**run, "runs": earlier, "training_seconds_this_run": round(seconds, 1)}

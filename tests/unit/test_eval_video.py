@@ -112,12 +112,16 @@ def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, 
     for f in (models / "video_restoration").iterdir():
         (out / "video_restoration" / f.name).write_bytes(f.read_bytes())
     before = (out / "video_restoration" / "restoration.safetensors").read_bytes()
+    first = json.loads((out / "video_restoration" / "config.json").read_text())
+    first["training_seconds"] = 1000.0  # a long first run, so that counting a run twice would show
+    (out / "video_restoration" / "config.json").write_text(json.dumps(first))
     assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration", "--resume",
                  *SMALL]) == 0
     config = json.loads((out / "video_restoration" / "config.json").read_text())
     assert "--resume" in config["command"] and len(config["runs"]) == 1
     assert "--resume" not in config["runs"][0]["command"]
-    assert config["training_seconds"] >= config["training_seconds_this_run"]
+    assert config["runs"][0]["training_seconds"] == 1000.0
+    assert config["training_seconds"] == pytest.approx(1000.0 + config["training_seconds_this_run"], abs=0.11)
     assert (out / "video_restoration" / "restoration.safetensors").read_bytes() != before
     # another width than the bundle's, and a part with no bundle to continue: clear errors
     assert main(["train", "video", "--data", str(data), "--out", str(out), "--only", "restoration", "--resume",
@@ -129,6 +133,9 @@ def test_resume_continues_the_bundle_and_keeps_its_history(trained: tuple[Path, 
                  "--refine", "--ssim-weight", "0.2", *SMALL]) == 0
     grown = json.loads((out / "video_restoration" / "config.json").read_text())
     assert grown["architecture"]["refine"] is True and len(grown["runs"]) == 2
+    # the total counts every run once: the last entry of runs already holds the total before
+    assert grown["training_seconds"] == pytest.approx(
+        config["training_seconds"] + grown["training_seconds_this_run"], abs=0.11) and grown["training_seconds"] < 1500
     assert "--refine" in grown["command"] and grown["options"]["ssim_weight"] == 0.2
     model, _ = load_restoration_bundle(out / "video_restoration")
     assert model.config.refine and any(k.startswith("refine.") for k in model.state_dict())
