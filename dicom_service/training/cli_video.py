@@ -7,7 +7,6 @@ Registered by :mod:`dicom_service.training.cli_train` and
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
@@ -15,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from dicom_service.domain import ConfigError
+from dicom_service.vision.bundle_names import NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE
 
 #: Bundle folder (under ``--out``) of each restoration part of ``train video``, in training
 #: order: ``restoration`` first, so that ``--prior-from-noprior`` reads the noprior bundle
 #: before ``noprior`` is retrained.
-RESTORATION_FOLDERS = {"restoration": "video_restoration", "noprior": "video_restoration_noprior"}
+RESTORATION_FOLDERS = {"restoration": RESTORATION_BUNDLE, "noprior": NOPRIOR_BUNDLE}
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -156,17 +156,16 @@ def cmd_train_video(args: argparse.Namespace) -> int:
         from dicom_service.vision.tooth_sam import load_sam_bundle
         from dicom_service.vision.video_runtime import automatic_masks
 
-        segmenter = ToothSegmenter(load_sam_bundle(args.out / "tooth_sam", device)[0])
+        segmenter = ToothSegmenter(load_sam_bundle(args.out / SAM_BUNDLE, device)[0])
         train = with_masks(train, lambda frames: automatic_masks(segmenter, frames))
         val = with_masks(val, lambda frames: automatic_masks(segmenter, frames))
     for part, folder in RESTORATION_FOLDERS.items():
         if part in parts:
             prior = part == "restoration"
             grow_from = noprior_folder if prior and args.prior_from_noprior else None
-            part_opts = opts if prior else dataclasses.replace(opts, mask_dropout=0.0)
             try:
                 summary[part] = train_restoration_bundle(train, val, args.out / folder, use_prior=prior,
-                                                         width=args.width, opts=part_opts, device=device,
+                                                         width=args.width, opts=opts, device=device,
                                                          facts=facts, log=_log, resume=args.resume,
                                                          refine=args.refine, bidirectional=args.bidirectional,
                                                          prior_from=grow_from)

@@ -56,6 +56,7 @@ from dicom_service.training.train_interframe import evaluate_interframe
 from dicom_service.training.train_sam import PROMPT_MODES, prompted_masks, segmentation_report
 from dicom_service.training.video_phantoms import VideoClip, clip_degradation
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
+from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, SR_BUNDLE
 from dicom_service.vision.interframe import load_interframe_bundle
 from dicom_service.vision.mask_propagation import propagate_correction
 from dicom_service.vision.optical_flow import DisFlow, clip_flows, endpoint_error
@@ -221,7 +222,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         raise ValueError("eval video needs true tooth masks for every clip")
     runtime = LearnedVideoRuntime(models_dir, device, stabilise=True)
     full, segmenter = runtime.restorer, runtime.segmenter
-    no_prior, _ = load_restoration_bundle(models_dir / "video_restoration_noprior", device)
+    no_prior, _ = load_restoration_bundle(models_dir / NOPRIOR_BUNDLE, device)
     classical = ClassicalVideoRuntime(stabilise=False)
     dis = DisFlow()
     per_method: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "ssim": [], "psnr_teeth": []} for m in METHODS}
@@ -311,7 +312,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         "sam_bundle_sha256": runtime.configs["sam"]["weights"]["sha256"],
     }
     interframe = [load_interframe_bundle(models_dir / name, device)[0] if (models_dir / name / "config.json").is_file()
-                  else None for name in ("video_sr2", "video_interp2")]
+                  else None for name in (SR_BUNDLE, INTERP_BUNDLE)]
     if any(m is not None for m in interframe):
         report["interframe"] = evaluate_interframe(interframe[0], interframe[1], clips, device)
     methods = report["methods"]

@@ -31,6 +31,7 @@ import numpy as np
 from dicom_service.training.train_restoration import RestorationTrainOptions, mean_psnr, train_restoration
 from dicom_service.training.video_dataset import list_paired_root, list_split, load_clip, load_paired_folder
 from dicom_service.training.video_phantoms import VideoClip
+from dicom_service.vision.bundle_names import INTERP_BUNDLE, SAM_BUNDLE, SR_BUNDLE
 from dicom_service.vision.restoration_model import load_restoration_bundle, save_restoration_bundle
 from dicom_service.vision.restoration_net import RestorationConfig, grow
 
@@ -86,7 +87,7 @@ def train_sam_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip], out: 
                             device=device, log=lambda line: log({"stage": "sam", "progress": line}))
     seconds = time.perf_counter() - started
     metrics = evaluate_tooth_sam(model, [c for c in val if c.masks is not None], device)
-    save_sam_bundle(model.cpu(), "tiny", out / "tooth_sam",
+    save_sam_bundle(model.cpu(), "tiny", out / SAM_BUNDLE,
                     {**facts, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                      "training_seconds": round(seconds, 1), "val": metrics})
     log({"stage": "sam", "seconds": round(seconds, 1), "val": metrics})
@@ -113,7 +114,9 @@ def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip
     """
     config = RestorationConfig(width=width, use_prior=use_prior, refine=refine, bidirectional=bidirectional)
     stage = "restoration" if use_prior else "noprior"
-    initial, earlier = None, []
+    if not use_prior:  # no mask to drop: recorded as 0 so the bundle says what its training did
+        opts = dataclasses.replace(opts, mask_dropout=0.0)
+    initial, earlier, before = None, [], 0.0
     if prior_from is not None and not use_prior:
         raise ValueError("prior_from grows the prior: only the model with the prior starts from it")
     if prior_from is not None:
@@ -134,8 +137,7 @@ def train_restoration_bundle(train: Sequence[VideoClip], val: Sequence[VideoClip
             raise ValueError(f"{prior_from or folder} holds {initial.config}, not {config} "
                              "(check --width, --refine, --bidirectional)")
         earlier = [*previous.get("runs", []), {k: previous.get(k) for k in RUN_KEYS}]
-    # each bundle's training_seconds is already the total of its runs so far
-    before = (earlier[-1].get("training_seconds") or 0.0) if earlier else 0.0
+        before = previous.get("training_seconds") or 0.0  # already the total of its runs so far
     started = time.perf_counter()
     model = train_restoration(config, train, opts, device, log_fn=lambda r: log({"stage": stage, **r}),
                               initial=initial)
@@ -168,6 +170,6 @@ def train_interframe_bundle(kind: str, train: Sequence[VideoClip], val: Sequence
         metrics = evaluate_interframe(None, model, val, device)
     seconds = time.perf_counter() - started
     facts = {**facts, "steps": steps, "crop": crop, "seed": seed, "training_seconds": round(seconds, 1), "val": metrics}
-    save_interframe_bundle(model.cpu(), out / f"video_{kind}", facts)
+    save_interframe_bundle(model.cpu(), out / (SR_BUNDLE if kind == "sr2" else INTERP_BUNDLE), facts)
     log({"stage": kind, "seconds": round(seconds, 1), "val": metrics})
     return metrics

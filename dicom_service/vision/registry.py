@@ -19,6 +19,7 @@ from typing import TypeVar
 from dicom_service.domain import ConfigError
 from dicom_service.vision.baseline_implants import ElongatedObjectDetector
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
+from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE, SR_BUNDLE
 from dicom_service.vision.runtime import RadiographRuntime, VideoRuntime
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ def _learned_implants(device: str, models_dir: Path) -> RadiographRuntime:
 
 
 def _video_bundles(name: str, models_dir: Path) -> None:
-    needed = ["video_restoration_noprior" if "noprior" in name else "video_restoration", "tooth_sam"]
-    needed += ["video_sr2"] if "sr2" in name else []
-    needed += ["video_interp2"] if "interp2" in name else []
+    needed = [NOPRIOR_BUNDLE if "noprior" in name else RESTORATION_BUNDLE, SAM_BUNDLE]
+    needed += [SR_BUNDLE] if "sr2" in name else []
+    needed += [INTERP_BUNDLE] if "interp2" in name else []
     for bundle in needed:
         if not (models_dir / bundle / "config.json").is_file():
             raise ConfigError(f"models.video {name!r}: no trained bundle in {models_dir / bundle} "

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dicom_service.domain import AlgorithmInfo, VideoEnhancement
+from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE, SR_BUNDLE
 from dicom_service.vision.interframe import (
     FrameInterpolator2x,
     SuperResolution2x,
@@ -53,9 +54,6 @@ NAME = "iars-sam-prior-motion-restoration"
 NAME_NOPRIOR = "motion-restoration-without-tooth-prior"
 #: Frames with more pixels than this are processed downscaled (1280x720).
 MAX_WORK_PIXELS = 1280 * 720
-RESTORATION_BUNDLE, SAM_BUNDLE = "video_restoration", "tooth_sam"
-NOPRIOR_BUNDLE = "video_restoration_noprior"
-SR_BUNDLE, INTERP_BUNDLE = "video_sr2", "video_interp2"
 
 
 def _work_size(height: int, width: int) -> tuple[int, int]:
