@@ -88,8 +88,8 @@ def _blend(img: np.ndarray, mask: np.ndarray, colour: np.ndarray | tuple[float, 
     img += a * np.asarray(colour, np.float32)
 
 
-def _background(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Mucosa / tongue: ``(rows, cols, 3)`` float32 RGB in [0, 255]."""
+def _background(rng: np.random.Generator, shape: tuple[int, int], grain: float = 1.0) -> np.ndarray:
+    """Mucosa / tongue: ``(rows, cols, 3)`` float32 RGB in [0, 255]; ``grain`` scales the per-pixel texture."""
     rows, cols = shape
     base = np.array([rng.uniform(125, 165), rng.uniform(30, 60), rng.uniform(40, 65)], np.float32)
     shade = 1.0 + 0.18 * smooth_noise(rng, shape, 5) + 0.06 * smooth_noise(rng, shape, 25)
@@ -100,7 +100,7 @@ def _background(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
         axes = (int(cols * rng.uniform(0.3, 0.5)), int(rows * rng.uniform(0.3, 0.5)))
         cv2.ellipse(tongue, centre, axes, float(rng.uniform(-15, 15)), 0, 360, 1.0, -1)
         tongue = cv2.GaussianBlur(tongue, (0, 0), 6)
-        papillae = 1.0 + 0.08 * rng.standard_normal(shape).astype(np.float32)
+        papillae = 1.0 + 0.08 * grain * rng.standard_normal(shape).astype(np.float32)
         colour = np.array([rng.uniform(170, 200), rng.uniform(75, 100), rng.uniform(85, 110)], np.float32)
         _blend(img, tongue, colour[None, None, :] * papillae[..., None] * shade[..., None], 1.0)
     vessels = np.zeros(shape, np.float32)
@@ -114,7 +114,7 @@ def _background(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
                       1, cv2.LINE_AA)
     vessels = cv2.GaussianBlur(vessels, (0, 0), 0.7)
     _blend(img, vessels, (95, 10, 25), 0.8)
-    img += rng.normal(0, 2.5, img.shape).astype(np.float32)
+    img += grain * rng.normal(0, 2.5, img.shape).astype(np.float32)
     return img
 
 
@@ -138,8 +138,9 @@ def _crown_polygon(kind: str, height: float, direction: int, rng: np.random.Gene
 
 
 def _tooth_colour(img: np.ndarray, ids: np.ndarray, tooth_id: int, box: tuple[int, int, int, int],
-                  cervical_y: float, height: float, direction: int, rng: np.random.Generator) -> None:
-    """Shade one crown in place: base colour, rounded shading, texture, incisal translucency."""
+                  cervical_y: float, height: float, direction: int, rng: np.random.Generator,
+                  grain: float = 1.0) -> None:
+    """Shade one crown in place: base colour, rounded shading, texture (scaled by ``grain``), incisal translucency."""
     x0, y0, x1, y1 = box
     sub = ids[y0:y1, x0:x1] == tooth_id
     if not sub.any():
@@ -149,7 +150,7 @@ def _tooth_colour(img: np.ndarray, ids: np.ndarray, tooth_id: int, box: tuple[in
     shape = sub.shape
     base = np.array([rng.uniform(222, 245), rng.uniform(210, 232), rng.uniform(180, 210)], np.float32)
     shade = (0.62 + 0.38 * rounded) * (1 + 0.06 * smooth_noise(rng, shape, 3))
-    texture = cv2.GaussianBlur(rng.normal(0, 4.0, shape).astype(np.float32), (0, 0), 0.8)
+    texture = grain * cv2.GaussianBlur(rng.normal(0, 4.0, shape).astype(np.float32), (0, 0), 0.8)
     colour = base * shade[..., None] + texture[..., None]
     rows = np.arange(y0, y1, dtype=np.float32)[:, None]
     v = np.clip((rows - cervical_y) * direction / height, 0, 1)
@@ -172,8 +173,11 @@ def _tooth_colour(img: np.ndarray, ids: np.ndarray, tooth_id: int, box: tuple[in
     region[sub] = colour[sub]
 
 
-def _teeth_rows(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Draw 1-2 rows of teeth with gingiva into float ``img`` in place; return the tooth mask."""
+def _teeth_rows(img: np.ndarray, rng: np.random.Generator, grain: float = 1.0) -> np.ndarray:
+    """Draw 1-2 rows of teeth with gingiva into float ``img`` in place; return the tooth mask.
+
+    ``grain`` scales the per-pixel enamel and gingiva texture (see :func:`render_scene`).
+    """
     rows, cols = img.shape[:2]
     ids = np.zeros((rows, cols), np.int32)
     n_rows = 1 if rng.random() < 0.5 else 2
@@ -205,7 +209,7 @@ def _teeth_rows(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             x0, x1 = max(0, int(pts[:, 0].min()) - 1), min(cols, int(pts[:, 0].max()) + 2)
             y0, y1 = max(0, int(pts[:, 1].min()) - 1), min(rows, int(pts[:, 1].max()) + 2)
             if x1 > x0 and y1 > y0:
-                _tooth_colour(img, ids, next_id, (x0, y0, x1, y1), cy, height, direction, rng)
+                _tooth_colour(img, ids, next_id, (x0, y0, x1, y1), cy, height, direction, rng, grain)
             lo, hi = max(0, int(cx - half)), min(cols, int(cx + half) + 1)
             if hi > lo:  # gingival margin: at the cervical line mid-tooth, papillae between teeth
                 u = (np.arange(lo, hi) - (cx - half)) / (2 * half)
@@ -228,7 +232,7 @@ def _teeth_rows(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img[gap] *= 0.6  # interproximal gaps and crown outlines
     gums = cv2.GaussianBlur(gums, (0, 0), 1.0)
     gum_colour = np.array([rng.uniform(200, 228), rng.uniform(105, 140), rng.uniform(115, 150)], np.float32)
-    gum_shade = 1 + 0.07 * smooth_noise(rng, (rows, cols), 12) + 0.03 * rng.standard_normal((rows, cols))
+    gum_shade = 1 + 0.07 * smooth_noise(rng, (rows, cols), 12) + 0.03 * grain * rng.standard_normal((rows, cols))
     _blend(img, gums, gum_colour * gum_shade[..., None].astype(np.float32), 1.0)
     return teeth & (gums < 0.5)
 
@@ -261,8 +265,8 @@ def _droplets(img: np.ndarray, count: int, rng: np.random.Generator) -> None:
         _blend(img, glint, (255, 255, 255), 0.9)
 
 
-def _instrument(frame_shape: tuple[int, int], rng: np.random.Generator) -> InstrumentLayer:
-    """A grey elongated probe / mirror entering from a frame border."""
+def _instrument(frame_shape: tuple[int, int], rng: np.random.Generator, grain: float = 1.0) -> InstrumentLayer:
+    """A grey elongated probe / mirror entering from a frame border (``grain`` scales its pixel noise)."""
     rows, cols = frame_shape
     side = int(rng.integers(4))
     entry = [(rng.uniform(0.2, 0.8) * cols, -10.0), (cols + 10.0, rng.uniform(0.2, 0.8) * rows),
@@ -290,12 +294,12 @@ def _instrument(frame_shape: tuple[int, int], rng: np.random.Generator) -> Instr
         value = np.where(head > 0, 70 + 60 * d + 110 * (np.abs(d - 0.93) < 0.07), value)
         cover = np.maximum(cover, head)
     tint = np.array([0.97, 1.0, 1.04], np.float32) * rng.uniform(0.95, 1.05, 3).astype(np.float32)
-    rgb = np.clip(value[..., None] * tint + rng.normal(0, 2, (rows, cols, 3)), 0, 255).astype(np.uint8)
+    rgb = np.clip(value[..., None] * tint + grain * rng.normal(0, 2, (rows, cols, 3)), 0, 255).astype(np.uint8)
     return InstrumentLayer(rgb=rgb, alpha=cover.clip(0, 1), pivot=(float(start[0]), float(start[1])))
 
 
 def render_scene(rng: np.random.Generator, canvas_shape: tuple[int, int], frame_shape: tuple[int, int], *,
-                 teeth: bool | None = None, instrument: bool | None = None) -> IntraoralScene:
+                 teeth: bool | None = None, instrument: bool | None = None, grain: float = 1.0) -> IntraoralScene:
     """Draw a static intraoral scene.
 
     Parameters
@@ -310,6 +314,11 @@ def render_scene(rng: np.random.Generator, canvas_shape: tuple[int, int], frame_
         Force teeth on or off; by default 90% of scenes have teeth.
     instrument : bool, optional
         Force an instrument on or off; by default 30% of scenes have one.
+    grain : float
+        Scale of the per-pixel (white-noise) texture: mucosa grain, tongue papillae,
+        enamel texture, gingiva stipple and instrument noise. 1 is the phantom data set;
+        0 draws the same random numbers but leaves the grain out, so every other pixel of
+        the scene is unchanged (the grain-free reference of ``eval video``).
 
     Returns
     -------
@@ -320,13 +329,13 @@ def render_scene(rng: np.random.Generator, canvas_shape: tuple[int, int], frame_
         raise ValueError(f"canvas {canvas_shape} / frame {frame_shape} too small (>= 32 / >= 16 pixels)")
     has_teeth = bool(rng.random() >= 0.1) if teeth is None else bool(teeth)
     has_instrument = bool(rng.random() < 0.3) if instrument is None else bool(instrument)
-    img = _background(rng, canvas_shape)
-    mask = _teeth_rows(img, rng) if has_teeth else np.zeros(canvas_shape, bool)
+    img = _background(rng, canvas_shape, grain)
+    mask = _teeth_rows(img, rng, grain) if has_teeth else np.zeros(canvas_shape, bool)
     if has_teeth:
         _highlights(img, cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0,
                     int(rng.integers(8, 30)), rng)
     _highlights(img, ~mask, int(rng.integers(2, 10)), rng)
     _droplets(img, int(rng.integers(0, 9)), rng)
     canvas = np.clip(img, 0, 255).astype(np.uint8)
-    layer = _instrument(frame_shape, rng) if has_instrument else None
+    layer = _instrument(frame_shape, rng, grain) if has_instrument else None
     return IntraoralScene(canvas=canvas, teeth=mask, instrument=layer)

@@ -190,13 +190,16 @@ def render_clip(seed: int, *, frames: int = 12, height: int = 240, width: int = 
 
 
 def _render_clean(seed: int, frames: int, height: int, width: int, fps: float, teeth: bool | None,
-                  instrument: bool | None
+                  instrument: bool | None, grain: float = 1.0
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
     """The clean part of :func:`render_clip`: ``clean``, ``masks``, ``flow``, the per-frame
-    image motion ``(T, 2)`` ``(dx, dy)`` and the generator in the state the degradation draws from."""
+    image motion ``(T, 2)`` ``(dx, dy)`` and the generator in the state the degradation draws from.
+
+    ``grain`` scales the scene's per-pixel texture (:func:`render_scene`); it draws the same
+    random numbers whatever its value."""
     rng = np.random.default_rng(seed)
     canvas_shape = (int(math.ceil(height * CANVAS_FACTOR)), int(math.ceil(width * CANVAS_FACTOR)))
-    scene = render_scene(rng, canvas_shape, (height, width), teeth=teeth, instrument=instrument)
+    scene = render_scene(rng, canvas_shape, (height, width), teeth=teeth, instrument=instrument, grain=grain)
     cams = camera_path(rng, frames, fps, canvas_shape, (height, width))
     tools = instrument_path(rng, frames, fps, scene.instrument.pivot) if scene.instrument is not None else None
     teeth_u8 = scene.teeth.astype(np.uint8) * 255
@@ -229,13 +232,12 @@ def _render_clean(seed: int, frames: int, height: int, width: int, fps: float, t
     return clean, masks, flow, motion, rng
 
 
-def clip_degradation(clip: VideoClip) -> DegradationParams | None:
-    """The degradation parameters a phantom clip was rendered with, or None.
+def _rendered_again(clip: VideoClip) -> np.random.Generator | None:
+    """Render ``clip`` again from the seed in its name (default scene options).
 
-    The clip is rendered again from the seed in its name (``seed_<n>``, default scene
-    options) and the parameters are drawn as :func:`render_clip` drew them; None when the
-    name carries no seed or the re-rendered clean frames differ from ``clip.clean`` (real
-    data, or a phantom made with other options or another generator version).
+    Returns the generator in the state the degradation drew from, or None when the name
+    carries no seed or the re-rendered clean frames differ from ``clip.clean`` (real data,
+    or a phantom made with other options or another generator version).
     """
     if not clip.name.startswith("seed_") or not clip.name[5:].isdigit():
         return None
@@ -243,9 +245,37 @@ def clip_degradation(clip: VideoClip) -> DegradationParams | None:
     if frames < 2 or height < 32 or width < 32:
         return None
     clean, _, _, _, rng = _render_clean(int(clip.name[5:]), frames, height, width, clip.fps, None, None)
-    if not np.array_equal(clean, clip.clean):
+    return rng if np.array_equal(clean, clip.clean) else None
+
+
+def clip_degradation(clip: VideoClip) -> DegradationParams | None:
+    """The degradation parameters a phantom clip was rendered with, or None.
+
+    The parameters are drawn as :func:`render_clip` drew them, from the clip rendered again
+    from its seed; None for a clip that is not such a phantom (see :func:`_rendered_again`).
+    """
+    rng = _rendered_again(clip)
+    return None if rng is None else sample_params(rng)
+
+
+def grain_free_clean(clip: VideoClip) -> np.ndarray | None:
+    """A phantom clip's clean frames rendered without the per-pixel scene grain, or None.
+
+    Everything else (shapes, shading, vessels, highlights, camera and instrument motion) is
+    pixel for pixel the clip's own. The grain is white noise in the scene: after blur, sensor
+    noise and JPEG no single frame holds it, so these frames are what a restoration that
+    recovered everything else would give (``eval video``'s grain-free reference). None for a
+    clip that is not a default phantom (see :func:`_rendered_again`).
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(T, H, W, 3)`` uint8 RGB.
+    """
+    if _rendered_again(clip) is None:
         return None
-    return sample_params(rng)
+    frames, height, width = clip.clean.shape[:3]
+    return _render_clean(int(clip.name[5:]), frames, height, width, clip.fps, None, None, grain=0.0)[0]
 
 
 def clip_seed(seed: int, split: str, index: int) -> int:

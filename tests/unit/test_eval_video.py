@@ -67,6 +67,10 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
     sharp = [r for r in report["per_clip"] if r["defocus_px"] == 0.0]
     assert report["by_defocus"]["sharp"]["clips"] == len(sharp)
     assert all(30 <= r["jpeg_quality"] <= 70 and "full_auto" in r for r in report["per_clip"])
+    reference = report["grain_free_reference"]  # phantoms: the frames without the pixel grain
+    assert reference["clips"] == report["clips"] and 0.5 < reference["ssim"] < 1.0
+    assert reference["ssim"] > report["methods"]["degraded"]["ssim"]
+    assert reference["psnr"] == pytest.approx(report["per_clip"][0]["grain_free_reference"]["psnr"])
     assert set(report["segmentation"]["miou"]) == {"automatic", "box", "clicks_1", "clicks_3", "clicks_5"}
     effect = report["prior_effect"]["psnr"]  # one test clip: the paired mean is the plain difference
     assert effect["clips"] == report["clips"] == 1 and effect["ci95"] is None

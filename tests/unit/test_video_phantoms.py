@@ -8,9 +8,16 @@ import cv2
 import numpy as np
 import pytest
 
-from dicom_service.training.image_metrics import psnr
+from dicom_service.training.image_metrics import psnr, ssim
 from dicom_service.training.video_dataset import list_split, load_clip
-from dicom_service.training.video_phantoms import clip_seed, render_clip, write_dataset
+from dicom_service.training.video_phantoms import (
+    VideoClip,
+    clip_degradation,
+    clip_seed,
+    grain_free_clean,
+    render_clip,
+    write_dataset,
+)
 
 SMALL = {"frames": 4, "height": 96, "width": 128}
 
@@ -97,3 +104,22 @@ def test_write_dataset_round_trip(tmp_path) -> None:
         list_split(tmp_path, "holdout")
     with pytest.raises(ValueError, match="manifest"):
         list_split(tmp_path / "train", "train")
+
+
+def test_grain_free_clean_differs_only_by_the_pixel_grain() -> None:
+    clip = render_clip(clip_seed(0, "test", 3), frames=3, height=96, width=128)
+    smooth = grain_free_clean(clip)
+    assert smooth is not None and smooth.shape == clip.clean.shape and smooth.dtype == np.uint8
+    diff = smooth.astype(np.float64) - clip.clean.astype(np.float64)
+    # the grain is zero-mean white noise of a few grey levels: nothing else moved
+    assert abs(diff.mean()) < 1.0 and 1.0 < diff.std() < 12.0
+    low_pass = np.stack([cv2.GaussianBlur(d, (0, 0), 3.0) for d in diff])  # a moved edge would be tens of levels
+    assert np.abs(low_pass).mean() < 1.0 and np.abs(low_pass).max() < 8.0
+    assert 0.8 < ssim(smooth, clip.clean) < 0.999
+    # a clip that is not a default phantom has no grain-free frames (nor known degradation)
+    renamed = VideoClip(clean=clip.clean, degraded=clip.degraded, masks=clip.masks, flow=clip.flow, fps=clip.fps,
+                        name="real_clip")
+    other_seed = VideoClip(clean=clip.clean, degraded=clip.degraded, masks=clip.masks, flow=clip.flow, fps=clip.fps,
+                           name="seed_1")
+    assert grain_free_clean(renamed) is None and grain_free_clean(other_seed) is None
+    assert clip_degradation(renamed) is None and clip_degradation(clip) is not None
