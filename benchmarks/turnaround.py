@@ -231,12 +231,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "CreationTime of Orthanc's store job to the node (StableAge window + monitor granularity); "
             "node_quiet_s = CompletionTime of that job -> created_at of the node's processing job "
             "(stability window + router wake-up). turnaround_excluding_quiet_s = total_s - both. "
-            "Node: python -m dicom_service serve, device cpu, fsync on, 1 processing + 1 dispatch worker."
+            "Node: python -m dicom_service serve, device cpu, models.precision auto, fsync on, "
+            "1 processing + 1 dispatch worker."
         ),
+        "node_video_precision": _node_video_precision(),
         "cases": results,
     }
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _node_video_precision() -> str:
+    """The compute precision the node's learned video runtime picks here (``auto`` on the CPU)."""
+    from dicom_service.vision.precision import inference_dtype
+
+    return str(inference_dtype("cpu")).removeprefix("torch.")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,12 @@ seeds) rendered at each size:
     A 10 s 640x480 clip at 30 fps (the rendered clip played forwards and backwards up to
     300 frames) through the whole pipeline once: seconds.
 
-On CUDA, restoration runs in float16 and the device is synchronised before each clock
-read. Run from the repository root: ``python -m benchmarks.video [--sizes 640x480,1280x720]
-[--frames 30] [--device auto] [--ten-second]``. Prints one JSON object on stdout.
+Restoration runs in the precision ``--precision`` names (default ``auto``, what the node
+picks: float16 on CUDA, bfloat16 on a CPU with native bfloat16, else float32; see
+:mod:`dicom_service.vision.precision`); on CUDA the device is synchronised before each
+clock read. Run from the repository root: ``python -m benchmarks.video [--sizes
+640x480,1280x720] [--frames 30] [--device auto] [--precision auto] [--ten-second]``.
+Prints one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ def bench_restoration(runtime: Any, clip: Any, device: str) -> dict[str, Any]:
     dis = DisFlow()
     flows = clip_flows(frames, dis)
     following = clip_flows(frames, dis, step=1) if runtime.restorer.config.bidirectional else None
-    restore_clip(runtime.restorer, frames[:2], masks[:2], flows[:2], device, runtime.dtype)  # warm-up
+    warm = None if following is None else following[:2]  # the warm-up takes the same path as the timed run
+    restore_clip(runtime.restorer, frames[:2], masks[:2], flows[:2], device, runtime.dtype, next_flows=warm)
     _sync(device)
     started = time.perf_counter()
     restore_clip(runtime.restorer, frames, masks, flows, device, runtime.dtype, next_flows=following)
@@ -137,18 +141,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-runs", type=int, default=50)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", type=Path, default=None)
+    parser.add_argument("--precision", default="auto", help="auto | float32 | bfloat16 | float16 (CUDA only)")
     parser.add_argument("--ten-second", action="store_true", help="also run a 10 s 640x480 clip end to end")
     args = parser.parse_args(argv)
 
     import torch
 
     from dicom_service.training.video_phantoms import clip_seed, render_clip
+    from dicom_service.vision.precision import native_bfloat16
     from dicom_service.vision.registry import default_models_dir, resolve_device
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
     device = resolve_device(args.device)
-    runtime = LearnedVideoRuntime(args.models or default_models_dir(), device)
+    runtime = LearnedVideoRuntime(args.models or default_models_dir(), device, precision=args.precision)
     result: dict[str, Any] = {"benchmark": "video", "device": device, "threads": torch.get_num_threads(),
+                              "precision": str(runtime.dtype).removeprefix("torch."),
+                              "cpu_native_bfloat16": native_bfloat16(),
                               "hardware": hardware(), "algorithm": runtime.info.version, "cases": {}}
     if device.startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name(0)

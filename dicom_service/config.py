@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from dicom_service.domain import ConfigError, Workflow
+from dicom_service.domain import ConfigError, Precision, Workflow
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,9 @@ class ModelSettings(_Section):
     radiograph: str = Field("implants", description="'implants' (the trained bundle in <path>/implants, the "
                             "default) or 'baseline' (classical detector, no torch needed)")
     path: Path | None = Field(None, description="Folder of bundled models; null: the repository's models/.")
+    precision: Precision = Field(
+        "auto", description="Compute precision of the learned video models: 'auto' (float16 on CUDA, bfloat16 on "
+        "a CPU with native bfloat16 (AVX512-BF16/AMX), else float32), 'float32', 'bfloat16', or 'float16' (CUDA only)")
 
 
 class Settings(BaseSettings):

@@ -10,8 +10,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+
+#: Compute precision of the learned video models (see :mod:`dicom_service.vision.precision`).
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 # --------------------------------------------------------------------------- errors

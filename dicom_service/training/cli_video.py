@@ -11,9 +11,9 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from dicom_service.domain import ConfigError
+from dicom_service.domain import ConfigError, Precision
 from dicom_service.vision.bundle_names import NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE
 
 #: Bundle folder (under ``--out``) of each restoration part of ``train video``, in training
@@ -74,6 +74,8 @@ def add_video_eval_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path, default=None, help="folder for eval_video.json and contact_sheet.png")
     p.add_argument("--limit", type=int, default=None, help="first N clips of the split")
+    p.add_argument("--precision", default="float32", choices=get_args(Precision),
+                   help="restoration compute precision (default float32; auto: what the node picks on this device)")
     p.set_defaults(func=cmd_eval_video)
 
 
@@ -192,7 +194,8 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
             raise ValueError("--limit must be >= 1")
         device = resolve_device(args.device)
         clips = load_training_clips(args.data, args.paired, args.split)[: args.limit]
-        report = evaluate_video(clips, args.models or default_models_dir(), device=device, out_dir=args.out)
+        report = evaluate_video(clips, args.models or default_models_dir(), device=device, out_dir=args.out,
+                                precision=args.precision)
     except (ValueError, FileNotFoundError, ConfigError) as exc:
         print(f"dicom-service eval video: {exc}", file=sys.stderr)
         return 2

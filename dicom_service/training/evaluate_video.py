@@ -68,6 +68,7 @@ from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, SR_
 from dicom_service.vision.interframe import load_interframe_bundle
 from dicom_service.vision.mask_propagation import propagate_correction
 from dicom_service.vision.optical_flow import DisFlow, clip_flows, endpoint_error
+from dicom_service.vision.precision import for_inference
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_masks
@@ -216,21 +217,25 @@ def paired_gain(a: Sequence[float], b: Sequence[float], resamples: int = 10000, 
 
 
 def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str = "cpu",
-                   out_dir: Path | None = None) -> dict[str, Any]:
+                   out_dir: Path | None = None, precision: str = "float32") -> dict[str, Any]:
     """Measure every method on ``clips``; write ``eval_video.json`` and ``contact_sheet.png``.
+
+    ``precision`` is the restoration networks' compute precision
+    (:func:`~dicom_service.vision.precision.inference_dtype`); float32 by default, so the
+    figures do not depend on the machine's bfloat16 support.
 
     Raises
     ------
     ValueError
-        No clip, or a clip without masks.
+        No clip, or a clip without masks, or a precision the device cannot run.
     """
     if not clips:
         raise ValueError("no clips to evaluate")
     if any(c.masks is None for c in clips):
         raise ValueError("eval video needs true tooth masks for every clip")
-    runtime = LearnedVideoRuntime(models_dir, device, stabilise=True)
-    full, segmenter = runtime.restorer, runtime.segmenter
-    no_prior, _ = load_restoration_bundle(models_dir / NOPRIOR_BUNDLE, device)
+    runtime = LearnedVideoRuntime(models_dir, device, stabilise=True, precision=precision)
+    full, segmenter, dtype = runtime.restorer, runtime.segmenter, runtime.dtype
+    no_prior = for_inference(load_restoration_bundle(models_dir / NOPRIOR_BUNDLE, device)[0])
     classical = ClassicalVideoRuntime(stabilise=False)
     dis = DisFlow()
     per_method: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "ssim": [], "psnr_teeth": []} for m in METHODS}
@@ -259,22 +264,23 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         with _timed(seconds, "classical", count):
             classical_frames = classical.enhance(frames, clip.fps).frames
         with _timed(seconds, "restore", count):
-            full_auto = restore_clip(full, frames, auto, flows, device, next_flows=following)
+            full_auto = restore_clip(full, frames, auto, flows, device, dtype, next_flows=following)
         # the neighbours' features taken as they are (zero flow) for the motion ablation
         unaligned = None if following is None else [None if f is None else np.zeros_like(f) for f in following]
         outputs = {
             "degraded": frames,
             "classical": classical_frames,
-            "no_prior": restore_clip(no_prior, frames, None, flows, device, next_flows=following),
+            "no_prior": restore_clip(no_prior, frames, None, flows, device, dtype, next_flows=following),
             "full_auto": full_auto,
-            "full_true_mask": restore_clip(full, frames, truth, flows, device, next_flows=following),
-            "full_no_flow": restore_clip(full, frames, auto, None, device, next_flows=unaligned),
-            "full_no_next": (restore_clip(full, frames, auto, flows, device) if full.config.bidirectional
+            "full_true_mask": restore_clip(full, frames, truth, flows, device, dtype, next_flows=following),
+            "full_no_flow": restore_clip(full, frames, auto, None, device, dtype, next_flows=unaligned),
+            "full_no_next": (restore_clip(full, frames, auto, flows, device, dtype) if full.config.bidirectional
                              else full_auto),
-            "full_empty_mask": restore_clip(full, frames, np.zeros_like(truth), flows, device, next_flows=following),
+            "full_empty_mask": restore_clip(full, frames, np.zeros_like(truth), flows, device, dtype,
+                                            next_flows=following),
         }
         for key, masks in prompted.items():
-            outputs[f"full_{key}"] = restore_clip(full, frames, masks, flows, device, next_flows=following)
+            outputs[f"full_{key}"] = restore_clip(full, frames, masks, flows, device, dtype, next_flows=following)
         record = clip_record(clip, bool(truth.any()))
         for method, result in outputs.items():
             values = {"psnr": psnr(result, clip.clean), "ssim": ssim(result, clip.clean),
@@ -306,6 +312,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
     height, width = clips[0].degraded.shape[1:3]
     report: dict[str, Any] = {
         "clips": len(clips), "frames": total_frames, "size": [width, height], "device": device,
+        "precision": str(dtype).removeprefix("torch."),
         "methods": {m: {k: float(np.nanmean(v)) if v else None for k, v in values.items()}
                     for m, values in per_method.items()},
         **breakdowns(records),
@@ -384,7 +391,8 @@ def write_contact_sheet(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[s
 def metrics_table(report: dict[str, Any]) -> str:
     """Plain-text table of an ``eval video`` report."""
     lines = [f"{report['clips']} clips, {report['frames']} frames {report['size'][0]}x{report['size'][1]} "
-             f"on {report['device']}", "", f"{'method':<18}{'PSNR dB':>9}{'SSIM':>8}{'PSNR teeth':>12}"]
+             f"on {report['device']}, {report.get('precision', 'float32')}", "",
+             f"{'method':<18}{'PSNR dB':>9}{'SSIM':>8}{'PSNR teeth':>12}"]
     for method, values in report["methods"].items():
         lines.append(f"{method:<18}{values['psnr']:>9.2f}{values['ssim']:>8.4f}{values['psnr_teeth']:>12.2f}")
     for name in BREAKDOWNS:

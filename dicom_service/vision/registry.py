@@ -59,26 +59,33 @@ def _video_bundles(name: str, models_dir: Path) -> None:
                               "(train one with `dicom-service train video`)")
 
 
-def _learned_video(name: str) -> Callable[[str, Path], VideoRuntime]:
+def _learned_video(name: str) -> Callable[[str, Path, str], VideoRuntime]:
     """Factory of the learned runtime whose options are spelled in ``name``."""
 
-    def build(device: str, models_dir: Path) -> VideoRuntime:
+    def build(device: str, models_dir: Path, precision: str) -> VideoRuntime:
         _video_bundles(name, models_dir)
         try:
+            from dicom_service.vision.precision import inference_dtype
             from dicom_service.vision.video_runtime import LearnedVideoRuntime
         except ImportError as exc:
             raise ConfigError(f"models.video {name!r} needs torch and segment-anything ({exc})") from None
+        try:
+            inference_dtype(device, precision)
+        except ValueError as exc:
+            raise ConfigError(f"models.precision: {exc}") from None
         return LearnedVideoRuntime(models_dir, device, stabilise="unstabilised" not in name,
-                                   upscale="sr2" in name, interpolate="interp2" in name, prior="noprior" not in name)
+                                   upscale="sr2" in name, interpolate="interp2" in name, prior="noprior" not in name,
+                                   precision=precision)
 
     return build
 
 
-#: Video runtimes by name; each factory takes the resolved device ("cpu" or "cuda[:N]")
-#: and the folder of bundled models.
-VIDEO_RUNTIMES: Mapping[str, Callable[[str, Path], VideoRuntime]] = MappingProxyType({
-    "baseline": lambda device, models: ClassicalVideoRuntime(),
-    "baseline-unstabilised": lambda device, models: ClassicalVideoRuntime(stabilise=False),
+#: Video runtimes by name; each factory takes the resolved device ("cpu" or "cuda[:N]"),
+#: the folder of bundled models and the compute precision (``models.precision``; the
+#: classical runtimes ignore it).
+VIDEO_RUNTIMES: Mapping[str, Callable[[str, Path, str], VideoRuntime]] = MappingProxyType({
+    "baseline": lambda device, models, precision: ClassicalVideoRuntime(),
+    "baseline-unstabilised": lambda device, models, precision: ClassicalVideoRuntime(stabilise=False),
     "learned": _learned_video("learned"),
     "learned-unstabilised": _learned_video("learned-unstabilised"),
     "learned-sr2": _learned_video("learned-sr2"),
@@ -134,8 +141,7 @@ def resolve_device(device: str) -> str:
     raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
-def _lookup(kind: str, table: Mapping[str, Callable[[str, Path], _R]], name: str
-            ) -> Callable[[str, Path], _R]:
+def _lookup(kind: str, table: Mapping[str, Callable[..., _R]], name: str) -> Callable[..., _R]:
     factory = table.get(name)
     if factory is None:
         choices = ", ".join(sorted(table))
@@ -144,17 +150,21 @@ def _lookup(kind: str, table: Mapping[str, Callable[[str, Path], _R]], name: str
 
 
 def build_video_runtime(name: str = "baseline", device: str = "auto",
-                        models_dir: Path | None = None) -> VideoRuntime:
+                        models_dir: Path | None = None, precision: str = "auto") -> VideoRuntime:
     """Build the video runtime called ``name`` for ``device``.
+
+    ``precision`` is the learned runtimes' compute precision
+    (:mod:`~dicom_service.vision.precision`: ``auto``, ``float32``, ``bfloat16``, ``float16``).
 
     Raises
     ------
     ConfigError
-        Unknown name (the message lists the valid ones) or unusable device.
+        Unknown name (the message lists the valid ones), unusable device, or a
+        precision the device cannot run (float16 on the CPU).
     """
     factory = _lookup("video", VIDEO_RUNTIMES, name)
     resolved = resolve_device(device)
-    runtime = factory(resolved, models_dir or default_models_dir())
+    runtime = factory(resolved, models_dir or default_models_dir(), precision)
     log.info("video runtime %r (%s) on %s", name, runtime.info.name, resolved)
     return runtime
 

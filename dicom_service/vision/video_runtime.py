@@ -41,6 +41,7 @@ from dicom_service.vision.interframe import (
     upscale_clip,
 )
 from dicom_service.vision.optical_flow import DisFlow, clip_flows
+from dicom_service.vision.precision import for_inference, inference_dtype
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
 from dicom_service.vision.stabilisation import estimate_motion, shake_px, smoothing_radius, stabilise
@@ -105,21 +106,28 @@ class LearnedVideoRuntime:
         Restore with the tooth-prior model (``video_restoration``, seed 000's design, the
         default); False uses ``video_restoration_noprior`` (whole frame only). The tooth
         masks are segmented either way: they are the Segmentation output.
+    precision : str
+        Compute precision of the restoration network (:mod:`~dicom_service.vision.precision`):
+        ``auto`` (float16 on CUDA, bfloat16 on a CPU with native bfloat16, else float32),
+        ``float32``, ``bfloat16`` or ``float16`` (CUDA only).
 
     Raises
     ------
     FileNotFoundError, ValueError
-        A bundle is missing or does not load (see the bundle loaders).
+        A bundle is missing or does not load (see the bundle loaders), or a precision
+        this device cannot run.
     """
 
     def __init__(self, models_dir: Path, device: str = "cpu", *, stabilise: bool = True,
                  smoothing_seconds: float = 1.0, upscale: bool = False, interpolate: bool = False,
-                 prior: bool = True) -> None:
+                 prior: bool = True, precision: str = "auto") -> None:
         if smoothing_seconds <= 0:
             raise ValueError(f"smoothing_seconds must be > 0, got {smoothing_seconds}")
         self.device = torch.device(device)
+        self.dtype = inference_dtype(self.device, precision)
         bundle = RESTORATION_BUNDLE if prior else NOPRIOR_BUNDLE
-        self.restorer, restoration_config = load_restoration_bundle(models_dir / bundle, self.device)
+        restorer, restoration_config = load_restoration_bundle(models_dir / bundle, self.device)
+        self.restorer = for_inference(restorer)
         sam, sam_config = load_sam_bundle(models_dir / SAM_BUNDLE, self.device)
         self.segmenter = ToothSegmenter(sam)
         self.stabilise = stabilise
@@ -130,7 +138,6 @@ class LearnedVideoRuntime:
         if interpolate:
             self.interpolator = load_interframe_bundle(models_dir / INTERP_BUNDLE, self.device)[0]
         self.smoothing_seconds = smoothing_seconds
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         #: The bundles' config.json documents (provenance: training command, sha256, metrics).
         self.configs = {"restoration": restoration_config, "sam": sam_config}
         versions = (restoration_config["weights"]["sha256"][:12], sam_config["weights"]["sha256"][:12])
@@ -138,7 +145,8 @@ class LearnedVideoRuntime:
             name=NAME if self.restorer.config.use_prior else NAME_NOPRIOR,
             version=f"restoration-{versions[0]}+sam-{versions[1]}", family="ai",
             parameters=(f"stabilise={stabilise} smoothing_s={smoothing_seconds} upscale={upscale} "
-                        f"interpolate={interpolate} device={self.device.type}"),
+                        f"interpolate={interpolate} device={self.device.type} "
+                        f"precision={str(self.dtype).removeprefix('torch.')}"),
         )
 
     def _steps(self, scaled: bool, stabilised: bool, count: int, interpolated: bool, upscaled: bool) -> list[str]:

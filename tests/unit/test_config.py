@@ -56,6 +56,7 @@ def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ("destinations:\n  - {name: a, ae_title: X, host: h, port: 1, results: [pdf]}\n",
          "destinations.0.results.0"),
         ("device: tpu\n", "device"),
+        ("models:\n  precision: int8\n", "models.precision"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, yaml_text: str, key: str) -> None:
