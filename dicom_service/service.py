@@ -25,6 +25,7 @@ from dicom_service.storage import InstanceStore
 from dicom_service.vision.registry import (
     build_radiograph_runtime,
     build_video_runtime,
+    check_precision,
     check_runtime_names,
     resolve_device,
 )
@@ -99,7 +100,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         check_runtime_names(settings.models.video, settings.models.radiograph, settings.models.path)
-        resolve_device(settings.device)
+        check_precision(settings.models.precision, resolve_device(settings.device))
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None
         self.queue: SQLiteJobQueue | None = None

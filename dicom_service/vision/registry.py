@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import TypeVar, get_args
 
-from dicom_service.domain import ConfigError
+from dicom_service.domain import ConfigError, Precision
 from dicom_service.vision.baseline_implants import ElongatedObjectDetector
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
 from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE, SR_BUNDLE
@@ -64,15 +64,11 @@ def _learned_video(name: str) -> Callable[[str, Path, str], VideoRuntime]:
 
     def build(device: str, models_dir: Path, precision: str) -> VideoRuntime:
         _video_bundles(name, models_dir)
+        check_precision(precision, device)
         try:
-            from dicom_service.vision.precision import inference_dtype
             from dicom_service.vision.video_runtime import LearnedVideoRuntime
         except ImportError as exc:
             raise ConfigError(f"models.video {name!r} needs torch and segment-anything ({exc})") from None
-        try:
-            inference_dtype(device, precision)
-        except ValueError as exc:
-            raise ConfigError(f"models.precision: {exc}") from None
         return LearnedVideoRuntime(models_dir, device, stabilise="unstabilised" not in name,
                                    upscale="sr2" in name, interpolate="interp2" in name, prior="noprior" not in name,
                                    precision=precision)
@@ -184,6 +180,29 @@ def build_radiograph_runtime(name: str = "baseline", device: str = "auto",
     runtime = factory(resolved, models_dir or default_models_dir())
     log.info("radiograph runtime %r (%s) on %s", name, runtime.info.name, resolved)
     return runtime
+
+
+def check_precision(precision: str, device: str) -> None:
+    """Fail early on a compute precision the resolved ``device`` cannot run.
+
+    Parameters
+    ----------
+    precision : str
+        ``models.precision``: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+    device : str
+        A resolved device (:func:`resolve_device`): ``cpu`` or ``cuda[:N]``.
+
+    Raises
+    ------
+    ConfigError
+        An unknown precision, or float16 without a CUDA device.
+    """
+    choices = get_args(Precision)
+    if precision not in choices:
+        raise ConfigError(f"models.precision: unknown precision {precision!r}; valid choices: {', '.join(choices)}")
+    if precision == "float16" and not _CUDA_RE.match(device):
+        raise ConfigError(f"models.precision: float16 needs a CUDA device, but the device is {device!r}; "
+                          "use auto, bfloat16 or float32")
 
 
 def check_runtime_names(video: str, radiograph: str, models_dir: Path | None = None) -> None:

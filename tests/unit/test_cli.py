@@ -74,6 +74,15 @@ def test_bad_config_names_the_key_and_exits_2(tmp_path: Path) -> None:
     assert "dicom.port" in proc.stderr
 
 
+def test_float16_on_the_cpu_is_refused_before_anything_listens(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"device: cpu\nmodels:\n  precision: float16\nstorage:\n  path: {tmp_path / 'var'}\n")
+    proc = subprocess.run([sys.executable, "-m", "dicom_service", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "models.precision: float16 needs a CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_conformance_table_lists_every_input_class() -> None:
     proc = subprocess.run([sys.executable, "-m", "dicom_service", "conformance"],
                           capture_output=True, text=True, timeout=60)

@@ -12,6 +12,7 @@ from dicom_service.vision.registry import (
     VIDEO_RUNTIMES,
     build_radiograph_runtime,
     build_video_runtime,
+    check_precision,
     resolve_device,
 )
 from dicom_service.vision.runtime import RadiographRuntime, VideoRuntime
@@ -57,3 +58,14 @@ def test_learned_video_names_and_missing_bundles(tmp_path) -> None:
         check_runtime_names("learned-noprior", "baseline", tmp_path)
     if importlib.util.find_spec("segment_anything") is not None:
         assert build_video_runtime("learned-unstabilised", "cpu").stabilise is False
+
+
+def test_precision_is_checked_against_the_device() -> None:
+    for precision in ("auto", "float32", "bfloat16"):
+        check_precision(precision, "cpu")
+    check_precision("float16", "cuda")
+    check_precision("float16", "cuda:1")
+    with pytest.raises(ConfigError, match="models.precision: float16 needs a CUDA device"):
+        check_precision("float16", "cpu")
+    with pytest.raises(ConfigError, match="valid choices: auto, float32, bfloat16, float16"):
+        check_precision("int8", "cpu")
