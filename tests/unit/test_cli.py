@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from tests.conftest import TEST_TOKEN
@@ -65,22 +66,18 @@ def test_serve_then_ctrl_c_shuts_down_cleanly(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
-def test_bad_config_names_the_key_and_exits_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("dicom:\n  port: 99999\n", "dicom.port"),
+    # a precision the device cannot run is refused before anything listens
+    ("device: cpu\nmodels:\n  precision: float16\n", "models.precision: float16 needs a CUDA device"),
+])
+def test_bad_config_names_the_key_and_exits_2(tmp_path: Path, yaml_text: str, message: str) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("dicom:\n  port: 99999\n")
+    config.write_text(yaml_text + f"storage:\n  path: {tmp_path / 'var'}\n")
     proc = subprocess.run([sys.executable, "-m", "dicom_service", "serve", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "dicom.port" in proc.stderr
-
-
-def test_float16_on_the_cpu_is_refused_before_anything_listens(tmp_path: Path) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(f"device: cpu\nmodels:\n  precision: float16\nstorage:\n  path: {tmp_path / 'var'}\n")
-    proc = subprocess.run([sys.executable, "-m", "dicom_service", "serve", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "models.precision: float16 needs a CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_conformance_table_lists_every_input_class() -> None:
