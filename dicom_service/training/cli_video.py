@@ -72,7 +72,8 @@ def add_video_eval_parser(kinds: argparse._SubParsersAction) -> None:
     _data_options(p)
     p.add_argument("--models", type=Path, default=None, help="models folder (default: the bundled models/)")
     p.add_argument("--split", default="test")
-    p.add_argument("--out", type=Path, default=None, help="folder for eval_video.json and contact_sheet.png")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for eval_video.json, eval_video.txt and contact_sheet.png")
     p.add_argument("--limit", type=int, default=None, help="first N clips of the split")
     p.add_argument("--precision", default="float32", choices=get_args(Precision),
                    help="restoration compute precision (default float32; auto: what the node picks on this device)")

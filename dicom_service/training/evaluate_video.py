@@ -218,7 +218,8 @@ def paired_gain(a: Sequence[float], b: Sequence[float], resamples: int = 10000, 
 
 def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str = "cpu",
                    out_dir: Path | None = None, precision: str = "float32") -> dict[str, Any]:
-    """Measure every method on ``clips``; write ``eval_video.json`` and ``contact_sheet.png``.
+    """Measure every method on ``clips``; write ``eval_video.json``, ``eval_video.txt`` (the
+    table of :func:`metrics_table`) and ``contact_sheet.png`` into ``out_dir`` when given.
 
     ``precision`` is the restoration networks' compute precision
     (:func:`~dicom_service.vision.precision.inference_dtype`); float32 by default, so the
@@ -349,6 +350,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval_video.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (out_dir / "eval_video.txt").write_text(metrics_table(report) + "\n", encoding="utf-8")
         write_contact_sheet(sheet_rows, SHEET_COLUMNS, out_dir / "contact_sheet.png")
     return report
 

@@ -77,7 +77,8 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
     assert effect["mean"] == pytest.approx(report["gains_db"]["full_vs_no_prior"])
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] == 5 * 80
-    assert "PSNR" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and (out / "eval_video.txt").read_text() in printed + "\n"
 
 
 def test_train_on_real_paired_folders_without_masks(trained: tuple[Path, Path], tmp_path: Path) -> None:
