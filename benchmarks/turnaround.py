@@ -243,9 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _node_video_precision() -> str:
     """The compute precision the node's learned video runtime picks here (``auto`` on the CPU)."""
-    from dicom_service.vision.precision import inference_dtype
+    from dicom_service.vision.precision import inference_dtype, precision_name
 
-    return str(inference_dtype("cpu")).removeprefix("torch.")
+    return precision_name(inference_dtype("cpu"))
 
 
 if __name__ == "__main__":

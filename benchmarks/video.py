@@ -148,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dicom_service.training.video_phantoms import clip_seed, render_clip
-    from dicom_service.vision.precision import native_bfloat16
+    from dicom_service.vision.precision import native_bfloat16, precision_name
     from dicom_service.vision.registry import default_models_dir, resolve_device
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
     device = resolve_device(args.device)
     runtime = LearnedVideoRuntime(args.models or default_models_dir(), device, precision=args.precision)
     result: dict[str, Any] = {"benchmark": "video", "device": device, "threads": torch.get_num_threads(),
-                              "precision": str(runtime.dtype).removeprefix("torch."),
+                              "precision": precision_name(runtime.dtype),
                               "cpu_native_bfloat16": native_bfloat16(),
                               "hardware": hardware(), "algorithm": runtime.info.version, "cases": {}}
     if device.startswith("cuda"):

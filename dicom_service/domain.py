@@ -10,12 +10,28 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 #: Compute precision of the learned video models (see :mod:`dicom_service.vision.precision`).
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
+#: The precisions a user can ask for, ``auto`` first.
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def precision_problem(precision: str, device: str) -> str | None:
+    """Why ``precision`` cannot run on ``device`` (``cpu``, ``cuda`` or ``cuda:N``), or None.
+
+    The one rule behind the settings check at start and the runtime's own check:
+    the precision must be one of :data:`PRECISIONS`, and float16 needs CUDA (the CPU has
+    no fast float16 kernels).
+    """
+    if precision not in PRECISIONS:
+        return f"unknown precision {precision!r}: precision must be one of the valid choices: {', '.join(PRECISIONS)}"
+    if precision == "float16" and not device.startswith("cuda"):
+        return f"float16 needs a CUDA device, but the device is {device!r}; use auto, bfloat16 or float32"
+    return None
 
 
 # --------------------------------------------------------------------------- errors

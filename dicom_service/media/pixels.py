@@ -25,9 +25,14 @@ PERCENTILE_WINDOW: tuple[float, float] = (0.5, 99.5)
 _PERCENTILE_MAX_SAMPLES = 1_000_000
 _COLOUR_PREFIXES = ("RGB", "YBR", "PALETTE", "HSV", "ARGB", "CMYK")
 #: What pydicom's pixel decoders raise on corrupt, truncated or unsupported pixel data
-#: (callers turn them into :class:`~dicom_service.domain.MediaError`).
+#: (:func:`decode_error` turns them into a :class:`~dicom_service.domain.MediaError`).
 DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError,
                   TypeError, IndexError, struct.error, EOFError)
+
+
+def decode_error(exc: BaseException) -> MediaError:
+    """The :class:`MediaError` for one of :data:`DECODE_ERRORS` (raise it ``from exc``)."""
+    return MediaError(f"pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})")
 
 
 def _is_encapsulated(ds: Dataset) -> bool:
@@ -202,7 +207,7 @@ def load_radiograph(ds: Dataset) -> np.ndarray:
     try:
         stored = pixel_array(ds, index=0) if frames > 1 else pixel_array(ds)
     except DECODE_ERRORS as exc:
-        raise MediaError(f"pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise decode_error(exc) from exc
     if stored.ndim != 2:
         raise MediaError(f"decoded pixel data has shape {stored.shape}, expected (rows, columns)")
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)

@@ -25,7 +25,7 @@ from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.pixels import iter_pixels, pixel_array
 
 from dicom_service.domain import MediaError, UnsupportedInputError
-from dicom_service.media.pixels import DECODE_ERRORS
+from dicom_service.media.pixels import DECODE_ERRORS, decode_error
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _decode_with_pydicom(ds: Dataset, max_frames: int | None) -> np.ndarray:
             if n_frames == 1:
                 arr = arr[None]
     except DECODE_ERRORS as exc:
-        raise MediaError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        raise decode_error(exc) from exc
     samples = int(ds.get("SamplesPerPixel", 1))
     if samples not in (1, 3):
         raise UnsupportedInputError(f"SamplesPerPixel {samples} is not supported")

@@ -11,9 +11,9 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from dicom_service.domain import ConfigError, Precision
+from dicom_service.domain import PRECISIONS, ConfigError
 from dicom_service.vision.bundle_names import NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE
 
 #: Bundle folder (under ``--out``) of each restoration part of ``train video``, in training
@@ -75,7 +75,7 @@ def add_video_eval_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="folder for eval_video.json, eval_video.txt and contact_sheet.png")
     p.add_argument("--limit", type=int, default=None, help="first N clips of the split")
-    p.add_argument("--precision", default="float32", choices=get_args(Precision),
+    p.add_argument("--precision", default="float32", choices=PRECISIONS,
                    help="restoration compute precision (default float32; auto: what the node picks on this device)")
     p.set_defaults(func=cmd_eval_video)
 

@@ -68,7 +68,7 @@ from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, SR_
 from dicom_service.vision.interframe import load_interframe_bundle
 from dicom_service.vision.mask_propagation import propagate_correction
 from dicom_service.vision.optical_flow import DisFlow, clip_flows, endpoint_error
-from dicom_service.vision.precision import for_inference
+from dicom_service.vision.precision import for_inference, precision_name
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_masks
@@ -313,7 +313,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
     height, width = clips[0].degraded.shape[1:3]
     report: dict[str, Any] = {
         "clips": len(clips), "frames": total_frames, "size": [width, height], "device": device,
-        "precision": str(dtype).removeprefix("torch."),
+        "precision": precision_name(dtype),
         "methods": {m: {k: float(np.nanmean(v)) if v else None for k, v in values.items()}
                     for m, values in per_method.items()},
         **breakdowns(records),

@@ -14,14 +14,12 @@ both. Training always runs in float32.
 
 from __future__ import annotations
 
-from typing import get_args
-
 import torch
 
-from dicom_service.domain import Precision
+from dicom_service.domain import PRECISIONS, precision_problem
 
-#: The precisions a user can ask for, ``auto`` first.
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+__all__ = ["PRECISIONS", "for_inference", "inference_dtype", "native_bfloat16", "precision_name"]
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -57,16 +55,20 @@ def inference_dtype(device: torch.device | str, precision: str = "auto") -> torc
     ValueError
         An unknown precision, or float16 on the CPU (no fast kernels there).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    kind = torch.device(device).type
+    device = torch.device(device)
+    problem = precision_problem(precision, str(device))
+    if problem is not None:
+        raise ValueError(problem)
     if precision == "auto":
-        if kind == "cuda":
+        if device.type == "cuda":
             return torch.float16
-        return torch.bfloat16 if kind == "cpu" and native_bfloat16() else torch.float32
-    if precision == "float16" and kind == "cpu":
-        raise ValueError("precision float16 needs a CUDA device; on the CPU use bfloat16 or float32")
+        return torch.bfloat16 if device.type == "cpu" and native_bfloat16() else torch.float32
     return _DTYPES[precision]
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``"bfloat16"``: the spelling of :data:`PRECISIONS`, for reports and provenance."""
+    return str(dtype).removeprefix("torch.")
 
 
 def for_inference(model: torch.nn.Module) -> torch.nn.Module:

@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar, get_args
+from typing import TypeVar
 
-from dicom_service.domain import ConfigError, Precision
+from dicom_service.domain import ConfigError, precision_problem
 from dicom_service.vision.baseline_implants import ElongatedObjectDetector
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
 from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE, SR_BUNDLE
@@ -197,12 +197,9 @@ def check_precision(precision: str, device: str) -> None:
     ConfigError
         An unknown precision, or float16 without a CUDA device.
     """
-    choices = get_args(Precision)
-    if precision not in choices:
-        raise ConfigError(f"models.precision: unknown precision {precision!r}; valid choices: {', '.join(choices)}")
-    if precision == "float16" and not _CUDA_RE.match(device):
-        raise ConfigError(f"models.precision: float16 needs a CUDA device, but the device is {device!r}; "
-                          "use auto, bfloat16 or float32")
+    problem = precision_problem(precision, device)
+    if problem is not None:
+        raise ConfigError(f"models.precision: {problem}")
 
 
 def check_runtime_names(video: str, radiograph: str, models_dir: Path | None = None) -> None:

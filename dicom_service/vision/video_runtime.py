@@ -41,7 +41,7 @@ from dicom_service.vision.interframe import (
     upscale_clip,
 )
 from dicom_service.vision.optical_flow import DisFlow, clip_flows
-from dicom_service.vision.precision import for_inference, inference_dtype
+from dicom_service.vision.precision import for_inference, inference_dtype, precision_name
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
 from dicom_service.vision.stabilisation import estimate_motion, shake_px, smoothing_radius, stabilise
@@ -146,7 +146,7 @@ class LearnedVideoRuntime:
             version=f"restoration-{versions[0]}+sam-{versions[1]}", family="ai",
             parameters=(f"stabilise={stabilise} smoothing_s={smoothing_seconds} upscale={upscale} "
                         f"interpolate={interpolate} device={self.device.type} "
-                        f"precision={str(self.dtype).removeprefix('torch.')}"),
+                        f"precision={precision_name(self.dtype)}"),
         )
 
     def _steps(self, scaled: bool, stabilised: bool, count: int, interpolated: bool, upscaled: bool) -> list[str]:
