@@ -42,6 +42,9 @@ image).
 Propagation: the true mask of frame 0 (a perfect correction) carried through the clip
 (:func:`propagate_correction`), mIoU on the other frames. Flow: DIS end-point error
 against the true phantom flow, on pixels whose target stays inside the frame.
+Stabilisation (clips with true flow): the true high-frequency camera motion before and
+after the node's stabilisation of the ``full_auto`` frames (see
+:mod:`~dicom_service.training.evaluate_stabilisation`).
 Interframe models (when bundled): see
 :func:`~dicom_service.training.train_interframe.evaluate_interframe`.
 """
@@ -59,6 +62,7 @@ import cv2
 import numpy as np
 import torch
 
+from dicom_service.training.evaluate_stabilisation import stabilisation_record, stabilisation_summary
 from dicom_service.training.image_metrics import gain_corrected, mask_iou, psnr, ssim
 from dicom_service.training.train_interframe import evaluate_interframe
 from dicom_service.training.train_sam import PROMPT_MODES, prompted_masks, segmentation_report
@@ -70,6 +74,7 @@ from dicom_service.vision.mask_propagation import propagate_correction
 from dicom_service.vision.optical_flow import DisFlow, clip_flows, endpoint_error
 from dicom_service.vision.precision import for_inference, precision_name
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
+from dicom_service.vision.stabilisation import smoothing_radius
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_masks
 
@@ -296,6 +301,8 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
             record["grain_free_reference"] = {"psnr": psnr(grain_free, clip.clean),
                                               "ssim": ssim(grain_free, clip.clean),
                                               "full_auto_ssim_to_it": ssim(full_auto, grain_free)}
+        record["stabilisation"] = stabilisation_record(
+            clip, full_auto, smoothing_radius(clip.fps, count, runtime.smoothing_seconds))
         records.append(record)
         if truth[0].any():  # a perfect correction on frame 0, carried through the clip
             carried = propagate_correction(segmenter, frames, 0, truth[0], flow=dis)
@@ -322,6 +329,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         "segmentation": segmentation_report(truths, automatic, prompted_all,
                                             seconds["segment"] + seconds["prompted"]),
         "propagation_miou": float(np.mean(propagation)) if propagation else None,
+        "stabilisation": stabilisation_summary([r["stabilisation"] for r in records]),
         "flow_epe_px": {k: float(np.mean(v)) if v else None for k, v in epe.items()},
         "fps": {
             "restoration": seconds["restore_frames"] / seconds["restore"],
@@ -426,7 +434,17 @@ def metrics_table(report: dict[str, Any]) -> str:
         lines.append(f"correction on frame 0 carried through each clip: mIoU {report['propagation_miou']:.3f}")
     lines.append("flow EPE px (DIS): " + "  ".join(f"{k} {v:.2f}" for k, v in report["flow_epe_px"].items()
                                                   if v is not None))
+    stab = report.get("stabilisation")
+    if stab is not None:
+        lines.append(f"true shake px/frame^2 ({stab['clips']} clips): before {stab['before']:.2f}  "
+                     f"after {stab['after']:.2f} (motion from the restored frames; from clean "
+                     f"{stab['after_clean']:.2f}, true motion {stab['after_true']:.2f}); "
+                     f"motion error {stab['motion_error_px']:.2f} px")
     for kind, values in report.get("interframe", {}).items():
-        lines.append(f"{kind}: " + "  ".join(f"{k} {v:.2f} dB" for k, v in values.items()))
+        for label, scores in (("", values), (" stabilised", values.get("stabilised", {}))):
+            flat = {k: v for k, v in scores.items() if isinstance(v, float)}
+            if flat:
+                lines.append(f"{kind}{label}: " + "  ".join(
+                    f"{k} {v:.2f} {'px' if k.endswith('_px') else 'dB'}" for k, v in flat.items()))
     lines.append("FPS: " + "  ".join(f"{k} {v:.1f}" for k, v in report["fps"].items()))
     return "\n".join(lines)

@@ -26,7 +26,13 @@ import numpy as np
 
 from dicom_service.domain import AlgorithmInfo, VideoEnhancement
 from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
-from dicom_service.vision.stabilisation import estimate_motion, shake_px, smoothing_radius, stabilise
+from dicom_service.vision.stabilisation import (
+    DEFAULT_SMOOTHING_SECONDS,
+    estimate_motion,
+    shake_px,
+    smoothing_radius,
+    stabilise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +97,7 @@ class ClassicalVideoRuntime:
         If a parameter is negative or ``smoothing_seconds`` is not positive.
     """
 
-    def __init__(self, *, stabilise: bool = True, smoothing_seconds: float = 1.0,
+    def __init__(self, *, stabilise: bool = True, smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS,
                  bilateral_sigma: float = 20.0, temporal: bool = True, clahe_clip: float = 2.0,
                  unsharp_amount: float = 0.6) -> None:
         if smoothing_seconds <= 0:

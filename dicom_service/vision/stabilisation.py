@@ -16,7 +16,61 @@ import numpy as np
 from dicom_service.vision.optical_flow import grey_scaled
 
 _FLOW_MAX_SIDE = 320
+#: Seconds of camera path the runtimes smooth over by default.
+DEFAULT_SMOOTHING_SECONDS = 1.0
 _GRID_STEP = 8
+
+
+def fit_similarity(flow: np.ndarray, *, step: int = _GRID_STEP, threshold: float = 1.0) -> np.ndarray | None:
+    """RANSAC similarity (rotation, uniform scale, translation) fitted to a flow on a grid.
+
+    Parameters
+    ----------
+    flow : np.ndarray
+        ``(H, W, 2)`` flow ``(dx, dy)`` from the first frame to the second.
+    step : int
+        Grid spacing in pixels.
+    threshold : float
+        RANSAC inlier distance in pixels (points moving otherwise, such as an instrument,
+        are left out).
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(2, 3)`` float64 matrix mapping first-frame ``(x, y)`` to second-frame ``(x, y)``;
+        None when no similarity fits (flat frames).
+    """
+    height, width = flow.shape[:2]
+    ys, xs = np.mgrid[step // 2:height:step, step // 2:width:step]
+    points = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+    moved = np.ascontiguousarray(points + flow[ys.ravel(), xs.ravel()], dtype=np.float32)
+    matrix, _ = cv2.estimateAffinePartial2D(points, moved, method=cv2.RANSAC, ransacReprojThreshold=threshold)
+    return matrix
+
+
+def similarity_motion(flow: np.ndarray) -> tuple[float, float, float]:
+    """Camera motion of one frame pair from its flow (:func:`fit_similarity`).
+
+    Parameters
+    ----------
+    flow : np.ndarray
+        ``(H, W, 2)`` flow ``(dx, dy)`` from the first frame to the second.
+
+    Returns
+    -------
+    tuple of float
+        ``(dx, dy, da)``: displacement of the frame centre in pixels of ``flow`` (x =
+        column, y = row) and rotation in radians. Falls back to the median flow and no
+        rotation when no similarity fits.
+    """
+    matrix = fit_similarity(flow)
+    if matrix is None:
+        shift = np.median(flow.reshape(-1, 2), axis=0)
+        return float(shift[0]), float(shift[1]), 0.0
+    height, width = flow.shape[:2]
+    centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    shift = matrix[:, :2] @ centre + matrix[:, 2] - centre
+    return float(shift[0]), float(shift[1]), math.atan2(matrix[1, 0], matrix[0, 0])
 
 
 def estimate_motion(frames: np.ndarray) -> np.ndarray:
@@ -32,7 +86,8 @@ def estimate_motion(frames: np.ndarray) -> np.ndarray:
     np.ndarray
         ``(T, 3)`` float64: row ``t`` is the motion from frame ``t-1`` to ``t`` as
         ``(dx, dy, da)``: displacement of the frame centre in full-resolution pixels
-        (x = column, y = row) and rotation in radians; row 0 is zero.
+        (x = column, y = row) and rotation in radians (:func:`similarity_motion` of the
+        DIS flow between downscaled grey frames); row 0 is zero.
     """
     count, height, width = frames.shape[:3]
     motion = np.zeros((count, 3), dtype=np.float64)
@@ -41,27 +96,15 @@ def estimate_motion(frames: np.ndarray) -> np.ndarray:
     factor = min(1.0, _FLOW_MAX_SIDE / float(max(height, width)))
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
     previous = grey_scaled(frames[0], factor)
-    small_h, small_w = previous.shape
-    ys, xs = np.mgrid[_GRID_STEP // 2:small_h:_GRID_STEP, _GRID_STEP // 2:small_w:_GRID_STEP]
-    points = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
-    centre = np.array([(small_w - 1) / 2.0, (small_h - 1) / 2.0])
     for t in range(1, count):
         current = grey_scaled(frames[t], factor)
-        flow = dis.calc(previous, current, None)
-        moved = points + flow[ys.ravel(), xs.ravel()]
-        matrix, _ = cv2.estimateAffinePartial2D(points, moved, method=cv2.RANSAC,
-                                                ransacReprojThreshold=1.0)
-        if matrix is None:  # degenerate (flat) frames: fall back to the median flow
-            shift = np.median(flow.reshape(-1, 2), axis=0)
-            motion[t] = (shift[0] / factor, shift[1] / factor, 0.0)
-        else:
-            shift = matrix[:, :2] @ centre + matrix[:, 2] - centre
-            motion[t] = (shift[0] / factor, shift[1] / factor, math.atan2(matrix[1, 0], matrix[0, 0]))
+        dx, dy, da = similarity_motion(dis.calc(previous, current, None))
+        motion[t] = (dx / factor, dy / factor, da)
         previous = current
     return motion
 
 
-def _moving_average(path: np.ndarray, radius: int) -> np.ndarray:
+def moving_average(path: np.ndarray, radius: int) -> np.ndarray:
     """Centred moving average of ``(T, K)`` along axis 0 with edge padding."""
     if radius < 1 or path.shape[0] < 2:
         return path.copy()
@@ -83,7 +126,7 @@ def shake_px(motion: np.ndarray, radius: int) -> float:
     if motion.shape[0] < 2:
         return 0.0
     path = np.cumsum(motion, axis=0)
-    jitter = path[:, :2] - _moving_average(path, radius)[:, :2]
+    jitter = path[:, :2] - moving_average(path, radius)[:, :2]
     return float(np.sqrt(np.mean(np.sum(jitter ** 2, axis=1))))
 
 
@@ -93,6 +136,27 @@ def _correction_matrix(dx: float, dy: float, da: float, width: int, height: int)
     centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
     shift = centre - rotation @ centre + np.array([dx, dy])
     return np.hstack([rotation, shift[:, None]]).astype(np.float32)
+
+
+def correction_matrices(motion: np.ndarray, radius: int, width: int, height: int) -> np.ndarray:
+    """The warps that move each frame from the camera path onto its moving average.
+
+    Parameters
+    ----------
+    motion, radius
+        As for :func:`stabilise`.
+    width, height : int
+        Frame size in pixels.
+
+    Returns
+    -------
+    np.ndarray
+        ``(T, 2, 3)`` float32 affine matrices mapping a frame's ``(x, y)`` to the
+        stabilised frame's.
+    """
+    path = np.cumsum(motion, axis=0)
+    correction = moving_average(path, radius) - path
+    return np.stack([_correction_matrix(*row, width, height) for row in correction])
 
 
 def stabilise(frames: np.ndarray, motion: np.ndarray, radius: int) -> np.ndarray:
@@ -112,12 +176,9 @@ def stabilise(frames: np.ndarray, motion: np.ndarray, radius: int) -> np.ndarray
     np.ndarray
         ``(T, H, W, 3)`` uint8, the stabilised frames.
     """
-    path = np.cumsum(motion, axis=0)
-    correction = _moving_average(path, radius) - path
     height, width = frames.shape[1:3]
     out = np.empty_like(frames)
-    for t in range(frames.shape[0]):
-        matrix = _correction_matrix(*correction[t], width, height)
+    for t, matrix in enumerate(correction_matrices(motion, radius, width, height)):
         out[t] = cv2.warpAffine(frames[t], matrix, (width, height), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE)
     return out

@@ -44,7 +44,13 @@ from dicom_service.vision.optical_flow import DisFlow, clip_flows
 from dicom_service.vision.precision import for_inference, inference_dtype, precision_name
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
-from dicom_service.vision.stabilisation import estimate_motion, shake_px, smoothing_radius, stabilise
+from dicom_service.vision.stabilisation import (
+    DEFAULT_SMOOTHING_SECONDS,
+    estimate_motion,
+    shake_px,
+    smoothing_radius,
+    stabilise,
+)
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.tooth_sam import load_sam_bundle
 
@@ -119,7 +125,7 @@ class LearnedVideoRuntime:
     """
 
     def __init__(self, models_dir: Path, device: str = "cpu", *, stabilise: bool = True,
-                 smoothing_seconds: float = 1.0, upscale: bool = False, interpolate: bool = False,
+                 smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS, upscale: bool = False, interpolate: bool = False,
                  prior: bool = True, precision: str = "auto") -> None:
         if smoothing_seconds <= 0:
             raise ValueError(f"smoothing_seconds must be > 0, got {smoothing_seconds}")

@@ -53,6 +53,9 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
     assert report["methods"]["full_no_next"] == report["methods"]["full_auto"]
     assert report["methods"]["degraded"]["psnr"] < 40 and report["fps"]["learned_pipeline"] > 0
     assert set(report["interframe"]) == {"sr2", "interp2"}
+    stab = report["stabilisation"]  # judged by the phantoms' true flow
+    assert stab["clips"] == report["clips"] and stab["before"] >= 0 and stab["motion_error_px"] >= 0
+    assert report["per_clip"][0]["stabilisation"]["before"] == pytest.approx(stab["before"])
     scenes = report["by_scene"]
     assert scenes["with_teeth"]["clips"] + scenes["without_teeth"]["clips"] == report["clips"]
     for entry in scenes.values():
@@ -78,7 +81,7 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] == 5 * 80
     printed = capsys.readouterr().out
-    assert "PSNR" in printed and (out / "eval_video.txt").read_text() in printed + "\n"
+    assert "PSNR" in printed and "true shake" in printed and (out / "eval_video.txt").read_text() in printed + "\n"
 
 
 def test_train_on_real_paired_folders_without_masks(trained: tuple[Path, Path], tmp_path: Path) -> None:

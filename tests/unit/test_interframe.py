@@ -3,6 +3,8 @@ and short training runs that beat their classical baselines."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ torch = pytest.importorskip("torch")
 from dicom_service.training.image_metrics import psnr  # noqa: E402
 from dicom_service.training.train_interframe import (  # noqa: E402
     evaluate_interframe,
+    linear_midpoint_error,
     train_interpolator,
     train_super_resolution,
 )
@@ -70,5 +73,20 @@ def test_short_training_beats_the_classical_baselines() -> None:
     assert report["sr2"]["psnr_model"] > report["sr2"]["psnr_bicubic"]
     assert report["interp2"]["psnr_flow_warped_average"] > report["interp2"]["psnr_frame_average"]
     assert np.isfinite(report["interp2"]["psnr_model"])
+    stabilised = report["interp2"]["stabilised"]  # the same, on the clips stabilised first
+    assert set(stabilised) == {"psnr_model", "psnr_flow_warped_average", "psnr_frame_average"}
+    assert all(np.isfinite(v) for v in stabilised.values())
+    assert report["interp2"]["linear_midpoint_error_px"] > 0  # the phantoms' camera shakes
     with pytest.raises(ValueError, match="no clip"):
         train_super_resolution(clips, steps=1, crop=64)
+
+
+def test_linear_midpoint_error_is_zero_for_steady_motion_only() -> None:
+    clip = render_clip(3, frames=4, height=64, width=80, instrument=False)
+    steady = np.zeros((3, 64, 80, 2), np.float32)
+    steady[..., 0] = 2.0
+    assert linear_midpoint_error(dataclasses.replace(clip, flow=steady)) == pytest.approx(0.0, abs=1e-6)
+    shaking = steady.copy()
+    shaking[1, ..., 0] = -2.0  # right, left, right: the middle frame is 2 px off the linear guess
+    assert linear_midpoint_error(dataclasses.replace(clip, flow=shaking)) == pytest.approx(2.0, abs=1e-4)
+    assert linear_midpoint_error(dataclasses.replace(clip, flow=None)) is None
