@@ -5,7 +5,8 @@ seeds) rendered at each size:
 
 ``restoration``
     :func:`restore_clip` with the bundled restoration model alone (masks and DIS flows
-    computed beforehand and not timed): frames per second.
+    computed beforehand and not timed): frames per second, the median of ``--repeats``
+    runs (each run's in ``fps_runs``).
 ``pipeline``
     The whole video workflow on a Video Photographic DICOM instance holding the clip as
     H.264: decode (PyAV) → SAM automatic tooth masks → DIS flow → restoration →
@@ -21,8 +22,11 @@ seeds) rendered at each size:
 Restoration runs in the precision ``--precision`` names (default ``auto``, what the node
 picks: float16 on CUDA, bfloat16 on a CPU with native bfloat16, else float32; see
 :mod:`dicom_service.vision.precision`); on CUDA the device is synchronised before each
-clock read. Run from the repository root: ``python -m benchmarks.video [--sizes
-640x480,1280x720] [--frames 30] [--device auto] [--precision auto] [--ten-second]``.
+clock read. ``--compile`` torch.compiles the restoration network, as ``models.compile``
+does; the compilation falls in the restoration warm-up (``warmup_seconds``), which runs
+the first, a middle and the last frame's paths before the clock starts. Run from the
+repository root: ``python -m benchmarks.video [--sizes 640x480,1280x720] [--frames 30]
+[--device auto] [--precision auto] [--compile] [--ten-second]``.
 Prints one JSON object on stdout.
 """
 
@@ -81,8 +85,9 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def bench_restoration(runtime: Any, clip: Any, device: str) -> dict[str, Any]:
-    """Restoration model alone on a clip (masks and flows prepared outside the clock)."""
+def bench_restoration(runtime: Any, clip: Any, device: str, repeats: int = 3) -> dict[str, Any]:
+    """Restoration model alone on a clip (masks and flows prepared outside the clock),
+    ``repeats`` timed runs: the median FPS, and each run's."""
     from dicom_service.vision.optical_flow import DisFlow, clip_flows
     from dicom_service.vision.restoration_model import restore_clip
     from dicom_service.vision.video_runtime import automatic_masks
@@ -92,14 +97,22 @@ def bench_restoration(runtime: Any, clip: Any, device: str) -> dict[str, Any]:
     dis = DisFlow()
     flows = clip_flows(frames, dis)
     following = clip_flows(frames, dis, step=1) if runtime.restorer.config.bidirectional else None
-    warm = None if following is None else following[:2]  # the warm-up takes the same path as the timed run
-    restore_clip(runtime.restorer, frames[:2], masks[:2], flows[:2], device, runtime.dtype, next_flows=warm)
-    _sync(device)
+    # the warm-up takes every path of the timed run (first, middle and last frame), so a
+    # compiled model is compiled before the clock starts
+    warm = None if following is None else following[:3]
     started = time.perf_counter()
-    restore_clip(runtime.restorer, frames, masks, flows, device, runtime.dtype, next_flows=following)
+    restore_clip(runtime.restorer, frames[:3], masks[:3], flows[:3], device, runtime.dtype, next_flows=warm)
     _sync(device)
-    seconds = time.perf_counter() - started
-    return {"frames": int(frames.shape[0]), "seconds": round(seconds, 3), "fps": round(frames.shape[0] / seconds, 2)}
+    warmup = time.perf_counter() - started
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        restore_clip(runtime.restorer, frames, masks, flows, device, runtime.dtype, next_flows=following)
+        _sync(device)
+        runs.append(time.perf_counter() - started)
+    seconds = median(runs)
+    return {"frames": int(frames.shape[0]), "seconds": round(seconds, 3), "fps": round(frames.shape[0] / seconds, 2),
+            "fps_runs": [round(frames.shape[0] / r, 2) for r in runs], "warmup_seconds": round(warmup, 3)}
 
 
 def bench_pipeline(runtime: Any, frames: np.ndarray, fps: float, device: str) -> dict[str, Any]:
@@ -142,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", type=Path, default=None)
     parser.add_argument("--precision", default="auto", help="auto | float32 | bfloat16 | float16 (CUDA only)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed restoration runs per size (median)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the restoration network (models.compile); compilation is in the warm-up")
     parser.add_argument("--ten-second", action="store_true", help="also run a 10 s 640x480 clip end to end")
     args = parser.parse_args(argv)
 
@@ -153,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
     device = resolve_device(args.device)
-    runtime = LearnedVideoRuntime(args.models or default_models_dir(), device, precision=args.precision)
+    runtime = LearnedVideoRuntime(args.models or default_models_dir(), device, precision=args.precision,
+                                  compile_models=args.compile)
     result: dict[str, Any] = {"benchmark": "video", "device": device, "threads": torch.get_num_threads(),
-                              "precision": precision_name(runtime.dtype),
+                              "precision": precision_name(runtime.dtype), "compiled": args.compile,
                               "cpu_native_bfloat16": native_bfloat16(),
                               "hardware": hardware(), "algorithm": runtime.info.version, "cases": {}}
     if device.startswith("cuda"):
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"rendering {args.frames} frames {width}x{height}")
         clip = render_clip(clip_seed(0, "test", 50 + index), frames=args.frames, height=height, width=width,
                            teeth=True)
-        case = {"restoration": bench_restoration(runtime, clip, device)}
+        case = {"restoration": bench_restoration(runtime, clip, device, args.repeats)}
         log(f"{text}: restoration {case['restoration']['fps']} fps")
         case["pipeline"] = bench_pipeline(runtime, clip.degraded, clip.fps, device)
         log(f"{text}: pipeline {case['pipeline']['fps']} fps")

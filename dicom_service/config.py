@@ -182,6 +182,9 @@ class ModelSettings(_Section):
     precision: Precision = Field(
         "auto", description="Compute precision of the learned video models: 'auto' (float16 on CUDA, bfloat16 on "
         "a CPU with native bfloat16 (AVX512-BF16/AMX), else float32), 'float32', 'bfloat16', or 'float16' (CUDA only)")
+    compile: bool = Field(
+        False, description="torch.compile the restoration network (faster frames after a one-off compilation of "
+        "about a minute per frame size, paid by the first study of that size; on the CPU it needs a C++ compiler)")
 
 
 class Settings(BaseSettings):

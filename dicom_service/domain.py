@@ -8,6 +8,8 @@ source image, ``x`` being the column and ``y`` the row, with ``x1``/``y1`` exclu
 from __future__ import annotations
 
 import enum
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -32,6 +34,26 @@ def precision_problem(precision: str, device: str) -> str | None:
     if precision == "float16" and not device.startswith("cuda"):
         return f"float16 needs a CUDA device, but the device is {device!r}; use auto, bfloat16 or float32"
     return None
+
+
+#: C++ compilers torch.compile's CPU backend (inductor) can build its kernels with.
+CXX_COMPILERS = ("c++", "g++", "clang++")
+
+
+def compile_problem(compile_models: bool, device: str) -> str | None:
+    """Why ``models.compile`` cannot work on ``device``, or None.
+
+    On the CPU, torch.compile builds its kernels with a C++ compiler, which must be on
+    ``PATH`` (or named by the ``CXX`` environment variable); on CUDA it uses Triton,
+    which the CUDA builds of torch ship.
+    """
+    if not compile_models or device.startswith("cuda"):
+        return None
+    named = os.environ.get("CXX")
+    if any(shutil.which(c) for c in ((named,) if named else ()) + CXX_COMPILERS):
+        return None
+    return (f"torch.compile on the CPU needs a C++ compiler on PATH ({', '.join(CXX_COMPILERS)}); "
+            "install one (Debian: g++) or set models.compile to false")
 
 
 # --------------------------------------------------------------------------- errors

@@ -25,6 +25,7 @@ from dicom_service.storage import InstanceStore
 from dicom_service.vision.registry import (
     build_radiograph_runtime,
     build_video_runtime,
+    check_compile,
     check_precision,
     check_runtime_names,
     resolve_device,
@@ -62,7 +63,8 @@ class Runtimes:
     def __init__(self, settings: Settings) -> None:
         self.device = resolve_device(settings.device)
         models = settings.models
-        self.video: VideoRuntime = build_video_runtime(models.video, self.device, models.path, models.precision)
+        self.video: VideoRuntime = build_video_runtime(models.video, self.device, models.path, models.precision,
+                                                       models.compile)
         self.radiograph: RadiographRuntime = build_radiograph_runtime(models.radiograph, self.device, models.path)
         log.info("vision runtimes on %s: video=%s, radiograph=%s", self.device,
                  self.video.info.name, self.radiograph.info.name)
@@ -101,6 +103,7 @@ class Service:
         self.settings = settings
         check_runtime_names(settings.models.video, settings.models.radiograph, settings.models.path)
         check_precision(settings.models.precision, resolve_device(settings.device))
+        check_compile(settings.models.compile, resolve_device(settings.device))
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None
         self.queue: SQLiteJobQueue | None = None

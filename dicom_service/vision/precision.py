@@ -18,7 +18,8 @@ import torch
 
 from dicom_service.domain import PRECISIONS, precision_problem
 
-__all__ = ["PRECISIONS", "for_inference", "inference_dtype", "native_bfloat16", "precision_name"]
+__all__ = ["PRECISIONS", "compile_for_inference", "for_inference", "inference_dtype", "native_bfloat16",
+           "precision_name"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,3 +79,22 @@ def for_inference(model: torch.nn.Module) -> torch.nn.Module:
     on the bundled restoration model).
     """
     return model.to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
+
+
+def compile_for_inference(model: torch.nn.Module, methods: tuple[str, ...] = ("forward",)) -> torch.nn.Module:
+    """Replace ``model``'s ``methods`` by their ``torch.compile``d versions (static shapes).
+
+    Compilation happens on the first call of each method for each new input shape (and
+    each new pattern of optional inputs given or None): about a minute for the bundled
+    restoration network on 2 CPU cores, after which its frames run faster (README,
+    "Video runtime speed"). Results match the eager model to float rounding.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    methods : tuple of str
+        Names of the methods to compile (``forward`` is what ``model(...)`` calls).
+    """
+    for name in methods:
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=False))
+    return model

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
-from dicom_service.domain import ConfigError, precision_problem
+from dicom_service.domain import ConfigError, compile_problem, precision_problem
 from dicom_service.vision.baseline_implants import ElongatedObjectDetector
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
 from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE, SR_BUNDLE
@@ -59,29 +59,32 @@ def _video_bundles(name: str, models_dir: Path) -> None:
                               "(train one with `dicom-service train video`)")
 
 
-def _learned_video(name: str) -> Callable[[str, Path, str], VideoRuntime]:
+def _learned_video(name: str) -> Callable[[str, Path, str, bool], VideoRuntime]:
     """Factory of the learned runtime whose options are spelled in ``name``."""
 
-    def build(device: str, models_dir: Path, precision: str) -> VideoRuntime:
+    def build(device: str, models_dir: Path, precision: str, compile_models: bool) -> VideoRuntime:
         _video_bundles(name, models_dir)
         check_precision(precision, device)
+        check_compile(compile_models, device)
         try:
             from dicom_service.vision.video_runtime import LearnedVideoRuntime
         except ImportError as exc:
             raise ConfigError(f"models.video {name!r} needs torch and segment-anything ({exc})") from None
         return LearnedVideoRuntime(models_dir, device, stabilise="unstabilised" not in name,
                                    upscale="sr2" in name, interpolate="interp2" in name, prior="noprior" not in name,
-                                   precision=precision)
+                                   precision=precision, compile_models=compile_models)
 
     return build
 
 
 #: Video runtimes by name; each factory takes the resolved device ("cpu" or "cuda[:N]"),
-#: the folder of bundled models and the compute precision (``models.precision``; the
-#: classical runtimes ignore it).
-VIDEO_RUNTIMES: Mapping[str, Callable[[str, Path, str], VideoRuntime]] = MappingProxyType({
-    "baseline": lambda device, models, precision: ClassicalVideoRuntime(),
-    "baseline-unstabilised": lambda device, models, precision: ClassicalVideoRuntime(stabilise=False),
+#: the folder of bundled models, the compute precision (``models.precision``) and whether
+#: to torch.compile the restoration network (``models.compile``); the classical runtimes
+#: ignore the last two.
+VIDEO_RUNTIMES: Mapping[str, Callable[[str, Path, str, bool], VideoRuntime]] = MappingProxyType({
+    "baseline": lambda device, models, precision, compile_models: ClassicalVideoRuntime(),
+    "baseline-unstabilised": lambda device, models, precision, compile_models: ClassicalVideoRuntime(
+        stabilise=False),
     "learned": _learned_video("learned"),
     "learned-unstabilised": _learned_video("learned-unstabilised"),
     "learned-sr2": _learned_video("learned-sr2"),
@@ -146,21 +149,24 @@ def _lookup(kind: str, table: Mapping[str, Callable[..., _R]], name: str) -> Cal
 
 
 def build_video_runtime(name: str = "baseline", device: str = "auto",
-                        models_dir: Path | None = None, precision: str = "auto") -> VideoRuntime:
+                        models_dir: Path | None = None, precision: str = "auto",
+                        compile_models: bool = False) -> VideoRuntime:
     """Build the video runtime called ``name`` for ``device``.
 
     ``precision`` is the learned runtimes' compute precision
-    (:mod:`~dicom_service.vision.precision`: ``auto``, ``float32``, ``bfloat16``, ``float16``).
+    (:mod:`~dicom_service.vision.precision`: ``auto``, ``float32``, ``bfloat16``, ``float16``);
+    ``compile_models`` torch.compiles their restoration network.
 
     Raises
     ------
     ConfigError
-        Unknown name (the message lists the valid ones), unusable device, or a
-        precision the device cannot run (float16 on the CPU).
+        Unknown name (the message lists the valid ones), unusable device, a
+        precision the device cannot run (float16 on the CPU), or compilation asked for
+        on a CPU without a C++ compiler.
     """
     factory = _lookup("video", VIDEO_RUNTIMES, name)
     resolved = resolve_device(device)
-    runtime = factory(resolved, models_dir or default_models_dir(), precision)
+    runtime = factory(resolved, models_dir or default_models_dir(), precision, compile_models)
     log.info("video runtime %r (%s) on %s", name, runtime.info.name, resolved)
     return runtime
 
@@ -200,6 +206,20 @@ def check_precision(precision: str, device: str) -> None:
     problem = precision_problem(precision, device)
     if problem is not None:
         raise ConfigError(f"models.precision: {problem}")
+
+
+def check_compile(compile_models: bool, device: str) -> None:
+    """Fail early when ``models.compile`` cannot work on the resolved ``device``
+    (:func:`~dicom_service.domain.compile_problem`).
+
+    Raises
+    ------
+    ConfigError
+        Compilation asked for on a CPU without a C++ compiler.
+    """
+    problem = compile_problem(compile_models, device)
+    if problem is not None:
+        raise ConfigError(f"models.compile: {problem}")
 
 
 def check_runtime_names(video: str, radiograph: str, models_dir: Path | None = None) -> None:

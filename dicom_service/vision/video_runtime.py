@@ -41,7 +41,7 @@ from dicom_service.vision.interframe import (
     upscale_clip,
 )
 from dicom_service.vision.optical_flow import DisFlow, clip_flows
-from dicom_service.vision.precision import for_inference, inference_dtype, precision_name
+from dicom_service.vision.precision import compile_for_inference, for_inference, inference_dtype, precision_name
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
 from dicom_service.vision.stabilisation import (
@@ -116,6 +116,9 @@ class LearnedVideoRuntime:
         Compute precision of the restoration network (:mod:`~dicom_service.vision.precision`):
         ``auto`` (float16 on CUDA, bfloat16 on a CPU with native bfloat16, else float32),
         ``float32``, ``bfloat16`` or ``float16`` (CUDA only).
+    compile_models : bool
+        ``torch.compile`` the restoration network
+        (:func:`~dicom_service.vision.precision.compile_for_inference`).
 
     Raises
     ------
@@ -126,7 +129,7 @@ class LearnedVideoRuntime:
 
     def __init__(self, models_dir: Path, device: str = "cpu", *, stabilise: bool = True,
                  smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS, upscale: bool = False, interpolate: bool = False,
-                 prior: bool = True, precision: str = "auto") -> None:
+                 prior: bool = True, precision: str = "auto", compile_models: bool = False) -> None:
         if smoothing_seconds <= 0:
             raise ValueError(f"smoothing_seconds must be > 0, got {smoothing_seconds}")
         self.device = torch.device(device)
@@ -134,6 +137,8 @@ class LearnedVideoRuntime:
         bundle = RESTORATION_BUNDLE if prior else NOPRIOR_BUNDLE
         restorer, restoration_config = load_restoration_bundle(models_dir / bundle, self.device)
         self.restorer = for_inference(restorer)
+        if compile_models:
+            compile_for_inference(self.restorer, ("forward", "frame_features"))
         sam, sam_config = load_sam_bundle(models_dir / SAM_BUNDLE, self.device)
         self.segmenter = ToothSegmenter(sam)
         self.stabilise = stabilise
@@ -152,7 +157,7 @@ class LearnedVideoRuntime:
             version=f"restoration-{versions[0]}+sam-{versions[1]}", family="ai",
             parameters=(f"stabilise={stabilise} smoothing_s={smoothing_seconds} upscale={upscale} "
                         f"interpolate={interpolate} device={self.device.type} "
-                        f"precision={precision_name(self.dtype)}"),
+                        f"precision={precision_name(self.dtype)} compiled={compile_models}"),
         )
 
     def _steps(self, scaled: bool, stabilised: bool, count: int, interpolated: bool, upscaled: bool) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -78,6 +79,17 @@ def test_bad_config_names_the_key_and_exits_2(tmp_path: Path, yaml_text: str, me
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compile_without_a_cpu_compiler_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "CXX"} | {"PATH": str(tmp_path / "empty")}
+    config = tmp_path / "c.yaml"
+    config.write_text(f"device: cpu\nmodels:\n  compile: true\nstorage:\n  path: {tmp_path / 'var'}\n")
+    proc = subprocess.run([sys.executable, "-m", "dicom_service", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert "models.compile" in proc.stderr and "C++ compiler" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_conformance_table_lists_every_input_class() -> None:

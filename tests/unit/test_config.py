@@ -57,6 +57,7 @@ def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
          "destinations.0.results.0"),
         ("device: tpu\n", "device"),
         ("models:\n  precision: int8\n", "models.precision"),
+        ("models:\n  compile: maybe\n", "models.compile"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, yaml_text: str, key: str) -> None:

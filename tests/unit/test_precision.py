@@ -13,9 +13,10 @@ from dicom_service.domain import ConfigError  # noqa: E402
 from dicom_service.training.image_metrics import psnr  # noqa: E402
 from dicom_service.training.video_phantoms import clip_seed, render_clip  # noqa: E402
 from dicom_service.vision.precision import PRECISIONS, for_inference, inference_dtype, native_bfloat16  # noqa: E402
-from dicom_service.vision.registry import build_video_runtime, default_models_dir  # noqa: E402
+from dicom_service.vision.registry import build_video_runtime, check_compile, default_models_dir  # noqa: E402
 from dicom_service.vision.restoration_net import PriorRestorationNet, RestorationConfig  # noqa: E402
 from dicom_service.vision.video_runtime import LearnedVideoRuntime  # noqa: E402
+from tests.dicomcheck import require_tool  # noqa: E402
 
 
 def test_dtype_per_device_and_request() -> None:
@@ -61,3 +62,26 @@ def test_float16_on_the_cpu_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="models.precision"):
         build_video_runtime("learned", "cpu", precision="float16")
     assert build_video_runtime("baseline", "cpu", precision="float16").info.family != "ai"  # ignored there
+
+
+def test_compiled_restoration_restores_what_the_eager_one_restores() -> None:
+    require_tool("g++", "g++")  # torch.compile's CPU backend builds its kernels with it
+    clip = render_clip(clip_seed(0, "test", 9), frames=3, height=64, width=96, teeth=True)
+    results = {}
+    for compiled in (False, True):  # float32: the comparison is about compilation only
+        runtime = LearnedVideoRuntime(default_models_dir(), "cpu", stabilise=False, precision="float32",
+                                      compile_models=compiled)
+        assert f"compiled={compiled}" in runtime.info.parameters
+        results[compiled] = runtime.enhance(clip.degraded, clip.fps).frames
+    diff = np.abs(results[False].astype(np.int16) - results[True].astype(np.int16))
+    assert diff.mean() < 0.5 and diff.max() <= 4
+
+
+def test_compile_without_a_cpu_compiler_is_a_config_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no c++, g++ or clang++
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match="models.compile.*C\\+\\+ compiler"):
+        build_video_runtime("learned", "cpu", compile_models=True)
+    check_compile(False, "cpu")  # not asked for: nothing to check
+    check_compile(True, "cuda")  # CUDA compiles with Triton, not a C++ compiler
+    assert build_video_runtime("baseline", "cpu", compile_models=True).info.family != "ai"  # ignored there
