@@ -102,8 +102,9 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         check_runtime_names(settings.models.video, settings.models.radiograph, settings.models.path)
-        check_precision(settings.models.precision, resolve_device(settings.device))
-        check_compile(settings.models.compile, resolve_device(settings.device))
+        device = resolve_device(settings.device)
+        check_precision(settings.models.precision, device)
+        check_compile(settings.models.compile, device)
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None
         self.queue: SQLiteJobQueue | None = None

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from dicom_service.training.video_phantoms import VideoClip
-from dicom_service.vision.stabilisation import correction_matrices, estimate_motion, fit_similarity
+from dicom_service.vision.stabilisation import correction_matrices, estimate_motion, fit_similarity, matrix_motion
 
 #: Where the tracked scene points start in frame 0, as fractions of (width, height).
 TRACKED = ((0.5, 0.5), (0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
@@ -80,12 +80,7 @@ def _stabilised(points: np.ndarray, motion: np.ndarray, radius: int, width: int,
 def true_motion(pairs: np.ndarray, width: int, height: int) -> np.ndarray:
     """``(T - 1, 3, 3)`` pair similarities → ``(T, 3)`` motion rows as
     :func:`~dicom_service.vision.stabilisation.estimate_motion` gives them."""
-    centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0, 1.0])
-    rows = [np.zeros(3)]
-    for matrix in pairs:
-        shift = (matrix @ centre)[:2] - centre[:2]
-        rows.append(np.array([shift[0], shift[1], np.arctan2(matrix[1, 0], matrix[0, 0])]))
-    return np.stack(rows)
+    return np.array([(0.0, 0.0, 0.0)] + [matrix_motion(matrix, width, height) for matrix in pairs])
 
 
 def stabilisation_record(clip: VideoClip, frames: np.ndarray, radius: int) -> dict[str, float] | None:

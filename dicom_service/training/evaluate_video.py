@@ -71,7 +71,7 @@ from dicom_service.vision.baseline_video import ClassicalVideoRuntime
 from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, SR_BUNDLE
 from dicom_service.vision.interframe import load_interframe_bundle
 from dicom_service.vision.mask_propagation import propagate_correction
-from dicom_service.vision.optical_flow import DisFlow, clip_flows, endpoint_error
+from dicom_service.vision.optical_flow import DisFlow, clip_flows, endpoint_error, lands_inside
 from dicom_service.vision.precision import for_inference, precision_name
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.stabilisation import smoothing_radius
@@ -170,13 +170,10 @@ def _flow_epe(clip: VideoClip, dis: DisFlow) -> dict[str, float]:
     """DIS EPE against the true forward flow, on degraded and on clean frames."""
     if clip.flow is None or clip.clean.shape[0] < 2:
         return {}
-    h, w = clip.clean.shape[1:3]
-    ys, xs = np.mgrid[0:h, 0:w]
     result: dict[str, list[float]] = {"degraded": [], "clean": []}
     for t in range(clip.clean.shape[0] - 1):
         true = clip.flow[t]
-        tx, ty = xs + true[..., 0], ys + true[..., 1]
-        valid = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+        valid = lands_inside(true)
         for key, frames in (("degraded", clip.degraded), ("clean", clip.clean)):
             result[key].append(endpoint_error(dis(frames[t], frames[t + 1]), true, valid))
     return {k: float(np.nanmean(v)) for k, v in result.items()}

@@ -27,7 +27,7 @@ from dicom_service.training.image_metrics import psnr
 from dicom_service.training.optim import optimiser_step, warmup_cosine
 from dicom_service.training.video_phantoms import VideoClip
 from dicom_service.vision.interframe import FrameInterpolator2x, SuperResolution2x, interpolate_clip, upscale_clip
-from dicom_service.vision.optical_flow import DisFlow
+from dicom_service.vision.optical_flow import DisFlow, lands_inside
 from dicom_service.vision.stabilisation import DEFAULT_SMOOTHING_SECONDS, estimate_motion, smoothing_radius, stabilise
 
 Log = Callable[[dict[str, Any]], None]
@@ -198,9 +198,8 @@ def linear_midpoint_error(clip: VideoClip) -> float | None:
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     errors = []
     for a, b in zip(clip.flow[:-1], clip.flow[1:], strict=True):
-        tx, ty = xs + a[..., 0], ys + a[..., 1]
-        onward = cv2.remap(b, tx, ty, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        valid = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+        onward = cv2.remap(b, xs + a[..., 0], ys + a[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        valid = lands_inside(a)
         if valid.any():
             errors.append(float(np.linalg.norm((onward - a) / 2, axis=-1)[valid].mean()))
     return float(np.mean(errors)) if errors else None

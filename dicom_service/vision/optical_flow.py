@@ -87,6 +87,14 @@ def clip_flows(frames: np.ndarray, flow: DisFlow, step: int = -1) -> list[np.nda
     return [flow(frames[t], frames[t + step]) if 0 <= t + step < count else None for t in range(count)]
 
 
+def lands_inside(flow: np.ndarray) -> np.ndarray:
+    """``(H, W, 2)`` flow → ``(H, W)`` bool: the pixels whose destination lies inside the frame."""
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    tx, ty = xs + flow[..., 0], ys + flow[..., 1]
+    return (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+
+
 def endpoint_error(predicted: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None) -> float:
     """Mean end-point error (pixels) between two ``(H, W, 2)`` flows.
 

@@ -67,9 +67,14 @@ def similarity_motion(flow: np.ndarray) -> tuple[float, float, float]:
     if matrix is None:
         shift = np.median(flow.reshape(-1, 2), axis=0)
         return float(shift[0]), float(shift[1]), 0.0
-    height, width = flow.shape[:2]
+    return matrix_motion(matrix, flow.shape[1], flow.shape[0])
+
+
+def matrix_motion(matrix: np.ndarray, width: int, height: int) -> tuple[float, float, float]:
+    """``(dx, dy, da)`` of a ``(2, 3)`` or ``(3, 3)`` similarity on frames of ``width`` x
+    ``height``: where it moves the frame centre (pixels, x = column) and its rotation (radians)."""
     centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
-    shift = matrix[:, :2] @ centre + matrix[:, 2] - centre
+    shift = matrix[:2, :2] @ centre + matrix[:2, 2] - centre
     return float(shift[0]), float(shift[1]), math.atan2(matrix[1, 0], matrix[0, 0])
 
 
