@@ -19,7 +19,8 @@ from dicom_service.training.cli_video import add_video_eval_parser
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand to the CLI's subparsers."""
     evaluate = sub.add_parser("eval", help="measure models on a held-out split")
-    kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="{implants,implants-ablation,video}")
+    kinds = evaluate.add_subparsers(dest="kind", required=True,
+                                    metavar="{implants,implants-ablation,video,stabilisation}")
     add_video_eval_parser(kinds)
     for kind, text in (("implants", "a trained implant bundle on a COCO split"),
                        ("implants-ablation", "train and measure seed 002's variants")):

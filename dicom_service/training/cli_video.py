@@ -1,4 +1,4 @@
-"""``dicom-service train video`` and ``dicom-service eval video``.
+"""``dicom-service train video``, ``eval video`` and ``eval stabilisation``.
 
 Registered by :mod:`dicom_service.training.cli_train` and
 :mod:`dicom_service.training.cli_eval`. Torch is imported only when a command runs.
@@ -78,6 +78,21 @@ def add_video_eval_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="float32", choices=PRECISIONS,
                    help="restoration compute precision (default float32; auto: what the node picks on this device)")
     p.set_defaults(func=cmd_eval_video)
+    s = kinds.add_parser("stabilisation", help="the node's stabilisation on long held-out phantom clips")
+    s.add_argument("--models", type=Path, default=None, help="models folder (default: the bundled models/)")
+    s.add_argument("--clips", type=int, default=24, help="clips to render (default 24, the test split's size)")
+    s.add_argument("--frames", type=int, default=300, help="frames per clip at 30 fps (default 300: 10 s)")
+    s.add_argument("--height", type=int, default=240)
+    s.add_argument("--width", type=int, default=320)
+    s.add_argument("--split", default="test", help="the split whose clip seeds are rendered (default test)")
+    s.add_argument("--seed", type=int, default=0, help="data set seed (clip seeds as phantoms video derives them)")
+    s.add_argument("--smoothing", default="0.5,1,2",
+                   help="camera-path moving-average lengths in seconds, comma-separated (default 0.5,1,2)")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--precision", default="float32", choices=PRECISIONS,
+                   help="restoration compute precision (default float32)")
+    s.add_argument("--out", type=Path, default=None, help="folder for eval_stabilisation.json and .txt")
+    s.set_defaults(func=cmd_eval_stabilisation)
 
 
 def _log(record: dict[str, Any]) -> None:
@@ -201,4 +216,28 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
         print(f"dicom-service eval video: {exc}", file=sys.stderr)
         return 2
     print(metrics_table(report))
+    return 0
+
+
+def cmd_eval_stabilisation(args: argparse.Namespace) -> int:
+    """Judge the node's stabilisation on long phantom clips; 2 on bad arguments."""
+    from dicom_service.training.evaluate_long_clips import evaluate_long_clips, stabilisation_table
+    from dicom_service.vision.registry import default_models_dir, resolve_device
+
+    try:
+        smoothing = [float(v) for v in args.smoothing.split(",") if v.strip()]
+    except ValueError:
+        print(f"dicom-service eval stabilisation: --smoothing {args.smoothing!r} is not a list of seconds",
+              file=sys.stderr)
+        return 2
+    try:
+        report = evaluate_long_clips(args.models or default_models_dir(), clips=args.clips, frames=args.frames,
+                                     seed=args.seed, split=args.split, height=args.height, width=args.width,
+                                     smoothing=smoothing, device=resolve_device(args.device),
+                                     precision=args.precision, out_dir=args.out,
+                                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (ValueError, FileNotFoundError, ConfigError) as exc:
+        print(f"dicom-service eval stabilisation: {exc}", file=sys.stderr)
+        return 2
+    print(stabilisation_table(report))
     return 0

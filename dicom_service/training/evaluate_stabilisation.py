@@ -96,20 +96,29 @@ def stabilisation_record(clip: VideoClip, frames: np.ndarray, radius: int) -> di
     radius : int
         The runtime's moving-average radius in frames.
     """
+    records = stabilisation_records(clip, frames, (radius,))
+    return None if records is None else records[0]
+
+
+def stabilisation_records(clip: VideoClip, frames: np.ndarray,
+                          radii: Sequence[int]) -> list[dict[str, float]] | None:
+    """:func:`stabilisation_record` for each moving-average radius in ``radii`` (the motion
+    is estimated once); None without true flow or with fewer than 3 frames."""
     if clip.flow is None or clip.clean.shape[0] < 3:
         return None
     height, width = clip.clean.shape[1:3]
     pairs = true_pair_matrices(clip.flow)
     points = tracked_points(pairs, width, height)
     truth = true_motion(pairs, width, height)
-    estimated = estimate_motion(frames)
-    return {
+    estimated, clean = estimate_motion(frames), estimate_motion(clip.clean)
+    error = float(np.sqrt(np.mean(np.sum((estimated[1:, :2] - truth[1:, :2]) ** 2, axis=1))))
+    return [{
         "before": shake(points),
         "after": shake(_stabilised(points, estimated, radius, width, height)),
-        "after_clean": shake(_stabilised(points, estimate_motion(clip.clean), radius, width, height)),
+        "after_clean": shake(_stabilised(points, clean, radius, width, height)),
         "after_true": shake(_stabilised(points, truth, radius, width, height)),
-        "motion_error_px": float(np.sqrt(np.mean(np.sum((estimated[1:, :2] - truth[1:, :2]) ** 2, axis=1)))),
-    }
+        "motion_error_px": error,
+    } for radius in radii]
 
 
 def stabilisation_summary(records: Sequence[dict[str, float] | None]) -> dict[str, Any] | None:

@@ -29,12 +29,18 @@ import numpy as np
 from dicom_service.training.intraoral_scene import render_scene
 from dicom_service.training.video_degradation import DegradationParams, degrade_clip, sample_params
 
-GENERATOR_VERSION = "intraoral-video-1"
+#: Version 2 caps the camera's slow roll at :data:`ROLL_FRAMES` frames' worth per clip, so clips
+#: longer than 12 frames stay inside the canvas; clips of up to 12 frames are those of version 1,
+#: byte for byte.
+GENERATOR_VERSION = "intraoral-video-2"
 SPLITS = ("train", "val", "test")
 #: Seed offsets per split; ``clip_seed = seed * 1_000_003 + offset + index``.
 SPLIT_OFFSETS = {"train": 0, "val": 500_000, "test": 900_000}
 _SPLIT_LIMITS = {"train": 500_000, "val": 400_000, "test": 100_000}
 CANVAS_FACTOR = 1.6
+#: The camera's slow roll (up to 0.3 degrees per frame) turns the view by at most this many
+#: frames' worth over a clip (3.3 degrees), whatever the clip's length.
+ROLL_FRAMES = 11
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,8 @@ def camera_path(rng: np.random.Generator, frames: int, fps: float, canvas_shape:
                 frame_shape: tuple[int, int]) -> np.ndarray:
     """Per-frame camera matrices ``(frames, 3, 3)`` mapping canvas ``(x, y)`` to frame ``(x, y)``.
 
-    The view of every frame stays inside the canvas.
+    The view of every frame stays inside the canvas. The slow roll turns the view by at most
+    :data:`ROLL_FRAMES` x 0.3 degrees over the clip, so long clips fit the canvas too.
     """
     (ch, cw), (fh, fw) = canvas_shape, frame_shape
     fc = np.array([(fw - 1) / 2, (fh - 1) / 2])
@@ -114,8 +121,9 @@ def camera_path(rng: np.random.Generator, frames: int, fps: float, canvas_shape:
     s1 = float(np.clip(s0 + rng.uniform(-0.12, 0.12), 0.9, 1.15))
     scales = np.linspace(s0, s1, frames)
     shake_amp = rng.uniform(0.5, 3.0)
-    angles = (math.radians(rng.uniform(-4, 4)) + math.radians(rng.uniform(-0.3, 0.3)) * np.arange(frames)
-              + np.radians(_shake(rng, frames, fps, rng.uniform(0.1, 0.5))[:, 0]))
+    offset = math.radians(rng.uniform(-4, 4))
+    roll = math.radians(rng.uniform(-0.3, 0.3)) * min(1.0, ROLL_FRAMES / max(frames - 1, 1))
+    angles = offset + roll * np.arange(frames) + np.radians(_shake(rng, frames, fps, rng.uniform(0.1, 0.5))[:, 0])
     # half extent (canvas pixels) of the view at the smallest scale and largest angle
     worst = max(abs(float(a)) for a in angles)
     hx = (fw / 2 * math.cos(worst) + fh / 2 * math.sin(worst)) / 0.9 + 4

@@ -31,6 +31,7 @@ from dicom_service.vision.stabilisation import (
     estimate_motion,
     shake_px,
     smoothing_radius,
+    stabilisation_step,
     stabilise,
 )
 
@@ -163,8 +164,7 @@ class ClassicalVideoRuntime:
     def _steps(self, stabilised: bool, count: int) -> list[str]:
         steps: list[str] = []
         if stabilised:
-            steps.append("Camera-shake stabilisation (DIS optical flow, RANSAC similarity, "
-                         f"camera path smoothed over {self.smoothing_seconds:g} s)")
+            steps.append(stabilisation_step(self.smoothing_seconds))
         if self.bilateral_sigma > 0:
             steps.append(f"Edge-preserving bilateral denoising (colour sigma {self.bilateral_sigma:g})")
         if self.temporal and count >= 2:

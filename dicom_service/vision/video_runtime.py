@@ -49,6 +49,7 @@ from dicom_service.vision.stabilisation import (
     estimate_motion,
     shake_px,
     smoothing_radius,
+    stabilisation_step,
     stabilise,
 )
 from dicom_service.vision.tooth_predictor import ToothSegmenter
@@ -173,8 +174,7 @@ class LearnedVideoRuntime:
                      + ("previous- and next-frame" if both else "previous-frame")
                      + " features aligned by flow with channel attention")
         if stabilised:
-            steps.append("Camera-shake stabilisation (DIS optical flow, RANSAC similarity, "
-                         f"camera path smoothed over {self.smoothing_seconds:g} s)")
+            steps.append(stabilisation_step(self.smoothing_seconds))
         if interpolated:
             steps.append("Frame rate doubled: learned flow-guided frame interpolation")
         if upscaled:

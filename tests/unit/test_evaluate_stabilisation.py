@@ -72,3 +72,37 @@ def test_tracked_points_follow_the_pairs() -> None:
     points = tracked_points(np.stack([shift, shift]), 101, 51)
     assert points.shape == (3, 5, 2)
     np.testing.assert_allclose(points[2, 0], [50 + 4, 25 - 2])
+
+
+def test_eval_stabilisation_on_long_clips_writes_its_report(tmp_path) -> None:
+    """``dicom-service eval stabilisation``: long held-out phantom clips restored by the
+    bundled models, shake judged by the true motion for each smoothing length."""
+    pytest.importorskip("torch")
+    pytest.importorskip("segment_anything")
+    import json
+
+    from dicom_service.cli import main
+
+    out = tmp_path / "stab"
+    assert main(["eval", "stabilisation", "--clips", "1", "--frames", "30", "--seed", "1", "--smoothing", "0.5,1",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "eval_stabilisation.json").read_text())
+    assert report["frames"] == 30 and report["size"] == [320, 240] and report["generator"] == "intraoral-video-2"
+    assert list(report["by_smoothing"]) == ["0.5s", "1.0s"]
+    assert [row["radius_frames"] for row in report["by_smoothing"].values()] == [8, 14]
+    for row in report["by_smoothing"].values():
+        assert row["clips"] == 1
+        assert row["after"] < 0.5 * row["before"] and row["after_true"] <= row["after"] + 0.05
+    clip = report["per_clip"][0]
+    assert clip["seed"] == 1_900_003
+    assert clip["by_smoothing"]["1.0s"]["before"] == report["by_smoothing"]["1.0s"]["before"]
+    assert "smoothing" in (out / "eval_stabilisation.txt").read_text()
+
+
+@pytest.mark.parametrize("bad", [["--frames", "2"], ["--clips", "0"], ["--smoothing", "0,1"],
+                                 ["--smoothing", "one"], ["--split", "holdout"], ["--height", "8"]])
+def test_eval_stabilisation_bad_arguments_exit_2(bad: list[str], capsys) -> None:
+    from dicom_service.cli import main
+
+    assert main(["eval", "stabilisation", "--clips", "1", "--frames", "5", "--device", "cpu", *bad]) == 2
+    assert "dicom-service eval stabilisation:" in capsys.readouterr().err

@@ -11,7 +11,9 @@ import pytest
 from dicom_service.training.image_metrics import psnr, ssim
 from dicom_service.training.video_dataset import list_split, load_clip
 from dicom_service.training.video_phantoms import (
+    ROLL_FRAMES,
     VideoClip,
+    camera_path,
     clip_degradation,
     clip_seed,
     grain_free_clean,
@@ -123,3 +125,22 @@ def test_grain_free_clean_differs_only_by_the_pixel_grain() -> None:
                            name="seed_1")
     assert grain_free_clean(renamed) is None and grain_free_clean(other_seed) is None
     assert clip_degradation(renamed) is None and clip_degradation(clip) is not None
+
+
+def test_clips_up_to_twelve_frames_keep_their_camera_path() -> None:
+    """Generator version 2 changed long clips only: the data sets rendered before it stay
+    valid. The last camera matrix of a 12-frame path, as version 1 computed it."""
+    path = camera_path(np.random.default_rng(5), 12, 30.0, (384, 512), (240, 320))
+    expected = [[1.14633312, 0.0917626683, -106.454212], [-0.0917626683, 1.14633312, -76.9862299]]
+    np.testing.assert_allclose(path[-1, :2], expected, rtol=1e-8)
+
+
+@pytest.mark.parametrize("seed", [3, 5, 8])
+def test_long_clips_stay_inside_the_canvas(seed: int) -> None:
+    """Seeds whose 90-frame camera path left the canvas before the roll was capped."""
+    path = camera_path(np.random.default_rng(seed), 300, 30.0, (192, 256), (120, 160))
+    angles = np.degrees(np.arctan2(path[:, 1, 0], path[:, 0, 0]))
+    trend = np.polyfit(np.arange(300), angles, 1)[0] * 299
+    assert abs(trend) <= 0.3 * ROLL_FRAMES + 0.1
+    clip = render_clip(clip_seed(0, "test", seed), frames=90, height=64, width=80)
+    assert clip.clean.shape == (90, 64, 80, 3) and clip.flow is not None and clip.flow.shape[0] == 89
