@@ -185,6 +185,9 @@ class ModelSettings(_Section):
     compile: bool = Field(
         False, description="torch.compile the restoration network (faster frames after a one-off compilation of "
         "about a minute per frame size, paid by the first study of that size; on the CPU it needs a C++ compiler)")
+    stabilisation_seconds: float = Field(
+        1.0, gt=0, le=10, description="Camera-path smoothing length of the video stabilisation, seconds: longer "
+        "removes more shake but follows deliberate camera moves later and moves more border into view")
 
 
 class Settings(BaseSettings):

@@ -27,7 +27,8 @@ from dicom_service.vision.stabilisation import DEFAULT_SMOOTHING_SECONDS, smooth
 from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
 #: Shake fields reported, as :func:`stabilisation_records` names them.
-FIELDS = ("before", "after", "after_clean", "after_true", "motion_error_px")
+FIELDS = ("before", "after", "after_clean", "after_true", "motion_error_px", "border_fraction",
+          "border_fraction_max")
 
 
 def evaluate_long_clips(models_dir: Path, *, clips: int = 24, frames: int = 300, seed: int = 0,
@@ -123,11 +124,14 @@ def stabilisation_table(report: dict[str, Any]) -> str:
              f"in {report['precision']}",
              "true shake, RMS second difference of tracked scene points, px/frame^2",
              "",
-             f"{'smoothing':<12}{'radius':>7}{'before':>9}{'after':>9}{'clean':>9}{'true':>9}{'motion err px':>15}"]
+             f"{'smoothing':<12}{'radius':>7}{'before':>9}{'after':>9}{'clean':>9}{'true':>9}{'motion err px':>15}"
+             f"{'border % mean/max':>19}"]
     for key, row in report["by_smoothing"].items():
+        border = f"{100 * row['border_fraction']:.1f} / {100 * row['border_fraction_max']:.1f}"
         lines.append(f"{key:<12}{row['radius_frames']:>7d}{row['before']:>9.3f}{row['after']:>9.3f}"
-                     f"{row['after_clean']:>9.3f}{row['after_true']:>9.3f}{row['motion_error_px']:>15.3f}")
+                     f"{row['after_clean']:>9.3f}{row['after_true']:>9.3f}{row['motion_error_px']:>15.3f}{border:>19}")
     lines += ["", "after: motion estimated from the restored frames (what the node does); clean: from the clean "
-              "frames; true: the true motion (what the moving average itself leaves)"]
+              "frames; true: the true motion (what the moving average itself leaves); border: share of the "
+              "stabilised frame filled by the replicated border (mean over frames / worst frame, clip means)"]
     return "\n".join(lines)
 

@@ -22,7 +22,10 @@ a moving average, is dominated by the ends of clips as short as the eval's.)
                     leaves, e.g. at the clip's ends).
 
 ``motion_error_px`` is the RMS error of the estimated frame-centre displacement per
-frame pair against the true one.
+frame pair against the true one. ``border_fraction`` (mean over frames) and
+``border_fraction_max`` (worst frame) are the share of the stabilised frame that the
+``after`` corrections move in from outside the recorded frame (filled by replicating the
+border): the price of smoothing over a longer window.
 """
 
 from __future__ import annotations
@@ -77,6 +80,22 @@ def _stabilised(points: np.ndarray, motion: np.ndarray, radius: int, width: int,
     return np.einsum("tij,tpj->tpi", corrections[:, :, :2], points) + corrections[:, None, :, 2]
 
 
+def border_fractions(motion: np.ndarray, radius: int, width: int, height: int, step: int = 4) -> np.ndarray:
+    """Per frame, the share ``(T,)`` of the stabilised frame that lies outside the recorded
+    frame (the runtime fills it by replicating the border), for the corrections computed
+    from ``motion`` ``(T, 3)``; sampled on a grid of ``step`` pixels."""
+    corrections = correction_matrices(motion, radius, width, height).astype(np.float64)
+    ys, xs = np.mgrid[step // 2:height:step, step // 2:width:step]
+    grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)  # (N, 2) x, y
+    shares = []
+    for matrix in corrections:
+        source = (grid - matrix[:, 2]) @ np.linalg.inv(matrix[:, :2]).T
+        outside = ((source[:, 0] < -0.5) | (source[:, 0] > width - 0.5)
+                   | (source[:, 1] < -0.5) | (source[:, 1] > height - 0.5))
+        shares.append(outside.mean())
+    return np.asarray(shares)
+
+
 def true_motion(pairs: np.ndarray, width: int, height: int) -> np.ndarray:
     """``(T - 1, 3, 3)`` pair similarities → ``(T, 3)`` motion rows as
     :func:`~dicom_service.vision.stabilisation.estimate_motion` gives them."""
@@ -112,13 +131,19 @@ def stabilisation_records(clip: VideoClip, frames: np.ndarray,
     truth = true_motion(pairs, width, height)
     estimated, clean = estimate_motion(frames), estimate_motion(clip.clean)
     error = float(np.sqrt(np.mean(np.sum((estimated[1:, :2] - truth[1:, :2]) ** 2, axis=1))))
-    return [{
-        "before": shake(points),
-        "after": shake(_stabilised(points, estimated, radius, width, height)),
-        "after_clean": shake(_stabilised(points, clean, radius, width, height)),
-        "after_true": shake(_stabilised(points, truth, radius, width, height)),
-        "motion_error_px": error,
-    } for radius in radii]
+    records = []
+    for radius in radii:
+        border = border_fractions(estimated, radius, width, height)
+        records.append({
+            "before": shake(points),
+            "after": shake(_stabilised(points, estimated, radius, width, height)),
+            "after_clean": shake(_stabilised(points, clean, radius, width, height)),
+            "after_true": shake(_stabilised(points, truth, radius, width, height)),
+            "motion_error_px": error,
+            "border_fraction": float(border.mean()),
+            "border_fraction_max": float(border.max()),
+        })
+    return records
 
 
 def stabilisation_summary(records: Sequence[dict[str, float] | None]) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import importlib
 import logging
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
@@ -21,6 +22,7 @@ from dicom_service.vision.baseline_implants import ElongatedObjectDetector
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
 from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE, SR_BUNDLE
 from dicom_service.vision.runtime import RadiographRuntime, VideoRuntime
+from dicom_service.vision.stabilisation import DEFAULT_SMOOTHING_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -59,32 +61,51 @@ def _video_bundles(name: str, models_dir: Path) -> None:
                               "(train one with `dicom-service train video`)")
 
 
-def _learned_video(name: str) -> Callable[[str, Path, str, bool], VideoRuntime]:
+@dataclass(frozen=True)
+class VideoOptions:
+    """What the video runtimes take from the settings besides their name.
+
+    Attributes
+    ----------
+    precision : str
+        Compute precision of the learned models (``models.precision``).
+    compile_models : bool
+        torch.compile the restoration network (``models.compile``).
+    smoothing_seconds : float
+        Camera-path moving-average length of the stabilisation (``models.stabilisation_seconds``).
+    """
+
+    precision: str = "auto"
+    compile_models: bool = False
+    smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS
+
+
+def _learned_video(name: str) -> Callable[[str, Path, VideoOptions], VideoRuntime]:
     """Factory of the learned runtime whose options are spelled in ``name``."""
 
-    def build(device: str, models_dir: Path, precision: str, compile_models: bool) -> VideoRuntime:
+    def build(device: str, models_dir: Path, options: VideoOptions) -> VideoRuntime:
         _video_bundles(name, models_dir)
-        check_precision(precision, device)
-        check_compile(compile_models, device)
+        check_precision(options.precision, device)
+        check_compile(options.compile_models, device)
         try:
             from dicom_service.vision.video_runtime import LearnedVideoRuntime
         except ImportError as exc:
             raise ConfigError(f"models.video {name!r} needs torch and segment-anything ({exc})") from None
         return LearnedVideoRuntime(models_dir, device, stabilise="unstabilised" not in name,
-                                   upscale="sr2" in name, interpolate="interp2" in name, prior="noprior" not in name,
-                                   precision=precision, compile_models=compile_models)
+                                   smoothing_seconds=options.smoothing_seconds, upscale="sr2" in name,
+                                   interpolate="interp2" in name, prior="noprior" not in name,
+                                   precision=options.precision, compile_models=options.compile_models)
 
     return build
 
 
 #: Video runtimes by name; each factory takes the resolved device ("cpu" or "cuda[:N]"),
-#: the folder of bundled models, the compute precision (``models.precision``) and whether
-#: to torch.compile the restoration network (``models.compile``); the classical runtimes
-#: ignore the last two.
-VIDEO_RUNTIMES: Mapping[str, Callable[[str, Path, str, bool], VideoRuntime]] = MappingProxyType({
-    "baseline": lambda device, models, precision, compile_models: ClassicalVideoRuntime(),
-    "baseline-unstabilised": lambda device, models, precision, compile_models: ClassicalVideoRuntime(
-        stabilise=False),
+#: the folder of bundled models and the :class:`VideoOptions` (the classical runtimes use
+#: only the smoothing length).
+VIDEO_RUNTIMES: Mapping[str, Callable[[str, Path, VideoOptions], VideoRuntime]] = MappingProxyType({
+    "baseline": lambda device, models, options: ClassicalVideoRuntime(smoothing_seconds=options.smoothing_seconds),
+    "baseline-unstabilised": lambda device, models, options: ClassicalVideoRuntime(
+        stabilise=False, smoothing_seconds=options.smoothing_seconds),
     "learned": _learned_video("learned"),
     "learned-unstabilised": _learned_video("learned-unstabilised"),
     "learned-sr2": _learned_video("learned-sr2"),
@@ -150,23 +171,28 @@ def _lookup(kind: str, table: Mapping[str, Callable[..., _R]], name: str) -> Cal
 
 def build_video_runtime(name: str = "baseline", device: str = "auto",
                         models_dir: Path | None = None, precision: str = "auto",
-                        compile_models: bool = False) -> VideoRuntime:
+                        compile_models: bool = False,
+                        smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS) -> VideoRuntime:
     """Build the video runtime called ``name`` for ``device``.
 
     ``precision`` is the learned runtimes' compute precision
     (:mod:`~dicom_service.vision.precision`: ``auto``, ``float32``, ``bfloat16``, ``float16``);
-    ``compile_models`` torch.compiles their restoration network.
+    ``compile_models`` torch.compiles their restoration network; ``smoothing_seconds`` is
+    the stabilisation's camera-path smoothing length (all runtimes).
 
     Raises
     ------
     ConfigError
         Unknown name (the message lists the valid ones), unusable device, a
-        precision the device cannot run (float16 on the CPU), or compilation asked for
-        on a CPU without a C++ compiler.
+        precision the device cannot run (float16 on the CPU), compilation asked for
+        on a CPU without a C++ compiler, or a smoothing length that is not > 0.
     """
     factory = _lookup("video", VIDEO_RUNTIMES, name)
+    if not smoothing_seconds > 0:
+        raise ConfigError(f"models.stabilisation_seconds must be > 0, got {smoothing_seconds}")
     resolved = resolve_device(device)
-    runtime = factory(resolved, models_dir or default_models_dir(), precision, compile_models)
+    runtime = factory(resolved, models_dir or default_models_dir(),
+                      VideoOptions(precision, compile_models, float(smoothing_seconds)))
     log.info("video runtime %r (%s) on %s", name, runtime.info.name, resolved)
     return runtime
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_service.config import load_settings
+from dicom_service.config import Settings, load_settings
 from dicom_service.domain import ConfigError, Workflow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +58,8 @@ def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ("device: tpu\n", "device"),
         ("models:\n  precision: int8\n", "models.precision"),
         ("models:\n  compile: maybe\n", "models.compile"),
+        ("models:\n  stabilisation_seconds: 0\n", "models.stabilisation_seconds"),
+        ("models:\n  stabilisation_seconds: 60\n", "models.stabilisation_seconds"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, yaml_text: str, key: str) -> None:
@@ -79,3 +81,9 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(listy)
+
+
+def test_default_stabilisation_length_is_the_runtimes_default() -> None:
+    from dicom_service.vision.stabilisation import DEFAULT_SMOOTHING_SECONDS
+
+    assert Settings().models.stabilisation_seconds == DEFAULT_SMOOTHING_SECONDS

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dicom_service.training.evaluate_stabilisation import (
+    border_fractions,
     shake,
     stabilisation_record,
     stabilisation_summary,
@@ -67,6 +68,13 @@ def test_clips_without_true_flow_or_too_short_have_no_record() -> None:
     assert summary is not None and summary["clips"] == 1 and summary["before"] == record["before"]
 
 
+def test_border_fraction_counts_the_columns_moved_in_from_outside() -> None:
+    # camera path x: 0, 4, 0; radius 1 -> smoothed 4/3 everywhere, corrections +4/3, -8/3, +4/3 px
+    motion = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [-4.0, 0.0, 0.0]])
+    np.testing.assert_allclose(border_fractions(motion, 1, 100, 50, step=1), [0.01, 0.03, 0.01])
+    assert not border_fractions(np.zeros((5, 3)), 2, 100, 50).any()
+
+
 def test_tracked_points_follow_the_pairs() -> None:
     shift = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0], [0.0, 0.0, 1.0]])
     points = tracked_points(np.stack([shift, shift]), 101, 51)
@@ -93,6 +101,7 @@ def test_eval_stabilisation_on_long_clips_writes_its_report(tmp_path) -> None:
     for row in report["by_smoothing"].values():
         assert row["clips"] == 1
         assert row["after"] < 0.5 * row["before"] and row["after_true"] <= row["after"] + 0.05
+        assert 0.0 < row["border_fraction"] <= row["border_fraction_max"] < 0.5
     clip = report["per_clip"][0]
     assert clip["seed"] == 1_900_003
     assert clip["by_smoothing"]["1.0s"]["before"] == report["by_smoothing"]["1.0s"]["before"]

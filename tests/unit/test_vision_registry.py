@@ -27,6 +27,17 @@ def test_builds_the_baselines() -> None:
     assert "baseline" in VIDEO_RUNTIMES and "baseline" in RADIOGRAPH_RUNTIMES
 
 
+def test_stabilisation_length_reaches_the_runtimes() -> None:
+    """``models.stabilisation_seconds``: every runtime smooths over the configured length."""
+    assert build_video_runtime("baseline", "cpu", smoothing_seconds=2.0).smoothing_seconds == 2.0
+    assert build_video_runtime("baseline-unstabilised", "cpu", smoothing_seconds=0.5).smoothing_seconds == 0.5
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("segment_anything"):
+        learned = build_video_runtime("learned", "cpu", smoothing_seconds=2.0)
+        assert learned.smoothing_seconds == 2.0 and "smoothing_s=2.0" in learned.info.parameters
+    with pytest.raises(ConfigError, match="models.stabilisation_seconds"):
+        build_video_runtime("baseline", "cpu", smoothing_seconds=0.0)
+
+
 def test_unknown_names_list_the_choices() -> None:
     with pytest.raises(ConfigError, match="valid choices: baseline"):
         build_video_runtime("sam-huge")
