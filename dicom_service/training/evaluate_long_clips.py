@@ -26,10 +26,6 @@ from dicom_service.training.video_phantoms import GENERATOR_VERSION, clip_seed, 
 from dicom_service.vision.stabilisation import DEFAULT_SMOOTHING_SECONDS, smoothing_radius
 from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
-#: Shake fields reported, as :func:`stabilisation_records` names them.
-FIELDS = ("before", "after", "after_clean", "after_true", "motion_error_px", "border_fraction",
-          "border_fraction_max")
-
 
 def evaluate_long_clips(models_dir: Path, *, clips: int = 24, frames: int = 300, seed: int = 0,
                         split: str = "test", height: int = 240, width: int = 320,
@@ -61,7 +57,8 @@ def evaluate_long_clips(models_dir: Path, *, clips: int = 24, frames: int = 300,
     dict
         ``clips``, ``frames``, ``size`` ``[width, height]``, ``fps``, ``generator``, ``seeds``,
         ``algorithm``, ``seconds``; ``by_smoothing``: per smoothing length (key ``"1.0s"``)
-        its ``radius_frames`` and the mean of each of :data:`FIELDS`; ``per_clip``.
+        its ``radius_frames`` and the mean over clips of each field of
+        :func:`~dicom_service.training.evaluate_stabilisation.stabilisation_records`; ``per_clip``.
 
     Raises
     ------
