@@ -74,21 +74,21 @@ def shake(points: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum(accel ** 2, axis=-1))))
 
 
-def _stabilised(points: np.ndarray, motion: np.ndarray, radius: int, width: int, height: int) -> np.ndarray:
-    """Tracks ``(T, P, 2)`` moved by the corrections computed from ``motion`` ``(T, 3)``."""
-    corrections = correction_matrices(motion, radius, width, height).astype(np.float64)
+def _stabilised(points: np.ndarray, corrections: np.ndarray) -> np.ndarray:
+    """Tracks ``(T, P, 2)`` moved by ``(T, 2, 3)`` corrections (:func:`correction_matrices`)."""
+    corrections = corrections.astype(np.float64)
     return np.einsum("tij,tpj->tpi", corrections[:, :, :2], points) + corrections[:, None, :, 2]
 
 
-def border_fractions(motion: np.ndarray, radius: int, width: int, height: int, step: int = 4) -> np.ndarray:
+def border_fractions(corrections: np.ndarray, width: int, height: int, step: int = 4) -> np.ndarray:
     """Per frame, the share ``(T,)`` of the stabilised frame that lies outside the recorded
-    frame (the runtime fills it by replicating the border), for the corrections computed
-    from ``motion`` ``(T, 3)``; sampled on a grid of ``step`` pixels."""
-    corrections = correction_matrices(motion, radius, width, height).astype(np.float64)
+    frame (the runtime fills it by replicating the border), for ``(T, 2, 3)`` corrections
+    (:func:`~dicom_service.vision.stabilisation.correction_matrices`); sampled on a grid of
+    ``step`` pixels."""
     ys, xs = np.mgrid[step // 2:height:step, step // 2:width:step]
     grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)  # (N, 2) x, y
     shares = []
-    for matrix in corrections:
+    for matrix in corrections.astype(np.float64):
         source = (grid - matrix[:, 2]) @ np.linalg.inv(matrix[:, :2]).T
         outside = ((source[:, 0] < -0.5) | (source[:, 0] > width - 0.5)
                    | (source[:, 1] < -0.5) | (source[:, 1] > height - 0.5))
@@ -131,14 +131,16 @@ def stabilisation_records(clip: VideoClip, frames: np.ndarray,
     truth = true_motion(pairs, width, height)
     estimated, clean = estimate_motion(frames), estimate_motion(clip.clean)
     error = float(np.sqrt(np.mean(np.sum((estimated[1:, :2] - truth[1:, :2]) ** 2, axis=1))))
+    before = shake(points)
     records = []
     for radius in radii:
-        border = border_fractions(estimated, radius, width, height)
+        applied = correction_matrices(estimated, radius, width, height)  # what the node applies
+        border = border_fractions(applied, width, height)
         records.append({
-            "before": shake(points),
-            "after": shake(_stabilised(points, estimated, radius, width, height)),
-            "after_clean": shake(_stabilised(points, clean, radius, width, height)),
-            "after_true": shake(_stabilised(points, truth, radius, width, height)),
+            "before": before,
+            "after": shake(_stabilised(points, applied)),
+            "after_clean": shake(_stabilised(points, correction_matrices(clean, radius, width, height))),
+            "after_true": shake(_stabilised(points, correction_matrices(truth, radius, width, height))),
             "motion_error_px": error,
             "border_fraction": float(border.mean()),
             "border_fraction_max": float(border.max()),

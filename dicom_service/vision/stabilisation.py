@@ -101,6 +101,7 @@ def refine_similarity(previous: np.ndarray, current: np.ndarray, matrix: np.ndar
         :data:`_ECC_MAX_CHANGE_PX` from ``matrix`` at the frame centre.
     """
     height, width = previous.shape
+    fitted = matrix.astype(np.float64)
     xs = np.arange(width, dtype=np.float32)[None, :]
     ys = np.arange(height, dtype=np.float32)[:, None]
     off_x = flow[..., 0] - ((matrix[0, 0] - 1.0) * xs + matrix[0, 1] * ys + matrix[0, 2])
@@ -108,8 +109,8 @@ def refine_similarity(previous: np.ndarray, current: np.ndarray, matrix: np.ndar
     inliers = (off_x * off_x + off_y * off_y < _ECC_INLIER_PX ** 2).astype(np.uint8)
     inliers = cv2.erode(inliers, np.ones((_ECC_RIM, _ECC_RIM), np.uint8))
     if inliers.sum() < 0.1 * height * width:
-        return matrix.astype(np.float64)
-    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+        return fitted
+    full = np.vstack([fitted, [0.0, 0.0, 1.0]])
     scale = math.sqrt(abs(float(np.linalg.det(full[:2, :2]))))
     centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
     zoom = np.eye(3)
@@ -122,12 +123,11 @@ def refine_similarity(previous: np.ndarray, current: np.ndarray, matrix: np.ndar
     try:
         _, rigid = cv2.findTransformECC(scaled, current, start, cv2.MOTION_EUCLIDEAN, _ECC_CRITERIA, mask, 1)
     except cv2.error:  # did not converge (flat or uncorrelated frames)
-        return matrix.astype(np.float64)
-    if not np.all(np.isfinite(rigid)):
-        return matrix.astype(np.float64)
+        return fitted
     refined = (np.vstack([rigid, [0.0, 0.0, 1.0]]) @ zoom)[:2]
-    moved = np.subtract(matrix_motion(refined, width, height)[:2], matrix_motion(matrix, width, height)[:2])
-    return matrix.astype(np.float64) if float(np.hypot(*moved)) > _ECC_MAX_CHANGE_PX else refined
+    moved = np.subtract(matrix_motion(refined, width, height)[:2], matrix_motion(fitted, width, height)[:2])
+    plausible = bool(np.all(np.isfinite(refined))) and float(np.hypot(*moved)) <= _ECC_MAX_CHANGE_PX
+    return refined if plausible else fitted
 
 
 def estimate_motion(frames: np.ndarray) -> np.ndarray:

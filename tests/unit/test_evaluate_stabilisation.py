@@ -16,7 +16,7 @@ from dicom_service.training.evaluate_stabilisation import (
     true_pair_matrices,
 )
 from dicom_service.training.video_phantoms import render_clip
-from dicom_service.vision.stabilisation import smoothing_radius
+from dicom_service.vision.stabilisation import correction_matrices, smoothing_radius
 
 
 def test_true_pair_matrices_reproduce_the_camera_flow() -> None:
@@ -71,8 +71,9 @@ def test_clips_without_true_flow_or_too_short_have_no_record() -> None:
 def test_border_fraction_counts_the_columns_moved_in_from_outside() -> None:
     # camera path x: 0, 4, 0; radius 1 -> smoothed 4/3 everywhere, corrections +4/3, -8/3, +4/3 px
     motion = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [-4.0, 0.0, 0.0]])
-    np.testing.assert_allclose(border_fractions(motion, 1, 100, 50, step=1), [0.01, 0.03, 0.01])
-    assert not border_fractions(np.zeros((5, 3)), 2, 100, 50).any()
+    np.testing.assert_allclose(border_fractions(correction_matrices(motion, 1, 100, 50), 100, 50, step=1),
+                               [0.01, 0.03, 0.01])
+    assert not border_fractions(correction_matrices(np.zeros((5, 3)), 2, 100, 50), 100, 50).any()
 
 
 def test_tracked_points_follow_the_pairs() -> None:
