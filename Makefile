@@ -41,6 +41,7 @@ bench: install-test
 	$(BIN)/python benchmarks/turnaround.py
 	$(BIN)/python -m benchmarks.implants
 	$(BIN)/python -m benchmarks.video --ten-second
+	$(BIN)/python -m benchmarks.video_memory
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -167,6 +167,10 @@ class WorkerSettings(_Section):
     processing: int = Field(1, ge=1, le=64)
     dispatch: int = Field(1, ge=1, le=64)
     poll_seconds: float = Field(0.5, gt=0)
+    video_memory_mb: int = Field(
+        0, ge=0, description="Memory one video job may plan for, MiB: a clip whose estimate (read from its header "
+        "before decoding) is larger fails with a clear error instead of exhausting the machine; 0: automatic "
+        "(75 % of the physical or cgroup memory limit, less what the service holds, shared by the processing workers)")
 
 
 class ModelSettings(_Section):

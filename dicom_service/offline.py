@@ -19,6 +19,7 @@ from dicom_service.media.pixels import check_pixel_consistency
 from dicom_service.pipelines.base import PipelineOutput
 from dicom_service.pipelines.radiograph import process_radiographs
 from dicom_service.pipelines.video import process_videos
+from dicom_service.pipelines.video_memory import video_budget_bytes
 from dicom_service.routing import choose_workflow, default_rules, job_key
 from dicom_service.service import Runtimes
 from dicom_service.uids import validate_uid
@@ -66,9 +67,11 @@ def _meta(ds: Dataset, path: Path) -> InstanceMeta:
     )
 
 
-def _run(workflow: Workflow, ds: Dataset, runtimes: Runtimes, key: str, progress) -> PipelineOutput:  # noqa: ANN001
+def _run(workflow: Workflow, ds: Dataset, runtimes: Runtimes, key: str, progress,  # noqa: ANN001
+         video_memory_mb: int = 0) -> PipelineOutput:
     if workflow is Workflow.VIDEO:
-        return process_videos([ds], runtimes.video, uid_seed=key, progress=progress)
+        return process_videos([ds], runtimes.video, uid_seed=key, progress=progress,
+                              memory_budget=video_budget_bytes(video_memory_mb, 1))
     return process_radiographs([ds], runtimes.radiograph, uid_seed=key, progress=progress)
 
 
@@ -107,7 +110,7 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
         folder = out_dir / study_uid
         for meta, ds in members:  # one at a time: a bad instance does not sink its study
             try:
-                output = _run(workflow, ds, runtimes, key, bar.set_postfix_str)
+                output = _run(workflow, ds, runtimes, key, bar.set_postfix_str, settings.workers.video_memory_mb)
             except InputError as exc:
                 entry["errors"].append({"sop_instance_uid": meta.sop_instance_uid,
                                         "error": f"{type(exc).__name__}: {exc}"})

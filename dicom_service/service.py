@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from dicom_service.config import Settings
+from dicom_service.config import Settings, WorkerSettings
 from dicom_service.domain import InputError, Job, JobKind, Workflow
 from dicom_service.jobs.queue import Backoff
 from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
@@ -20,6 +20,7 @@ from dicom_service.node.scp import DicomNode, StoredEvent
 from dicom_service.pipelines.base import PipelineOutput
 from dicom_service.pipelines.radiograph import process_radiographs
 from dicom_service.pipelines.video import process_videos
+from dicom_service.pipelines.video_memory import video_budget_bytes
 from dicom_service.routing import Router
 from dicom_service.storage import InstanceStore
 from dicom_service.vision.registry import (
@@ -70,8 +71,11 @@ class Runtimes:
                  self.video.info.name, self.radiograph.info.name)
 
 
-def make_process_fn(store: InstanceStore, runtimes: Runtimes) -> Callable[[Job, Callable[[str], None]], PipelineOutput]:
-    """The function workers call to run a processing job."""
+def make_process_fn(store: InstanceStore, runtimes: Runtimes, workers: WorkerSettings | None = None
+                    ) -> Callable[[Job, Callable[[str], None]], PipelineOutput]:
+    """The function workers call to run a processing job (``workers``: the video memory
+    budget and the number of processing workers that share it; None: defaults)."""
+    workers = workers or WorkerSettings()
 
     def process(job: Job, progress: Callable[[str], None]) -> PipelineOutput:
         metas = []
@@ -83,7 +87,8 @@ def make_process_fn(store: InstanceStore, runtimes: Runtimes) -> Callable[[Job, 
         datasets = [dcmread(m.path) for m in metas]
         progress(f"loaded {len(datasets)} instances")
         if job.workflow is Workflow.VIDEO:
-            return process_videos(datasets, runtimes.video, uid_seed=job.key, progress=progress)
+            budget = video_budget_bytes(workers.video_memory_mb, workers.processing)
+            return process_videos(datasets, runtimes.video, uid_seed=job.key, progress=progress, memory_budget=budget)
         if job.workflow is Workflow.RADIOGRAPH:
             return process_radiographs(datasets, runtimes.radiograph, uid_seed=job.key, progress=progress)
         raise InputError(f"workflow {job.workflow} has no pipeline")
@@ -129,7 +134,7 @@ class Service:
         self.runtimes = Runtimes(s)
         self.router = Router(s.routing, s.retry, self.store, self.queue)
         ctx = WorkerContext(settings=s, store=self.store, queue=self.queue,
-                            process=make_process_fn(self.store, self.runtimes))
+                            process=make_process_fn(self.store, self.runtimes, s.workers))
         self.pools = [
             WorkerPool(ctx, (JobKind.PROCESS,), s.workers.processing, "process"),
             WorkerPool(ctx, (JobKind.DISPATCH,), s.workers.dispatch, "dispatch"),

@@ -18,6 +18,7 @@ from dicom_service.domain import MediaError
 from dicom_service.media.video import read_frames
 from dicom_service.node.contexts import input_class
 from dicom_service.pipelines.base import PipelineOutput, ProgressLog, ResultObject, no_log
+from dicom_service.pipelines.video_memory import check_video_fits
 from dicom_service.vision.runtime import VideoRuntime
 from dicom_service.writers.sc import write_secondary_capture
 from dicom_service.writers.seg import write_tooth_segmentation
@@ -33,9 +34,13 @@ def _is_video(ds: Dataset, frame_count: int) -> bool:
 
 
 def process_video_instance(
-    source: Dataset, runtime: VideoRuntime, *, uid_seed: str, progress: ProgressLog = no_log
+    source: Dataset, runtime: VideoRuntime, *, uid_seed: str, progress: ProgressLog = no_log,
+    memory_budget: int | None = None,
 ) -> tuple[list[ResultObject], dict]:
     """Run the video workflow on one instance.
+
+    ``memory_budget`` (bytes; None: no check) is checked against the clip's estimated
+    memory before anything is decoded (:func:`~dicom_service.pipelines.video_memory.check_video_fits`).
 
     Returns
     -------
@@ -44,6 +49,7 @@ def process_video_instance(
         JSON-serialisable description (frames, size, steps, metrics).
     """
     sop = str(source.SOPInstanceUID)
+    check_video_fits(source, runtime, memory_budget)
     frames, fps = read_frames(source)
     if frames.ndim != 4 or frames.shape[0] == 0:
         raise MediaError(f"instance {sop}: no frames decoded")
@@ -82,12 +88,15 @@ def process_video_instance(
 
 
 def process_videos(
-    sources: Sequence[Dataset], runtime: VideoRuntime, *, uid_seed: str, progress: ProgressLog = no_log
+    sources: Sequence[Dataset], runtime: VideoRuntime, *, uid_seed: str, progress: ProgressLog = no_log,
+    memory_budget: int | None = None,
 ) -> PipelineOutput:
-    """Run the video workflow on every source instance of a job."""
+    """Run the video workflow on every source instance of a job (each checked against
+    ``memory_budget`` bytes before it is decoded; None: no check)."""
     output = PipelineOutput(summary={"workflow": "video", "instances": []})
     for source in sources:
-        objects, summary = process_video_instance(source, runtime, uid_seed=uid_seed, progress=progress)
+        objects, summary = process_video_instance(source, runtime, uid_seed=uid_seed, progress=progress,
+                                                  memory_budget=memory_budget)
         output.objects.extend(objects)
         output.summary["instances"].append(summary)
     return output

@@ -176,6 +176,11 @@ class ClassicalVideoRuntime:
         steps.append("Tooth mask: bright low-saturation warm-white pixels, morphological clean-up")
         return steps
 
+    def working_bytes(self, count: int, height: int, width: int) -> int:
+        """Peak bytes :meth:`enhance` holds beyond its input (see :class:`VideoRuntime`):
+        per frame the tooth masks and three RGB copies (stabilised, denoised, output)."""
+        return count * height * width * (1 + 3 * 3)
+
     def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
         """Stabilise, denoise, enhance a clip and segment its teeth.
 

@@ -7,6 +7,9 @@ up. A learned flow head is not bundled (see the restoration model card).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import overload
+
 import cv2
 import numpy as np
 
@@ -64,8 +67,56 @@ class DisFlow:
         return flow.astype(np.float32, copy=False)
 
 
+class ClipFlows(Sequence):
+    """The flows of a clip to a neighbour frame, computed when asked for, not held.
+
+    A list of full-resolution flows costs ``8 * H * W`` bytes per frame (14 MiB at
+    1280x720), several times the frames themselves; the runtimes read each flow once, so
+    they take this instead of :func:`clip_flows`.
+
+    Parameters
+    ----------
+    frames : np.ndarray
+        ``(T, H, W, 3)`` uint8 RGB (kept by reference, not copied).
+    flow : DisFlow
+    step : int
+        -1 (to the previous frame) or +1 (to the next).
+
+    Notes
+    -----
+    Entry ``t`` is ``(H, W, 2)`` float32 (x, y) frame ``t`` → frame ``t + step``, or None
+    where the neighbour is outside the clip (the first or the last frame); each access
+    computes it again.
+    """
+
+    def __init__(self, frames: np.ndarray, flow: DisFlow, step: int = -1) -> None:
+        if step not in (-1, 1):
+            raise ValueError(f"step must be -1 or +1, got {step}")
+        self.frames, self.flow, self.step = frames, flow, step
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray | None: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray | None]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | None | list[np.ndarray | None]:
+        count = len(self)
+        if isinstance(index, slice):
+            return [self[t] for t in range(*index.indices(count))]
+        t = index + count if index < 0 else index
+        if not 0 <= t < count:
+            raise IndexError(f"frame {index} outside a clip of {count}")
+        other = t + self.step
+        return self.flow(self.frames[t], self.frames[other]) if 0 <= other < count else None
+
+
 def clip_flows(frames: np.ndarray, flow: DisFlow, step: int = -1) -> list[np.ndarray | None]:
-    """Flows from each frame to its neighbour ``t + step`` (``step`` -1: previous, +1: next).
+    """Flows from each frame to its neighbour ``t + step`` (``step`` -1: previous, +1: next),
+    all computed now (:class:`ClipFlows` computes them on demand instead).
 
     Parameters
     ----------
@@ -81,10 +132,7 @@ def clip_flows(frames: np.ndarray, flow: DisFlow, step: int = -1) -> list[np.nda
         ``T`` entries, ``(H, W, 2)`` float32 (x, y) frame ``t`` → frame ``t + step``;
         None where the neighbour is outside the clip (the first or the last frame).
     """
-    if step not in (-1, 1):
-        raise ValueError(f"step must be -1 or +1, got {step}")
-    count = frames.shape[0]
-    return [flow(frames[t], frames[t + step]) if 0 <= t + step < count else None for t in range(count)]
+    return list(ClipFlows(frames, flow, step))
 
 
 def lands_inside(flow: np.ndarray) -> np.ndarray:

@@ -87,6 +87,13 @@ class VideoRuntime(Protocol):
         """
         ...
 
+    def working_bytes(self, count: int, height: int, width: int) -> int:
+        """Memory :meth:`enhance` holds at its peak for a clip of ``count`` frames of
+        ``height x width``, beyond the input frames themselves, in bytes (an upper
+        estimate of the arrays that grow with the clip, including the returned frames
+        and masks; the pipeline checks it before decoding)."""
+        ...
+
 
 @runtime_checkable
 class RadiographRuntime(Protocol):

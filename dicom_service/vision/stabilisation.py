@@ -224,7 +224,7 @@ def correction_matrices(motion: np.ndarray, radius: int, width: int, height: int
     return np.stack([_correction_matrix(*row, width, height) for row in correction])
 
 
-def stabilise(frames: np.ndarray, motion: np.ndarray, radius: int) -> np.ndarray:
+def stabilise(frames: np.ndarray, motion: np.ndarray, radius: int, *, in_place: bool = False) -> np.ndarray:
     """Warp each frame from the camera path onto its moving average.
 
     Parameters
@@ -235,14 +235,17 @@ def stabilise(frames: np.ndarray, motion: np.ndarray, radius: int) -> np.ndarray
         ``(T, 3)`` from :func:`estimate_motion` (of these or of co-registered frames).
     radius : int
         Moving-average radius in frames.
+    in_place : bool
+        Write the stabilised frames over ``frames`` (which must be writable) instead of
+        into a new array: a long clip then costs one copy less.
 
     Returns
     -------
     np.ndarray
-        ``(T, H, W, 3)`` uint8, the stabilised frames.
+        ``(T, H, W, 3)`` uint8, the stabilised frames (``frames`` itself when ``in_place``).
     """
     height, width = frames.shape[1:3]
-    out = np.empty_like(frames)
+    out = frames if in_place else np.empty_like(frames)
     for t, matrix in enumerate(correction_matrices(motion, radius, width, height)):
         out[t] = cv2.warpAffine(frames[t], matrix, (width, height), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE)

@@ -40,7 +40,7 @@ from dicom_service.vision.interframe import (
     load_interframe_bundle,
     upscale_clip,
 )
-from dicom_service.vision.optical_flow import DisFlow, clip_flows
+from dicom_service.vision.optical_flow import ClipFlows, DisFlow
 from dicom_service.vision.precision import compile_for_inference, for_inference, inference_dtype, precision_name
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
 from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
@@ -74,8 +74,12 @@ def _work_size(height: int, width: int) -> tuple[int, int]:
 
 
 def _resize_stack(frames: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """``(T, H, W[, C])`` → ``(T, h, w[, C])`` for ``size`` ``(h, w)``, into one new array."""
     h, w = size
-    return np.stack([cv2.resize(f, (w, h), interpolation=interpolation) for f in frames])
+    out = np.empty((frames.shape[0], h, w) + frames.shape[3:], dtype=frames.dtype)
+    for t, frame in enumerate(frames):
+        out[t] = cv2.resize(frame, (w, h), interpolation=interpolation)
+    return out
 
 
 def automatic_masks(segmenter: ToothSegmenter, frames: np.ndarray,
@@ -181,6 +185,29 @@ class LearnedVideoRuntime:
             steps.append("Resolution doubled: learned x2 super-resolution")
         return steps
 
+    def working_bytes(self, count: int, height: int, width: int) -> int:
+        """Peak bytes :meth:`enhance` holds beyond its input (see :class:`VideoRuntime`).
+
+        Counted arrays, per frame: the tooth masks (1 byte per pixel) and the restored
+        frames (3) at the working size (flows are computed as they are read, stabilisation
+        works in place). For an input over :data:`MAX_WORK_PIXELS` the peak comes later,
+        when the masks are scaled back up: the working masks and their uint8 copy (2 bytes
+        per working pixel) beside the upscaled frames and their uint8 and bool masks (5 bytes
+        per source pixel; more than the 7 per working pixel while restoring). The
+        interpolated (``2T - 1`` frames) or super-resolved (``2H x 2W``) output comes on
+        top, beside the frames it was made from.
+        """
+        work_h, work_w = _work_size(height, width)
+        source, work = height * width, work_h * work_w
+        scaled = (work_h, work_w) != (height, width)
+        per_frame = 2 * work + 5 * source if scaled else 4 * work
+        output = 3 * source if scaled else 3 * work
+        if self.interpolator is not None and count >= 2:
+            per_frame += 2 * output
+        if self.upscaler is not None and not scaled:
+            per_frame += 4 * output
+        return count * per_frame
+
     def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
         """Segment teeth, restore and (optionally) stabilise a clip.
 
@@ -217,10 +244,13 @@ class LearnedVideoRuntime:
         tick = ProgressThrottle(progress)
         masks = automatic_masks(self.segmenter, work, lambda t: tick(f"tooth masks {t + 1}/{count} frames"))
         dis = DisFlow()
-        flows = clip_flows(work, dis)
-        following = clip_flows(work, dis, step=1) if self.restorer.config.bidirectional else None
+        # computed frame by frame as the restoration reads them: a clip's worth of flows
+        # would cost several times the frames (ClipFlows)
+        flows = ClipFlows(work, dis)
+        following = ClipFlows(work, dis, step=1) if self.restorer.config.bidirectional else None
         restored = restore_clip(self.restorer, work, masks, flows, self.device, self.dtype,
                                 on_frame=lambda t: tick(f"restored {t + 1}/{count} frames"), next_flows=following)
+        del work, flows, following  # a downscaled copy is freed before the upscaled output is made
         if scaled:
             restored = _resize_stack(restored, (height, width), cv2.INTER_CUBIC)
             masks = _resize_stack(masks.astype(np.uint8), (height, width), cv2.INTER_NEAREST).astype(bool)
@@ -231,7 +261,7 @@ class LearnedVideoRuntime:
             motion = estimate_motion(restored)
             before = shake_px(motion, radius)
             if stabilised:
-                restored = stabilise(restored, motion, radius)
+                restored = stabilise(restored, motion, radius, in_place=True)
                 after = shake_px(estimate_motion(restored), radius)
             else:
                 after = before

@@ -56,3 +56,21 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "no such file or folder" in proc.stderr
+
+
+def test_video_over_the_memory_budget_is_an_error_entry(tmp_path: Path) -> None:
+    """Offline mode applies workers.video_memory_mb too: the video gets a clear error entry
+    and no output, and the run goes on."""
+    from dicom_service.config import load_settings
+    from dicom_service.offline import process_paths
+
+    video = builders.make_video_photographic(frames=4, rows=64, cols=96)
+    builders.save(video, tmp_path / "in" / "v.dcm")
+    settings = load_settings(None, storage={"path": str(tmp_path / "var")}, workers={"video_memory_mb": 1},
+                             models={"video": "baseline"})
+    report = process_paths([tmp_path / "in"], tmp_path / "out", settings, show_progress=False)
+    (group,) = report.groups
+    assert group["workflow"] == "video" and not group["outputs"]
+    (error,) = group["errors"]
+    assert error["sop_instance_uid"] == str(video.SOPInstanceUID)
+    assert error["error"].startswith("UnsupportedInputError: video too large")

@@ -55,3 +55,24 @@ def test_endpoint_error() -> None:
     assert np.isnan(endpoint_error(pred, true, valid))
     with pytest.raises(ValueError):
         endpoint_error(pred[:2], true)
+
+
+def test_clip_flows_on_demand_match_the_list() -> None:
+    """ClipFlows computes entry t when read; it equals clip_flows entry by entry and indexes like a list."""
+    from dicom_service.vision.optical_flow import ClipFlows
+
+    image = _texture(96, 128)
+    frames = np.stack([np.roll(image, (t, 2 * t), axis=(0, 1)) for t in range(4)])
+    for step in (-1, 1):
+        lazy, eager = ClipFlows(frames, DisFlow(), step), clip_flows(frames, DisFlow(), step)
+        assert len(lazy) == 4
+        for t in range(4):
+            assert (lazy[t] is None) == (eager[t] is None)
+            if eager[t] is not None:
+                assert np.array_equal(lazy[t], eager[t])
+        assert [f is None for f in lazy[1:3]] == [f is None for f in eager[1:3]]
+        assert (lazy[-1] is None) == (step == 1)
+    with pytest.raises(IndexError):
+        ClipFlows(frames, DisFlow())[4]
+    with pytest.raises(ValueError, match="step"):
+        ClipFlows(frames, DisFlow(), step=0)

@@ -140,3 +140,22 @@ def test_corrupt_h264_fails_its_job_only(make_settings) -> None:
         _wait_job(client, lambda j: j["kind"] == "process" and j["workflow"] == "radiograph"
                   and j["state"] == "succeeded")
         assert client.get("/readyz").status_code == 200
+
+
+def test_video_over_the_memory_budget_fails_clearly_and_is_kept(make_settings) -> None:
+    """With a budget no clip fits (workers.video_memory_mb 1), a video job fails at once with
+    the estimate and the setting in its error, not an out-of-memory kill; the instance stays
+    stored for a later retry, and a radiograph sent beside it completes."""
+    video = builders.make_video_photographic(frames=4, rows=64, cols=96)
+    with _serve(make_settings(workers={"poll_seconds": 0.05, "video_memory_mb": 1})) as client:
+        service = client.app.state.service
+        assert store(service.node.port, video) == 0
+        assert store(service.node.port, builders.make_intraoral_radiograph()) == 0
+        failed = _wait_job(client, lambda j: j["kind"] == "process" and j["state"] == "failed")
+        assert failed["workflow"] == "video" and failed["attempts"] == 1
+        assert "UnsupportedInputError: video too large" in failed["error"]
+        assert "workers.video_memory_mb" in failed["error"]
+        assert service.store.instance(str(video.SOPInstanceUID)) is not None
+        _wait_job(client, lambda j: j["kind"] == "process" and j["workflow"] == "radiograph"
+                  and j["state"] == "succeeded")
+        assert client.get("/readyz").status_code == 200

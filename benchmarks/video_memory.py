@@ -1,0 +1,133 @@
+"""Video memory benchmark: peak resident memory of the whole video workflow against clip length.
+
+For each size and frame count, a fresh Python process reads a Video Photographic DICOM file
+(H.264, a degraded phantom clip played forwards and backwards up to the frame count), loads
+the node's video runtime (``models.video: learned``, default options), resets the kernel's
+peak-RSS counter (``/proc/self/clear_refs``) and runs :func:`process_video_instance` (decode →
+masks → restoration → stabilisation → encode → SEG, SR). It reports the peak resident set
+(``VmHWM``) over that call, less the resident set before it.
+
+Two frame counts per size give the marginal memory per frame (the slope, which is what
+decides how long a clip fits) and the fixed part. Beside each measurement stands what the
+node's admission check (:func:`dicom_service.pipelines.video_memory.estimate_video_bytes`)
+predicts for it, so the estimate can be checked against the machine.
+
+Linux only (``/proc``). Run from the repository root: ``python -m benchmarks.video_memory
+[--sizes 640x480,1280x720] [--frames 60,180]``. Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/video_memory.py): make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from benchmarks.common import hardware
+
+MIB = 1024.0 * 1024.0
+
+
+def log(text: str) -> None:
+    """Progress line on stderr (stdout carries only the JSON)."""
+    print(f"[video_memory] {text}", file=sys.stderr, flush=True)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def write_clip(path: Path, width: int, height: int, frames: int) -> None:
+    """A Video Photographic DICOM file of a degraded phantom clip, ``frames`` long at 30 fps."""
+    from benchmarks.video import _video_dataset
+    from dicom_service.training.video_phantoms import clip_seed, render_clip
+
+    clip = render_clip(clip_seed(0, "test", 60), frames=30, height=height, width=width, teeth=True)
+    cycle = np.concatenate([clip.degraded, clip.degraded[::-1]])
+    repeated = np.concatenate([cycle] * (frames // cycle.shape[0] + 1))[:frames]
+    _video_dataset(repeated, 30.0).save_as(path, enforce_file_format=True)
+
+
+def child(path: Path) -> dict[str, Any]:
+    """Measure one run in this process (called in a fresh interpreter)."""
+    import pydicom
+    import torch
+
+    from dicom_service.pipelines.video import process_video_instance
+    from dicom_service.vision.registry import default_models_dir
+    from dicom_service.vision.video_runtime import LearnedVideoRuntime
+
+    ds = pydicom.dcmread(path)
+    runtime = LearnedVideoRuntime(default_models_dir(), "cpu")
+    before = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    objects, summary = process_video_instance(ds, runtime, uid_seed="memory")
+    peak = _status_kib("VmHWM")
+    return {"frames": int(summary["frames"]), "rss_before_mib": round(before / 1024, 1),
+            "peak_growth_mib": round((peak - before) / 1024, 1), "objects": [o.kind for o in objects],
+            "threads": torch.get_num_threads()}
+
+
+def measure(width: int, height: int, frames: int, folder: Path, runtime: Any) -> dict[str, Any]:
+    """Write the clip, run :func:`child` in a fresh process, add the node's estimate for ``runtime``."""
+    from dicom_service.pipelines.video_memory import estimate_video_bytes
+
+    path = folder / f"clip_{width}x{height}_{frames}.dcm"
+    write_clip(path, width, height, frames)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.video_memory", "--child", str(path)],
+                          capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
+    path.unlink()
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["estimate_mib"] = round(estimate_video_bytes(frames, height, width, runtime) / MIB, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="640x480,1280x720", help="comma-separated WIDTHxHEIGHT")
+    parser.add_argument("--frames", default="60,180", help="two comma-separated frame counts")
+    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(child(args.child)))
+        return 0
+    counts = sorted(int(v) for v in args.frames.split(","))
+    if len(counts) != 2 or counts[0] < 2 or counts[0] == counts[1]:
+        parser.error("--frames needs two different counts >= 2")
+    from dicom_service.vision.registry import default_models_dir
+    from dicom_service.vision.video_runtime import LearnedVideoRuntime
+
+    runtime = LearnedVideoRuntime(default_models_dir(), "cpu")  # the child's runtime, for its estimate
+    result: dict[str, Any] = {"benchmark": "video_memory", "algorithm": runtime.info.version,
+                              "hardware": hardware(), "cases": {}}
+    with tempfile.TemporaryDirectory(prefix="video-memory-") as tmp:
+        for text in args.sizes.split(","):
+            width, height = (int(v) for v in text.lower().split("x"))
+            runs = []
+            for frames in counts:
+                log(f"{width}x{height}, {frames} frames")
+                runs.append(measure(width, height, frames, Path(tmp), runtime))
+            slope = (runs[1]["peak_growth_mib"] - runs[0]["peak_growth_mib"]) / (counts[1] - counts[0])
+            estimate_slope = (runs[1]["estimate_mib"] - runs[0]["estimate_mib"]) / (counts[1] - counts[0])
+            result["cases"][f"{width}x{height}"] = {
+                "runs": runs, "mib_per_frame": round(slope, 2), "estimate_mib_per_frame": round(estimate_slope, 2),
+                "fixed_mib": round(runs[0]["peak_growth_mib"] - slope * counts[0], 1)}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Admission check of the video workflow: does a clip fit in the memory this node may use?
+
+A video is decoded whole and processed in memory, so its cost grows with its length:
+without a check, a long high-resolution recording would have the kernel kill the whole
+service (the listener and every other job with it), again at each retry. The workflow
+instead estimates, from the header alone and before decoding, the memory the clip needs
+and fails the job with a clear error when that is over the budget; the stored instance
+is kept, so the job can be run again after the budget is raised.
+
+The estimate is the larger of two peaks, times a safety margin, plus a fixed allowance
+for network activations and one-off buffers: while decoding, the frames twice over (decoded
+one by one, then stacked); afterwards the decoded frames, what the runtime holds at its
+peak (:meth:`~dicom_service.vision.runtime.VideoRuntime.working_bytes`, which includes the
+frames and masks it returns) and the Segmentation writer's copy of the masks, one byte per
+pixel plus the packed bits.
+``python -m benchmarks.video_memory`` measures the real peak beside this estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from dicom_service.domain import UnsupportedInputError
+from dicom_service.vision.runtime import VideoRuntime
+
+log = logging.getLogger(__name__)
+
+#: Multiplies the counted arrays (allocator slack, short-lived per-frame temporaries).
+MARGIN = 1.25
+#: Network activations, encoder buffers and the result objects' own overhead.
+FIXED_BYTES = 512 * 1024 * 1024
+#: Bytes per source pixel and frame the Segmentation writer adds (a uint8 copy, packed bits).
+SEG_BYTES_PER_PIXEL = 1.125
+#: Share of the memory limit the automatic budget hands to video jobs together.
+AUTO_SHARE = 0.75
+GIB = 1024.0 ** 3
+
+
+def estimate_video_bytes(count: int, height: int, width: int, runtime: VideoRuntime) -> int:
+    """Bytes the video workflow needs for ``count`` frames of ``height x width`` (upper estimate).
+
+    Parameters
+    ----------
+    count, height, width : int
+        Frames and their size (Rows, Columns) as the header declares them.
+    runtime : VideoRuntime
+        The runtime that will enhance the clip (its :meth:`working_bytes`).
+    """
+    if count < 1 or height < 1 or width < 1:
+        raise ValueError(f"need a positive frame count and size, got {count} frames {width}x{height}")
+    decoded = count * height * width * 3
+    written = int(SEG_BYTES_PER_PIXEL * count * height * width)
+    peak = max(2 * decoded, decoded + runtime.working_bytes(count, height, width) + written)
+    return int(MARGIN * peak) + FIXED_BYTES
+
+
+def memory_limit_bytes() -> int | None:
+    """The memory this process may use: physical memory, or a lower cgroup limit; None if unknown."""
+    limits: list[int] = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (cgroup v2) or an unset v1 limit near 2**63: no limit
+            limits.append(int(text))
+    usable = [v for v in limits if 0 < v < 2 ** 60]
+    return min(usable) if usable else None
+
+
+def resident_bytes() -> int:
+    """This process's resident set in bytes (0 where /proc is unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def video_budget_bytes(configured_mb: int, workers: int) -> int | None:
+    """The memory one video job may plan for, in bytes; None when there is no limit to check.
+
+    Parameters
+    ----------
+    configured_mb : int
+        ``workers.video_memory_mb``: > 0 is the budget itself; 0 is automatic:
+        :data:`AUTO_SHARE` of :func:`memory_limit_bytes`, less what the process already holds
+        (models, caches), shared between the ``workers`` processing workers.
+    workers : int
+        Processing workers that may run video jobs at once (>= 1).
+    """
+    if configured_mb < 0 or workers < 1:
+        raise ValueError(f"need video_memory_mb >= 0 and workers >= 1, got {configured_mb} and {workers}")
+    if configured_mb > 0:
+        return configured_mb * 1024 * 1024
+    limit = memory_limit_bytes()
+    if limit is None:
+        return None
+    return max(0, int(AUTO_SHARE * limit) - resident_bytes()) // workers
+
+
+def check_video_fits(source: Dataset, runtime: VideoRuntime, budget: int | None) -> int:
+    """Raise unless the instance's frames fit in ``budget`` bytes; return the estimate.
+
+    Reads NumberOfFrames, Rows and Columns only (nothing is decoded).
+
+    Raises
+    ------
+    UnsupportedInputError
+        The estimate is over the budget (the message gives both and the setting to change).
+    """
+    count = int(source.get("NumberOfFrames", 1) or 1)
+    height, width = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
+    if height < 1 or width < 1:
+        return 0  # no usable size in the header: the decoder reports the problem
+    need = estimate_video_bytes(max(1, count), height, width, runtime)
+    if budget is not None and need > budget:
+        log.warning("video of %d frames %dx%d needs about %.1f GiB, over the budget of %.1f GiB",
+                    count, width, height, need / GIB, budget / GIB)
+        raise UnsupportedInputError(
+            f"video too large for this node's memory: {count} frames of {width}x{height} need about "
+            f"{need / GIB:.1f} GiB, over the budget of {budget / GIB:.1f} GiB (workers.video_memory_mb, "
+            "0 = automatic); the instance is kept: split the recording, or raise the budget and run the job again")
+    return need

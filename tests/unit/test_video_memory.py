@@ -1,0 +1,159 @@
+"""Memory of the video workflow: flows computed on demand, stabilisation in place, and the
+admission check that fails a clip too large for the node instead of exhausting the machine."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from pydicom.encaps import encapsulate
+
+from dicom_service.config import load_settings
+from dicom_service.domain import UnsupportedInputError
+from dicom_service.pipelines import video_memory
+from dicom_service.pipelines.video_memory import (
+    FIXED_BYTES,
+    MARGIN,
+    check_video_fits,
+    estimate_video_bytes,
+    memory_limit_bytes,
+    video_budget_bytes,
+)
+from dicom_service.vision.baseline_video import ClassicalVideoRuntime
+from dicom_service.vision.stabilisation import estimate_motion, stabilise
+from tests import builders
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def learned():
+    pytest.importorskip("torch")
+    pytest.importorskip("segment_anything")
+    from dicom_service.vision.registry import default_models_dir
+    from dicom_service.vision.video_runtime import LearnedVideoRuntime
+
+    return LearnedVideoRuntime(default_models_dir(), "cpu", stabilise=True)
+
+
+def test_restoration_with_flows_on_demand_equals_precomputed_flows(learned) -> None:
+    from dicom_service.training.video_phantoms import clip_seed, render_clip
+    from dicom_service.vision.optical_flow import ClipFlows, DisFlow, clip_flows
+    from dicom_service.vision.restoration_model import restore_clip
+
+    clip = render_clip(clip_seed(0, "test", 2), frames=4, teeth=True)
+    frames, masks, dis = clip.degraded, clip.masks, DisFlow()
+    model = learned.restorer
+    eager = restore_clip(model, frames, masks, clip_flows(frames, dis), next_flows=clip_flows(frames, dis, 1))
+    lazy = restore_clip(model, frames, masks, ClipFlows(frames, dis), next_flows=ClipFlows(frames, dis, 1))
+    assert np.array_equal(eager, lazy)
+
+
+def test_stabilisation_in_place_equals_a_new_array() -> None:
+    from dicom_service.training.video_phantoms import clip_seed, render_clip
+
+    frames = render_clip(clip_seed(0, "test", 5), frames=8).clean
+    motion = estimate_motion(frames)
+    copy = stabilise(frames, motion, 2)
+    work = frames.copy()
+    same = stabilise(work, motion, 2, in_place=True)
+    assert same is work and np.array_equal(same, copy) and not np.array_equal(copy, frames)
+
+
+def test_working_bytes_count_the_arrays_that_grow_with_the_clip(learned) -> None:
+    """Per frame at the working size: masks (1 B/px) and restored RGB (3 B/px); above 1280x720
+    the larger of restoring (7 B per working px) and scaling the masks back up (2 B per working
+    px, 5 B per source px); x2 options add their output."""
+    from dicom_service.vision.registry import default_models_dir
+    from dicom_service.vision.video_runtime import LearnedVideoRuntime
+
+    assert learned.working_bytes(10, 480, 640) == 10 * 4 * 480 * 640
+    assert learned.working_bytes(20, 480, 640) == 2 * learned.working_bytes(10, 480, 640)
+    work = 720 * 1280  # 3840x2160 and 1920x1080 are processed at 1280x720
+    assert learned.working_bytes(1, 2160, 3840) == 2 * work + 5 * 2160 * 3840  # scaling the masks back up
+    assert learned.working_bytes(1, 1080, 1920) == 2 * work + 5 * 1080 * 1920
+    both = LearnedVideoRuntime(default_models_dir(), "cpu", upscale=True, interpolate=True)
+    assert both.working_bytes(10, 480, 640) == 10 * (4 + 6 + 12) * 480 * 640
+    assert both.working_bytes(1, 480, 640) == 1 * (4 + 12) * 480 * 640  # one frame: nothing to interpolate
+    assert ClassicalVideoRuntime().working_bytes(3, 100, 200) == 3 * 10 * 100 * 200
+
+
+def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
+    """The whole workflow on a 40-frame clip, after a 2-frame run has made the one-off
+    allocations (covered by FIXED_BYTES): the peak of what it allocates (numpy arrays and
+    Python objects, traced by tracemalloc) stays under the estimate less its fixed part,
+    and within 1.5x of it. Holding every frame's flows, as the runtime once did, would add
+    16 bytes per pixel and frame (49 MB here) and break it."""
+    from dicom_service.pipelines.video import process_video_instance
+
+    process_video_instance(builders.make_video_photographic(frames=2, rows=240, cols=320), learned, uid_seed="warm")
+    source = builders.make_video_photographic(frames=40, rows=240, cols=320)
+    estimate = estimate_video_bytes(40, 240, 320, learned) - FIXED_BYTES
+    tracemalloc.start()
+    try:
+        objects, _ = process_video_instance(source, learned, uid_seed="memory")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [o.kind for o in objects] == ["video", "seg", "sr"]
+    assert peak < estimate < 1.5 * peak, (peak / MIB, estimate / MIB)
+
+
+def test_estimate_formula_and_errors() -> None:
+    runtime = ClassicalVideoRuntime()
+    decoded = 30 * 48 * 64 * 3
+    written = int(1.125 * 30 * 48 * 64)  # the SEG writer's mask copy and packed bits
+    expected = int(MARGIN * (decoded + runtime.working_bytes(30, 48, 64) + written)) + FIXED_BYTES
+    assert estimate_video_bytes(30, 48, 64, runtime) == expected
+    with pytest.raises(ValueError, match="positive"):
+        estimate_video_bytes(0, 48, 64, runtime)
+
+
+def _huge_header_video():
+    """A video whose header declares 100 000 frames of 1920x1080 over pixel data that is not
+    even a video: only the header may be read, or the check would be a decode error."""
+    ds = builders.make_video_photographic(frames=2, rows=64, cols=96)
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 100_000, 1080, 1920
+    ds.PixelData = encapsulate([b"not a video stream!!"], has_bot=False)
+    return ds
+
+
+def test_a_clip_over_the_budget_is_refused_before_decoding() -> None:
+    runtime = ClassicalVideoRuntime()
+    ds = _huge_header_video()
+    need = estimate_video_bytes(100_000, 1080, 1920, runtime)
+    with pytest.raises(UnsupportedInputError, match=r"100000 frames of 1920x1080 .*workers.video_memory_mb"):
+        check_video_fits(ds, runtime, 8 * 1024 * MIB)
+    assert check_video_fits(ds, runtime, None) == need  # no limit known: nothing refused
+    assert check_video_fits(ds, runtime, need) == need  # exactly at the budget: accepted
+    del ds.Rows
+    assert check_video_fits(ds, runtime, 1) == 0  # no size in the header: left to the decoder
+
+
+def test_the_pipeline_refuses_before_decoding() -> None:
+    from dicom_service.pipelines.video import process_video_instance
+
+    with pytest.raises(UnsupportedInputError, match="video too large"):
+        process_video_instance(_huge_header_video(), ClassicalVideoRuntime(), uid_seed="x", memory_budget=MIB)
+
+
+def test_budget_configured_or_automatic(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert video_budget_bytes(300, 1) == video_budget_bytes(300, 4) == 300 * MIB
+    limit = memory_limit_bytes()
+    assert limit is not None and limit > 0  # Linux: physical memory or the cgroup limit
+    one, two = video_budget_bytes(0, 1), video_budget_bytes(0, 2)
+    assert one is not None and two is not None and 0 < one <= 0.75 * limit and two <= one // 2 + MIB
+    monkeypatch.setattr(video_memory, "memory_limit_bytes", lambda: None)
+    assert video_budget_bytes(0, 1) is None
+    with pytest.raises(ValueError):
+        video_budget_bytes(-1, 1)
+    with pytest.raises(ValueError):
+        video_budget_bytes(0, 0)
+
+
+def test_setting_is_validated() -> None:
+    assert load_settings(None).workers.video_memory_mb == 0
+    assert load_settings(None, workers={"video_memory_mb": 2048}).workers.video_memory_mb == 2048
+    with pytest.raises(Exception, match="video_memory_mb"):
+        load_settings(None, workers={"video_memory_mb": -1})
