@@ -395,6 +395,29 @@ def make_video_photographic(
     return ds
 
 
+def make_native_video_photographic(*, frames: int = 2, rows: int = 2160, cols: int = 3840, fps: float = 30.0,
+                                   seed: int = 0) -> Dataset:
+    """Video Photographic Image Storage with native RGB frames (Explicit VR Little Endian).
+
+    The node accepts native video: how a recording larger than an H.264 Level 4.2 stream may
+    carry (1920x1080) arrives, e.g. a 4K intraoral camera clip. The scene is rendered at a
+    quarter of the size and enlarged, which is quick and keeps the teeth recognisable.
+    """
+    small, _ = intraoral_scene(frames, max(16, rows // 4), max(16, cols // 4), seed)
+    clip = np.stack([cv2.resize(f, (cols, rows), interpolation=cv2.INTER_LINEAR) for f in small])
+    ds = _base(VIDEO_PHOTOGRAPHIC, "XC", ExplicitVRLittleEndian, study_uid=None, series_uid=None,
+               series_description="Intraoral camera phantom video, native")
+    _vl_image_attributes(ds, rows, cols)
+    ds.PhotometricInterpretation = "RGB"
+    ds.LossyImageCompression = "00"
+    ds.NumberOfFrames = frames
+    ds.FrameTime = round(1000.0 / fps, 3)
+    ds.FrameIncrementPointer = 0x00181063  # FrameTime
+    ds.CineRate = ds.RecommendedDisplayFrameRate = max(1, int(round(fps)))
+    ds.PixelData = clip.tobytes()
+    return ds
+
+
 def _jpeg_dataset(rgb: np.ndarray, sop_class: str, modality: str, *, study_uid: str | None,
                   series_uid: str | None, description: str) -> Dataset:
     params = [cv2.IMWRITE_JPEG_QUALITY, 92,

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, parse_basic_offsets
@@ -86,6 +88,75 @@ def video_transfer_syntax_for(width: int, height: int, fps: float) -> str:
         f"{width}x{height} at {fps:.3f} fps exceeds H.264 High Profile Level 4.2; "
         "downscale to at most 1920x1080 and 60 fps"
     )
+
+
+def h264_fit(width: int, height: int, fps: float) -> tuple[int, int, int]:
+    """How a clip must shrink to be written as H.264 High Profile Level 4.2.
+
+    Parameters
+    ----------
+    width, height : int
+        Frame size in pixels (columns, rows).
+    fps : float
+        Frame rate (> 0).
+
+    Returns
+    -------
+    width, height : int
+        The size itself when it fits 1920x1080 (either orientation); otherwise the largest
+        size of the same aspect ratio that does, rounded down to even numbers.
+    step : int
+        Keep every ``step``-th frame so that the rate is at most 60 fps (1: all frames).
+    """
+    if width <= 0 or height <= 0 or not fps > 0:
+        raise ValueError(f"invalid video geometry {width}x{height} at {fps} fps")
+    long_limit, short_limit = (_MAX_W, _MAX_H) if width >= height else (_MAX_H, _MAX_W)
+    factor = min(1.0, long_limit / width, short_limit / height)
+    if factor < 1.0:
+        width, height = max(2, int(width * factor) // 2 * 2), max(2, int(height * factor) // 2 * 2)
+    step = max(1, math.ceil(fps / (60.0 + _FPS_TOLERANCE)))
+    return width, height, step
+
+
+def fit_frames_to_h264(frames: np.ndarray, fps: float) -> tuple[np.ndarray, float, list[str]]:
+    """Downscale and/or thin out frames that H.264 Level 4.2 cannot carry (see :func:`h264_fit`).
+
+    A DICOM H.264 video carries at most 1920x1080 at 60 fps; a 4K source, a x2
+    super-resolved 1280x720 clip or a doubled 60 fps rate would otherwise fail to encode.
+
+    Parameters
+    ----------
+    frames : np.ndarray
+        ``(T, H, W, 3)`` uint8 RGB.
+    fps : float
+        Their frame rate.
+
+    Returns
+    -------
+    frames : np.ndarray
+        ``frames`` itself when it fits; else a new, smaller array (area interpolation).
+    fps : float
+        The rate of the returned frames.
+    steps : list of str
+        Processing-step lines for the provenance (empty when nothing changed).
+    """
+    height, width = frames.shape[1:3]
+    new_width, new_height, step = h264_fit(width, height, fps)
+    steps: list[str] = []
+    if step > 1:
+        frames = frames[::step]
+        steps.append(f"One frame in {step} kept ({fps:g} to {fps / step:g} fps) to fit H.264 Level 4.2 (60 fps)")
+        fps = fps / step
+    if (new_width, new_height) != (width, height):
+        out = np.empty((frames.shape[0], new_height, new_width, 3), dtype=np.uint8)
+        for t, frame in enumerate(frames):
+            out[t] = cv2.resize(frame, (new_width, new_height), interpolation=cv2.INTER_AREA)
+        frames = out
+        steps.append(f"Downscaled from {width}x{height} to {new_width}x{new_height} to fit H.264 Level 4.2 "
+                     "(1920x1080), the largest a DICOM H.264 video carries")
+    elif step > 1:
+        frames = np.ascontiguousarray(frames)
+    return frames, fps, steps
 
 
 def _pad_to_even(frames: np.ndarray) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 For each source instance (a video, or a still photograph):
 
-* a video gives an enhanced Video Photographic instance (H.264), a still photograph an
-  enhanced Secondary Capture;
+* a video gives an enhanced Video Photographic instance (H.264; frames larger than
+  1920x1080 are downscaled and rates above 60 fps thinned out, the most H.264 Level 4.2
+  carries, and the provenance says so), a still photograph an enhanced Secondary Capture;
 * a BINARY Segmentation of the teeth on the source frames;
 * a TID 1500 Structured Report summarising what was done.
 """
@@ -11,11 +12,12 @@ For each source instance (a video, or a still photograph):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pydicom.dataset import Dataset
 
 from dicom_service.domain import MediaError
-from dicom_service.media.video import read_frames
+from dicom_service.media.video import fit_frames_to_h264, read_frames
 from dicom_service.node.contexts import input_class
 from dicom_service.pipelines.base import PipelineOutput, ProgressLog, ResultObject, no_log
 from dicom_service.pipelines.video_memory import check_video_fits
@@ -60,6 +62,11 @@ def process_video_instance(
     seed = f"{uid_seed}/{sop}"
     objects: list[ResultObject] = []
     if _is_video(source, count):
+        frames_out, fps_out, fitted = fit_frames_to_h264(enhanced.frames, enhanced.fps)
+        if fitted:  # a 4K source, a x2 super-resolved 1280x720 clip, a doubled 60 fps rate
+            progress(f"{sop}: {'; '.join(fitted)}")
+            enhanced = replace(enhanced, frames=frames_out, fps=fps_out, steps=[*enhanced.steps, *fitted])
+        del frames_out
         derived = write_enhanced_video(
             source, enhanced.frames, enhanced.fps, uid_seed=f"{seed}/video", algorithm=enhanced.algorithm,
             derivation_description="; ".join(enhanced.steps),

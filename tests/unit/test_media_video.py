@@ -161,3 +161,33 @@ def test_native_multi_frame_rgb_and_max_frames() -> None:
     assert frames.shape == (2, 32, 48, 3) and fps == 1.0
     reference = np.frombuffer(still.PixelData, np.uint8).reshape(32, 48, 3)
     assert np.array_equal(frames[1], reference)
+
+
+def test_h264_fit_keeps_what_fits_and_shrinks_the_rest() -> None:
+    from dicom_service.media.video import h264_fit
+
+    assert h264_fit(1920, 1080, 60.0) == (1920, 1080, 1)
+    assert h264_fit(640, 480, 30.0) == (640, 480, 1)
+    assert h264_fit(3840, 2160, 30.0) == (1920, 1080, 1)
+    assert h264_fit(2160, 3840, 30.0) == (1080, 1920, 1)  # portrait
+    assert h264_fit(2560, 1440, 60.0) == (1920, 1080, 1)  # x2 super-resolved 1280x720
+    assert h264_fit(2001, 1001, 30.0) == (1920, 960, 1)  # aspect kept, even numbers
+    assert h264_fit(1280, 720, 120.0) == (1280, 720, 2)
+    assert h264_fit(1280, 720, 59.94) == (1280, 720, 1)
+    with pytest.raises(ValueError):
+        h264_fit(0, 720, 30.0)
+
+
+def test_fit_frames_to_h264_downscales_and_thins_out() -> None:
+    from dicom_service.media.video import fit_frames_to_h264
+
+    small = np.zeros((3, 48, 64, 3), np.uint8)
+    same, fps, steps = fit_frames_to_h264(small, 30.0)
+    assert same is small and fps == 30.0 and steps == []
+    big = np.random.default_rng(0).integers(0, 256, (4, 1440, 2560, 3), dtype=np.uint8)
+    out, fps, steps = fit_frames_to_h264(big, 120.0)
+    assert out.shape == (2, 1080, 1920, 3) and fps == 60.0 and len(steps) == 2
+    assert "60 fps" in steps[0] and "2560x1440 to 1920x1080" in steps[1]
+    mp4 = encode_h264_mp4(out, fps)  # now encodable
+    assert read_frames(_with_stream(builders.make_video_photographic(frames=2, rows=64, cols=96), mp4,
+                                    frames=2))[0].shape == (2, 1080, 1920, 3)

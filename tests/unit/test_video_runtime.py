@@ -124,3 +124,26 @@ def test_sr2_and_interp2_options_through_the_pipeline(tmp_path) -> None:
     assert any("Frame rate doubled" in s for s in summary["steps"])
     seg = next(o.dataset for o in objects if o.kind == "seg")
     assert (seg.Rows, seg.Columns) == (64, 96)
+
+
+def test_4k_video_through_the_workflow_is_written_at_1080p(tmp_path) -> None:
+    """A native 4K Video Photographic clip: restored downscaled, the enhanced video written at
+    1920x1080 (the most a DICOM H.264 video carries, said in its provenance and the SR), the
+    Segmentation at the source's 3840x2160."""
+    import pydicom
+
+    from dicom_service.pipelines.video import process_video_instance
+    from tests import builders
+    from tests.dicomcheck import run_dciodvfy
+
+    source = builders.make_native_video_photographic(frames=2, rows=2160, cols=3840)
+    objects, summary = process_video_instance(source, build_video_runtime("learned", "cpu"), uid_seed="4k")
+    by_kind = {o.kind: o.dataset for o in objects}
+    assert sorted(by_kind) == ["seg", "sr", "video"]
+    path = builders.save(by_kind["video"], tmp_path / "video.dcm")
+    assert run_dciodvfy(path) == []
+    back = pydicom.dcmread(path)
+    assert (back.Rows, back.Columns, back.NumberOfFrames) == (1080, 1920, 2)
+    assert "3840x2160 to 1920x1080" in str(back.DerivationDescription)
+    assert any("1920x1080" in step for step in summary["steps"])
+    assert (by_kind["seg"].Rows, by_kind["seg"].Columns) == (2160, 3840)
