@@ -359,6 +359,20 @@ def _vl_image_attributes(ds: Dataset, rows: int, cols: int) -> None:
     ds.AnatomicRegionSequence = [_code("28035005", "SCT", "Teeth, gums and supporting structures")]
 
 
+def _cine_attributes(ds: Dataset, frames: int, fps: float) -> None:
+    """Multi-frame and Cine attributes of a ``frames``-frame clip at ``fps``."""
+    ds.NumberOfFrames = frames
+    ds.FrameTime = round(1000.0 / fps, 3)
+    ds.FrameIncrementPointer = 0x00181063  # FrameTime
+    ds.CineRate = max(1, int(round(fps)))
+    ds.RecommendedDisplayFrameRate = max(1, int(round(fps)))
+    ds.StartTrim = 1
+    ds.StopTrim = frames
+    ds.FrameDelay = 0.0
+    ds.ActualFrameDuration = max(1, int(round(1000.0 / fps)))
+    ds.PreferredPlaybackSequencing = 0
+
+
 def make_video_photographic(
     *, frames: int = 30, rows: int = 480, cols: int = 640, fps: float = 30.0, seed: int = 0,
     study_uid: str | None = None, series_uid: str | None = None,
@@ -379,16 +393,7 @@ def make_video_photographic(
     _vl_image_attributes(ds, rows_even, cols_even)
     ds.PhotometricInterpretation = "YBR_PARTIAL_420"
     ds.LossyImageCompressionMethod = "ISO_14496_10"
-    ds.NumberOfFrames = frames
-    ds.FrameTime = round(1000.0 / fps, 3)
-    ds.FrameIncrementPointer = 0x00181063  # FrameTime
-    ds.CineRate = max(1, int(round(fps)))
-    ds.RecommendedDisplayFrameRate = max(1, int(round(fps)))
-    ds.StartTrim = 1
-    ds.StopTrim = frames
-    ds.FrameDelay = 0.0
-    ds.ActualFrameDuration = max(1, int(round(1000.0 / fps)))
-    ds.PreferredPlaybackSequencing = 0
+    _cine_attributes(ds, frames, fps)
     ds.PixelData = encapsulate([mp4], has_bot=False)
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
@@ -410,10 +415,7 @@ def make_native_video_photographic(*, frames: int = 2, rows: int = 2160, cols: i
     _vl_image_attributes(ds, rows, cols)
     ds.PhotometricInterpretation = "RGB"
     ds.LossyImageCompression = "00"
-    ds.NumberOfFrames = frames
-    ds.FrameTime = round(1000.0 / fps, 3)
-    ds.FrameIncrementPointer = 0x00181063  # FrameTime
-    ds.CineRate = ds.RecommendedDisplayFrameRate = max(1, int(round(fps)))
+    _cine_attributes(ds, frames, fps)
     ds.PixelData = clip.tobytes()
     return ds
 
