@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dicom_service.domain import AlgorithmInfo, VideoEnhancement
+from dicom_service.media.video import h264_fit
 from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE, SR_BUNDLE
 from dicom_service.vision.interframe import (
     FrameInterpolator2x,
@@ -71,6 +72,22 @@ def _work_size(height: int, width: int) -> tuple[int, int]:
         return height, width
     factor = (MAX_WORK_PIXELS / pixels) ** 0.5
     return max(16, int(height * factor)), max(16, int(width * factor))
+
+
+def _output_size(count: int, height: int, width: int) -> tuple[int, int]:
+    """``(h, w)`` of the enhanced frames before the x2 options: the input size, except that a
+    video (``count >= 2``) larger than H.264 Level 4.2 carries comes back at the largest size
+    within 1920x1080 (:func:`~dicom_service.media.video.h264_fit`); a still keeps its size."""
+    if count < 2:
+        return height, width
+    fit_w, fit_h, _ = h264_fit(width, height, 30.0)
+    return fit_h, fit_w
+
+
+def _fits_video(count: int, height: int, width: int) -> bool:
+    """Whether frames of ``height x width`` can be written: always for a still, within
+    1920x1080 for a video."""
+    return count < 2 or _output_size(count, height, width) == (height, width)
 
 
 def _resize_stack(frames: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
@@ -165,10 +182,16 @@ class LearnedVideoRuntime:
                         f"precision={precision_name(self.dtype)} compiled={compile_models}"),
         )
 
-    def _steps(self, scaled: bool, stabilised: bool, count: int, interpolated: bool, upscaled: bool) -> list[str]:
+    def _steps(self, scaled: bool, stabilised: bool, count: int, interpolated: bool, upscaled: bool,
+               source: tuple[int, int], output: tuple[int, int], skipped: Sequence[str] = ()) -> list[str]:
+        """Provenance lines; ``source`` and ``output`` are ``(height, width)`` before x2 options."""
         steps = ["Tooth masks: SAM-architecture model, automatic mode (prompt-free decoding)"]
-        if scaled:
+        if scaled and output == source:
             steps.append(f"Processed downscaled to at most {MAX_WORK_PIXELS} pixels, result upscaled (bicubic)")
+        elif scaled:
+            steps.append(f"Processed downscaled to at most {MAX_WORK_PIXELS} pixels; the {source[1]}x{source[0]} "
+                         f"video's result scaled to {output[1]}x{output[0]} (bicubic), the most an H.264 Level 4.2 "
+                         "video carries (tooth masks at the source size)")
         both = self.restorer.config.bidirectional
         if count >= 2:
             steps.append("Optical flow: OpenCV DIS, frame to previous" + (" and to next frame" if both else " frame"))
@@ -183,6 +206,7 @@ class LearnedVideoRuntime:
             steps.append("Frame rate doubled: learned flow-guided frame interpolation")
         if upscaled:
             steps.append("Resolution doubled: learned x2 super-resolution")
+        steps.extend(skipped)
         return steps
 
     def working_bytes(self, count: int, height: int, width: int) -> int:
@@ -192,19 +216,21 @@ class LearnedVideoRuntime:
         frames (3) at the working size (flows are computed as they are read, stabilisation
         works in place). For an input over :data:`MAX_WORK_PIXELS` the peak comes later,
         when the masks are scaled back up: the working masks and their uint8 copy (2 bytes
-        per working pixel) beside the upscaled frames and their uint8 and bool masks (5 bytes
-        per source pixel; more than the 7 per working pixel while restoring). The
+        per working pixel) beside the output frames (3 bytes per output pixel; a video's
+        output is at most 1920x1080) and the masks' uint8 and bool copies at the source size
+        (2 bytes per source pixel); more than the 7 per working pixel while restoring. The
         interpolated (``2T - 1`` frames) or super-resolved (``2H x 2W``) output comes on
-        top, beside the frames it was made from.
+        top, beside the frames it was made from (interpolation counted whatever the rate).
         """
         work_h, work_w = _work_size(height, width)
         source, work = height * width, work_h * work_w
         scaled = (work_h, work_w) != (height, width)
-        per_frame = 2 * work + 5 * source if scaled else 4 * work
-        output = 3 * source if scaled else 3 * work
+        out_h, out_w = _output_size(count, height, width) if scaled else (height, width)
+        output = 3 * out_h * out_w  # RGB bytes of one output frame before the x2 options
+        per_frame = 2 * work + output + 2 * source if scaled else 4 * work
         if self.interpolator is not None and count >= 2:
             per_frame += 2 * output
-        if self.upscaler is not None and not scaled:
+        if self.upscaler is not None and not scaled and _fits_video(count, 2 * out_h, 2 * out_w):
             per_frame += 4 * output
         return count * per_frame
 
@@ -226,7 +252,10 @@ class LearnedVideoRuntime:
         VideoEnhancement
             Frames ``(T', H', W', 3)`` uint8 (the input size and count unless
             interpolation (``T' = 2T - 1``, fps doubled) or super-resolution (``2H x 2W``)
-            is on), tooth masks ``(T, H, W)`` bool on the input frames, metrics
+            is on; a video (``T >= 2``) processed downscaled comes back at most 1920x1080,
+            and the x2 options are skipped, with a step saying so, where their result would
+            exceed 1920x1080 or 60 fps: H.264 Level 4.2), tooth masks ``(T, H, W)`` bool on
+            the input frames, metrics
             ``tooth_area_fraction``, ``shake_px_before``, ``shake_px_after``, ``seconds``,
             ``frames_per_second``.
 
@@ -251,8 +280,9 @@ class LearnedVideoRuntime:
         restored = restore_clip(self.restorer, work, masks, flows, self.device, self.dtype,
                                 on_frame=lambda t: tick(f"restored {t + 1}/{count} frames"), next_flows=following)
         del work, flows, following  # a downscaled copy is freed before the upscaled output is made
-        if scaled:
-            restored = _resize_stack(restored, (height, width), cv2.INTER_CUBIC)
+        output_size = _output_size(count, height, width)
+        if scaled:  # a video comes back at most 1920x1080 (H.264 Level 4.2); the masks at the source size
+            restored = _resize_stack(restored, output_size, cv2.INTER_CUBIC)
             masks = _resize_stack(masks.astype(np.uint8), (height, width), cv2.INTER_NEAREST).astype(bool)
         radius = smoothing_radius(fps, count, self.smoothing_seconds)
         stabilised = self.stabilise and count >= 2
@@ -266,11 +296,20 @@ class LearnedVideoRuntime:
             else:
                 after = before
         out_fps = float(fps)
+        skipped: list[str] = []
         interpolated = self.interpolator is not None and count >= 2
+        if interpolated and h264_fit(restored.shape[2], restored.shape[1], 2.0 * fps)[2] > 1:
+            interpolated = False
+            skipped.append(f"x2 frame interpolation not applied: {2.0 * fps:g} fps would exceed H.264 Level 4.2 "
+                           "(60 fps)")
         if interpolated:
             restored = interpolate_clip(self.interpolator, restored, self.device)
             out_fps *= 2.0
         upscaled = self.upscaler is not None and not scaled
+        if upscaled and not _fits_video(count, 2 * restored.shape[1], 2 * restored.shape[2]):
+            upscaled = False
+            skipped.append(f"x2 super-resolution not applied: {2 * restored.shape[2]}x{2 * restored.shape[1]} "
+                           "would exceed H.264 Level 4.2 (1920x1080)")
         if upscaled:
             restored = upscale_clip(self.upscaler, restored, self.device)
         seconds = time.perf_counter() - started
@@ -279,4 +318,5 @@ class LearnedVideoRuntime:
         log.info("learned video runtime: %d frames %dx%d in %.2f s on %s", count, width, height, seconds,
                  self.device.type)
         return VideoEnhancement(frames=restored, tooth_masks=masks, fps=out_fps, algorithm=self.info,
-                                steps=self._steps(scaled, stabilised, count, interpolated, upscaled), metrics=metrics)
+                                steps=self._steps(scaled, stabilised, count, interpolated, upscaled, (height, width),
+                                                  output_size, skipped), metrics=metrics)

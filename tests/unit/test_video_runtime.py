@@ -74,11 +74,29 @@ def test_grayscale_video_replicated_to_rgb(runtime: LearnedVideoRuntime) -> None
 
 
 def test_4k_frames_are_processed_downscaled(runtime: LearnedVideoRuntime) -> None:
+    """A 4K video comes back at 1920x1080 (the most H.264 Level 4.2 carries), its masks at
+    3840x2160; a 4K still keeps its size (it becomes a Secondary Capture, which has no limit)."""
     clip = render_clip(clip_seed(0, "test", 3), frames=2, height=270, width=480)
     big = np.stack([np.kron(f, np.ones((8, 8, 1), np.uint8)) for f in clip.degraded])  # 2160 x 3840
     result = runtime.enhance(big, 30.0)
-    assert result.frames.shape == big.shape and result.tooth_masks.shape == big.shape[:3]
-    assert any("downscaled" in step for step in result.steps)
+    assert result.frames.shape == (2, 1080, 1920, 3) and result.tooth_masks.shape == big.shape[:3]
+    assert any("downscaled" in step and "scaled to 1920x1080" in step for step in result.steps)
+    still = runtime.enhance(big[:1], 1.0)
+    assert still.frames.shape == big[:1].shape and still.tooth_masks.shape == big[:1].shape[:3]
+
+
+def test_x2_options_that_would_exceed_h264_level_42_are_skipped_with_a_step() -> None:
+    """x2 super-resolution of a 1280x720 video and x2 interpolation of a 60 fps video would
+    exceed what a DICOM H.264 video carries: skipped, and the provenance says so."""
+    built = build_video_runtime("learned-sr2-interp2", "cpu")
+    frames = render_clip(clip_seed(0, "test", 6), frames=2, height=720, width=1280).degraded
+    result = built.enhance(frames, 60.0)
+    assert result.frames.shape == frames.shape and result.fps == 60.0
+    assert any("super-resolution not applied: 2560x1440" in step for step in result.steps)
+    assert any("interpolation not applied: 120 fps" in step for step in result.steps)
+    assert not any("doubled" in step for step in result.steps)
+    small = built.enhance(frames[:, :64, :96].copy(), 30.0)  # both apply where they fit
+    assert small.frames.shape == (3, 128, 192, 3) and small.fps == 60.0
 
 
 def test_a_clip_without_teeth_gets_empty_masks(runtime: LearnedVideoRuntime) -> None:
@@ -126,10 +144,13 @@ def test_sr2_and_interp2_options_through_the_pipeline(tmp_path) -> None:
     assert (seg.Rows, seg.Columns) == (64, 96)
 
 
-def test_4k_video_through_the_workflow_is_written_at_1080p(tmp_path) -> None:
-    """A native 4K Video Photographic clip: restored downscaled, the enhanced video written at
-    1920x1080 (the most a DICOM H.264 video carries, said in its provenance and the SR), the
-    Segmentation at the source's 3840x2160."""
+@pytest.mark.parametrize(("name", "said"), [("learned", "3840x2160 video's result scaled to 1920x1080"),
+                                            ("baseline", "Downscaled from 3840x2160 to 1920x1080")])
+def test_4k_video_through_the_workflow_is_written_at_1080p(tmp_path, name: str, said: str) -> None:
+    """A native 4K Video Photographic clip: the enhanced video written at 1920x1080 (the most
+    a DICOM H.264 video carries, said in its provenance and the SR), the Segmentation at the
+    source's 3840x2160. The learned runtime restores downscaled and returns 1920x1080 frames;
+    the classical one works at 4K and the workflow downscales before encoding."""
     import pydicom
 
     from dicom_service.pipelines.video import process_video_instance
@@ -137,13 +158,13 @@ def test_4k_video_through_the_workflow_is_written_at_1080p(tmp_path) -> None:
     from tests.dicomcheck import run_dciodvfy
 
     source = builders.make_native_video_photographic(frames=2, rows=2160, cols=3840)
-    objects, summary = process_video_instance(source, build_video_runtime("learned", "cpu"), uid_seed="4k")
+    objects, summary = process_video_instance(source, build_video_runtime(name, "cpu"), uid_seed="4k")
     by_kind = {o.kind: o.dataset for o in objects}
     assert sorted(by_kind) == ["seg", "sr", "video"]
     path = builders.save(by_kind["video"], tmp_path / "video.dcm")
     assert run_dciodvfy(path) == []
     back = pydicom.dcmread(path)
     assert (back.Rows, back.Columns, back.NumberOfFrames) == (1080, 1920, 2)
-    assert "3840x2160 to 1920x1080" in str(back.DerivationDescription)
-    assert any("1920x1080" in step for step in summary["steps"])
+    assert said in str(back.DerivationDescription)
+    assert any("H.264 Level 4.2" in step for step in summary["steps"])
     assert (by_kind["seg"].Rows, by_kind["seg"].Columns) == (2160, 3840)
