@@ -299,6 +299,10 @@ def _decode_bitstream(data: bytes, max_frames: int | None) -> tuple[np.ndarray, 
                 rate = float(stream.average_rate)
             for frame in container.decode(stream):
                 out.append(frame.to_ndarray(format="rgb24"))
+                if out[-1].shape != out[0].shape:
+                    raise MediaError(f"the frame size changes within the video stream ({out[0].shape[1]}x"
+                                     f"{out[0].shape[0]}, then {out[-1].shape[1]}x{out[-1].shape[0]} at frame "
+                                     f"{len(out)}); such streams are not supported")
                 if max_frames is not None and len(out) >= max_frames:
                     break
     except av.FFmpegError as exc:

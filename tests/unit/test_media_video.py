@@ -191,3 +191,25 @@ def test_fit_frames_to_h264_downscales_and_thins_out() -> None:
     mp4 = encode_h264_mp4(out, fps)  # now encodable
     assert read_frames(_with_stream(builders.make_video_photographic(frames=2, rows=64, cols=96), mp4,
                                     frames=2))[0].shape == (2, 1080, 1920, 3)
+
+
+def test_frame_size_change_within_the_stream_is_a_media_error(video: Dataset) -> None:
+    """Two raw H.264 streams of different sizes back to back: a clear, permanent MediaError
+    (it used to be a bare ValueError from stacking, which the queue retried)."""
+    import av
+
+    def raw(width: int, height: int) -> bytes:
+        out = io.BytesIO()
+        with av.open(out, "w", format="h264") as container:
+            stream = container.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for level in (40, 120, 200):
+                frame = np.full((height, width, 3), level, np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return out.getvalue()
+
+    with pytest.raises(MediaError, match=r"size changes within the video stream \(96x64, then 128x96 at frame 4\)"):
+        read_frames(_with_stream(video, raw(96, 64) + raw(128, 96), frames=6))

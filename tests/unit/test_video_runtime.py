@@ -168,3 +168,47 @@ def test_4k_video_through_the_workflow_is_written_at_1080p(tmp_path, name: str, 
     assert said in str(back.DerivationDescription)
     assert any("H.264 Level 4.2" in step for step in summary["steps"])
     assert (by_kind["seg"].Rows, by_kind["seg"].Columns) == (2160, 3840)
+
+
+def test_hevc_video_larger_than_1080p_is_decoded_and_written_as_h264(tmp_path) -> None:
+    """How a 4K-class camera clip arrives in DICOM: HEVC/H.265 Main Profile (.107) at 2560x1440.
+    It is decoded with PyAV, restored downscaled, and written back as H.264 at 1920x1080."""
+    import io
+
+    import av
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    from dicom_service.pipelines.video import process_video_instance
+    from tests import builders
+    from tests.dicomcheck import run_dciodvfy
+
+    native = builders.make_native_video_photographic(frames=3, rows=1440, cols=2560)
+    frames = np.frombuffer(native.PixelData, np.uint8).reshape(3, 1440, 2560, 3)
+    stream = io.BytesIO()
+    with av.open(stream, "w", format="hevc") as container:
+        video = container.add_stream("libx265", rate=30)
+        video.width, video.height, video.pix_fmt = 2560, 1440, "yuv420p"
+        video.options = {"preset": "ultrafast", "x265-params": "log-level=error"}
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    data = stream.getvalue()
+    source = native
+    source.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.107"
+    source.PhotometricInterpretation = "YBR_PARTIAL_420"
+    source.LossyImageCompression = "01"
+    source.LossyImageCompressionMethod = "ISO_23008_2"
+    source.PixelData = encapsulate([data + b"\0" * (len(data) % 2)], has_bot=False)
+    source["PixelData"].VR = "OB"
+    source["PixelData"].is_undefined_length = True
+    objects, summary = process_video_instance(source, build_video_runtime("learned", "cpu"), uid_seed="hevc")
+    assert summary["frames"] == 3 and (summary["width"], summary["height"]) == (2560, 1440)
+    video_ds = next(o.dataset for o in objects if o.kind == "video")
+    path = builders.save(video_ds, tmp_path / "video.dcm")
+    assert run_dciodvfy(path) == []
+    back = pydicom.dcmread(path)
+    assert str(back.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.102"
+    assert (back.Rows, back.Columns, back.NumberOfFrames) == (1080, 1920, 3)
