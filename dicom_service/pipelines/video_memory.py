@@ -11,8 +11,7 @@ The estimate is the larger of two peaks, times a safety margin, plus a fixed all
 for network activations and one-off buffers: while decoding, the frames twice over (decoded
 one by one, then stacked); afterwards the decoded frames, what the runtime holds at its
 peak (:meth:`~dicom_service.vision.runtime.VideoRuntime.working_bytes`, which includes the
-frames and masks it returns) and the Segmentation writer's copy of the masks, one byte per
-pixel plus the packed bits.
+frames and masks it returns) and the Segmentation writer's packed bits.
 ``python -m benchmarks.video_memory`` measures the real peak beside this estimate.
 """
 
@@ -33,8 +32,8 @@ log = logging.getLogger(__name__)
 MARGIN = 1.25
 #: Network activations, encoder buffers and the result objects' own overhead.
 FIXED_BYTES = 512 * 1024 * 1024
-#: Bytes per source pixel and frame the Segmentation writer adds (a uint8 copy, packed bits).
-SEG_BYTES_PER_PIXEL = 1.125
+#: Bytes per source pixel and frame the Segmentation writer adds (the packed bits).
+SEG_BYTES_PER_PIXEL = 0.125
 #: Share of the memory limit the automatic budget hands to video jobs together.
 AUTO_SHARE = 0.75
 GIB = 1024.0 ** 3

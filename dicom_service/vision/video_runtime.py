@@ -215,10 +215,11 @@ class LearnedVideoRuntime:
         Counted arrays, per frame: the tooth masks (1 byte per pixel) and the restored
         frames (3) at the working size (flows are computed as they are read, stabilisation
         works in place). For an input over :data:`MAX_WORK_PIXELS` the peak comes later,
-        when the masks are scaled back up: the working masks and their uint8 copy (2 bytes
-        per working pixel) beside the output frames (3 bytes per output pixel; a video's
-        output is at most 1920x1080) and the masks' uint8 and bool copies at the source size
-        (2 bytes per source pixel); more than the 7 per working pixel while restoring. The
+        when the results are scaled back up: the working masks (1 byte per working pixel)
+        and the output frames (3 bytes per output pixel; a video's output is at most
+        1920x1080), beside either the restored working frames (3 bytes per working pixel,
+        while the frames are scaled) or the masks at the source size (1 byte per source
+        pixel, while the masks are); more than the 7 per working pixel while restoring. The
         interpolated (``2T - 1`` frames) or super-resolved (``2H x 2W``) output comes on
         top, beside the frames it was made from (interpolation counted whatever the rate).
         """
@@ -227,7 +228,7 @@ class LearnedVideoRuntime:
         scaled = (work_h, work_w) != (height, width)
         out_h, out_w = _output_size(count, height, width) if scaled else (height, width)
         output = 3 * out_h * out_w  # RGB bytes of one output frame before the x2 options
-        per_frame = 2 * work + output + 2 * source if scaled else 4 * work
+        per_frame = work + output + max(3 * work, source) if scaled else 4 * work
         if self.interpolator is not None and count >= 2:
             per_frame += 2 * output
         if self.upscaler is not None and not scaled and _fits_video(count, 2 * out_h, 2 * out_w):
@@ -283,7 +284,7 @@ class LearnedVideoRuntime:
         output_size = _output_size(count, height, width)
         if scaled:  # a video comes back at most 1920x1080 (H.264 Level 4.2); the masks at the source size
             restored = _resize_stack(restored, output_size, cv2.INTER_CUBIC)
-            masks = _resize_stack(masks.astype(np.uint8), (height, width), cv2.INTER_NEAREST).astype(bool)
+            masks = _resize_stack(masks.view(np.uint8), (height, width), cv2.INTER_NEAREST).view(bool)
         radius = smoothing_radius(fps, count, self.smoothing_seconds)
         stabilised = self.stabilise and count >= 2
         before = after = 0.0

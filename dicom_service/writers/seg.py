@@ -30,7 +30,6 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import pack_bits
 from pydicom.tag import Tag
 
 from dicom_service.domain import AlgorithmInfo, RadiographResult
@@ -169,9 +168,18 @@ def write_tooth_segmentation(
     ds.SourceImageSequence = [whole]
     ds.ReferencedSeriesSequence = common.referenced_series_item([source])
 
-    ds.PixelData = pack_bits(frames.reshape(-1), pad=True)
+    ds.PixelData = _pack_masks(frames)
     common.add_algorithm_equipment(ds, algorithm)
     return ds
+
+
+def _pack_masks(frames: np.ndarray) -> bytes:
+    """``(T, H, W)`` bool → BINARY SEG pixel data: one bit per pixel, frames back to back with
+    no per-frame padding, least significant bit first, padded to an even length (as
+    :func:`pydicom.pixels.pack_bits`, without its two full-size temporary copies, which a
+    long video's masks would feel)."""
+    packed = np.packbits(np.ascontiguousarray(frames, dtype=bool).reshape(-1), bitorder="little").tobytes()
+    return packed + b"\x00" if len(packed) % 2 else packed
 
 
 def write_implant_segmentation(

@@ -63,17 +63,18 @@ def test_stabilisation_in_place_equals_a_new_array() -> None:
 
 def test_working_bytes_count_the_arrays_that_grow_with_the_clip(learned) -> None:
     """Per frame at the working size: masks (1 B/px) and restored RGB (3 B/px); above 1280x720
-    the moment the masks are scaled back up (2 B per working px, 3 per output px, 2 per source
-    px; a video's output is at most 1920x1080); x2 options add their output."""
+    the moment the results are scaled back up (working masks, output frames, and the restored
+    working frames or the source-size masks, whichever is larger; a video's output is at most
+    1920x1080); x2 options add their output."""
     from dicom_service.vision.registry import default_models_dir
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
     assert learned.working_bytes(10, 480, 640) == 10 * 4 * 480 * 640
     assert learned.working_bytes(20, 480, 640) == 2 * learned.working_bytes(10, 480, 640)
-    work, fit = 720 * 1280, 1080 * 1920  # 3840x2160 and 1920x1080 are processed at 1280x720
-    assert learned.working_bytes(1, 1080, 1920) == 2 * work + 5 * fit  # scaling the masks back up
-    assert learned.working_bytes(1, 2160, 3840) == 2 * work + 5 * 2160 * 3840  # a still keeps its 4K size
-    assert learned.working_bytes(2, 2160, 3840) == 2 * (2 * work + 3 * fit + 2 * 2160 * 3840)  # video: 1080p
+    work, fit, uhd = 720 * 1280, 1080 * 1920, 2160 * 3840  # 1920x1080 and 3840x2160 are processed at 1280x720
+    assert learned.working_bytes(1, 1080, 1920) == work + 3 * fit + 3 * work  # scaling the frames back up
+    assert learned.working_bytes(1, 2160, 3840) == work + 3 * uhd + uhd  # a still keeps its 4K size; masks
+    assert learned.working_bytes(2, 2160, 3840) == 2 * (work + 3 * fit + uhd)  # a video comes back at 1080p
     both = LearnedVideoRuntime(default_models_dir(), "cpu", upscale=True, interpolate=True)
     assert both.working_bytes(10, 480, 640) == 10 * (4 + 6 + 12) * 480 * 640
     assert both.working_bytes(1, 480, 640) == 1 * (4 + 12) * 480 * 640  # one frame: nothing to interpolate
@@ -104,7 +105,7 @@ def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
 def test_estimate_formula_and_errors() -> None:
     runtime = ClassicalVideoRuntime()
     decoded = 30 * 48 * 64 * 3
-    written = int(1.125 * 30 * 48 * 64)  # the SEG writer's mask copy and packed bits
+    written = int(0.125 * 30 * 48 * 64)  # the SEG writer's packed bits
     expected = int(MARGIN * (decoded + runtime.working_bytes(30, 48, 64) + written)) + FIXED_BYTES
     assert estimate_video_bytes(30, 48, 64, runtime) == expected
     with pytest.raises(ValueError, match="positive"):

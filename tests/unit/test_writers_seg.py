@@ -164,3 +164,17 @@ def test_tooth_seg_refuses_sources_with_a_frame_of_reference(video: pydicom.Data
     with_for.FrameOfReferenceUID = "1.2.3.4"
     with pytest.raises(ValueError, match="has a Frame of Reference"):
         write_tooth_segmentation(with_for, _tooth_masks(video), algorithm=TOOTH_ALGORITHM)
+
+
+def test_mask_packing_equals_pydicom_pack_bits() -> None:
+    """The tooth SEG packs its bits itself (no full-size temporary copies); the bytes are
+    pydicom's ``pack_bits`` for every shape, including sizes that are not a multiple of 8."""
+    import numpy as np
+    from pydicom.pixels import pack_bits
+
+    from dicom_service.writers.seg import _pack_masks
+
+    rng = np.random.default_rng(0)
+    for shape in ((1, 8, 8), (3, 7, 5), (2, 13, 11), (4, 16, 24), (1, 1, 1)):
+        masks = rng.random(shape) > 0.5
+        assert _pack_masks(masks) == pack_bits(masks.reshape(-1), pad=True), shape
