@@ -80,7 +80,7 @@ def _output_size(count: int, height: int, width: int) -> tuple[int, int]:
     within 1920x1080 (:func:`~dicom_service.media.video.h264_fit`); a still keeps its size."""
     if count < 2:
         return height, width
-    fit_w, fit_h, _ = h264_fit(width, height, 30.0)
+    fit_w, fit_h, _ = h264_fit(width, height, 30.0)  # the size limit does not depend on the rate
     return fit_h, fit_w
 
 
