@@ -29,7 +29,6 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file (python benchmarks/video_memory.py): make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 
 from benchmarks.common import hardware
 
@@ -41,22 +40,20 @@ def log(text: str) -> None:
     print(f"[video_memory] {text}", file=sys.stderr, flush=True)
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+def _status_mib(field: str) -> float:
+    from dicom_service.pipelines.video_memory import process_status_bytes
+
+    value = process_status_bytes(field)
+    if value is None:
+        raise RuntimeError(f"{field} not in /proc/self/status")
+    return value / MIB
 
 
 def write_clip(path: Path, width: int, height: int, frames: int) -> None:
     """A Video Photographic DICOM file of a degraded phantom clip, ``frames`` long at 30 fps."""
-    from benchmarks.video import _video_dataset
-    from dicom_service.training.video_phantoms import clip_seed, render_clip
+    from benchmarks.video import _video_dataset, looped_phantom
 
-    clip = render_clip(clip_seed(0, "test", 60), frames=30, height=height, width=width, teeth=True)
-    cycle = np.concatenate([clip.degraded, clip.degraded[::-1]])
-    repeated = np.concatenate([cycle] * (frames // cycle.shape[0] + 1))[:frames]
-    _video_dataset(repeated, 30.0).save_as(path, enforce_file_format=True)
+    _video_dataset(looped_phantom(frames, height, width), 30.0).save_as(path, enforce_file_format=True)
 
 
 def child(path: Path) -> dict[str, Any]:
@@ -70,12 +67,12 @@ def child(path: Path) -> dict[str, Any]:
 
     ds = pydicom.dcmread(path)
     runtime = LearnedVideoRuntime(default_models_dir(), "cpu")
-    before = _status_kib("VmRSS")
+    before = _status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     objects, summary = process_video_instance(ds, runtime, uid_seed="memory")
-    peak = _status_kib("VmHWM")
-    return {"frames": int(summary["frames"]), "rss_before_mib": round(before / 1024, 1),
-            "peak_growth_mib": round((peak - before) / 1024, 1), "objects": [o.kind for o in objects],
+    peak = _status_mib("VmHWM")
+    return {"frames": int(summary["frames"]), "rss_before_mib": round(before, 1),
+            "peak_growth_mib": round(peak - before, 1), "objects": [o.kind for o in objects],
             "threads": torch.get_num_threads()}
 
 

@@ -90,6 +90,26 @@ def video_transfer_syntax_for(width: int, height: int, fps: float) -> str:
     )
 
 
+def h264_size(width: int, height: int) -> tuple[int, int]:
+    """``(width, height)`` a frame must have to be written as H.264 High Profile Level 4.2:
+    its own size when it fits 1920x1080 (either orientation); otherwise the largest size of
+    the same aspect ratio that does, rounded down to even numbers."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"invalid video geometry {width}x{height}")
+    long_limit, short_limit = (_MAX_W, _MAX_H) if width >= height else (_MAX_H, _MAX_W)
+    factor = min(1.0, long_limit / width, short_limit / height)
+    if factor < 1.0:
+        width, height = max(2, int(width * factor) // 2 * 2), max(2, int(height * factor) // 2 * 2)
+    return width, height
+
+
+def h264_frame_step(fps: float) -> int:
+    """Keep every ``step``-th frame so that a clip at ``fps`` is at most 60 fps (1: all frames)."""
+    if not fps > 0:
+        raise ValueError(f"invalid frame rate {fps}")
+    return max(1, math.ceil(fps / (60.0 + _FPS_TOLERANCE)))
+
+
 def h264_fit(width: int, height: int, fps: float) -> tuple[int, int, int]:
     """How a clip must shrink to be written as H.264 High Profile Level 4.2.
 
@@ -103,19 +123,13 @@ def h264_fit(width: int, height: int, fps: float) -> tuple[int, int, int]:
     Returns
     -------
     width, height : int
-        The size itself when it fits 1920x1080 (either orientation); otherwise the largest
-        size of the same aspect ratio that does, rounded down to even numbers.
+        :func:`h264_size`.
     step : int
-        Keep every ``step``-th frame so that the rate is at most 60 fps (1: all frames).
+        :func:`h264_frame_step`.
     """
     if width <= 0 or height <= 0 or not fps > 0:
         raise ValueError(f"invalid video geometry {width}x{height} at {fps} fps")
-    long_limit, short_limit = (_MAX_W, _MAX_H) if width >= height else (_MAX_H, _MAX_W)
-    factor = min(1.0, long_limit / width, short_limit / height)
-    if factor < 1.0:
-        width, height = max(2, int(width * factor) // 2 * 2), max(2, int(height * factor) // 2 * 2)
-    step = max(1, math.ceil(fps / (60.0 + _FPS_TOLERANCE)))
-    return width, height, step
+    return (*h264_size(width, height), h264_frame_step(fps))
 
 
 def fit_frames_to_h264(frames: np.ndarray, fps: float) -> tuple[np.ndarray, float, list[str]]:

@@ -66,7 +66,6 @@ def process_video_instance(
         if fitted:  # a 4K source, a x2 super-resolved 1280x720 clip, a doubled 60 fps rate
             progress(f"{sop}: {'; '.join(fitted)}")
             enhanced = replace(enhanced, frames=frames_out, fps=fps_out, steps=[*enhanced.steps, *fitted])
-        del frames_out
         derived = write_enhanced_video(
             source, enhanced.frames, enhanced.fps, uid_seed=f"{seed}/video", algorithm=enhanced.algorithm,
             derivation_description="; ".join(enhanced.steps),

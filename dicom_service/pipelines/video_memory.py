@@ -75,15 +75,22 @@ def memory_limit_bytes() -> int | None:
     return min(usable) if usable else None
 
 
+def process_status_bytes(field: str) -> int | None:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes; None
+    where /proc or the field is unavailable."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def resident_bytes() -> int:
     """This process's resident set in bytes (0 where /proc is unavailable)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return process_status_bytes("VmRSS") or 0
 
 
 def video_budget_bytes(configured_mb: int, workers: int) -> int | None:

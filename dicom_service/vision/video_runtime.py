@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from dicom_service.domain import AlgorithmInfo, VideoEnhancement
-from dicom_service.media.video import h264_fit
+from dicom_service.media.video import h264_frame_step, h264_size
 from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE, SR_BUNDLE
 from dicom_service.vision.interframe import (
     FrameInterpolator2x,
@@ -77,10 +77,10 @@ def _work_size(height: int, width: int) -> tuple[int, int]:
 def _output_size(count: int, height: int, width: int) -> tuple[int, int]:
     """``(h, w)`` of the enhanced frames before the x2 options: the input size, except that a
     video (``count >= 2``) larger than H.264 Level 4.2 carries comes back at the largest size
-    within 1920x1080 (:func:`~dicom_service.media.video.h264_fit`); a still keeps its size."""
+    within 1920x1080 (:func:`~dicom_service.media.video.h264_size`); a still keeps its size."""
     if count < 2:
         return height, width
-    fit_w, fit_h, _ = h264_fit(width, height, 30.0)  # the size limit does not depend on the rate
+    fit_w, fit_h = h264_size(width, height)
     return fit_h, fit_w
 
 
@@ -299,7 +299,7 @@ class LearnedVideoRuntime:
         out_fps = float(fps)
         skipped: list[str] = []
         interpolated = self.interpolator is not None and count >= 2
-        if interpolated and h264_fit(restored.shape[2], restored.shape[1], 2.0 * fps)[2] > 1:
+        if interpolated and h264_frame_step(2.0 * fps) > 1:
             interpolated = False
             skipped.append(f"x2 frame interpolation not applied: {2.0 * fps:g} fps would exceed H.264 Level 4.2 "
                            "(60 fps)")
