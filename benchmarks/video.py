@@ -68,7 +68,7 @@ def _video_dataset(frames: np.ndarray, fps: float) -> Any:
     """A Video Photographic instance (H.264 in MP4) holding ``frames``."""
     from pydicom.encaps import encapsulate
 
-    from dicom_service.media.video import encode_h264_mp4
+    from dicom_service.media.video_encode import encode_h264_mp4
     from tests.builders import make_video_photographic
 
     count, height, width = frames.shape[:3]

@@ -10,10 +10,12 @@ masks → restoration → stabilisation → encode → SEG, SR). It reports the 
 Two frame counts per size give the marginal memory per frame (the slope, which is what
 decides how long a clip fits) and the fixed part. Beside each measurement stands what the
 node's admission check (:func:`dicom_service.pipelines.video_memory.estimate_video_bytes`)
-predicts for it, so the estimate can be checked against the machine.
+predicts for it, so the estimate can be checked against the machine. The workflow streams a
+clip through (decode, enhance, encode frame by frame), so the slope is small: what grows is
+the encoded output and the packed Segmentation bits.
 
 Linux only (``/proc``). Run from the repository root: ``python -m benchmarks.video_memory
-[--sizes 640x480,1280x720] [--frames 60,180]``. Prints one JSON object on stdout.
+[--sizes 640x480,1280x720] [--frames 60,600]``. Prints one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -78,24 +80,27 @@ def child(path: Path) -> dict[str, Any]:
 
 def measure(width: int, height: int, frames: int, folder: Path, runtime: Any) -> dict[str, Any]:
     """Write the clip, run :func:`child` in a fresh process, add the node's estimate for ``runtime``."""
-    from dicom_service.pipelines.video_memory import estimate_video_bytes
+    import pydicom
+
+    from dicom_service.pipelines.video_memory import check_video_fits
 
     path = folder / f"clip_{width}x{height}_{frames}.dcm"
     write_clip(path, width, height, frames)
+    estimate = check_video_fits(pydicom.dcmread(path), runtime, None)  # what the node plans for this file
     proc = subprocess.run([sys.executable, "-m", "benchmarks.video_memory", "--child", str(path)],
                           capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
     path.unlink()
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["estimate_mib"] = round(estimate_video_bytes(frames, height, width, runtime) / MIB, 1)
+    result["estimate_mib"] = round(estimate / MIB, 1)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="640x480,1280x720", help="comma-separated WIDTHxHEIGHT")
-    parser.add_argument("--frames", default="60,180", help="two comma-separated frame counts")
+    parser.add_argument("--frames", default="60,600", help="two comma-separated frame counts")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:

@@ -254,8 +254,30 @@ class RadiographResult:
 
 
 @dataclass
-class VideoEnhancement:
-    """What a video runtime returns for one clip.
+class EnhancementOutcome:
+    """What a video runtime reports about a clip besides the frames and masks (a streamed
+    clip's frames and masks went to a sink as they were made).
+
+    Attributes
+    ----------
+    fps : float
+        Frame rate of the enhanced frames.
+    algorithm : AlgorithmInfo
+    steps : list of str
+        Human-readable processing steps, in order (go into the SR).
+    metrics : dict
+        Named scalar measurements (e.g. mean tooth-area fraction, residual shake).
+    """
+
+    fps: float
+    algorithm: AlgorithmInfo
+    steps: list[str]
+    metrics: dict[str, float]
+
+
+@dataclass(kw_only=True)
+class VideoEnhancement(EnhancementOutcome):
+    """What a video runtime returns for one clip held in memory: the outcome, and
 
     Attributes
     ----------
@@ -264,18 +286,7 @@ class VideoEnhancement:
         unless ``scale`` says otherwise).
     tooth_masks : np.ndarray
         ``(T, H_in, W_in)`` bool, tooth masks on the *input* frames.
-    fps : float
-        Frame rate of ``frames``.
-    algorithm : AlgorithmInfo
-    steps : list of str
-        Human-readable processing steps, in order (go into the SR).
-    metrics : dict
-        Named scalar measurements (e.g. mean tooth-area fraction, residual shake).
     """
 
     frames: np.ndarray
     tooth_masks: np.ndarray
-    fps: float
-    algorithm: AlgorithmInfo
-    steps: list[str]
-    metrics: dict[str, float]

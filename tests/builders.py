@@ -28,7 +28,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from dicom_service.media.video import encode_h264_mp4, video_transfer_syntax_for
+from dicom_service.media.video import video_transfer_syntax_for
+from dicom_service.media.video_encode import encode_h264_mp4
 from dicom_service.uids import new_uid
 from tests.phantoms import intraoral_phantom, intraoral_scene, panoramic_phantom
 
@@ -398,6 +399,15 @@ def make_video_photographic(
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     return ds
+
+
+def with_pixel_stream(ds: Dataset, data: bytes, frames: int | None = None) -> Dataset:
+    """Copy of the video ``ds`` holding the bitstream ``data`` (and ``frames`` frames)."""
+    out = copy.deepcopy(ds)
+    if frames is not None:
+        out.NumberOfFrames = frames
+    out.PixelData = encapsulate([data + b"\0" * (len(data) % 2)], has_bot=False)
+    return out
 
 
 def make_native_video_photographic(*, frames: int = 2, rows: int = 2160, cols: int = 3840, fps: float = 30.0,

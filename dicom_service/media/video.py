@@ -15,16 +15,14 @@ from __future__ import annotations
 import io
 import logging
 import math
-import tempfile
-from fractions import Fraction
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import av
-import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, parse_basic_offsets
-from pydicom.pixels import iter_pixels, pixel_array
+from pydicom.pixels import iter_pixels
 
 from dicom_service.domain import MediaError, UnsupportedInputError
 from dicom_service.media.pixels import DECODE_ERRORS, decode_error
@@ -132,130 +130,18 @@ def h264_fit(width: int, height: int, fps: float) -> tuple[int, int, int]:
     return (*h264_size(width, height), h264_frame_step(fps))
 
 
-def fit_frames_to_h264(frames: np.ndarray, fps: float) -> tuple[np.ndarray, float, list[str]]:
-    """Downscale and/or thin out frames that H.264 Level 4.2 cannot carry (see :func:`h264_fit`).
-
-    A DICOM H.264 video carries at most 1920x1080 at 60 fps; a 4K source, a x2
-    super-resolved 1280x720 clip or a doubled 60 fps rate would otherwise fail to encode.
-
-    Parameters
-    ----------
-    frames : np.ndarray
-        ``(T, H, W, 3)`` uint8 RGB.
-    fps : float
-        Their frame rate.
-
-    Returns
-    -------
-    frames : np.ndarray
-        ``frames`` itself when it fits; else a new, smaller array (area interpolation).
-    fps : float
-        The rate of the returned frames.
-    steps : list of str
-        Processing-step lines for the provenance (empty when nothing changed).
-    """
-    height, width = frames.shape[1:3]
+def h264_fit_steps(width: int, height: int, fps: float) -> tuple[int, int, int, list[str]]:
+    """:func:`h264_fit` with the processing-step lines that say what it changes (empty when
+    the clip fits): ``(width, height, step, steps)``; frames are thinned to one in ``step``
+    first, then downscaled (area interpolation) to ``width x height``."""
     new_width, new_height, step = h264_fit(width, height, fps)
     steps: list[str] = []
     if step > 1:
-        frames = frames[::step]
         steps.append(f"One frame in {step} kept ({fps:g} to {fps / step:g} fps) to fit H.264 Level 4.2 (60 fps)")
-        fps = fps / step
     if (new_width, new_height) != (width, height):
-        out = np.empty((frames.shape[0], new_height, new_width, 3), dtype=np.uint8)
-        for t, frame in enumerate(frames):
-            out[t] = cv2.resize(frame, (new_width, new_height), interpolation=cv2.INTER_AREA)
-        frames = out
         steps.append(f"Downscaled from {width}x{height} to {new_width}x{new_height} to fit H.264 Level 4.2 "
                      "(1920x1080), the largest a DICOM H.264 video carries")
-    elif step > 1:
-        frames = np.ascontiguousarray(frames)
-    return frames, fps, steps
-
-
-def _pad_to_even(frames: np.ndarray) -> np.ndarray:
-    """Pad odd heights/widths by replicating the last row/column (yuv420p needs even sizes)."""
-    pad_h = frames.shape[1] % 2
-    pad_w = frames.shape[2] % 2
-    if not pad_h and not pad_w:
-        return frames
-    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-
-
-def _encode_into(target: str | io.BytesIO, frames: np.ndarray, fps: float, crf: int,
-                 level: str, faststart: bool) -> None:
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(target, mode="w", format="mp4", options=options) as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width = int(frames.shape[2])
-        stream.height = int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "profile": "high", "level": level}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def encode_h264_mp4(frames: np.ndarray, fps: float, *, crf: int = 20, faststart: bool = True) -> bytes:
-    """Encode RGB frames as H.264 High Profile (libx264, yuv420p) in an MP4 container.
-
-    Odd widths or heights are padded to the next even number by replicating the last
-    column/row, because 4:2:0 chroma subsampling needs even sizes; the caller must then
-    write Rows/Columns of the *padded* size (``frames.shape[1] + frames.shape[1] % 2``).
-
-    Parameters
-    ----------
-    frames : np.ndarray
-        ``(T, H, W, 3)`` uint8 RGB, ``T >= 1``.
-    fps : float
-        Frame rate (> 0); stored as a rational with denominator up to 1001
-        (29.97 becomes 30000/1001).
-    crf : int
-        x264 constant rate factor (0-51, lower is better quality).
-    faststart : bool
-        Put the ``moov`` box before the media data so viewers can start playback
-        before the whole file arrives. FFmpeg can only do this on a real file, so the
-        stream is written to a temporary file and read back; with ``False`` it is
-        written straight into memory (``moov`` at the end).
-
-    Returns
-    -------
-    bytes
-        The MP4 file.
-
-    Raises
-    ------
-    ValueError
-        If ``frames`` has the wrong shape or dtype, or ``fps``/``crf`` are out of range.
-    MediaError
-        If the clip is too large for H.264 Level 4.2, or the encoder fails.
-    """
-    if frames.ndim != 4 or frames.shape[3] != 3 or frames.shape[0] < 1 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (T, H, W, 3) uint8 with T >= 1, got {frames.shape} {frames.dtype}")
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    if not 0 <= crf <= 51:
-        raise ValueError(f"crf must be in [0, 51], got {crf}")
-    frames = np.ascontiguousarray(_pad_to_even(frames))
-    ts = video_transfer_syntax_for(frames.shape[2], frames.shape[1], fps)
-    level = "4.1" if ts == H264_HP_L41 else "4.2"
-    try:
-        if faststart:
-            with tempfile.TemporaryDirectory(prefix="dicom-service-enc-") as tmp:
-                path = Path(tmp) / "clip.mp4"
-                _encode_into(str(path), frames, fps, crf, level, faststart=True)
-                data = path.read_bytes()
-        else:
-            buffer = io.BytesIO()
-            _encode_into(buffer, frames, fps, crf, level, faststart=False)
-            data = buffer.getvalue()
-    except av.FFmpegError as exc:
-        raise MediaError(f"H.264 encoding failed: {exc}") from exc
-    log.debug("encoded %d frames %dx%d at %.3f fps: %d bytes", frames.shape[0],
-              frames.shape[2], frames.shape[1], fps, len(data))
-    return data
+    return new_width, new_height, step, steps
 
 
 def _snap_rate(fps: float) -> float:
@@ -287,7 +173,7 @@ def encapsulated_bitstream(pixel_data: bytes) -> bytes:
     return data
 
 
-def _dataset_fps(ds: Dataset) -> float | None:
+def dataset_fps(ds: Dataset) -> float | None:
     """Frame rate from FrameTime (ms), RecommendedDisplayFrameRate or CineRate, if any."""
     frame_time = ds.get("FrameTime")
     if frame_time is not None and float(frame_time) > 0:
@@ -299,31 +185,46 @@ def _dataset_fps(ds: Dataset) -> float | None:
     return None
 
 
-def _decode_bitstream(data: bytes, max_frames: int | None) -> tuple[np.ndarray, float | None]:
-    """Decode a container/bitstream with PyAV into ``(T, H, W, 3)`` uint8 RGB."""
-    out: list[np.ndarray] = []
-    rate: float | None = None
+def _stream_rate(data: bytes) -> float | None:
+    """The average frame rate a container/bitstream declares (None: none, or no video stream)."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise MediaError("the video bitstream has no video stream")
+            rate = container.streams.video[0].average_rate
+            return float(rate) if rate else None
+    except av.FFmpegError as exc:
+        raise MediaError(f"video bitstream cannot be decoded: {exc}") from exc
+
+
+def _iter_bitstream(data: bytes, limit: int | None, expected: int) -> Iterator[np.ndarray]:
+    """Decode a container/bitstream with PyAV, one ``(H, W, 3)`` uint8 RGB frame at a time:
+    at most ``limit`` frames (None: all); fewer than ``expected`` is a truncated stream."""
+    decoded = 0
+    first: tuple[int, ...] | None = None
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
                 raise MediaError("the video bitstream has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            if stream.average_rate:
-                rate = float(stream.average_rate)
             for frame in container.decode(stream):
-                out.append(frame.to_ndarray(format="rgb24"))
-                if out[-1].shape != out[0].shape:
-                    raise MediaError(f"the frame size changes within the video stream ({out[0].shape[1]}x"
-                                     f"{out[0].shape[0]}, then {out[-1].shape[1]}x{out[-1].shape[0]} at frame "
-                                     f"{len(out)}); such streams are not supported")
-                if max_frames is not None and len(out) >= max_frames:
+                image = frame.to_ndarray(format="rgb24")
+                first = first or image.shape
+                if image.shape != first:
+                    raise MediaError(f"the frame size changes within the video stream ({first[1]}x{first[0]}, "
+                                     f"then {image.shape[1]}x{image.shape[0]} at frame {decoded + 1}); such "
+                                     "streams are not supported")
+                decoded += 1
+                yield image
+                if limit is not None and decoded >= limit:
                     break
     except av.FFmpegError as exc:
         raise MediaError(f"video bitstream cannot be decoded: {exc}") from exc
-    if not out:
+    if not decoded:
         raise MediaError("no frames decoded from the video bitstream")
-    return np.stack(out), rate
+    if decoded < expected:
+        raise MediaError(f"video stream truncated: decoded {decoded} of {expected} frames")
 
 
 def _to_rgb_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -341,26 +242,78 @@ def _to_rgb_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return arr
 
 
-def _decode_with_pydicom(ds: Dataset, max_frames: int | None) -> np.ndarray:
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    count = n_frames if max_frames is None else min(max_frames, n_frames)
-    try:
-        if count < n_frames:
-            arr = np.stack(list(iter_pixels(ds, indices=range(count), as_rgb=True)))
-        else:
-            arr = pixel_array(ds, as_rgb=True)
-            if n_frames == 1:
-                arr = arr[None]
-    except DECODE_ERRORS as exc:
-        raise decode_error(exc) from exc
+def _iter_with_pydicom(ds: Dataset, count: int) -> Iterator[np.ndarray]:
+    """The first ``count`` frames of non-MPEG pixel data, one ``(H, W, 3)`` uint8 RGB at a time."""
     samples = int(ds.get("SamplesPerPixel", 1))
     if samples not in (1, 3):
         raise UnsupportedInputError(f"SamplesPerPixel {samples} is not supported")
-    return _to_rgb_uint8(arr, ds)
+    try:
+        for arr in iter_pixels(ds, indices=range(count), as_rgb=True):
+            yield _to_rgb_uint8(arr[None], ds)[0]
+    except DECODE_ERRORS as exc:
+        raise decode_error(exc) from exc
+
+
+@dataclass
+class FrameStream:
+    """The frames of an instance, decoded one at a time (:func:`open_frames`).
+
+    Attributes
+    ----------
+    count : int
+        Frames ``frames`` yields (NumberOfFrames, or fewer with ``max_frames``).
+    fps : float
+        As :func:`read_frames` gives it.
+    frames : iterator
+        ``(H, W, 3)`` uint8 RGB, in order; it raises :class:`MediaError` where the pixel
+        data turns out corrupt or truncated (possibly after some frames).
+    """
+
+    count: int
+    fps: float
+    frames: Iterator[np.ndarray]
+
+
+def open_frames(ds: Dataset, *, max_frames: int | None = None) -> FrameStream:
+    """Prepare to decode the frames of a video or colour image instance one at a time, so
+    that a long clip is never held whole in memory (:func:`read_frames` decodes them all).
+
+    An MPEG stream is decoded up to NumberOfFrames (frames beyond it are ignored; fewer is
+    a truncated stream); one whose header has no NumberOfFrames is decoded whole first, to
+    count its frames.
+
+    Parameters
+    ----------
+    ds, max_frames
+        As :func:`read_frames`.
+
+    Raises
+    ------
+    MediaError, UnsupportedInputError
+        As :func:`read_frames`; problems found while decoding are raised by the iterator.
+    """
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if "PixelData" not in ds:
+        raise MediaError("the instance has no pixel data")
+    file_meta = getattr(ds, "file_meta", None)
+    ts = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
+    declared = int(ds.get("NumberOfFrames", 0) or 0)
+    if ts in MPEG_TRANSFER_SYNTAXES:
+        data = encapsulated_bitstream(ds.PixelData)
+        fps = dataset_fps(ds) or _stream_rate(data) or 1.0
+        if declared < 1:  # the length is not in the header: decode to count it
+            decoded = list(_iter_bitstream(data, max_frames, 0))
+            return FrameStream(len(decoded), fps, iter(decoded))
+        count = declared if max_frames is None else min(declared, max_frames)
+        return FrameStream(count, fps, _iter_bitstream(data, count, count))
+    count = max(1, declared) if max_frames is None else min(max_frames, max(1, declared))
+    return FrameStream(count, dataset_fps(ds) or 1.0, _iter_with_pydicom(ds, count))
 
 
 def read_frames(ds: Dataset, *, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """Decode the frames of a video or colour image instance.
+    """Decode all the frames of a video or colour image instance into one array (the
+    workflow streams them with :func:`open_frames` instead).
 
     Parameters
     ----------
@@ -387,22 +340,7 @@ def read_frames(ds: Dataset, *, max_frames: int | None = None) -> tuple[np.ndarr
     UnsupportedInputError
         Pixel data that cannot be turned into RGB frames (e.g. 16-bit colour).
     """
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    if "PixelData" not in ds:
-        raise MediaError("the instance has no pixel data")
-    file_meta = getattr(ds, "file_meta", None)
-    ts = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
-    stream_rate: float | None = None
-    if ts in MPEG_TRANSFER_SYNTAXES:
-        data = encapsulated_bitstream(ds.PixelData)
-        frames, stream_rate = _decode_bitstream(data, max_frames)
-        declared = int(ds.get("NumberOfFrames", 0) or 0)
-        expected = declared if max_frames is None else min(declared, max_frames)
-        if frames.shape[0] < expected:
-            raise MediaError(f"video stream truncated: decoded {frames.shape[0]} of {expected} frames")
-    else:
-        frames = _decode_with_pydicom(ds, max_frames)
-    fps = _dataset_fps(ds) or stream_rate or 1.0
-    log.debug("decoded %d frames (%s) at %.3f fps", frames.shape[0], ts or "no transfer syntax", fps)
-    return frames, fps
+    stream = open_frames(ds, max_frames=max_frames)
+    frames = np.stack(list(stream.frames))
+    log.debug("decoded %d frames at %.3f fps", frames.shape[0], stream.fps)
+    return frames, stream.fps

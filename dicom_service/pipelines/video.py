@@ -1,6 +1,10 @@
 """Video workflow: decode → vision runtime (restore, segment) → result objects.
 
-For each source instance (a video, or a still photograph):
+A clip streams through: frames are decoded one at a time, enhanced by the runtime
+(:meth:`~dicom_service.vision.runtime.VideoRuntime.enhance_stream`) and encoded, and the
+tooth masks packed, as they come (:class:`~dicom_service.pipelines.video_output.VideoOutputSink`),
+so a long recording is not held whole in memory. For each source instance (a video, or a
+still photograph):
 
 * a video gives an enhanced Video Photographic instance (H.264; frames larger than
   1920x1080 are downscaled and rates above 60 fps thinned out, the most H.264 Level 4.2
@@ -17,15 +21,16 @@ from dataclasses import replace
 from pydicom.dataset import Dataset
 
 from dicom_service.domain import MediaError
-from dicom_service.media.video import fit_frames_to_h264, read_frames
+from dicom_service.media.video import open_frames
 from dicom_service.node.contexts import input_class
 from dicom_service.pipelines.base import PipelineOutput, ProgressLog, ResultObject, no_log
 from dicom_service.pipelines.video_memory import check_video_fits
+from dicom_service.pipelines.video_output import VideoOutputSink
 from dicom_service.vision.runtime import VideoRuntime
 from dicom_service.writers.sc import write_secondary_capture
 from dicom_service.writers.seg import write_tooth_segmentation
 from dicom_service.writers.sr import write_video_report
-from dicom_service.writers.video import write_enhanced_video
+from dicom_service.writers.video import wrap_enhanced_video
 
 ENHANCED_PHOTO_SERIES = 9102
 
@@ -52,39 +57,46 @@ def process_video_instance(
     """
     sop = str(source.SOPInstanceUID)
     check_video_fits(source, runtime, memory_budget)
-    frames, fps = read_frames(source)
-    if frames.ndim != 4 or frames.shape[0] == 0:
-        raise MediaError(f"instance {sop}: no frames decoded")
-    count, height, width = frames.shape[:3]
-    progress(f"{sop}: decoded {count} frames {width}x{height} at {fps:.2f} fps")
-    enhanced = runtime.enhance(frames, fps, progress=lambda line: progress(f"{sop}: {line}"))
+    stream = open_frames(source)
+    count, fps = stream.count, stream.fps
+    progress(f"{sop}: decoding and enhancing {count} frames at {fps:.2f} fps")
+    sink = VideoOutputSink(video=_is_video(source, count))
+    try:
+        enhanced = runtime.enhance_stream(stream.frames, count, fps, sink,
+                                          progress=lambda line: progress(f"{sop}: {line}"))
+    except BaseException:
+        sink.abort()
+        raise
     progress(f"{sop}: enhanced with {enhanced.algorithm.name}")
     seed = f"{uid_seed}/{sop}"
     objects: list[ResultObject] = []
-    if _is_video(source, count):
-        frames_out, fps_out, fitted = fit_frames_to_h264(enhanced.frames, enhanced.fps)
-        if fitted:  # a 4K source, a x2 super-resolved 1280x720 clip, a doubled 60 fps rate
-            progress(f"{sop}: {'; '.join(fitted)}")
-            enhanced = replace(enhanced, frames=frames_out, fps=fps_out, steps=[*enhanced.steps, *fitted])
-        derived = write_enhanced_video(
-            source, enhanced.frames, enhanced.fps, uid_seed=f"{seed}/video", algorithm=enhanced.algorithm,
+    if sink.video:
+        if sink.fitted:  # a 4K source, a x2 super-resolved 1280x720 clip, a doubled 60 fps rate
+            progress(f"{sop}: {'; '.join(sink.fitted)}")
+            enhanced = replace(enhanced, steps=[*enhanced.steps, *sink.fitted])
+        mp4, written, (rows, columns), fps_out = sink.finish()
+        derived = wrap_enhanced_video(
+            source, mp4, written, rows, columns, fps_out, uid_seed=f"{seed}/video", algorithm=enhanced.algorithm,
             derivation_description="; ".join(enhanced.steps),
         )
         objects.append(ResultObject("video", derived))
     else:
+        assert sink.still is not None
         derived = write_secondary_capture(
-            source, enhanced.frames[0], description="AI enhanced photo",
+            source, sink.still, description="AI enhanced photo",
             series_number=ENHANCED_PHOTO_SERIES, uid_seed=f"{seed}/photo",
             burned_in_annotation=False, algorithm=enhanced.algorithm,
             derivation_description="; ".join(enhanced.steps),
         )
         objects.append(ResultObject("sc", derived))
-    seg = write_tooth_segmentation(source, enhanced.tooth_masks, algorithm=enhanced.algorithm,
-                                   uid_seed=f"{seed}/seg")
+    if sink.masks is None:
+        raise MediaError(f"instance {sop}: no tooth masks")
+    seg = write_tooth_segmentation(source, sink.masks, algorithm=enhanced.algorithm, uid_seed=f"{seed}/seg")
     objects.append(ResultObject("seg", seg))
     report = write_video_report(source, enhanced, derived=[derived, seg], uid_seed=f"{seed}/sr")
     objects.append(ResultObject("sr", report))
     progress(f"{sop}: wrote {', '.join(o.kind for o in objects)}")
+    height, width = sink.masks.rows, sink.masks.columns
     summary = {
         "sop_instance_uid": sop, "frames": count, "width": width, "height": height,
         "fps": fps, "algorithm": enhanced.algorithm.name, "steps": enhanced.steps,

@@ -1,17 +1,20 @@
 """Admission check of the video workflow: does a clip fit in the memory this node may use?
 
-A video is decoded whole and processed in memory, so its cost grows with its length:
-without a check, a long high-resolution recording would have the kernel kill the whole
-service (the listener and every other job with it), again at each retry. The workflow
-instead estimates, from the header alone and before decoding, the memory the clip needs
-and fails the job with a clear error when that is over the budget; the stored instance
-is kept, so the job can be run again after the budget is raised.
+A clip streams through the workflow (decoded, enhanced and encoded frame by frame), but
+some of what it costs still grows with its length: the source instance and its bitstream,
+the encoded enhanced video, the packed Segmentation bits, and, for a runtime that works on
+whole clips (the classical baseline), the gathered frames. Without a check, a recording
+long enough would have the kernel kill the whole service (the listener and every other job
+with it), again at each retry. The workflow instead estimates, from the header alone and
+before decoding, the memory the clip needs and fails the job with a clear error when that
+is over the budget; the stored instance is kept, so the job can be run again after the
+budget is raised.
 
-The estimate is the larger of two peaks, times a safety margin, plus a fixed allowance
-for network activations and one-off buffers: while decoding, the frames twice over (decoded
-one by one, then stacked); afterwards the decoded frames, what the runtime holds at its
-peak (:meth:`~dicom_service.vision.runtime.VideoRuntime.working_bytes`, which includes the
-frames and masks it returns) and the Segmentation writer's packed bits.
+The estimate is the sum of what is held at the end, times a safety margin, plus a fixed
+allowance for network activations and one-off buffers: the source's pixel data twice (the
+dataset and the bitstream handed to the decoder), what the runtime holds at its peak
+(:meth:`~dicom_service.vision.runtime.VideoRuntime.working_bytes`), and twice (the bytes
+and the result dataset) the packed Segmentation bits and an allowance for the H.264 output.
 ``python -m benchmarks.video_memory`` measures the real peak beside this estimate.
 """
 
@@ -24,6 +27,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from dicom_service.domain import UnsupportedInputError
+from dicom_service.media.video import dataset_fps
 from dicom_service.vision.runtime import VideoRuntime
 
 log = logging.getLogger(__name__)
@@ -34,12 +38,18 @@ MARGIN = 1.25
 FIXED_BYTES = 512 * 1024 * 1024
 #: Bytes per source pixel and frame the Segmentation writer adds (the packed bits).
 SEG_BYTES_PER_PIXEL = 0.125
+#: Allowance per source pixel and frame for the encoded H.264 output: about 8 times what the
+#: restored phantom clips need at CRF 20 (0.016), twice what their degraded input needs (0.065).
+ENCODED_BYTES_PER_PIXEL = 0.125
+#: Frame rate assumed where the header gives none (the stabiliser's window grows with it).
+DEFAULT_FPS = 60.0
 #: Share of the memory limit the automatic budget hands to video jobs together.
 AUTO_SHARE = 0.75
 GIB = 1024.0 ** 3
 
 
-def estimate_video_bytes(count: int, height: int, width: int, runtime: VideoRuntime) -> int:
+def estimate_video_bytes(count: int, height: int, width: int, runtime: VideoRuntime, *,
+                         fps: float = DEFAULT_FPS, source_bytes: int = 0) -> int:
     """Bytes the video workflow needs for ``count`` frames of ``height x width`` (upper estimate).
 
     Parameters
@@ -48,12 +58,15 @@ def estimate_video_bytes(count: int, height: int, width: int, runtime: VideoRunt
         Frames and their size (Rows, Columns) as the header declares them.
     runtime : VideoRuntime
         The runtime that will enhance the clip (its :meth:`working_bytes`).
+    fps : float
+        The clip's frame rate.
+    source_bytes : int
+        Length of the source's pixel data (held, and copied once for the decoder).
     """
     if count < 1 or height < 1 or width < 1:
         raise ValueError(f"need a positive frame count and size, got {count} frames {width}x{height}")
-    decoded = count * height * width * 3
-    written = int(SEG_BYTES_PER_PIXEL * count * height * width)
-    peak = max(2 * decoded, decoded + runtime.working_bytes(count, height, width) + written)
+    written = 2 * (SEG_BYTES_PER_PIXEL + ENCODED_BYTES_PER_PIXEL) * count * height * width
+    peak = 2 * source_bytes + runtime.working_bytes(count, height, width, fps) + int(written)
     return int(MARGIN * peak) + FIXED_BYTES
 
 
@@ -118,7 +131,8 @@ def video_budget_bytes(configured_mb: int, workers: int) -> int | None:
 def check_video_fits(source: Dataset, runtime: VideoRuntime, budget: int | None) -> int:
     """Raise unless the instance's frames fit in ``budget`` bytes; return the estimate.
 
-    Reads NumberOfFrames, Rows and Columns only (nothing is decoded).
+    Reads NumberOfFrames, Rows, Columns, the frame rate and the length of the pixel data
+    (nothing is decoded).
 
     Raises
     ------
@@ -129,7 +143,9 @@ def check_video_fits(source: Dataset, runtime: VideoRuntime, budget: int | None)
     height, width = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
     if height < 1 or width < 1:
         return 0  # no usable size in the header: the decoder reports the problem
-    need = estimate_video_bytes(max(1, count), height, width, runtime)
+    pixel_data = source.get("PixelData")
+    need = estimate_video_bytes(max(1, count), height, width, runtime, fps=dataset_fps(source) or DEFAULT_FPS,
+                                source_bytes=len(pixel_data) if pixel_data is not None else 0)
     if budget is not None and need > budget:
         log.warning("video of %d frames %dx%d needs about %.1f GiB, over the budget of %.1f GiB",
                     count, width, height, need / GIB, budget / GIB)

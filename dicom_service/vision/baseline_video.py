@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
 
-from dicom_service.domain import AlgorithmInfo, VideoEnhancement
-from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
+from dicom_service.domain import AlgorithmInfo, EnhancementOutcome, VideoEnhancement
+from dicom_service.vision.runtime import (
+    EnhancementSink,
+    Progress,
+    ProgressThrottle,
+    check_clip,
+    stream_whole_clip,
+)
 from dicom_service.vision.stabilisation import (
     DEFAULT_SMOOTHING_SECONDS,
     estimate_motion,
@@ -176,10 +183,17 @@ class ClassicalVideoRuntime:
         steps.append("Tooth mask: bright low-saturation warm-white pixels, morphological clean-up")
         return steps
 
-    def working_bytes(self, count: int, height: int, width: int) -> int:
-        """Peak bytes :meth:`enhance` holds beyond its input (see :class:`VideoRuntime`):
-        per frame the tooth masks and three RGB copies (stabilised, denoised, output)."""
-        return count * height * width * (1 + 3 * 3)
+    def working_bytes(self, count: int, height: int, width: int, fps: float) -> int:
+        """Peak bytes :meth:`enhance_stream` holds (see :class:`VideoRuntime`): this baseline
+        works on whole clips, so per frame the gathered frames twice over (while they are
+        stacked), the tooth masks and three RGB copies (stabilised, denoised, output)."""
+        return count * height * width * (2 * 3 + 1 + 3 * 3)
+
+    def enhance_stream(self, frames: Iterable[np.ndarray], count: int, fps: float, sink: EnhancementSink,
+                       progress: Progress | None = None) -> EnhancementOutcome:
+        """:meth:`enhance` for a streamed clip (see :class:`VideoRuntime`): this baseline
+        gathers the whole clip first (:func:`~dicom_service.vision.runtime.stream_whole_clip`)."""
+        return stream_whole_clip(self, frames, count, fps, sink, progress)
 
     def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
         """Stabilise, denoise, enhance a clip and segment its teeth.

@@ -138,31 +138,44 @@ def load_interframe_bundle(folder: Path, device: str | torch.device = "cpu") -> 
 
 
 @torch.inference_mode()
+def upscale_frame(model: SuperResolution2x, frame: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB → ``(2H, 2W, 3)`` uint8 RGB."""
+    return to_uint8(model(to_tensor(frame, torch.device(device))))
+
+
 def upscale_clip(model: SuperResolution2x, frames: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
     """``(T, H, W, 3)`` uint8 RGB → ``(T, 2H, 2W, 3)`` uint8 RGB, frame by frame."""
-    device = torch.device(device)
     out = np.empty((frames.shape[0], 2 * frames.shape[1], 2 * frames.shape[2], 3), dtype=np.uint8)
     for t, frame in enumerate(frames):
-        out[t] = to_uint8(model(to_tensor(frame, device)))
+        out[t] = upscale_frame(model, frame, device)
     return out
 
 
 @torch.inference_mode()
+def interpolate_pair(model: FrameInterpolator2x, first: np.ndarray, second: np.ndarray,
+                     device: str | torch.device = "cpu", flow: DisFlow | None = None,
+                     refine: bool = True) -> np.ndarray:
+    """The frame halfway between ``first`` and ``second`` (``(H, W, 3)`` uint8 RGB each)
+    as ``(H, W, 3)`` uint8 RGB; ``refine=False``: the flow-warped average only."""
+    device = torch.device(device)
+    flow = flow or DisFlow()
+    h, w = first.shape[:2]
+    a, _ = pad_to_multiple(to_tensor(first, device))
+    b, _ = pad_to_multiple(to_tensor(second, device))
+    fwd, _ = pad_to_multiple(flow_to_tensor(flow(first, second), device))
+    bwd, _ = pad_to_multiple(flow_to_tensor(flow(second, first), device))
+    return to_uint8(model(a, b, fwd, bwd, refine)[..., :h, :w])
+
+
 def interpolate_clip(model: FrameInterpolator2x, frames: np.ndarray, device: str | torch.device = "cpu",
                      flow: DisFlow | None = None, refine: bool = True) -> np.ndarray:
     """Double the frame rate: ``(T, H, W, 3)`` → ``(2T - 1, H, W, 3)`` uint8 RGB, a new
     frame between each pair (the originals are kept); ``refine=False``: flow-warped
     averages only."""
-    device = torch.device(device)
     flow = flow or DisFlow()
     count = frames.shape[0]
     out = np.empty((2 * count - 1,) + frames.shape[1:], dtype=np.uint8)
     out[0::2] = frames
-    h, w = frames.shape[1:3]
     for t in range(count - 1):
-        a, _ = pad_to_multiple(to_tensor(frames[t], device))
-        b, _ = pad_to_multiple(to_tensor(frames[t + 1], device))
-        fwd, _ = pad_to_multiple(flow_to_tensor(flow(frames[t], frames[t + 1]), device))
-        bwd, _ = pad_to_multiple(flow_to_tensor(flow(frames[t + 1], frames[t]), device))
-        out[2 * t + 1] = to_uint8(model(a, b, fwd, bwd, refine)[..., :h, :w])
+        out[2 * t + 1] = interpolate_pair(model, frames[t], frames[t + 1], device, flow, refine)
     return out

@@ -97,40 +97,99 @@ def restore_clip(model: PriorRestorationNet, frames: np.ndarray, masks: np.ndarr
     for name, given in (("flows", flows), ("next_flows", next_flows)):
         if given is not None and len(given) != frames.shape[0]:
             raise ValueError(f"{name} must have one entry per frame ({frames.shape[0]}), got {len(given)}")
-    device = torch.device(device)
     count = frames.shape[0]
     use_next = model.config.bidirectional and next_flows is not None
-
-    def inputs(t: int) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
-        image, size = pad_to_multiple(to_tensor(frames[t], device))
-        mask = None
-        if model.config.use_prior and masks is not None:
-            mask, _ = pad_to_multiple(torch.from_numpy(masks[t]).to(device)[None, None].float())
-        return image, mask, size
-
-    def flow_at(given: Sequence[np.ndarray | None] | None, t: int) -> torch.Tensor | None:
-        if given is None or given[t] is None:
-            return None
-        return pad_to_multiple(flow_to_tensor(given[t], device))[0]
-
+    restorer = FrameRestorer(model, device, dtype)
     out = np.empty_like(frames)
-    previous = current_features = None
-    upcoming = inputs(0)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        for t in range(count):
-            image, mask, size = upcoming
-            following = following_flow = next_features = None
-            if t + 1 < count:
-                upcoming = inputs(t + 1)
-                following_flow = flow_at(next_flows, t) if use_next else None
-                if following_flow is not None:
-                    next_features = model.frame_features(upcoming[0], upcoming[1])
-                    following = next_features
-            back_flow = flow_at(flows, t) if t > 0 else None
-            restored, _, features = model(image, mask, previous if t > 0 else None, back_flow,
-                                          following, following_flow, current_features)
-            previous, current_features = features, next_features
-            out[t] = to_uint8(restored[..., :size[0], :size[1]].float())
-            if on_frame is not None:
-                on_frame(t)
+    for t in range(count):
+        mask = masks[t] if masks is not None else None
+        upcoming = (frames[t + 1], masks[t + 1] if masks is not None else None) if t + 1 < count else None
+        next_flow = next_flows[t] if use_next and upcoming is not None else None
+        out[t] = restorer.restore(frames[t], mask, flows[t] if flows is not None and t > 0 else None,
+                                  upcoming, next_flow)
+        if on_frame is not None:
+            on_frame(t)
     return out
+
+
+class FrameRestorer:
+    """Restores a clip one frame at a time, in order (what :func:`restore_clip` does for a
+    whole clip, for clips streamed through the runtime).
+
+    It carries the previous frame's features (motion branch) and, for a bidirectional
+    model, computes the next frame's features one step ahead, so frame ``t`` can be
+    restored as soon as frame ``t + 1`` has arrived.
+
+    Parameters
+    ----------
+    model : PriorRestorationNet
+    device : str or torch.device
+    dtype : torch.dtype
+        Compute precision.
+    """
+
+    def __init__(self, model: PriorRestorationNet, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.t = 0
+        self._previous: torch.Tensor | None = None
+        self._current_features: torch.Tensor | None = None
+        self._upcoming: tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]] | None = None
+
+    def _inputs(self, frame: np.ndarray, mask: np.ndarray | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        image, size = pad_to_multiple(to_tensor(frame, self.device))
+        prior = None
+        if self.model.config.use_prior:
+            if mask is None or mask.shape != frame.shape[:2]:
+                raise ValueError("this model uses the tooth prior: a mask (H, W) matching the frame is required")
+            prior, _ = pad_to_multiple(torch.from_numpy(mask).to(self.device)[None, None].float())
+        return image, prior, size
+
+    def _flow(self, flow: np.ndarray | None) -> torch.Tensor | None:
+        return None if flow is None else pad_to_multiple(flow_to_tensor(flow, self.device))[0]
+
+    @torch.inference_mode()
+    def restore(self, frame: np.ndarray, mask: np.ndarray | None, back_flow: np.ndarray | None,
+                upcoming: tuple[np.ndarray, np.ndarray | None] | None = None,
+                next_flow: np.ndarray | None = None) -> np.ndarray:
+        """Restore the next frame of the clip.
+
+        Parameters
+        ----------
+        frame : np.ndarray
+            ``(H, W, 3)`` uint8 RGB, frame ``t`` (the frames of a clip share one size).
+        mask : np.ndarray or None
+            ``(H, W)`` bool tooth mask of frame ``t``; required when the model uses the prior.
+        back_flow : np.ndarray or None
+            ``(H, W, 2)`` float32 (x, y) flow frame ``t`` → ``t - 1``; None: no previous frame.
+        upcoming : tuple or None
+            Frame ``t + 1`` and its mask, None for the last frame. Frame ``t + 1`` is
+            prepared once, here, and reused when it is restored.
+        next_flow : np.ndarray or None
+            Flow frame ``t`` → ``t + 1`` for a bidirectional model (None: the next frame is
+            not used; ignored by other models).
+
+        Returns
+        -------
+        np.ndarray
+            ``(H, W, 3)`` uint8 RGB, frame ``t`` restored.
+        """
+        model, t = self.model, self.t
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            image, prior, size = self._upcoming if self._upcoming is not None else self._inputs(frame, mask)
+            following = next_features = following_flow = None
+            self._upcoming = None
+            if upcoming is not None:
+                self._upcoming = self._inputs(*upcoming)
+                following_flow = self._flow(next_flow) if model.config.bidirectional else None
+                if following_flow is not None:
+                    next_features = model.frame_features(self._upcoming[0], self._upcoming[1])
+                    following = next_features
+            back = self._flow(back_flow) if t > 0 else None
+            restored, _, features = model(image, prior, self._previous if t > 0 else None, back,
+                                          following, following_flow, self._current_features)
+            result = to_uint8(restored[..., :size[0], :size[1]].float())
+        self._previous, self._current_features = features, next_features
+        self.t += 1
+        return result

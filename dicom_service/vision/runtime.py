@@ -9,12 +9,12 @@ by :func:`dicom_service.vision.registry.build_video_runtime` and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from dicom_service.domain import AlgorithmInfo, RadiographResult, VideoEnhancement
+from dicom_service.domain import AlgorithmInfo, EnhancementOutcome, RadiographResult, VideoEnhancement
 
 #: Progress callback of a runtime: one line of text; it may raise to interrupt the work
 #: (the job worker does so at shutdown).
@@ -66,6 +66,90 @@ def check_clip(frames: np.ndarray, fps: float) -> None:
         raise ValueError(f"fps must be > 0, got {fps}")
 
 
+def checked_frames(frames: Iterable[np.ndarray], count: int) -> Iterator[np.ndarray]:
+    """Yield ``count`` frames of a streamed clip, each checked as :func:`check_clip` checks a
+    whole one (``(H, W, 3)`` uint8, H, W >= 16, one size for all).
+
+    Raises
+    ------
+    ValueError
+        A bad frame, or more or fewer frames than ``count`` (``count < 1`` included).
+    """
+    if count < 1:
+        raise ValueError(f"a clip needs at least one frame, got count {count}")
+    size: tuple[int, ...] | None = None
+    index = -1
+    for index, frame in enumerate(frames):
+        if index >= count:
+            raise ValueError(f"the clip has more than the {count} frames announced")
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frames must be (H, W, 3) uint8, got {frame.shape} {frame.dtype} at frame {index}")
+        size = size or frame.shape
+        if frame.shape != size:
+            raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, the clip {size[1]}x{size[0]}")
+        if min(frame.shape[:2]) < 16:
+            raise ValueError(f"frames must be at least 16x16 pixels, got {frame.shape[1]}x{frame.shape[0]}")
+        yield frame
+    if index + 1 < count:
+        raise ValueError(f"the clip ended after {index + 1} of the {count} frames announced")
+
+
+class EnhancementSink(Protocol):
+    """Receives a streamed clip's results as the runtime makes them (the video workflow
+    encodes the frames and packs the masks at once, so a clip is never held whole)."""
+
+    def start(self, fps: float) -> None:
+        """The enhanced frames' rate; called once, before the first frame."""
+        ...
+
+    def frame(self, frame: np.ndarray) -> None:
+        """The next enhanced frame ``(H', W', 3)`` uint8 RGB (all of one size)."""
+        ...
+
+    def mask(self, mask: np.ndarray) -> None:
+        """The tooth mask ``(H, W)`` bool of the next input frame, in input order."""
+        ...
+
+
+class CollectingSink:
+    """An :class:`EnhancementSink` that keeps everything, for :meth:`VideoRuntime.enhance`."""
+
+    def __init__(self) -> None:
+        self.fps = 0.0
+        self.frames: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+
+    def start(self, fps: float) -> None:
+        self.fps = fps
+
+    def frame(self, frame: np.ndarray) -> None:
+        self.frames.append(frame)
+
+    def mask(self, mask: np.ndarray) -> None:
+        self.masks.append(mask)
+
+    def result(self, outcome: EnhancementOutcome) -> VideoEnhancement:
+        """The collected frames ``(T', H', W', 3)`` and masks ``(T, H, W)`` with ``outcome``."""
+        return VideoEnhancement(fps=outcome.fps, algorithm=outcome.algorithm, steps=outcome.steps,
+                                metrics=outcome.metrics, frames=np.stack(self.frames), tooth_masks=np.stack(self.masks))
+
+
+def stream_whole_clip(runtime: VideoRuntime, frames: Iterable[np.ndarray], count: int, fps: float,
+                      sink: EnhancementSink, progress: Progress | None = None) -> EnhancementOutcome:
+    """:meth:`VideoRuntime.enhance_stream` for a runtime that works on whole clips: the
+    frames are gathered, enhanced with :meth:`VideoRuntime.enhance` and handed to ``sink``."""
+    clip = np.stack(list(checked_frames(frames, count)))
+    enhanced = runtime.enhance(clip, fps, progress)
+    del clip
+    sink.start(enhanced.fps)
+    for mask in enhanced.tooth_masks:
+        sink.mask(mask)
+    for frame in enhanced.frames:
+        sink.frame(frame)
+    return EnhancementOutcome(fps=enhanced.fps, algorithm=enhanced.algorithm, steps=enhanced.steps,
+                              metrics=enhanced.metrics)
+
+
 @runtime_checkable
 class VideoRuntime(Protocol):
     """Restores and enhances intraoral camera frames."""
@@ -73,7 +157,7 @@ class VideoRuntime(Protocol):
     info: AlgorithmInfo
 
     def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
-        """Enhance a clip.
+        """Enhance a clip held in memory.
 
         Parameters
         ----------
@@ -87,11 +171,30 @@ class VideoRuntime(Protocol):
         """
         ...
 
-    def working_bytes(self, count: int, height: int, width: int) -> int:
-        """Memory :meth:`enhance` holds at its peak for a clip of ``count`` frames of
-        ``height x width``, beyond the input frames themselves, in bytes (an upper
-        estimate of the arrays that grow with the clip, including the returned frames
-        and masks; the pipeline checks it before decoding)."""
+    def enhance_stream(self, frames: Iterable[np.ndarray], count: int, fps: float, sink: EnhancementSink,
+                       progress: Progress | None = None) -> EnhancementOutcome:
+        """Enhance a clip that arrives one frame at a time, handing the results to ``sink``
+        (the same frames and masks :meth:`enhance` returns, in order).
+
+        Parameters
+        ----------
+        frames : iterable
+            ``count`` frames ``(H, W, 3)`` uint8 RGB (checked by :func:`checked_frames`).
+        count : int
+            Frames in the clip (>= 1).
+        fps : float
+            Frame rate (> 0).
+        sink : EnhancementSink
+        progress : callable or None
+            As for :meth:`enhance`.
+        """
+        ...
+
+    def working_bytes(self, count: int, height: int, width: int, fps: float) -> int:
+        """Memory :meth:`enhance_stream` holds at its peak for a clip of ``count`` frames of
+        ``height x width`` at ``fps``, in bytes: an upper estimate of the arrays it keeps
+        (the frames it buffers or gathers, their masks and results), not counting what the
+        sink keeps; the pipeline checks it before decoding."""
         ...
 
 

@@ -17,6 +17,7 @@ and halves the error (README, "Stabilisation on 10 s clips").
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import cv2
 import numpy as np
@@ -130,6 +131,39 @@ def refine_similarity(previous: np.ndarray, current: np.ndarray, matrix: np.ndar
     return refined if plausible else fitted
 
 
+class MotionEstimator:
+    """Frame-to-frame camera motion, one frame at a time (what :func:`estimate_motion` does
+    for a whole clip, for clips streamed through the runtime).
+
+    Parameters
+    ----------
+    height, width : int
+        Frame size in pixels (every pushed frame has it).
+    """
+
+    def __init__(self, height: int, width: int) -> None:
+        self.factor = min(1.0, _FLOW_MAX_SIDE / float(max(height, width)))
+        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self.previous: np.ndarray | None = None
+
+    def push(self, frame: np.ndarray) -> np.ndarray:
+        """The motion from the previously pushed frame to ``frame`` ``(H, W, 3)`` uint8 RGB:
+        ``(3,)`` float64 ``(dx, dy, da)`` as a row of :func:`estimate_motion` (zero for the
+        first frame)."""
+        current = grey_scaled(frame, self.factor)
+        previous, self.previous = self.previous, current
+        if previous is None:
+            return np.zeros(3, dtype=np.float64)
+        flow = self.dis.calc(previous, current, None)
+        matrix = fit_similarity(flow)
+        if matrix is None:
+            shift = np.median(flow.reshape(-1, 2), axis=0)
+            dx, dy, da = float(shift[0]), float(shift[1]), 0.0
+        else:
+            dx, dy, da = matrix_motion(refine_similarity(previous, current, matrix, flow), *previous.shape[::-1])
+        return np.array([dx / self.factor, dy / self.factor, da], dtype=np.float64)
+
+
 def estimate_motion(frames: np.ndarray) -> np.ndarray:
     """Frame-to-frame camera motion.
 
@@ -152,20 +186,9 @@ def estimate_motion(frames: np.ndarray) -> np.ndarray:
     motion = np.zeros((count, 3), dtype=np.float64)
     if count < 2:
         return motion
-    factor = min(1.0, _FLOW_MAX_SIDE / float(max(height, width)))
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-    previous = grey_scaled(frames[0], factor)
-    for t in range(1, count):
-        current = grey_scaled(frames[t], factor)
-        flow = dis.calc(previous, current, None)
-        matrix = fit_similarity(flow)
-        if matrix is None:
-            shift = np.median(flow.reshape(-1, 2), axis=0)
-            dx, dy, da = float(shift[0]), float(shift[1]), 0.0
-        else:
-            dx, dy, da = matrix_motion(refine_similarity(previous, current, matrix, flow), *previous.shape[::-1])
-        motion[t] = (dx / factor, dy / factor, da)
-        previous = current
+    estimator = MotionEstimator(height, width)
+    for t in range(count):
+        motion[t] = estimator.push(frames[t])
     return motion
 
 
@@ -250,6 +273,65 @@ def stabilise(frames: np.ndarray, motion: np.ndarray, radius: int, *, in_place: 
         out[t] = cv2.warpAffine(frames[t], matrix, (width, height), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE)
     return out
+
+
+def smoothed_row(path: np.ndarray, t: int, radius: int, count: int) -> np.ndarray:
+    """Row ``t`` of :func:`moving_average` of a ``(count, K)`` path, from the rows
+    ``max(0, t - radius) .. min(count - 1, t + radius)`` of ``path`` alone (later rows may
+    still be unknown); bit for bit the same value."""
+    if radius < 1 or count < 2:
+        return path[t].copy()
+    window = path[np.clip(np.arange(t - radius, t + radius + 1), 0, count - 1)]
+    kernel = np.ones(2 * radius + 1) / (2 * radius + 1)
+    return np.array([np.convolve(window[:, k], kernel, mode="valid")[0] for k in range(path.shape[1])])
+
+
+class StreamStabiliser:
+    """:func:`stabilise` for a clip that arrives one frame at a time.
+
+    A frame's correction needs the camera path ``radius`` frames ahead, so the stabiliser
+    holds at most ``radius + 1`` frames; it returns frames as soon as they can be corrected,
+    in order, equal bit for bit to :func:`stabilise` of the whole clip with
+    :func:`estimate_motion` of it.
+
+    Parameters
+    ----------
+    count : int
+        Frames in the clip (>= 1).
+    radius : int
+        Moving-average radius in frames.
+    """
+
+    def __init__(self, count: int, radius: int) -> None:
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        self.count, self.radius = count, radius
+        self.path = np.zeros((count, 3), dtype=np.float64)
+        self.known = 0
+        self.pending: deque[np.ndarray] = deque()
+
+    def push(self, frame: np.ndarray, motion: np.ndarray) -> list[np.ndarray]:
+        """Add the next frame ``(H, W, 3)`` uint8 and its motion row (``(3,)``, from
+        :class:`MotionEstimator`); return the stabilised frames now ready (oldest first)."""
+        t = self.known
+        if t >= self.count:
+            raise ValueError(f"more than the {self.count} frames announced")
+        self.path[t] = motion if t == 0 else self.path[t - 1] + motion
+        self.known += 1
+        self.pending.append(frame)
+        ready: list[np.ndarray] = []
+        while self.pending:
+            first = self.known - len(self.pending)
+            if min(first + self.radius, self.count - 1) >= self.known:
+                break
+            ready.append(self._warp(self.pending.popleft(), first))
+        return ready
+
+    def _warp(self, frame: np.ndarray, t: int) -> np.ndarray:
+        height, width = frame.shape[:2]
+        correction = smoothed_row(self.path, t, self.radius, self.count) - self.path[t]
+        return cv2.warpAffine(frame, _correction_matrix(*correction, width, height), (width, height),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def stabilisation_step(smoothing_seconds: float) -> str:

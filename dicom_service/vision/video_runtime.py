@@ -1,6 +1,9 @@
 """The learned video runtime: SAM tooth masks → prior-guided, motion-aware restoration.
 
-Steps for a clip ``(T, H, W, 3)``:
+The clip ``(T, H, W, 3)`` is streamed: frames are decoded, processed and handed to the
+output (encoder and mask packer) one at a time, and the runtime holds only a small window
+(three input frames for restoration, ``radius + 2`` restored frames for stabilisation), so
+memory does not grow with the clip length. Steps for each frame:
 
 1. frames larger than :data:`MAX_WORK_PIXELS` (e.g. 4K) are downscaled for the models
    and the result is scaled back up (bicubic), so memory stays bounded;
@@ -9,10 +12,13 @@ Steps for a clip ``(T, H, W, 3)``:
    frame;
 3. optical flow frame ``t`` → ``t - 1`` (and ``t`` → ``t + 1`` for a bidirectional
    restoration model) with OpenCV DIS on the degraded frames;
-4. restoration frame by frame with the previous (and next) frame's features warped by
-   the flow (:func:`~dicom_service.vision.restoration_model.restore_clip`);
+4. restoration with the previous (and next) frame's features warped by the flow
+   (:class:`~dicom_service.vision.restoration_model.FrameRestorer`);
 5. optional stabilisation of the restored frames (camera path smoothing, the same code
-   as the classical baseline);
+   as the classical baseline, run as a stream by
+   :class:`~dicom_service.vision.stabilisation.StreamStabiliser`; the camera path is
+   known up to the current frame, and each frame leaves once ``radius`` later ones
+   have arrived);
 6. optional interframe enhancement: x2 frame interpolation (learned, flow-guided) and
    x2 super-resolution (learned; only for inputs up to 1280x720, so no output exceeds
    2560x1440).
@@ -22,36 +28,44 @@ Masks are returned on the input frames, at the input size.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from dicom_service.domain import AlgorithmInfo, VideoEnhancement
+from dicom_service.domain import AlgorithmInfo, EnhancementOutcome, VideoEnhancement
 from dicom_service.media.video import h264_frame_step, h264_size
 from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE, SR_BUNDLE
 from dicom_service.vision.interframe import (
     FrameInterpolator2x,
     SuperResolution2x,
-    interpolate_clip,
+    interpolate_pair,
     load_interframe_bundle,
-    upscale_clip,
+    upscale_frame,
 )
-from dicom_service.vision.optical_flow import ClipFlows, DisFlow
+from dicom_service.vision.optical_flow import DisFlow
 from dicom_service.vision.precision import compile_for_inference, for_inference, inference_dtype, precision_name
-from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
-from dicom_service.vision.runtime import Progress, ProgressThrottle, check_clip
+from dicom_service.vision.restoration_model import FrameRestorer, load_restoration_bundle
+from dicom_service.vision.runtime import (
+    CollectingSink,
+    EnhancementSink,
+    Progress,
+    ProgressThrottle,
+    check_clip,
+    checked_frames,
+)
 from dicom_service.vision.stabilisation import (
     DEFAULT_SMOOTHING_SECONDS,
-    estimate_motion,
+    MotionEstimator,
+    StreamStabiliser,
     shake_px,
     smoothing_radius,
     stabilisation_step,
-    stabilise,
 )
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.tooth_sam import load_sam_bundle
@@ -90,13 +104,10 @@ def _fits_video(count: int, height: int, width: int) -> bool:
     return count < 2 or _output_size(count, height, width) == (height, width)
 
 
-def _resize_stack(frames: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
-    """``(T, H, W[, C])`` → ``(T, h, w[, C])`` for ``size`` ``(h, w)``, into one new array."""
-    h, w = size
-    out = np.empty((frames.shape[0], h, w) + frames.shape[3:], dtype=frames.dtype)
-    for t, frame in enumerate(frames):
-        out[t] = cv2.resize(frame, (w, h), interpolation=interpolation)
-    return out
+def automatic_mask(segmenter: ToothSegmenter, frame: np.ndarray) -> np.ndarray:
+    """Automatic-mode tooth mask ``(H, W)`` bool of a frame ``(H, W, 3)`` uint8 RGB."""
+    segmenter.set_image(frame)
+    return segmenter.automatic().mask
 
 
 def automatic_masks(segmenter: ToothSegmenter, frames: np.ndarray,
@@ -105,8 +116,7 @@ def automatic_masks(segmenter: ToothSegmenter, frames: np.ndarray,
     ``on_frame(t)`` is called after frame ``t`` (progress; may raise to abort)."""
     masks = np.zeros(frames.shape[:3], dtype=bool)
     for t, frame in enumerate(frames):
-        segmenter.set_image(frame)
-        masks[t] = segmenter.automatic().mask
+        masks[t] = automatic_mask(segmenter, frame)
         if on_frame is not None:
             on_frame(t)
     return masks
@@ -209,34 +219,34 @@ class LearnedVideoRuntime:
         steps.extend(skipped)
         return steps
 
-    def working_bytes(self, count: int, height: int, width: int) -> int:
-        """Peak bytes :meth:`enhance` holds beyond its input (see :class:`VideoRuntime`).
+    def working_bytes(self, count: int, height: int, width: int, fps: float) -> int:
+        """Peak bytes :meth:`enhance_stream` holds (see :class:`VideoRuntime`).
 
-        Counted arrays, per frame: the tooth masks (1 byte per pixel) and the restored
-        frames (3) at the working size (flows are computed as they are read, stabilisation
-        works in place). For an input over :data:`MAX_WORK_PIXELS` the peak comes later,
-        when the results are scaled back up: the working masks (1 byte per working pixel)
-        and the output frames (3 bytes per output pixel; a video's output is at most
-        1920x1080), beside either the restored working frames (3 bytes per working pixel,
-        while the frames are scaled) or the masks at the source size (1 byte per source
-        pixel, while the masks are); more than the 7 per working pixel while restoring. The
-        interpolated (``2T - 1`` frames) or super-resolved (``2H x 2W``) output comes on
-        top, beside the frames it was made from (interpolation counted whatever the rate).
+        The clip streams through, so what it holds does not grow with its length except
+        for two motion rows per frame: per stage, the source frame being read (3 bytes per
+        source pixel) and its mask at the source size (1); three working frames and their
+        masks (4 per working pixel: the previous, current and next frame of the
+        restoration); the restored frames the stabiliser holds until the camera path
+        ``radius`` frames ahead is known (``radius + 2`` output frames, 3 bytes per output
+        pixel); for interpolation two more output frames, for super-resolution one frame
+        of four times the size (12 per output pixel).
         """
         work_h, work_w = _work_size(height, width)
         source, work = height * width, work_h * work_w
         scaled = (work_h, work_w) != (height, width)
         out_h, out_w = _output_size(count, height, width) if scaled else (height, width)
         output = 3 * out_h * out_w  # RGB bytes of one output frame before the x2 options
-        per_frame = work + output + max(3 * work, source) if scaled else 4 * work
+        held = 4 * source + 3 * 4 * work
+        held += (smoothing_radius(fps, count, self.smoothing_seconds) + 2) * output
         if self.interpolator is not None and count >= 2:
-            per_frame += 2 * output
+            held += 2 * output
         if self.upscaler is not None and not scaled and _fits_video(count, 2 * out_h, 2 * out_w):
-            per_frame += 4 * output
-        return count * per_frame
+            held += 4 * output
+        return held + count * 2 * 3 * 8
 
     def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
-        """Segment teeth, restore and (optionally) stabilise a clip.
+        """Segment teeth, restore and (optionally) stabilise a clip held in memory
+        (:meth:`enhance_stream` over its frames).
 
         Parameters
         ----------
@@ -266,36 +276,35 @@ class LearnedVideoRuntime:
             Frames not ``(T, H, W, 3)`` uint8 with ``T >= 1`` and H, W >= 16, or fps <= 0.
         """
         check_clip(frames, fps)
+        sink = CollectingSink()
+        return sink.result(self.enhance_stream(iter(frames), frames.shape[0], fps, sink, progress))
+
+    def enhance_stream(self, frames: Iterable[np.ndarray], count: int, fps: float, sink: EnhancementSink,
+                       progress: Progress | None = None) -> EnhancementOutcome:
+        """:meth:`enhance` for a clip that arrives one frame at a time (see
+        :class:`VideoRuntime`): each frame is segmented and restored as soon as the next
+        one is in, and written to ``sink`` once the camera path ``radius`` frames ahead is
+        known, so memory does not grow with the clip; the frames and masks are those
+        :meth:`enhance` returns, bit for bit.
+
+        Raises
+        ------
+        ValueError
+            A bad frame or count (:func:`~dicom_service.vision.runtime.checked_frames`), or
+            fps <= 0.
+        """
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
         started = time.perf_counter()
-        count, height, width = frames.shape[:3]
+        source_frames = checked_frames(frames, count)
+        first = next(source_frames)
+        height, width = first.shape[:2]
         work_size = _work_size(height, width)
         scaled = work_size != (height, width)
-        work = _resize_stack(frames, work_size, cv2.INTER_AREA) if scaled else np.ascontiguousarray(frames)
-        tick = ProgressThrottle(progress)
-        masks = automatic_masks(self.segmenter, work, lambda t: tick(f"tooth masks {t + 1}/{count} frames"))
-        dis = DisFlow()
-        # computed frame by frame as the restoration reads them: a clip's worth of flows
-        # would cost several times the frames (ClipFlows)
-        flows = ClipFlows(work, dis)
-        following = ClipFlows(work, dis, step=1) if self.restorer.config.bidirectional else None
-        restored = restore_clip(self.restorer, work, masks, flows, self.device, self.dtype,
-                                on_frame=lambda t: tick(f"restored {t + 1}/{count} frames"), next_flows=following)
-        del work, flows, following  # a downscaled copy is freed before the upscaled output is made
         output_size = _output_size(count, height, width)
-        if scaled:  # a video comes back at most 1920x1080 (H.264 Level 4.2); the masks at the source size
-            restored = _resize_stack(restored, output_size, cv2.INTER_CUBIC)
-            masks = _resize_stack(masks.view(np.uint8), (height, width), cv2.INTER_NEAREST).view(bool)
+        out_h, out_w = output_size if scaled else (height, width)
         radius = smoothing_radius(fps, count, self.smoothing_seconds)
         stabilised = self.stabilise and count >= 2
-        before = after = 0.0
-        if count >= 2:
-            motion = estimate_motion(restored)
-            before = shake_px(motion, radius)
-            if stabilised:
-                restored = stabilise(restored, motion, radius, in_place=True)
-                after = shake_px(estimate_motion(restored), radius)
-            else:
-                after = before
         out_fps = float(fps)
         skipped: list[str] = []
         interpolated = self.interpolator is not None and count >= 2
@@ -304,20 +313,111 @@ class LearnedVideoRuntime:
             skipped.append(f"x2 frame interpolation not applied: {2.0 * fps:g} fps would exceed H.264 Level 4.2 "
                            "(60 fps)")
         if interpolated:
-            restored = interpolate_clip(self.interpolator, restored, self.device)
             out_fps *= 2.0
         upscaled = self.upscaler is not None and not scaled
-        if upscaled and not _fits_video(count, 2 * restored.shape[1], 2 * restored.shape[2]):
+        if upscaled and not _fits_video(count, 2 * out_h, 2 * out_w):
             upscaled = False
-            skipped.append(f"x2 super-resolution not applied: {2 * restored.shape[2]}x{2 * restored.shape[1]} "
+            skipped.append(f"x2 super-resolution not applied: {2 * out_w}x{2 * out_h} "
                            "would exceed H.264 Level 4.2 (1920x1080)")
-        if upscaled:
-            restored = upscale_clip(self.upscaler, restored, self.device)
+        sink.start(out_fps)
+        chain = _OutputChain(self, sink, count, radius, (out_h, out_w), stabilised,
+                             self.interpolator if interpolated else None, self.upscaler if upscaled else None)
+        tick = ProgressThrottle(progress)
+        dis = DisFlow()
+        restorer = FrameRestorer(self.restorer, self.device, self.dtype)
+        bidirectional = self.restorer.config.bidirectional
+        tooth_pixels = 0
+        window: list[tuple[np.ndarray, np.ndarray]] = []  # (work frame, mask) of frames t - 1, t, t + 1
+
+        def restore(t: int) -> None:
+            """Restore frame ``t``: ``window[-2]`` while frame ``t + 1`` is ``window[-1]``,
+            ``window[-1]`` for the last frame."""
+            here = -2 if t + 1 < count else -1
+            current = window[here]
+            previous = window[here - 1] if t > 0 else None
+            upcoming = window[-1] if here == -2 else None
+            next_flow = dis(current[0], upcoming[0]) if bidirectional and upcoming is not None else None
+            back_flow = dis(current[0], previous[0]) if previous is not None else None
+            restored = restorer.restore(current[0], current[1], back_flow, upcoming, next_flow)
+            if scaled:
+                restored = cv2.resize(restored, (out_w, out_h), interpolation=cv2.INTER_CUBIC)
+            chain.push(restored)
+            tick(f"restored {t + 1}/{count} frames")
+
+        for t, frame in enumerate(itertools.chain([first], source_frames)):
+            work = cv2.resize(frame, work_size[::-1], interpolation=cv2.INTER_AREA) if scaled \
+                else np.ascontiguousarray(frame)
+            mask = automatic_mask(self.segmenter, work)
+            source_mask = cv2.resize(mask.view(np.uint8), (width, height),
+                                     interpolation=cv2.INTER_NEAREST).view(bool) if scaled else mask
+            tooth_pixels += int(np.count_nonzero(source_mask))
+            sink.mask(source_mask)
+            window = [*window[-2:], (work, mask)]
+            if t >= 1:
+                restore(t - 1)
+        restore(count - 1)
+        before, after = chain.finish()
         seconds = time.perf_counter() - started
-        metrics = {"tooth_area_fraction": float(masks.mean()), "shake_px_before": before,
-                   "shake_px_after": after, "seconds": seconds, "frames_per_second": count / max(seconds, 1e-9)}
+        metrics = {"tooth_area_fraction": tooth_pixels / float(count * height * width),
+                   "shake_px_before": shake_px(before, radius) if count >= 2 else 0.0,
+                   "shake_px_after": shake_px(after if stabilised else before, radius) if count >= 2 else 0.0,
+                   "seconds": seconds, "frames_per_second": count / max(seconds, 1e-9)}
         log.info("learned video runtime: %d frames %dx%d in %.2f s on %s", count, width, height, seconds,
                  self.device.type)
-        return VideoEnhancement(frames=restored, tooth_masks=masks, fps=out_fps, algorithm=self.info,
-                                steps=self._steps(scaled, stabilised, count, interpolated, upscaled, (height, width),
-                                                  output_size, skipped), metrics=metrics)
+        return EnhancementOutcome(fps=out_fps, algorithm=self.info,
+                                  steps=self._steps(scaled, stabilised, count, interpolated, upscaled, (height, width),
+                                                    output_size, skipped), metrics=metrics)
+
+
+class _OutputChain:
+    """What follows restoration in :meth:`LearnedVideoRuntime.enhance_stream`, frame by
+    frame: camera motion, stabilisation (holding ``radius + 1`` frames), x2 interpolation,
+    x2 super-resolution, then the sink. Frames are ``(H, W, 3)`` uint8 RGB at the output
+    size ``(out_h, out_w)``."""
+
+    def __init__(self, runtime: LearnedVideoRuntime, sink: EnhancementSink, count: int, radius: int,
+                 size: tuple[int, int], stabilised: bool, interpolator: FrameInterpolator2x | None,
+                 upscaler: SuperResolution2x | None) -> None:
+        self.runtime, self.sink, self.count = runtime, sink, count
+        self.interpolator, self.upscaler = interpolator, upscaler
+        self.before = np.zeros((count, 3), dtype=np.float64)
+        self.after = np.zeros((count, 3), dtype=np.float64)
+        self.motion = MotionEstimator(*size) if count >= 2 else None
+        self.stabiliser = StreamStabiliser(count, radius) if stabilised else None
+        self.stabilised_motion = MotionEstimator(*size) if stabilised else None
+        self.interpolation_flow = DisFlow()
+        self.pushed = self.written = 0
+        self.last: np.ndarray | None = None
+
+    def push(self, restored: np.ndarray) -> None:
+        """The next restored frame, in order."""
+        ready = [restored]
+        if self.motion is not None:
+            self.before[self.pushed] = self.motion.push(restored)
+            if self.stabiliser is not None:
+                ready = self.stabiliser.push(restored, self.before[self.pushed])
+        self.pushed += 1
+        for frame in ready:
+            self._write(frame)
+
+    def _write(self, frame: np.ndarray) -> None:
+        if self.stabilised_motion is not None:
+            self.after[self.written] = self.stabilised_motion.push(frame)
+        self.written += 1
+        if self.interpolator is not None and self.last is not None:
+            self._emit(interpolate_pair(self.interpolator, self.last, frame, self.runtime.device,
+                                        self.interpolation_flow))
+        self.last = frame if self.interpolator is not None else None
+        self._emit(frame)
+
+    def _emit(self, frame: np.ndarray) -> None:
+        if self.upscaler is not None:
+            frame = upscale_frame(self.upscaler, frame, self.runtime.device)
+        self.sink.frame(frame)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """After the last frame: the camera motion ``(T, 3)`` before and after stabilisation
+        (:func:`~dicom_service.vision.stabilisation.estimate_motion` rows)."""
+        if self.written != self.count:
+            raise RuntimeError(f"{self.written} of {self.count} frames written")
+        return self.before, self.after

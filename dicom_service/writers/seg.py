@@ -54,7 +54,7 @@ _LOSSY_TRANSFER_SYNTAXES = frozenset(
 
 def write_tooth_segmentation(
     source: Dataset,
-    masks: np.ndarray,
+    masks: np.ndarray | MaskPacker,
     *,
     algorithm: AlgorithmInfo,
     uid_seed: str | None = None,
@@ -70,7 +70,8 @@ def write_tooth_segmentation(
     masks : np.ndarray
         ``(T, H, W)`` bool (or 0/1 integers), ``T`` = the source's Number of Frames
         (1 for a single-frame source), ``H``/``W`` = its Rows/Columns; ``masks[k]``
-        is the tooth mask of source frame ``k + 1``. Empty frames are kept.
+        is the tooth mask of source frame ``k + 1``. Empty frames are kept. Or a
+        :class:`MaskPacker` holding them (a streamed video's masks, already packed).
     algorithm : AlgorithmInfo
         Segment algorithm; also recorded as Contributing Equipment.
     uid_seed : str, optional
@@ -89,13 +90,21 @@ def write_tooth_segmentation(
         If ``masks`` does not match the source frames, is not binary, or the source
         has a Frame of Reference (not supported for this object).
     """
-    frames = _validate_masks(source, masks)
+    if isinstance(masks, MaskPacker):
+        expected = (common.source_frame_count(source), int(source.Rows), int(source.Columns))
+        if (masks.frames, masks.rows, masks.columns) != expected:
+            raise ValueError(f"packed masks ({masks.frames}, {masks.rows}, {masks.columns}) do not match the "
+                             f"source frames (NumberOfFrames, Rows, Columns) = {expected}")
+        shape, pixel_data = expected, masks.pixel_data()
+    else:
+        frames = _validate_masks(source, masks)
+        shape, pixel_data = frames.shape, _pack_masks(frames)
     if "FrameOfReferenceUID" in source:
         raise ValueError(
             "source has a Frame of Reference; the tooth SEG writer supports only "
             "photographs and videos without one"
         )
-    n_frames, rows, cols = frames.shape
+    n_frames, rows, cols = shape
     multi_frame = "NumberOfFrames" in source
     uids = common.object_uids(uid_seed, "seg/tooth")
 
@@ -168,18 +177,64 @@ def write_tooth_segmentation(
     ds.SourceImageSequence = [whole]
     ds.ReferencedSeriesSequence = common.referenced_series_item([source])
 
-    ds.PixelData = _pack_masks(frames)
+    ds.PixelData = pixel_data
     common.add_algorithm_equipment(ds, algorithm)
     return ds
 
 
+class MaskPacker:
+    """BINARY SEG pixel data built one mask at a time: one bit per pixel, frames back to back
+    with no per-frame padding, least significant bit first, padded to an even length (as
+    :func:`pydicom.pixels.pack_bits` packs a whole ``(T, H, W)`` array, without its
+    full-size temporary copies). A streamed video's masks are packed as they come, at an
+    eighth of a byte per pixel.
+
+    Parameters
+    ----------
+    rows, columns : int
+        The size every mask has.
+    """
+
+    def __init__(self, rows: int, columns: int) -> None:
+        self.rows, self.columns = rows, columns
+        self.frames = 0
+        self._packed = bytearray()
+        self._carry = np.zeros(0, dtype=bool)  # bits of a byte not yet full (fewer than 8)
+        self.foreground = 0
+
+    def add(self, mask: np.ndarray) -> None:
+        """Append the next frame's mask ``(rows, columns)`` bool (or 0/1 integers).
+
+        Raises
+        ------
+        ValueError
+            Wrong shape, or values other than 0 and 1.
+        """
+        if not isinstance(mask, np.ndarray) or mask.shape != (self.rows, self.columns):
+            raise ValueError(f"mask shape {getattr(mask, 'shape', None)} is not ({self.rows}, {self.columns})")
+        if mask.dtype != bool:
+            if not np.issubdtype(mask.dtype, np.integer) or mask.size and (mask.min() < 0 or mask.max() > 1):
+                raise ValueError(f"masks must be bool or 0/1 integers, got dtype {mask.dtype}")
+            mask = mask.astype(bool)
+        bits = np.concatenate([self._carry, mask.reshape(-1)]) if self._carry.size else mask.reshape(-1)
+        whole = bits.size // 8 * 8
+        self._packed += np.packbits(bits[:whole], bitorder="little").tobytes()
+        self._carry = bits[whole:].copy()
+        self.foreground += int(np.count_nonzero(mask))
+        self.frames += 1
+
+    def pixel_data(self) -> bytes:
+        """The packed frames so far (the last byte's spare bits zero, even length)."""
+        packed = bytes(self._packed) + np.packbits(self._carry, bitorder="little").tobytes()
+        return packed + b"\x00" if len(packed) % 2 else packed
+
+
 def _pack_masks(frames: np.ndarray) -> bytes:
-    """``(T, H, W)`` bool → BINARY SEG pixel data: one bit per pixel, frames back to back with
-    no per-frame padding, least significant bit first, padded to an even length (as
-    :func:`pydicom.pixels.pack_bits`, without its two full-size temporary copies, which a
-    long video's masks would feel)."""
-    packed = np.packbits(np.ascontiguousarray(frames, dtype=bool).reshape(-1), bitorder="little").tobytes()
-    return packed + b"\x00" if len(packed) % 2 else packed
+    """``(T, H, W)`` bool → BINARY SEG pixel data (:class:`MaskPacker`)."""
+    packer = MaskPacker(*frames.shape[1:])
+    for frame in frames:
+        packer.add(frame)
+    return packer.pixel_data()
 
 
 def write_implant_segmentation(

@@ -42,7 +42,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicom_service.domain import AlgorithmInfo, ImplantFinding, RadiographResult, VideoEnhancement
+from dicom_service.domain import AlgorithmInfo, EnhancementOutcome, ImplantFinding, RadiographResult
 from dicom_service.writers import common
 
 IMPLANT_REPORT_SERIES_NUMBER = 9003
@@ -146,7 +146,7 @@ def write_implant_report(
 
 def write_video_report(
     source: Dataset,
-    enhancement: VideoEnhancement,
+    enhancement: EnhancementOutcome,
     *,
     derived: Sequence[Dataset],
     uid_seed: str | None = None,
@@ -159,7 +159,7 @@ def write_video_report(
     ----------
     source : Dataset
         The original video (or photo).
-    enhancement : VideoEnhancement
+    enhancement : EnhancementOutcome
         ``steps`` become TEXT items in order, ``metrics`` NUM items (unit inferred
         from the name suffix: ``_px`` pixels, ``_ms``, ``_s``, ``_db``, ``_percent``,
         ``_fps``; otherwise no units). Pixel arrays are not used here.

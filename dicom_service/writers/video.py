@@ -19,7 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 
 from dicom_service.domain import AlgorithmInfo
-from dicom_service.media.video import encode_h264_mp4, video_transfer_syntax_for
+from dicom_service.media.video import video_transfer_syntax_for
+from dicom_service.media.video_encode import encode_h264_mp4
 from dicom_service.writers import common
 
 VIDEO_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
@@ -85,10 +86,57 @@ def write_enhanced_video(
         )
     if not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
-    n_frames, height, width = (int(v) for v in frames.shape[:3])
-    rows, cols = height + height % 2, width + width % 2
-    syntax = video_transfer_syntax_for(cols, rows, float(fps))
     mp4 = encode_h264_mp4(frames, float(fps), crf=crf)
+    height, width = (int(v) for v in frames.shape[1:3])
+    return wrap_enhanced_video(
+        source, mp4, int(frames.shape[0]), height + height % 2, width + width % 2, float(fps),
+        description=description, series_number=series_number, uid_seed=uid_seed, algorithm=algorithm,
+        derivation_description=derivation_description,
+    )
+
+
+def wrap_enhanced_video(
+    source: Dataset,
+    mp4: bytes,
+    n_frames: int,
+    rows: int,
+    cols: int,
+    fps: float,
+    *,
+    description: str = "AI enhanced video",
+    series_number: int = ENHANCED_VIDEO_SERIES_NUMBER,
+    uid_seed: str | None = None,
+    algorithm: AlgorithmInfo | None = None,
+    derivation_description: str = "",
+) -> Dataset:
+    """Wrap an MP4 already encoded (:class:`~dicom_service.media.video_encode.H264Encoder`,
+    the way a streamed clip is written) in a Video Photographic instance.
+
+    Parameters
+    ----------
+    source : Dataset
+        The original video (or photo); patient and study are copied from it.
+    mp4 : bytes
+        The MP4 file (H.264 High Profile, yuv420p).
+    n_frames, rows, cols : int
+        Its frame count and (even) frame size.
+    fps : float
+        Its frame rate (> 0).
+    description, series_number, uid_seed, algorithm, derivation_description
+        As :func:`write_enhanced_video`.
+
+    Raises
+    ------
+    ValueError
+        A count or size below 1, an empty ``mp4``, or ``fps`` not positive.
+    dicom_service.domain.MediaError
+        The geometry exceeds H.264 Level 4.2.
+    """
+    if n_frames < 1 or rows < 1 or cols < 1 or not mp4:
+        raise ValueError(f"need frames and an MP4, got {n_frames} frames {cols}x{rows}, {len(mp4)} bytes")
+    if not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    syntax = video_transfer_syntax_for(cols, rows, float(fps))
 
     uids = common.object_uids(uid_seed, f"video/{series_number}")
     ds = Dataset()

@@ -8,17 +8,17 @@ import io
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate, generate_fragments, parse_basic_offsets
+from pydicom.encaps import generate_fragments, parse_basic_offsets
 
 from dicom_service.domain import MediaError
 from dicom_service.media.video import (
     H264_HP_L41,
     H264_HP_L42_2D,
     encapsulated_bitstream,
-    encode_h264_mp4,
     read_frames,
     video_transfer_syntax_for,
 )
+from dicom_service.media.video_encode import encode_h264_mp4
 from tests import builders
 
 
@@ -26,15 +26,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two uint8 arrays of the same shape."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
-
-
-def _with_stream(ds: Dataset, data: bytes, frames: int | None = None) -> Dataset:
-    """Copy of the video ``ds`` holding the bitstream ``data`` (and ``frames`` frames)."""
-    out = copy.deepcopy(ds)
-    if frames is not None:
-        out.NumberOfFrames = frames
-    out.PixelData = encapsulate([data + b"\0" * (len(data) % 2)], has_bot=False)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +50,7 @@ def test_mp4_is_faststart_and_in_memory_variant_decodes(video: Dataset) -> None:
     assert mp4.find(b"moov") < mp4.find(b"mdat")
     source, _ = builders.make_intraoral_scene(frames=5, rows=64, cols=96, seed=1)
     plain = encode_h264_mp4(source, 25.0, faststart=False)
-    frames, fps = read_frames(_with_stream(video, plain, frames=5))
+    frames, fps = read_frames(builders.with_pixel_stream(video, plain, frames=5))
     assert frames.shape[0] == 5 and psnr(frames, source) > 30.0
 
 
@@ -90,7 +81,7 @@ def test_grayscale_replicated_frames_round_trip() -> None:
     grey = np.repeat(np.linspace(0, 255, 64 * 96, dtype=np.uint8).reshape(1, 64, 96, 1), 3, axis=3)
     grey = np.repeat(grey, 2, axis=0)
     template = builders.make_video_photographic(frames=2, rows=64, cols=96)
-    frames, _ = read_frames(_with_stream(template, encode_h264_mp4(grey, 30.0)))
+    frames, _ = read_frames(builders.with_pixel_stream(template, encode_h264_mp4(grey, 30.0)))
     assert psnr(frames, grey) > 30.0
     assert np.abs(frames[..., 0].astype(int) - frames[..., 2]).max() <= 6
 
@@ -120,7 +111,7 @@ def test_corrupt_or_truncated_streams_raise_media_error(video: Dataset, kind: st
         "zeros": bytes(4000),
     }[kind]
     with pytest.raises(MediaError):
-        read_frames(_with_stream(video, data))
+        read_frames(builders.with_pixel_stream(video, data))
 
 
 def test_missing_pixel_data_raises_media_error(video: Dataset) -> None:
@@ -149,7 +140,7 @@ def test_encoder_rejects_bad_input() -> None:
 def test_stream_shorter_than_number_of_frames_is_truncated(video: Dataset) -> None:
     source, _ = builders.make_intraoral_scene(frames=3, rows=64, cols=96, seed=1)
     with pytest.raises(MediaError, match="truncated"):
-        read_frames(_with_stream(video, encode_h264_mp4(source, 30.0), frames=10))
+        read_frames(builders.with_pixel_stream(video, encode_h264_mp4(source, 30.0), frames=10))
 
 
 def test_native_multi_frame_rgb_and_max_frames() -> None:
@@ -178,19 +169,69 @@ def test_h264_fit_keeps_what_fits_and_shrinks_the_rest() -> None:
         h264_fit(0, 720, 30.0)
 
 
-def test_fit_frames_to_h264_downscales_and_thins_out() -> None:
-    from dicom_service.media.video import fit_frames_to_h264
+def test_output_sink_downscales_thins_out_and_encodes() -> None:
+    """The video workflow's sink fits what H.264 Level 4.2 cannot carry, frame by frame: a
+    x2 super-resolved 1280x720 clip doubled to 120 fps comes out 1920x1080 at 60 fps, the
+    steps say so, and the stream decodes; a clip that fits is encoded as it is."""
+    from dicom_service.media.video import h264_fit_steps
+    from dicom_service.pipelines.video_output import VideoOutputSink
 
-    small = np.zeros((3, 48, 64, 3), np.uint8)
-    same, fps, steps = fit_frames_to_h264(small, 30.0)
-    assert same is small and fps == 30.0 and steps == []
+    assert h264_fit_steps(64, 48, 30.0) == (64, 48, 1, [])
     big = np.random.default_rng(0).integers(0, 256, (4, 1440, 2560, 3), dtype=np.uint8)
-    out, fps, steps = fit_frames_to_h264(big, 120.0)
-    assert out.shape == (2, 1080, 1920, 3) and fps == 60.0 and len(steps) == 2
-    assert "60 fps" in steps[0] and "2560x1440 to 1920x1080" in steps[1]
-    mp4 = encode_h264_mp4(out, fps)  # now encodable
-    assert read_frames(_with_stream(builders.make_video_photographic(frames=2, rows=64, cols=96), mp4,
-                                    frames=2))[0].shape == (2, 1080, 1920, 3)
+    sink = VideoOutputSink(video=True)
+    sink.start(120.0)
+    for frame in big:
+        sink.frame(frame)
+    mp4, count, size, fps = sink.finish()
+    assert (count, size, fps) == (2, (1080, 1920), 60.0) and len(sink.fitted) == 2
+    assert "60 fps" in sink.fitted[0] and "2560x1440 to 1920x1080" in sink.fitted[1]
+    template = builders.make_video_photographic(frames=2, rows=64, cols=96)
+    assert read_frames(builders.with_pixel_stream(template, mp4, frames=2))[0].shape == (2, 1080, 1920, 3)
+    small = builders.make_intraoral_scene(frames=3, rows=48, cols=64, seed=3)[0]
+    sink = VideoOutputSink(video=True)
+    sink.start(30.0)
+    for frame in small:
+        sink.frame(frame)
+    assert sink.finish()[0] == encode_h264_mp4(small, 30.0) and sink.fitted == []
+    with pytest.raises(ValueError, match="no enhanced video frames"):
+        VideoOutputSink(video=True).finish()
+
+
+def test_stream_decoding_gives_the_frames_one_at_a_time(video: Dataset) -> None:
+    """``open_frames`` knows the count and rate before decoding, yields the frames
+    ``read_frames`` gives, stops at NumberOfFrames (frames beyond it are ignored, so the
+    Segmentation always matches the header) and decodes a stream without NumberOfFrames
+    whole to count it."""
+    from dicom_service.media.video import open_frames
+
+    whole, fps = read_frames(video)
+    stream = open_frames(video)
+    assert (stream.count, stream.fps) == (12, fps)
+    assert np.array_equal(np.stack(list(stream.frames)), whole)
+    longer = builders.with_pixel_stream(video, encapsulated_bitstream(video.PixelData), frames=5)
+    assert read_frames(longer)[0].shape[0] == 5 and open_frames(longer).count == 5
+    del longer.NumberOfFrames
+    counted = open_frames(longer)
+    assert counted.count == 12 and len(list(counted.frames)) == 12
+    truncated = builders.with_pixel_stream(video, encapsulated_bitstream(video.PixelData), frames=20)
+    frames = open_frames(truncated).frames
+    with pytest.raises(MediaError, match="truncated: decoded 12 of 20"):
+        for _ in frames:
+            pass
+
+
+def test_encoder_takes_frames_of_one_size_only() -> None:
+    from dicom_service.media.video_encode import H264Encoder
+
+    with H264Encoder(30.0) as encoder:
+        encoder.add(np.zeros((33, 47, 3), np.uint8))
+        assert encoder.size == (34, 48)  # padded to even
+        with pytest.raises(ValueError, match="frame 1 is 48x32"):
+            encoder.add(np.zeros((32, 48, 3), np.uint8))
+        with pytest.raises(ValueError, match="uint8"):
+            encoder.add(np.zeros((34, 48, 3), np.float32))
+    with pytest.raises(ValueError, match="no frame"):
+        H264Encoder(30.0).close()
 
 
 def test_frame_size_change_within_the_stream_is_a_media_error(video: Dataset) -> None:
@@ -212,4 +253,4 @@ def test_frame_size_change_within_the_stream_is_a_media_error(video: Dataset) ->
         return out.getvalue()
 
     with pytest.raises(MediaError, match=r"size changes within the video stream \(96x64, then 128x96 at frame 4\)"):
-        read_frames(_with_stream(video, raw(96, 64) + raw(128, 96), frames=6))
+        read_frames(builders.with_pixel_stream(video, raw(96, 64) + raw(128, 96), frames=6))

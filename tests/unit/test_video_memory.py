@@ -11,6 +11,7 @@ from pydicom.encaps import encapsulate
 
 from dicom_service.config import load_settings
 from dicom_service.domain import UnsupportedInputError
+from dicom_service.media.video import dataset_fps
 from dicom_service.pipelines import video_memory
 from dicom_service.pipelines.video_memory import (
     FIXED_BYTES,
@@ -61,24 +62,48 @@ def test_stabilisation_in_place_equals_a_new_array() -> None:
     assert same is work and np.array_equal(same, copy) and not np.array_equal(copy, frames)
 
 
-def test_working_bytes_count_the_arrays_that_grow_with_the_clip(learned) -> None:
-    """Per frame at the working size: masks (1 B/px) and restored RGB (3 B/px); above 1280x720
-    the moment the results are scaled back up (working masks, output frames, and the restored
-    working frames or the source-size masks, whichever is larger; a video's output is at most
-    1920x1080); x2 options add their output."""
+def test_working_bytes_count_what_the_stream_holds(learned) -> None:
+    """Per stage: the source frame and its mask (4 B/px), three working frames and masks
+    (12 B per working pixel), the stabiliser's ``radius + 2`` output frames (3 B/px each),
+    and two motion rows per frame; x2 options add their frames. Only the motion rows grow
+    with the clip; the classical baseline gathers whole clips."""
     from dicom_service.vision.registry import default_models_dir
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
-    assert learned.working_bytes(10, 480, 640) == 10 * 4 * 480 * 640
-    assert learned.working_bytes(20, 480, 640) == 2 * learned.working_bytes(10, 480, 640)
+    vga = 480 * 640
+    assert learned.working_bytes(300, 480, 640, 30.0) == (4 + 12 + 17 * 3) * vga + 300 * 48  # radius 15
+    assert learned.working_bytes(3000, 480, 640, 30.0) - learned.working_bytes(300, 480, 640, 30.0) == 2700 * 48
+    assert learned.working_bytes(5, 480, 640, 30.0) == (4 + 12 + 4 * 3) * vga + 5 * 48  # radius (5 - 1) // 2
     work, fit, uhd = 720 * 1280, 1080 * 1920, 2160 * 3840  # 1920x1080 and 3840x2160 are processed at 1280x720
-    assert learned.working_bytes(1, 1080, 1920) == work + 3 * fit + 3 * work  # scaling the frames back up
-    assert learned.working_bytes(1, 2160, 3840) == work + 3 * uhd + uhd  # a still keeps its 4K size; masks
-    assert learned.working_bytes(2, 2160, 3840) == 2 * (work + 3 * fit + uhd)  # a video comes back at 1080p
+    assert learned.working_bytes(300, 1080, 1920, 30.0) == 4 * fit + 12 * work + 17 * 3 * fit + 300 * 48
+    assert learned.working_bytes(300, 2160, 3840, 30.0) == 4 * uhd + 12 * work + 17 * 3 * fit + 300 * 48
+    assert learned.working_bytes(1, 2160, 3840, 1.0) == 4 * uhd + 12 * work + 3 * 3 * uhd + 48  # a 4K still
     both = LearnedVideoRuntime(default_models_dir(), "cpu", upscale=True, interpolate=True)
-    assert both.working_bytes(10, 480, 640) == 10 * (4 + 6 + 12) * 480 * 640
-    assert both.working_bytes(1, 480, 640) == 1 * (4 + 12) * 480 * 640  # one frame: nothing to interpolate
-    assert ClassicalVideoRuntime().working_bytes(3, 100, 200) == 3 * 10 * 100 * 200
+    assert both.working_bytes(300, 480, 640, 30.0) == (4 + 12 + 17 * 3 + 6 + 12) * vga + 300 * 48
+    assert both.working_bytes(1, 480, 640, 1.0) == (4 + 12 + 3 * 3 + 12) * vga + 48  # one frame: no interpolation
+    assert ClassicalVideoRuntime().working_bytes(3, 100, 200, 30.0) == 3 * 16 * 100 * 200
+
+
+def test_a_long_clip_streams_through_the_workflow_in_bounded_memory(learned) -> None:
+    """Three times the frames cost next to nothing more: the peak that tracemalloc sees (numpy
+    arrays and Python objects) grows by the encoded video and the packed masks only, under
+    40 kB per 320x240 frame. Holding the clip, as the workflow once did, costs 0.75 MB per
+    frame (the decoded, restored and stacked frames) and would break this."""
+    from dicom_service.pipelines.video import process_video_instance
+
+    process_video_instance(builders.make_video_photographic(frames=2, rows=240, cols=320), learned, uid_seed="warm")
+    peaks = []
+    for frames in (40, 120):
+        source = builders.make_video_photographic(frames=frames, rows=240, cols=320)
+        tracemalloc.start()
+        try:
+            objects, summary = process_video_instance(source, learned, uid_seed="long")
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert [o.kind for o in objects] == ["video", "seg", "sr"] and summary["frames"] == frames
+        assert int(objects[0].dataset.NumberOfFrames) == int(objects[1].dataset.NumberOfFrames) == frames
+    assert peaks[1] - peaks[0] < 80 * 40_000, [p / MIB for p in peaks]
 
 
 def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
@@ -104,10 +129,10 @@ def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
 
 def test_estimate_formula_and_errors() -> None:
     runtime = ClassicalVideoRuntime()
-    decoded = 30 * 48 * 64 * 3
-    written = int(0.125 * 30 * 48 * 64)  # the SEG writer's packed bits
-    expected = int(MARGIN * (decoded + runtime.working_bytes(30, 48, 64) + written)) + FIXED_BYTES
-    assert estimate_video_bytes(30, 48, 64, runtime) == expected
+    pixels = 30 * 48 * 64
+    written = int(2 * (0.125 + 0.125) * pixels)  # the SEG's packed bits and the H.264 allowance, twice
+    expected = int(MARGIN * (2 * 1000 + runtime.working_bytes(30, 48, 64, 25.0) + written)) + FIXED_BYTES
+    assert estimate_video_bytes(30, 48, 64, runtime, fps=25.0, source_bytes=1000) == expected
     with pytest.raises(ValueError, match="positive"):
         estimate_video_bytes(0, 48, 64, runtime)
 
@@ -124,7 +149,8 @@ def _huge_header_video():
 def test_a_clip_over_the_budget_is_refused_before_decoding() -> None:
     runtime = ClassicalVideoRuntime()
     ds = _huge_header_video()
-    need = estimate_video_bytes(100_000, 1080, 1920, runtime)
+    need = estimate_video_bytes(100_000, 1080, 1920, runtime, fps=dataset_fps(ds),
+                                source_bytes=len(ds.PixelData))
     with pytest.raises(UnsupportedInputError, match=r"100000 frames of 1920x1080 .*workers.video_memory_mb"):
         check_video_fits(ds, runtime, 8 * 1024 * MIB)
     assert check_video_fits(ds, runtime, None) == need  # no limit known: nothing refused
