@@ -2,13 +2,12 @@
 
 A clip streams through the workflow (decoded, enhanced and encoded frame by frame), but
 some of what it costs still grows with its length: the source instance and its bitstream,
-the encoded enhanced video, the packed Segmentation bits, and, for a runtime that works on
-whole clips (the classical baseline), the gathered frames. Without a check, a recording
-long enough would have the kernel kill the whole service (the listener and every other job
-with it), again at each retry. The workflow instead estimates, from the header alone and
-before decoding, the memory the clip needs and fails the job with a clear error when that
-is over the budget; the stored instance is kept, so the job can be run again after the
-budget is raised.
+the encoded enhanced video, the packed Segmentation bits and a few motion rows per frame.
+Without a check, a recording long enough would have the kernel kill the whole service (the
+listener and every other job with it), again at each retry. The workflow instead estimates,
+from the header alone and before decoding, the memory the clip needs and fails the job with
+a clear error when that is over the budget; the stored instance is kept, so the job can be
+run again after the budget is raised.
 
 The estimate is the sum of what is held at the end, times a safety margin, plus a fixed
 allowance for network activations and one-off buffers: the source's pixel data twice (the

@@ -14,6 +14,9 @@ Steps, in order:
 5. tooth mask on the *input* frames: bright, low-saturation, warm-white pixels
    (Otsu on the minimum RGB channel with a floor, red >= blue), opening/closing,
    small components removed.
+
+The clip streams through: each frame is masked at once, held only until the camera path
+``radius`` frames ahead is known, and written as soon as its next neighbour is denoised.
 """
 
 from __future__ import annotations
@@ -27,19 +30,20 @@ import numpy as np
 
 from dicom_service.domain import AlgorithmInfo, EnhancementOutcome, VideoEnhancement
 from dicom_service.vision.runtime import (
+    CollectingSink,
     EnhancementSink,
     Progress,
     ProgressThrottle,
     check_clip,
-    stream_whole_clip,
+    checked_stream,
 )
 from dicom_service.vision.stabilisation import (
     DEFAULT_SMOOTHING_SECONDS,
-    estimate_motion,
+    MotionEstimator,
+    StreamStabiliser,
     shake_px,
     smoothing_radius,
     stabilisation_step,
-    stabilise,
 )
 
 log = logging.getLogger(__name__)
@@ -133,8 +137,9 @@ class ClassicalVideoRuntime:
         return cv2.bilateralFilter(frame, 5, self.bilateral_sigma, 3.0)
 
     @staticmethod
-    def _temporal_blend(frames: np.ndarray, t: int, current: np.ndarray) -> np.ndarray:
-        """Motion-guarded ``[1, 2, 1] / 4`` average with the neighbours of frame ``t``.
+    def _temporal_blend(previous: np.ndarray | None, current: np.ndarray, following: np.ndarray | None) -> np.ndarray:
+        """Motion-guarded ``[1, 2, 1] / 4`` average of ``current`` with its neighbours
+        (``(H, W, 3)`` uint8; ``None`` at the ends of the clip).
 
         A neighbour's per-pixel weight is ``exp(-(d / 12)^2)`` with ``d`` the grey-level
         absolute difference to the current frame, so moving content is not blended.
@@ -144,9 +149,8 @@ class ClassicalVideoRuntime:
         centre = current.astype(np.float32)
         correction = np.zeros_like(centre)
         weights = np.full(current.shape[:2], 2.0, dtype=np.float32)
-        for other in (t - 1, t + 1):
-            if 0 <= other < frames.shape[0]:
-                neighbour = frames[other]
+        for neighbour in (previous, following):
+            if neighbour is not None:
                 diff = cv2.cvtColor(cv2.absdiff(neighbour, current), cv2.COLOR_RGB2GRAY)
                 weight = cv2.LUT(diff, lut)
                 delta = cv2.subtract(neighbour.astype(np.float32), centre)
@@ -184,19 +188,88 @@ class ClassicalVideoRuntime:
         return steps
 
     def working_bytes(self, count: int, height: int, width: int, fps: float) -> int:
-        """Peak bytes :meth:`enhance_stream` holds (see :class:`VideoRuntime`): this baseline
-        works on whole clips, so per frame the gathered frames twice over (while they are
-        stacked), the tooth masks and three RGB copies (stabilised, denoised, output)."""
-        return count * height * width * (2 * 3 + 1 + 3 * 3)
+        """Peak bytes :meth:`enhance_stream` holds (see :class:`VideoRuntime`).
+
+        The clip streams through, so per pixel of one frame: the input frames the
+        stabiliser holds until the camera path ``radius`` frames ahead is known
+        (``radius + 2`` frames of 3 bytes), three denoised frames for the temporal blend
+        (9), the blend's float temporaries (64), the output frame and its CIELAB copy (6)
+        and the mask (1); and three motion rows per frame.
+        """
+        radius = smoothing_radius(fps, count, self.smoothing_seconds)
+        return height * width * (3 * (radius + 2) + 9 + 64 + 6 + 1) + count * 3 * 3 * 8
 
     def enhance_stream(self, frames: Iterable[np.ndarray], count: int, fps: float, sink: EnhancementSink,
                        progress: Progress | None = None) -> EnhancementOutcome:
-        """:meth:`enhance` for a streamed clip (see :class:`VideoRuntime`): this baseline
-        gathers the whole clip first (:func:`~dicom_service.vision.runtime.stream_whole_clip`)."""
-        return stream_whole_clip(self, frames, count, fps, sink, progress)
+        """:meth:`enhance` for a clip that arrives one frame at a time (see
+        :class:`VideoRuntime`): each frame is masked at once, stabilised once the camera
+        path ``radius`` frames ahead is known, and enhanced and written to ``sink`` once its
+        next denoised neighbour is in, so memory does not grow with the clip; the frames
+        and masks are those :meth:`enhance` returns.
+
+        Raises
+        ------
+        ValueError
+            See :func:`~dicom_service.vision.runtime.checked_stream`.
+        """
+        source = checked_stream(frames, count, fps)
+        started = time.perf_counter()
+        radius = smoothing_radius(fps, count, self.smoothing_seconds)
+        stabilised = self.stabilise and count >= 2
+        temporal = self.temporal and count >= 2
+        sink.start(float(fps))
+        tick = ProgressThrottle(progress)
+        before = np.zeros((count, 3), dtype=np.float64)
+        after = np.zeros((count, 3), dtype=np.float64)
+        stabiliser = StreamStabiliser(count, radius) if stabilised else None
+        estimators: tuple[MotionEstimator, MotionEstimator] | None = None
+        window: list[np.ndarray] = []  # denoised frames t - 1, t, t + 1
+        tooth_pixels = written = 0
+
+        def write(previous: np.ndarray | None, current: np.ndarray, following: np.ndarray | None) -> None:
+            nonlocal written
+            out = self._enhance_frame(self._temporal_blend(previous, current, following) if temporal else current)
+            if estimators is not None:
+                after[written] = estimators[1].push(out)
+            written += 1
+            sink.frame(out)
+            tick(f"enhanced {written}/{count} frames")
+
+        def denoise(frame: np.ndarray) -> None:
+            nonlocal window
+            window = [*window[-2:], self._spatial(frame)]
+            if len(window) >= 2:
+                write(window[-3] if len(window) == 3 else None, window[-2], window[-1])
+
+        for t, frame in enumerate(source):
+            frame = np.ascontiguousarray(frame)
+            mask = tooth_mask(frame)
+            tooth_pixels += int(np.count_nonzero(mask))
+            sink.mask(mask)
+            if count >= 2:
+                estimators = estimators or (MotionEstimator(*frame.shape[:2]), MotionEstimator(*frame.shape[:2]))
+                before[t] = estimators[0].push(frame)
+            for ready in stabiliser.push(frame, before[t]) if stabiliser is not None else [frame]:
+                denoise(ready)
+        write(window[-2] if len(window) >= 2 else None, window[-1], None)
+        height, width = window[-1].shape[:2]
+        shake_before = shake_px(before, radius)
+        shake_after = shake_px(after, radius) if count >= 2 else 0.0
+        seconds = time.perf_counter() - started
+        metrics = {
+            "tooth_area_fraction": tooth_pixels / float(count * height * width),
+            "shake_px_before": shake_before,
+            "shake_px_after": shake_after,
+            "seconds": seconds,
+        }
+        log.info("classical video baseline: %d frames %dx%d in %.2f s (shake %.2f -> %.2f px)",
+                 count, width, height, seconds, shake_before, shake_after)
+        return EnhancementOutcome(fps=float(fps), algorithm=self.info, steps=self._steps(stabilised, count),
+                                  metrics=metrics)
 
     def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
-        """Stabilise, denoise, enhance a clip and segment its teeth.
+        """Stabilise, denoise, enhance a clip held in memory and segment its teeth
+        (:meth:`enhance_stream` over its frames).
 
         Parameters
         ----------
@@ -221,33 +294,6 @@ class ClassicalVideoRuntime:
             or ``fps`` is not positive.
         """
         check_clip(frames, fps)
-        started = time.perf_counter()
-        frames = np.ascontiguousarray(frames)
-        count = frames.shape[0]
-        radius = smoothing_radius(fps, count, self.smoothing_seconds)
-        masks = np.stack([tooth_mask(frame) for frame in frames])
-        motion = estimate_motion(frames)
-        before = shake_px(motion, radius)
-        stabilised = self.stabilise and count >= 2
-        work = stabilise(frames, motion, radius) if stabilised else frames
-        denoised = np.stack([self._spatial(frame) for frame in work])
-        out = np.empty_like(frames)
-        tick = ProgressThrottle(progress)
-        for t in range(count):
-            tick(f"enhanced {t}/{count} frames")
-            current = denoised[t]
-            if self.temporal and count >= 2:
-                current = self._temporal_blend(denoised, t, current)
-            out[t] = self._enhance_frame(current)
-        after = shake_px(estimate_motion(out), radius) if count >= 2 else 0.0
-        seconds = time.perf_counter() - started
-        metrics = {
-            "tooth_area_fraction": float(masks.mean()),
-            "shake_px_before": before,
-            "shake_px_after": after,
-            "seconds": seconds,
-        }
-        log.info("classical video baseline: %d frames %dx%d in %.2f s (shake %.2f -> %.2f px)",
-                 count, frames.shape[2], frames.shape[1], seconds, before, after)
-        return VideoEnhancement(frames=out, tooth_masks=masks, fps=float(fps), algorithm=self.info,
-                                steps=self._steps(stabilised, count), metrics=metrics)
+        sink = CollectingSink()
+        outcome = self.enhance_stream(iter(frames), int(frames.shape[0]), fps, sink, progress)
+        return sink.result(outcome)

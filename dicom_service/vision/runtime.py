@@ -94,6 +94,20 @@ def checked_frames(frames: Iterable[np.ndarray], count: int) -> Iterator[np.ndar
         raise ValueError(f"the clip ended after {index + 1} of the {count} frames announced")
 
 
+def checked_stream(frames: Iterable[np.ndarray], count: int, fps: float) -> Iterator[np.ndarray]:
+    """Check a :meth:`VideoRuntime.enhance_stream` input: ``fps`` at once, the frames as they
+    come (:func:`checked_frames`).
+
+    Raises
+    ------
+    ValueError
+        ``fps`` is not positive (at once); a bad frame or count (while iterating).
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    return checked_frames(frames, count)
+
+
 class EnhancementSink(Protocol):
     """Receives a streamed clip's results as the runtime makes them (the video workflow
     encodes the frames and packs the masks at once, so a clip is never held whole)."""
@@ -132,22 +146,6 @@ class CollectingSink:
         """The collected frames ``(T', H', W', 3)`` and masks ``(T, H, W)`` with ``outcome``."""
         return VideoEnhancement(fps=outcome.fps, algorithm=outcome.algorithm, steps=outcome.steps,
                                 metrics=outcome.metrics, frames=np.stack(self.frames), tooth_masks=np.stack(self.masks))
-
-
-def stream_whole_clip(runtime: VideoRuntime, frames: Iterable[np.ndarray], count: int, fps: float,
-                      sink: EnhancementSink, progress: Progress | None = None) -> EnhancementOutcome:
-    """:meth:`VideoRuntime.enhance_stream` for a runtime that works on whole clips: the
-    frames are gathered, enhanced with :meth:`VideoRuntime.enhance` and handed to ``sink``."""
-    clip = np.stack(list(checked_frames(frames, count)))
-    enhanced = runtime.enhance(clip, fps, progress)
-    del clip
-    sink.start(enhanced.fps)
-    for mask in enhanced.tooth_masks:
-        sink.mask(mask)
-    for frame in enhanced.frames:
-        sink.frame(frame)
-    return EnhancementOutcome(fps=enhanced.fps, algorithm=enhanced.algorithm, steps=enhanced.steps,
-                              metrics=enhanced.metrics)
 
 
 @runtime_checkable
@@ -193,7 +191,7 @@ class VideoRuntime(Protocol):
     def working_bytes(self, count: int, height: int, width: int, fps: float) -> int:
         """Memory :meth:`enhance_stream` holds at its peak for a clip of ``count`` frames of
         ``height x width`` at ``fps``, in bytes: an upper estimate of the arrays it keeps
-        (the frames it buffers or gathers, their masks and results), not counting what the
+        (the frames it buffers, their masks and results), not counting what the
         sink keeps; the pipeline checks it before decoding."""
         ...
 

@@ -57,7 +57,7 @@ from dicom_service.vision.runtime import (
     Progress,
     ProgressThrottle,
     check_clip,
-    checked_frames,
+    checked_stream,
 )
 from dicom_service.vision.stabilisation import (
     DEFAULT_SMOOTHING_SECONDS,
@@ -290,13 +290,10 @@ class LearnedVideoRuntime:
         Raises
         ------
         ValueError
-            A bad frame or count (:func:`~dicom_service.vision.runtime.checked_frames`), or
-            fps <= 0.
+            See :func:`~dicom_service.vision.runtime.checked_stream`.
         """
-        if not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
         started = time.perf_counter()
-        source_frames = checked_frames(frames, count)
+        source_frames = checked_stream(frames, count, fps)
         first = next(source_frames)
         height, width = first.shape[:2]
         work_size = _work_size(height, width)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime, tooth_mask
-from dicom_service.vision.runtime import VideoRuntime
-from dicom_service.vision.stabilisation import estimate_motion
+from dicom_service.vision.runtime import CollectingSink, VideoRuntime
+from dicom_service.vision.stabilisation import estimate_motion, shake_px, smoothing_radius, stabilise
 from tests import builders
 
 
@@ -36,6 +36,70 @@ def test_enhance_contract_and_metrics(clip) -> None:
     assert result.metrics["tooth_area_fraction"] == pytest.approx(truth.mean(), abs=0.05)
     assert result.metrics["shake_px_before"] > 1.0
     assert result.metrics["shake_px_after"] < 0.5 * result.metrics["shake_px_before"]
+
+
+def _whole_clip(runtime: ClassicalVideoRuntime, frames: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The baseline's steps over whole arrays, as it once ran them."""
+    count = len(frames)
+    radius = smoothing_radius(fps, count, runtime.smoothing_seconds)
+    masks = np.stack([tooth_mask(frame) for frame in frames])
+    motion = estimate_motion(frames)
+    work = stabilise(frames, motion, radius) if runtime.stabilise else frames
+    denoised = [runtime._spatial(frame) for frame in work]
+    out = np.stack([
+        runtime._enhance_frame(runtime._temporal_blend(denoised[t - 1] if t else None, denoised[t],
+                                                       denoised[t + 1] if t + 1 < count else None))
+        for t in range(count)
+    ])
+    metrics = {"shake_px_before": shake_px(motion, radius), "shake_px_after": shake_px(estimate_motion(out), radius),
+               "tooth_area_fraction": float(masks.mean())}
+    return out, masks, metrics
+
+
+@pytest.mark.parametrize("stabilised", [True, False])
+def test_streamed_baseline_equals_whole_clip_processing_and_holds_a_window(clip, stabilised: bool) -> None:
+    """30 frames at 30 fps (camera-path radius 14, half the clip): each frame leaves the
+    runtime once the path ``radius`` frames ahead and its next denoised neighbour are known,
+    never later, and the frames, masks and shake figures are those of the whole clip."""
+    frames, _ = clip
+    runtime = ClassicalVideoRuntime(stabilise=stabilised)
+    expected, masks, metrics = _whole_clip(runtime, frames, 30.0)
+    consumed = 0
+    lags: list[int] = []
+
+    def source():
+        nonlocal consumed
+        for frame in frames:
+            consumed += 1
+            yield frame
+
+    class Recording(CollectingSink):
+        def frame(self, frame: np.ndarray) -> None:
+            lags.append(consumed - len(self.frames))
+            super().frame(frame)
+
+    sink = Recording()
+    outcome = runtime.enhance_stream(source(), len(frames), 30.0, sink)
+    assert np.array_equal(np.stack(sink.frames), expected)
+    assert np.array_equal(np.stack(sink.masks), masks)
+    assert outcome.metrics["shake_px_before"] == metrics["shake_px_before"]
+    assert outcome.metrics["shake_px_after"] == metrics["shake_px_after"]
+    assert outcome.metrics["tooth_area_fraction"] == metrics["tooth_area_fraction"]
+    radius = smoothing_radius(30.0, len(frames), runtime.smoothing_seconds)
+    assert radius == 14
+    window = (radius if stabilised else 0) + 2
+    assert max(lags) == window and lags[0] == window
+
+
+def test_stream_rejects_a_bad_or_short_clip(clip) -> None:
+    frames, _ = clip
+    runtime = ClassicalVideoRuntime()
+    with pytest.raises(ValueError, match="ended after 3 of the 5"):
+        runtime.enhance_stream(iter(frames[:3]), 5, 30.0, CollectingSink())
+    with pytest.raises(ValueError, match="fps"):
+        runtime.enhance_stream(iter(frames[:3]), 3, 0.0, CollectingSink())
+    with pytest.raises(ValueError, match="uint8"):
+        runtime.enhance_stream(iter(frames[:3].astype(np.float32)), 3, 30.0, CollectingSink())
 
 
 def test_stabilisation_switch(clip) -> None:

@@ -66,7 +66,7 @@ def test_working_bytes_count_what_the_stream_holds(learned) -> None:
     """Per stage: the source frame and its mask (4 B/px), three working frames and masks
     (12 B per working pixel), the stabiliser's ``radius + 2`` output frames (3 B/px each),
     and two motion rows per frame; x2 options add their frames. Only the motion rows grow
-    with the clip; the classical baseline gathers whole clips."""
+    with the clip; the classical baseline holds its stabilisation window and three denoised frames."""
     from dicom_service.vision.registry import default_models_dir
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
@@ -81,7 +81,9 @@ def test_working_bytes_count_what_the_stream_holds(learned) -> None:
     both = LearnedVideoRuntime(default_models_dir(), "cpu", upscale=True, interpolate=True)
     assert both.working_bytes(300, 480, 640, 30.0) == (4 + 12 + 17 * 3 + 6 + 12) * vga + 300 * 48
     assert both.working_bytes(1, 480, 640, 1.0) == (4 + 12 + 3 * 3 + 12) * vga + 48  # one frame: no interpolation
-    assert ClassicalVideoRuntime().working_bytes(3, 100, 200, 30.0) == 3 * 16 * 100 * 200
+    classical = ClassicalVideoRuntime()  # 3 bytes per pixel of (radius + 2) frames, 80 more, 72 per frame
+    assert classical.working_bytes(3, 100, 200, 30.0) == (3 * 3 + 80) * 100 * 200 + 3 * 72  # radius 1
+    assert classical.working_bytes(300, 480, 640, 30.0) == (3 * 17 + 80) * vga + 300 * 72  # radius 15
 
 
 def test_a_long_clip_streams_through_the_workflow_in_bounded_memory(learned) -> None:
