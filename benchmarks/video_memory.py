@@ -14,8 +14,15 @@ predicts for it, so the estimate can be checked against the machine. The workflo
 clip through (decode, enhance, encode frame by frame), so the slope is small: what grows is
 the encoded output and the packed Segmentation bits.
 
+``--stages`` instead measures the parts that do not grow with the clip, each in a fresh
+process from its first call (as a job meets them): a runtime (``learned``, ``learned-sr2``,
+``learned-interp2``, ``baseline``) enhancing 3 frames, against its
+``working_bytes + compute_bytes``; and the codecs (``codec``: a 40-frame H.264 instance
+decoded and encoded frame by frame), against the workflow's ``CODEC_BYTES_PER_PIXEL``.
+These are the figures the per-pixel allowances of the admission check come from.
+
 Linux only (``/proc``). Run from the repository root: ``python -m benchmarks.video_memory
-[--sizes 640x480,1280x720] [--frames 60,600]``. Prints one JSON object on stdout.
+[--sizes 640x480,1280x720] [--frames 60,600] [--stages]``. Prints one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -78,6 +85,64 @@ def child(path: Path) -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
+#: What ``--stages`` measures: runtime names of the registry, and the codecs.
+STAGES = ("learned", "learned-sr2", "learned-interp2", "baseline", "codec")
+
+
+class _Discard:
+    """An enhancement sink that keeps nothing (the stage probes measure the runtime alone)."""
+
+    def start(self, fps: float) -> None:
+        pass
+
+    def frame(self, frame: Any) -> None:
+        pass
+
+    def mask(self, mask: Any) -> None:
+        pass
+
+
+def stage_child(stage: str, width: int, height: int) -> dict[str, Any]:
+    """Measure one stage's first run in this process (called in a fresh interpreter)."""
+    from benchmarks.video import _video_dataset, looped_phantom
+    from dicom_service.pipelines.video_memory import CODEC_BYTES_PER_PIXEL
+
+    if stage == "codec":
+        from dicom_service.media.video import open_frames
+        from dicom_service.media.video_encode import H264Encoder
+
+        ds = _video_dataset(looped_phantom(40, height, width), 30.0)
+        predicted = CODEC_BYTES_PER_PIXEL * width * height
+        before = _status_mib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        with H264Encoder(30.0) as encoder:
+            for frame in open_frames(ds).frames:
+                encoder.add(frame)
+            encoder.close()
+    else:
+        from dicom_service.vision.registry import build_video_runtime
+
+        runtime = build_video_runtime(stage, "cpu")
+        frames = looped_phantom(3, height, width)
+        predicted = runtime.working_bytes(3, height, width, 30.0) + runtime.compute_bytes(3, height, width, 30.0)
+        before = _status_mib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        runtime.enhance_stream(iter(frames), 3, 30.0, _Discard())
+    growth = _status_mib("VmHWM") - before
+    return {"stage": stage, "size": f"{width}x{height}", "peak_growth_mib": round(growth, 1),
+            "bytes_per_pixel": round(growth * MIB / (width * height)), "predicted_mib": round(predicted / MIB, 1)}
+
+
+def measure_stage(stage: str, width: int, height: int) -> dict[str, Any]:
+    """Run :func:`stage_child` in a fresh process."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.video_memory", "--stage-child", stage,
+                           "--sizes", f"{width}x{height}"], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {stage} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure(width: int, height: int, frames: int, folder: Path, runtime: Any) -> dict[str, Any]:
     """Write the clip, run :func:`child` in a fresh process, add the node's estimate for ``runtime``."""
     import pydicom
@@ -101,10 +166,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="640x480,1280x720", help="comma-separated WIDTHxHEIGHT")
     parser.add_argument("--frames", default="60,600", help="two comma-separated frame counts")
+    parser.add_argument("--stages", action="store_true",
+                        help="measure the runtimes and codecs on a few frames instead (see the module doc)")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--stage-child", choices=STAGES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    sizes = [tuple(int(v) for v in text.lower().split("x")) for text in args.sizes.split(",")]
     if args.child is not None:
         print(json.dumps(child(args.child)))
+        return 0
+    if args.stage_child is not None:
+        print(json.dumps(stage_child(args.stage_child, *sizes[0])))
+        return 0
+    if args.stages:
+        stages = []
+        for width, height in sizes:
+            for stage in STAGES:
+                log(f"{width}x{height}, {stage}")
+                stages.append(measure_stage(stage, width, height))
+        print(json.dumps({"benchmark": "video_memory_stages", "hardware": hardware(), "stages": stages}, indent=2))
         return 0
     counts = sorted(int(v) for v in args.frames.split(","))
     if len(counts) != 2 or counts[0] < 2 or counts[0] == counts[1]:
@@ -116,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"benchmark": "video_memory", "algorithm": runtime.info.version,
                               "hardware": hardware(), "cases": {}}
     with tempfile.TemporaryDirectory(prefix="video-memory-") as tmp:
-        for text in args.sizes.split(","):
-            width, height = (int(v) for v in text.lower().split("x"))
+        for width, height in sizes:
             runs = []
             for frames in counts:
                 log(f"{width}x{height}, {frames} frames")

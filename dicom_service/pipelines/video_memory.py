@@ -9,12 +9,16 @@ from the header alone and before decoding, the memory the clip needs and fails t
 a clear error when that is over the budget; the stored instance is kept, so the job can be
 run again after the budget is raised.
 
-The estimate is the sum of what is held at the end, times a safety margin, plus a fixed
-allowance for network activations and one-off buffers: the source's pixel data twice (the
-dataset and the bitstream handed to the decoder), what the runtime holds at its peak
+The estimate is a sum, times a safety margin, plus a fixed allowance for one-off buffers.
+What is held: the source's pixel data twice (the dataset and the bitstream handed to the
+decoder), the arrays the runtime holds at its peak
 (:meth:`~dicom_service.vision.runtime.VideoRuntime.working_bytes`), and twice (the bytes
-and the result dataset) the packed Segmentation bits and an allowance for the H.264 output.
-``python -m benchmarks.video_memory`` measures the real peak beside this estimate.
+and the result dataset) the packed Segmentation bits and an allowance for the H.264
+output. What computing takes, per pixel of one frame and whatever the clip's length: the
+runtime's network activations
+(:meth:`~dicom_service.vision.runtime.VideoRuntime.compute_bytes`) and the codecs' buffers.
+``python -m benchmarks.video_memory`` measures the real peak beside this estimate, and
+``--stages`` the per-pixel allowances.
 """
 
 from __future__ import annotations
@@ -33,8 +37,12 @@ log = logging.getLogger(__name__)
 
 #: Multiplies the counted arrays (allocator slack, short-lived per-frame temporaries).
 MARGIN = 1.25
-#: Network activations, encoder buffers and the result objects' own overhead.
-FIXED_BYTES = 512 * 1024 * 1024
+#: The tooth model's activations on its fixed 1024-pixel input, libraries' one-off buffers and
+#: the result objects' own overhead.
+FIXED_BYTES = 256 * 1024 * 1024
+#: The H.264/HEVC decoder's reference frames and the encoder's look-ahead, per source pixel
+#: of one frame (``python -m benchmarks.video_memory --stages``, ``codec``).
+CODEC_BYTES_PER_PIXEL = 160
 #: Bytes per source pixel and frame the Segmentation writer adds (the packed bits).
 SEG_BYTES_PER_PIXEL = 0.125
 #: Allowance per source pixel and frame for the encoded H.264 output: about 8 times what the
@@ -65,8 +73,9 @@ def estimate_video_bytes(count: int, height: int, width: int, runtime: VideoRunt
     if count < 1 or height < 1 or width < 1:
         raise ValueError(f"need a positive frame count and size, got {count} frames {width}x{height}")
     written = 2 * (SEG_BYTES_PER_PIXEL + ENCODED_BYTES_PER_PIXEL) * count * height * width
-    peak = 2 * source_bytes + runtime.working_bytes(count, height, width, fps) + int(written)
-    return int(MARGIN * peak) + FIXED_BYTES
+    held = 2 * source_bytes + runtime.working_bytes(count, height, width, fps) + int(written)
+    computing = runtime.compute_bytes(count, height, width, fps) + CODEC_BYTES_PER_PIXEL * height * width
+    return int(MARGIN * (held + computing)) + FIXED_BYTES
 
 
 def memory_limit_bytes() -> int | None:

@@ -53,6 +53,8 @@ VERSION = "1.0.0"
 _TOOTH_MIN_LEVEL = 120
 _TOOTH_MIN_COMPONENT = 0.002
 _TEMPORAL_SIGMA = 12.0
+#: OpenCV's buffers per pixel on the first frames (``python -m benchmarks.video_memory --stages``).
+OPENCV_BYTES_PER_PIXEL = 48
 
 
 def tooth_mask(frame: np.ndarray) -> np.ndarray:
@@ -198,6 +200,12 @@ class ClassicalVideoRuntime:
         """
         radius = smoothing_radius(fps, count, self.smoothing_seconds)
         return height * width * (3 * (radius + 2) + 9 + 64 + 6 + 1) + count * 3 * 3 * 8
+
+    def compute_bytes(self, count: int, height: int, width: int, fps: float) -> int:
+        """OpenCV's own buffers (see :class:`VideoRuntime`): the DIS flow's pyramids on
+        frames of at most 320 pixels and the filters' temporaries, bounded by
+        :data:`OPENCV_BYTES_PER_PIXEL` per pixel."""
+        return OPENCV_BYTES_PER_PIXEL * height * width
 
     def enhance_stream(self, frames: Iterable[np.ndarray], count: int, fps: float, sink: EnhancementSink,
                        progress: Progress | None = None) -> EnhancementOutcome:

@@ -195,6 +195,14 @@ class VideoRuntime(Protocol):
         sink keeps; the pipeline checks it before decoding."""
         ...
 
+    def compute_bytes(self, count: int, height: int, width: int, fps: float) -> int:
+        """Peak memory, in bytes, of what :meth:`enhance_stream` allocates outside the arrays
+        :meth:`working_bytes` counts: network activations (torch tensors, freed after each
+        frame but held by the allocator) and library buffers, for frames of
+        ``height x width``; it does not grow with ``count``. Measured per pixel by
+        ``python -m benchmarks.video_memory --stages``."""
+        ...
+
 
 @runtime_checkable
 class RadiographRuntime(Protocol):

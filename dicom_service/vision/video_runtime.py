@@ -20,8 +20,10 @@ memory does not grow with the clip length. Steps for each frame:
    known up to the current frame, and each frame leaves once ``radius`` later ones
    have arrived);
 6. optional interframe enhancement: x2 frame interpolation (learned, flow-guided) and
-   x2 super-resolution (learned; only for inputs up to 1280x720, so no output exceeds
-   2560x1440).
+   x2 super-resolution (learned; only for frames processed at their own size, so up to
+   1280x720; a video whose doubled frames would exceed 1920x1080, the most H.264 Level
+   4.2 carries, is brought down to that size after super-resolution, so a 1280x720
+   video comes back at 1920x1080).
 
 Masks are returned on the input frames, at the input size.
 """
@@ -79,6 +81,16 @@ NAME_NOPRIOR = "motion-restoration-without-tooth-prior"
 MAX_WORK_PIXELS = 1280 * 720
 
 
+#: Peak activations per working pixel of the tooth model, the restoration network and its
+#: DIS flows on their first frames (the allocator keeps what they free): measured 500-526 B
+#: at 640x480 and 1280x720 (``python -m benchmarks.video_memory --stages``).
+RESTORATION_BYTES_PER_PIXEL = 576
+#: The same for x2 interpolation, per output pixel: measured 355-367 B.
+INTERPOLATION_BYTES_PER_PIXEL = 416
+#: The same for x2 super-resolution, per pixel of its input: measured 612-669 B.
+SUPER_RESOLUTION_BYTES_PER_PIXEL = 736
+
+
 def _work_size(height: int, width: int) -> tuple[int, int]:
     """``(h, w)`` the models run at: the input size, or scaled down to MAX_WORK_PIXELS."""
     pixels = height * width
@@ -98,10 +110,19 @@ def _output_size(count: int, height: int, width: int) -> tuple[int, int]:
     return fit_h, fit_w
 
 
-def _fits_video(count: int, height: int, width: int) -> bool:
-    """Whether frames of ``height x width`` can be written: always for a still, within
-    1920x1080 for a video."""
-    return count < 2 or _output_size(count, height, width) == (height, width)
+def _super_resolution_size(count: int, scaled: bool, height: int, width: int) -> tuple[tuple[int, int] | None, str]:
+    """Where x2 super-resolution of output frames ``height x width`` takes them: ``((h, w),
+    "")`` with ``(h, w)`` the doubled size, or for a video whose doubled frames would exceed
+    1920x1080 the largest size within it (the x2 result is then area-downscaled to it: a
+    1280x720 video comes back at 1920x1080); ``(None, why)`` where it brings nothing (the
+    frames were processed downscaled, or the video is already at 1920x1080)."""
+    if scaled:
+        return None, "x2 super-resolution not applied: the frames were processed downscaled"
+    fitted = _output_size(count, 2 * height, 2 * width)
+    if fitted[0] * fitted[1] <= height * width:
+        return None, (f"x2 super-resolution not applied: {width}x{height} is already the most "
+                      "H.264 Level 4.2 carries (1920x1080)")
+    return fitted, ""
 
 
 def automatic_mask(segmenter: ToothSegmenter, frame: np.ndarray) -> np.ndarray:
@@ -137,7 +158,8 @@ class LearnedVideoRuntime:
     smoothing_seconds : float
         Camera-path moving-average length.
     upscale : bool
-        x2 super-resolution of the output (inputs up to :data:`MAX_WORK_PIXELS` only).
+        x2 super-resolution of the output (inputs up to :data:`MAX_WORK_PIXELS` only; a
+        video's result is brought within 1920x1080, see :func:`_super_resolution_size`).
     interpolate : bool
         x2 frame rate (a learned frame between each pair; videos only).
     prior : bool
@@ -192,9 +214,11 @@ class LearnedVideoRuntime:
                         f"precision={precision_name(self.dtype)} compiled={compile_models}"),
         )
 
-    def _steps(self, scaled: bool, stabilised: bool, count: int, interpolated: bool, upscaled: bool,
-               source: tuple[int, int], output: tuple[int, int], skipped: Sequence[str] = ()) -> list[str]:
-        """Provenance lines; ``source`` and ``output`` are ``(height, width)`` before x2 options."""
+    def _steps(self, scaled: bool, stabilised: bool, count: int, interpolated: bool,
+               upscaled: tuple[int, int] | None, source: tuple[int, int], output: tuple[int, int],
+               skipped: Sequence[str] = ()) -> list[str]:
+        """Provenance lines; ``source`` and ``output`` are ``(height, width)`` before the x2
+        options, ``upscaled`` the size super-resolution brings frames to (None: not applied)."""
         steps = ["Tooth masks: SAM-architecture model, automatic mode (prompt-free decoding)"]
         if scaled and output == source:
             steps.append(f"Processed downscaled to at most {MAX_WORK_PIXELS} pixels, result upscaled (bicubic)")
@@ -214,10 +238,36 @@ class LearnedVideoRuntime:
             steps.append(stabilisation_step(self.smoothing_seconds))
         if interpolated:
             steps.append("Frame rate doubled: learned flow-guided frame interpolation")
-        if upscaled:
+        if upscaled == (2 * output[0], 2 * output[1]):
             steps.append("Resolution doubled: learned x2 super-resolution")
+        elif upscaled is not None:
+            steps.append(f"Resolution raised to {upscaled[1]}x{upscaled[0]}: learned x2 super-resolution, then "
+                         "downscaled (area) to the most an H.264 Level 4.2 video carries (1920x1080)")
         steps.extend(skipped)
         return steps
+
+    def _geometry(self, count: int, height: int, width: int
+                  ) -> tuple[tuple[int, int], bool, tuple[int, int], tuple[int, int] | None]:
+        """``(work size, scaled, output size before the x2 options, super-resolved size or
+        None)`` of a clip of ``count`` frames ``height x width``; sizes are ``(h, w)``."""
+        work = _work_size(height, width)
+        scaled = work != (height, width)
+        out_h, out_w = _output_size(count, height, width) if scaled else (height, width)
+        upscaled = _super_resolution_size(count, scaled, out_h, out_w)[0] if self.upscaler is not None else None
+        return work, scaled, (out_h, out_w), upscaled
+
+    def compute_bytes(self, count: int, height: int, width: int, fps: float) -> int:
+        """Network activations (see :class:`VideoRuntime`): per working pixel, the tooth
+        model and the restoration with its flows (:data:`RESTORATION_BYTES_PER_PIXEL`); per
+        output pixel, the interpolator (:data:`INTERPOLATION_BYTES_PER_PIXEL`) and the
+        super-resolution network (:data:`SUPER_RESOLUTION_BYTES_PER_PIXEL`) where they run."""
+        (work_h, work_w), _, (out_h, out_w), upscaled = self._geometry(count, height, width)
+        total = RESTORATION_BYTES_PER_PIXEL * work_h * work_w
+        if self.interpolator is not None and count >= 2:
+            total += INTERPOLATION_BYTES_PER_PIXEL * out_h * out_w
+        if upscaled is not None:
+            total += SUPER_RESOLUTION_BYTES_PER_PIXEL * out_h * out_w
+        return total
 
     def working_bytes(self, count: int, height: int, width: int, fps: float) -> int:
         """Peak bytes :meth:`enhance_stream` holds (see :class:`VideoRuntime`).
@@ -231,17 +281,17 @@ class LearnedVideoRuntime:
         pixel); for interpolation two more output frames, for super-resolution one frame
         of four times the size (12 per output pixel).
         """
-        work_h, work_w = _work_size(height, width)
+        (work_h, work_w), _, (out_h, out_w), upscaled_size = self._geometry(count, height, width)
         source, work = height * width, work_h * work_w
-        scaled = (work_h, work_w) != (height, width)
-        out_h, out_w = _output_size(count, height, width) if scaled else (height, width)
         output = 3 * out_h * out_w  # RGB bytes of one output frame before the x2 options
         held = 4 * source + 3 * 4 * work
         held += (smoothing_radius(fps, count, self.smoothing_seconds) + 2) * output
         if self.interpolator is not None and count >= 2:
             held += 2 * output
-        if self.upscaler is not None and not scaled and _fits_video(count, 2 * out_h, 2 * out_w):
+        if upscaled_size is not None:
             held += 4 * output
+            if upscaled_size != (2 * out_h, 2 * out_w):
+                held += 3 * upscaled_size[0] * upscaled_size[1]
         return held + count * 2 * 3 * 8
 
     def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
@@ -263,9 +313,11 @@ class LearnedVideoRuntime:
         VideoEnhancement
             Frames ``(T', H', W', 3)`` uint8 (the input size and count unless
             interpolation (``T' = 2T - 1``, fps doubled) or super-resolution (``2H x 2W``)
-            is on; a video (``T >= 2``) processed downscaled comes back at most 1920x1080,
-            and the x2 options are skipped, with a step saying so, where their result would
-            exceed 1920x1080 or 60 fps: H.264 Level 4.2), tooth masks ``(T, H, W)`` bool on
+            is on; a video (``T >= 2``) processed downscaled comes back at most 1920x1080;
+            H.264 Level 4.2 carries at most 1920x1080 at 60 fps, so interpolation that would
+            exceed 60 fps is skipped, and super-resolution of a video whose doubled frames
+            would exceed 1920x1080 stops at the largest size within it or, where that is no
+            gain, is skipped; a step says which), tooth masks ``(T, H, W)`` bool on
             the input frames, metrics
             ``tooth_area_fraction``, ``shake_px_before``, ``shake_px_after``, ``seconds``,
             ``frames_per_second``.
@@ -311,14 +363,15 @@ class LearnedVideoRuntime:
                            "(60 fps)")
         if interpolated:
             out_fps *= 2.0
-        upscaled = self.upscaler is not None and not scaled
-        if upscaled and not _fits_video(count, 2 * out_h, 2 * out_w):
-            upscaled = False
-            skipped.append(f"x2 super-resolution not applied: {2 * out_w}x{2 * out_h} "
-                           "would exceed H.264 Level 4.2 (1920x1080)")
+        upscaled_size: tuple[int, int] | None = None
+        if self.upscaler is not None:
+            upscaled_size, why = _super_resolution_size(count, scaled, out_h, out_w)
+            if upscaled_size is None:
+                skipped.append(why)
         sink.start(out_fps)
         chain = _OutputChain(self, sink, count, radius, (out_h, out_w), stabilised,
-                             self.interpolator if interpolated else None, self.upscaler if upscaled else None)
+                             self.interpolator if interpolated else None,
+                             self.upscaler if upscaled_size is not None else None, upscaled_size)
         tick = ProgressThrottle(progress)
         dis = DisFlow()
         restorer = FrameRestorer(self.restorer, self.device, self.dtype)
@@ -362,8 +415,8 @@ class LearnedVideoRuntime:
         log.info("learned video runtime: %d frames %dx%d in %.2f s on %s", count, width, height, seconds,
                  self.device.type)
         return EnhancementOutcome(fps=out_fps, algorithm=self.info,
-                                  steps=self._steps(scaled, stabilised, count, interpolated, upscaled, (height, width),
-                                                    output_size, skipped), metrics=metrics)
+                                  steps=self._steps(scaled, stabilised, count, interpolated, upscaled_size,
+                                                    (height, width), output_size, skipped), metrics=metrics)
 
 
 class _OutputChain:
@@ -374,9 +427,9 @@ class _OutputChain:
 
     def __init__(self, runtime: LearnedVideoRuntime, sink: EnhancementSink, count: int, radius: int,
                  size: tuple[int, int], stabilised: bool, interpolator: FrameInterpolator2x | None,
-                 upscaler: SuperResolution2x | None) -> None:
+                 upscaler: SuperResolution2x | None, upscaled_size: tuple[int, int] | None) -> None:
         self.runtime, self.sink, self.count = runtime, sink, count
-        self.interpolator, self.upscaler = interpolator, upscaler
+        self.interpolator, self.upscaler, self.upscaled_size = interpolator, upscaler, upscaled_size
         self.before = np.zeros((count, 3), dtype=np.float64)
         self.after = np.zeros((count, 3), dtype=np.float64)
         self.motion = MotionEstimator(*size) if count >= 2 else None
@@ -410,6 +463,8 @@ class _OutputChain:
     def _emit(self, frame: np.ndarray) -> None:
         if self.upscaler is not None:
             frame = upscale_frame(self.upscaler, frame, self.runtime.device)
+            if self.upscaled_size is not None and frame.shape[:2] != self.upscaled_size:
+                frame = cv2.resize(frame, self.upscaled_size[::-1], interpolation=cv2.INTER_AREA)
         self.sink.frame(frame)
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:

@@ -52,7 +52,7 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
     # a model without the next-frame fusion: not using the next frame changes nothing
     assert report["methods"]["full_no_next"] == report["methods"]["full_auto"]
     assert report["methods"]["degraded"]["psnr"] < 40 and report["fps"]["learned_pipeline"] > 0
-    assert set(report["interframe"]) == {"sr2", "interp2"}
+    assert set(report["interframe"]) == {"sr2", "sr2_to_1_5", "interp2"}
     stab = report["stabilisation"]  # judged by the phantoms' true flow
     assert stab["clips"] == report["clips"] and stab["before"] >= 0 and stab["motion_error_px"] >= 0
     assert report["per_clip"][0]["stabilisation"]["before"] == pytest.approx(stab["before"])

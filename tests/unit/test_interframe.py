@@ -71,6 +71,8 @@ def test_short_training_beats_the_classical_baselines() -> None:
     interp = train_interpolator(clips, steps=60, batch_size=4, crop=48, width=8)
     report = evaluate_interframe(sr, interp, clips)
     assert report["sr2"]["psnr_model"] > report["sr2"]["psnr_bicubic"]
+    assert set(report["sr2_to_1_5"]) == {"psnr_model", "psnr_bicubic"}  # x2 then area, as a 720p video gets it
+    assert all(np.isfinite(v) for v in report["sr2_to_1_5"].values())
     assert report["interp2"]["psnr_flow_warped_average"] > report["interp2"]["psnr_frame_average"]
     assert np.isfinite(report["interp2"]["psnr_model"])
     stabilised = report["interp2"]["stabilised"]  # the same, on the clips stabilised first

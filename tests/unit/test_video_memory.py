@@ -14,6 +14,7 @@ from dicom_service.domain import UnsupportedInputError
 from dicom_service.media.video import dataset_fps
 from dicom_service.pipelines import video_memory
 from dicom_service.pipelines.video_memory import (
+    CODEC_BYTES_PER_PIXEL,
     FIXED_BYTES,
     MARGIN,
     check_video_fits,
@@ -81,9 +82,28 @@ def test_working_bytes_count_what_the_stream_holds(learned) -> None:
     both = LearnedVideoRuntime(default_models_dir(), "cpu", upscale=True, interpolate=True)
     assert both.working_bytes(300, 480, 640, 30.0) == (4 + 12 + 17 * 3 + 6 + 12) * vga + 300 * 48
     assert both.working_bytes(1, 480, 640, 1.0) == (4 + 12 + 3 * 3 + 12) * vga + 48  # one frame: no interpolation
+    # a 1280x720 video: super-resolved to 2560x1440, then brought down to 1920x1080 (one more frame)
+    assert both.working_bytes(300, 720, 1280, 30.0) == (4 + 12 + 17 * 3 + 6 + 12) * work + 3 * fit + 300 * 48
+    assert both.working_bytes(300, 1080, 1920, 30.0) == learned.working_bytes(300, 1080, 1920, 30.0) + 6 * fit
     classical = ClassicalVideoRuntime()  # 3 bytes per pixel of (radius + 2) frames, 80 more, 72 per frame
     assert classical.working_bytes(3, 100, 200, 30.0) == (3 * 3 + 80) * 100 * 200 + 3 * 72  # radius 1
     assert classical.working_bytes(300, 480, 640, 30.0) == (3 * 17 + 80) * vga + 300 * 72  # radius 15
+
+
+def test_compute_bytes_count_activations_per_frame_not_per_clip(learned) -> None:
+    """Per working pixel the restoration (576 B), per output pixel the x2 networks where
+    they run (416 B interpolation, 736 B super-resolution of the input); nothing per frame."""
+    from dicom_service.vision.registry import default_models_dir
+    from dicom_service.vision.video_runtime import LearnedVideoRuntime
+
+    vga, work = 480 * 640, 720 * 1280
+    assert learned.compute_bytes(300, 480, 640, 30.0) == learned.compute_bytes(30_000, 480, 640, 30.0) == 576 * vga
+    assert learned.compute_bytes(300, 2160, 3840, 30.0) == 576 * work  # 4K is processed at 1280x720
+    both = LearnedVideoRuntime(default_models_dir(), "cpu", upscale=True, interpolate=True)
+    assert both.compute_bytes(300, 480, 640, 30.0) == (576 + 416 + 736) * vga
+    assert both.compute_bytes(1, 480, 640, 1.0) == (576 + 736) * vga  # a still: no interpolation
+    assert both.compute_bytes(300, 1080, 1920, 30.0) == 576 * work + 416 * 1080 * 1920  # no super-resolution
+    assert ClassicalVideoRuntime().compute_bytes(300, 480, 640, 30.0) == 48 * vga
 
 
 def test_a_long_clip_streams_through_the_workflow_in_bounded_memory(learned) -> None:
@@ -111,14 +131,16 @@ def test_a_long_clip_streams_through_the_workflow_in_bounded_memory(learned) -> 
 def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
     """The whole workflow on a 40-frame clip, after a 2-frame run has made the one-off
     allocations (covered by FIXED_BYTES): the peak of what it allocates (numpy arrays and
-    Python objects, traced by tracemalloc) stays under the estimate less its fixed part,
-    and within 1.5x of it. Holding every frame's flows, as the runtime once did, would add
-    16 bytes per pixel and frame (49 MB here) and break it."""
+    Python objects, traced by tracemalloc) stays under the estimate less its fixed part and
+    its allowance for activations and codecs (which tracemalloc does not see), and within
+    1.5x of it. Holding every frame's flows, as the runtime once did, would add 16 bytes per
+    pixel and frame (49 MB here) and break it."""
     from dicom_service.pipelines.video import process_video_instance
 
     process_video_instance(builders.make_video_photographic(frames=2, rows=240, cols=320), learned, uid_seed="warm")
     source = builders.make_video_photographic(frames=40, rows=240, cols=320)
-    estimate = estimate_video_bytes(40, 240, 320, learned) - FIXED_BYTES
+    untraced = learned.compute_bytes(40, 240, 320, 30.0) + CODEC_BYTES_PER_PIXEL * 240 * 320
+    estimate = estimate_video_bytes(40, 240, 320, learned) - FIXED_BYTES - int(MARGIN * untraced)
     tracemalloc.start()
     try:
         objects, _ = process_video_instance(source, learned, uid_seed="memory")
@@ -133,7 +155,8 @@ def test_estimate_formula_and_errors() -> None:
     runtime = ClassicalVideoRuntime()
     pixels = 30 * 48 * 64
     written = int(2 * (0.125 + 0.125) * pixels)  # the SEG's packed bits and the H.264 allowance, twice
-    expected = int(MARGIN * (2 * 1000 + runtime.working_bytes(30, 48, 64, 25.0) + written)) + FIXED_BYTES
+    computing = runtime.compute_bytes(30, 48, 64, 25.0) + CODEC_BYTES_PER_PIXEL * 48 * 64  # one frame's worth
+    expected = int(MARGIN * (2 * 1000 + runtime.working_bytes(30, 48, 64, 25.0) + written + computing)) + FIXED_BYTES
     assert estimate_video_bytes(30, 48, 64, runtime, fps=25.0, source_bytes=1000) == expected
     with pytest.raises(ValueError, match="positive"):
         estimate_video_bytes(0, 48, 64, runtime)

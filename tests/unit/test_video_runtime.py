@@ -3,6 +3,7 @@ the bad inputs of issue 3 (odd sizes, one frame, grayscale, 4K, no teeth)."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -85,18 +86,48 @@ def test_4k_frames_are_processed_downscaled(runtime: LearnedVideoRuntime) -> Non
     assert still.frames.shape == big[:1].shape and still.tooth_masks.shape == big[:1].shape[:3]
 
 
-def test_x2_options_that_would_exceed_h264_level_42_are_skipped_with_a_step() -> None:
-    """x2 super-resolution of a 1280x720 video and x2 interpolation of a 60 fps video would
-    exceed what a DICOM H.264 video carries: skipped, and the provenance says so."""
+def test_x2_options_are_fitted_to_h264_level_42_with_a_step() -> None:
+    """x2 super-resolution of a 1280x720 video would exceed what a DICOM H.264 video carries
+    (1920x1080): the x2 result is brought down to 1920x1080; x2 interpolation of a 60 fps
+    video would exceed 60 fps: skipped. The provenance says which."""
     built = build_video_runtime("learned-sr2-interp2", "cpu")
     frames = render_clip(clip_seed(0, "test", 6), frames=2, height=720, width=1280).degraded
     result = built.enhance(frames, 60.0)
-    assert result.frames.shape == frames.shape and result.fps == 60.0
-    assert any("super-resolution not applied: 2560x1440" in step for step in result.steps)
+    assert result.frames.shape == (2, 1080, 1920, 3) and result.fps == 60.0
+    assert result.tooth_masks.shape == frames.shape[:3]
+    assert any(step.startswith("Resolution raised to 1920x1080: learned x2 super-resolution") for step in result.steps)
     assert any("interpolation not applied: 120 fps" in step for step in result.steps)
     assert not any("doubled" in step for step in result.steps)
-    small = built.enhance(frames[:, :64, :96].copy(), 30.0)  # both apply where they fit
+    # the fitted frames are the x2 result of the restored frames, area-downscaled
+    from dicom_service.vision.interframe import upscale_frame
+
+    plain = build_video_runtime("learned", "cpu").enhance(frames, 60.0).frames
+    for fitted, restored in zip(result.frames, plain, strict=True):
+        doubled = upscale_frame(built.upscaler, restored)
+        assert np.array_equal(fitted, cv2.resize(doubled, (1920, 1080), interpolation=cv2.INTER_AREA))
+    small = built.enhance(frames[:, :64, :96].copy(), 30.0)  # both apply in full where they fit
     assert small.frames.shape == (3, 128, 192, 3) and small.fps == 60.0
+    assert "Resolution doubled: learned x2 super-resolution" in small.steps
+
+
+@pytest.mark.parametrize(("count", "scaled", "size", "expected"), [
+    (2, False, (64, 96), (128, 192)),  # fits: doubled
+    (2, False, (720, 1280), (1080, 1920)),  # a 720p video: x1.5
+    (2, False, (1280, 720), (1920, 1080)),  # portrait
+    (2, False, (600, 800), (1080, 1440)),  # 4:3 within 1920x1080
+    (1, False, (720, 1280), (1440, 2560)),  # a still has no limit
+    (2, False, (1080, 1920), None),  # already the most H.264 Level 4.2 carries
+    (2, True, (720, 1280), None),  # processed downscaled
+])
+def test_super_resolution_size(count: int, scaled: bool, size: tuple[int, int],
+                               expected: tuple[int, int] | None) -> None:
+    from dicom_service.vision.video_runtime import _super_resolution_size
+
+    fitted, why = _super_resolution_size(count, scaled, *size)
+    assert fitted == expected
+    assert (why == "") == (expected is not None)
+    if expected is None:
+        assert why.startswith("x2 super-resolution not applied: ")
 
 
 def test_a_clip_without_teeth_gets_empty_masks(runtime: LearnedVideoRuntime) -> None:
