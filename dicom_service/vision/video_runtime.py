@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -123,6 +124,16 @@ def _super_resolution_size(count: int, scaled: bool, height: int, width: int) ->
         return None, (f"x2 super-resolution not applied: {width}x{height} is already the most "
                       "H.264 Level 4.2 carries (1920x1080)")
     return fitted, ""
+
+
+class _Geometry(NamedTuple):
+    """How :class:`LearnedVideoRuntime` processes a clip; sizes are ``(h, w)``."""
+
+    work: tuple[int, int]  # the models' size
+    scaled: bool  # work != source size
+    output: tuple[int, int]  # the enhanced frames' size before the x2 options
+    upscaled: tuple[int, int] | None  # where super-resolution takes them (None: not applied)
+    skipped: str  # why super-resolution is not applied, if it was asked for ("" otherwise)
 
 
 def automatic_mask(segmenter: ToothSegmenter, frame: np.ndarray) -> np.ndarray:
@@ -246,22 +257,22 @@ class LearnedVideoRuntime:
         steps.extend(skipped)
         return steps
 
-    def _geometry(self, count: int, height: int, width: int
-                  ) -> tuple[tuple[int, int], bool, tuple[int, int], tuple[int, int] | None]:
-        """``(work size, scaled, output size before the x2 options, super-resolved size or
-        None)`` of a clip of ``count`` frames ``height x width``; sizes are ``(h, w)``."""
+    def _geometry(self, count: int, height: int, width: int) -> _Geometry:
+        """How a clip of ``count`` frames ``height x width`` is processed (sizes ``(h, w)``)."""
         work = _work_size(height, width)
         scaled = work != (height, width)
-        out_h, out_w = _output_size(count, height, width) if scaled else (height, width)
-        upscaled = _super_resolution_size(count, scaled, out_h, out_w)[0] if self.upscaler is not None else None
-        return work, scaled, (out_h, out_w), upscaled
+        output = _output_size(count, height, width) if scaled else (height, width)
+        upscaled, skipped = None, ""
+        if self.upscaler is not None:
+            upscaled, skipped = _super_resolution_size(count, scaled, *output)
+        return _Geometry(work, scaled, output, upscaled, skipped)
 
     def compute_bytes(self, count: int, height: int, width: int, fps: float) -> int:
         """Network activations (see :class:`VideoRuntime`): per working pixel, the tooth
         model and the restoration with its flows (:data:`RESTORATION_BYTES_PER_PIXEL`); per
         output pixel, the interpolator (:data:`INTERPOLATION_BYTES_PER_PIXEL`) and the
         super-resolution network (:data:`SUPER_RESOLUTION_BYTES_PER_PIXEL`) where they run."""
-        (work_h, work_w), _, (out_h, out_w), upscaled = self._geometry(count, height, width)
+        (work_h, work_w), _, (out_h, out_w), upscaled, _ = self._geometry(count, height, width)
         total = RESTORATION_BYTES_PER_PIXEL * work_h * work_w
         if self.interpolator is not None and count >= 2:
             total += INTERPOLATION_BYTES_PER_PIXEL * out_h * out_w
@@ -281,7 +292,7 @@ class LearnedVideoRuntime:
         pixel); for interpolation two more output frames, for super-resolution one frame
         of four times the size (12 per output pixel).
         """
-        (work_h, work_w), _, (out_h, out_w), upscaled_size = self._geometry(count, height, width)
+        (work_h, work_w), _, (out_h, out_w), upscaled_size, _ = self._geometry(count, height, width)
         source, work = height * width, work_h * work_w
         output = 3 * out_h * out_w  # RGB bytes of one output frame before the x2 options
         held = 4 * source + 3 * 4 * work
@@ -348,10 +359,8 @@ class LearnedVideoRuntime:
         source_frames = checked_stream(frames, count, fps)
         first = next(source_frames)
         height, width = first.shape[:2]
-        work_size = _work_size(height, width)
-        scaled = work_size != (height, width)
+        work_size, scaled, (out_h, out_w), upscaled_size, sr_skipped = self._geometry(count, height, width)
         output_size = _output_size(count, height, width)
-        out_h, out_w = output_size if scaled else (height, width)
         radius = smoothing_radius(fps, count, self.smoothing_seconds)
         stabilised = self.stabilise and count >= 2
         out_fps = float(fps)
@@ -363,11 +372,8 @@ class LearnedVideoRuntime:
                            "(60 fps)")
         if interpolated:
             out_fps *= 2.0
-        upscaled_size: tuple[int, int] | None = None
-        if self.upscaler is not None:
-            upscaled_size, why = _super_resolution_size(count, scaled, out_h, out_w)
-            if upscaled_size is None:
-                skipped.append(why)
+        if sr_skipped:
+            skipped.append(sr_skipped)
         sink.start(out_fps)
         chain = _OutputChain(self, sink, count, radius, (out_h, out_w), stabilised,
                              self.interpolator if interpolated else None,
@@ -463,7 +469,7 @@ class _OutputChain:
     def _emit(self, frame: np.ndarray) -> None:
         if self.upscaler is not None:
             frame = upscale_frame(self.upscaler, frame, self.runtime.device)
-            if self.upscaled_size is not None and frame.shape[:2] != self.upscaled_size:
+            if frame.shape[:2] != self.upscaled_size:  # beyond 1920x1080: brought down to it
                 frame = cv2.resize(frame, self.upscaled_size[::-1], interpolation=cv2.INTER_AREA)
         self.sink.frame(frame)
 
