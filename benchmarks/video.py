@@ -11,7 +11,9 @@ seeds) rendered at each size:
     The whole video workflow on a Video Photographic DICOM instance holding the clip as
     H.264: decode (PyAV) → SAM automatic tooth masks → DIS flow → restoration →
     stabilisation → H.264 encode of the enhanced video → SEG and SR objects
-    (:func:`process_video_instance`): frames per second.
+    (:func:`process_video_instance`): frames per second, and how long each stage of the
+    runtime's stream worked (``stage_busy_seconds``, its waits on the other stages left
+    out; the stages run in threads, so the largest sets the pace).
 ``prompt_to_mask``
     With the image embedding cached (:meth:`ToothSegmenter.set_image` once), the latency of
     :meth:`ToothSegmenter.predict` for 3 clicks plus the previous logits: median and p90 ms.
@@ -22,7 +24,8 @@ seeds) rendered at each size:
 Restoration runs in the precision ``--precision`` names (default ``auto``, what the node
 picks: float16 on CUDA, bfloat16 on a CPU with native bfloat16, else float32; see
 :mod:`dicom_service.vision.precision`); on CUDA the device is synchronised before each
-clock read. ``--compile`` torch.compiles the restoration network, as ``models.compile``
+clock read. ``--compile`` torch.compiles the restoration network and the tooth model's image
+encoder, as ``models.compile``
 does; the compilation falls in the restoration warm-up (``warmup_seconds``), which runs
 the first, a middle and the last frame's paths before the clock starts. Run from the
 repository root: ``python -m benchmarks.video [--sizes 640x480,1280x720] [--frames 30]
@@ -136,7 +139,8 @@ def bench_pipeline(runtime: Any, frames: np.ndarray, fps: float, device: str) ->
     _sync(device)
     seconds = time.perf_counter() - started
     return {"frames": int(summary["frames"]), "seconds": round(seconds, 3),
-            "fps": round(summary["frames"] / seconds, 2), "objects": [o.kind for o in objects]}
+            "fps": round(summary["frames"] / seconds, 2), "objects": [o.kind for o in objects],
+            "stage_busy_seconds": dict(getattr(runtime, "last_stage_seconds", {}))}
 
 
 def bench_prompt(runtime: Any, frame: np.ndarray, runs: int, device: str) -> dict[str, Any]:
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", help="auto | float32 | bfloat16 | float16 (CUDA only)")
     parser.add_argument("--repeats", type=int, default=3, help="timed restoration runs per size (median)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the restoration network (models.compile); compilation is in the warm-up")
+                        help="torch.compile the restoration network and the SAM image encoder (models.compile); "
+                             "compilation is in the warm-up")
     parser.add_argument("--ten-second", action="store_true", help="also run a 10 s 640x480 clip end to end")
     args = parser.parse_args(argv)
 

@@ -94,10 +94,11 @@ def check_frame(frame: np.ndarray) -> np.ndarray:
 
 def mask_box(mask: np.ndarray) -> np.ndarray | None:
     """``(4,)`` float32 ``x0, y0, x1, y1`` (exclusive ends) of a bool mask, ``None`` if empty."""
-    rows, cols = np.nonzero(mask)
-    if len(rows) == 0:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
         return None
-    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=np.float32)
+    cols = np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
 
 
 def propagate_mask(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -176,19 +177,28 @@ class ToothSegmenter:
     def device(self) -> torch.device:
         return self.model.device
 
-    def prepare(self, frame: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    def resize(self, frame: np.ndarray) -> np.ndarray:
+        """``frame`` ``(H, W, 3)`` uint8 RGB resized so that its longest side is the model's
+        ``img_size``: the part of :meth:`prepare` done on the CPU, which a stream can do in
+        another thread (it uses no state of this object)."""
+        return self.transform.apply_image(check_frame(frame))
+
+    def prepare(self, frame: np.ndarray, resized: np.ndarray | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize (longest side ``img_size``), normalise and pad a frame.
 
+        ``resized`` is :meth:`resize` of ``frame`` if the caller has it already.
         Returns ``(1, 3, S, S)`` float32 on the model's device and the resized ``(h, w)``.
         """
-        resized = self.transform.apply_image(check_frame(frame))
+        if resized is None:
+            resized = self.resize(frame)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).float()[None]
         return self.model.preprocess(x), (int(resized.shape[0]), int(resized.shape[1]))
 
     @torch.no_grad()
-    def set_image(self, frame: np.ndarray) -> None:
-        """Compute and cache the embedding of ``frame``, ``(H, W, 3)`` uint8 RGB."""
-        x, input_size = self.prepare(frame)
+    def set_image(self, frame: np.ndarray, resized: np.ndarray | None = None) -> None:
+        """Compute and cache the embedding of ``frame``, ``(H, W, 3)`` uint8 RGB
+        (``resized``: its :meth:`resize`, if the caller has it already)."""
+        x, input_size = self.prepare(frame, resized)
         self._embedding = self.model.image_encoder(x)
         self._original_size = (int(frame.shape[0]), int(frame.shape[1]))
         self._input_size = input_size

@@ -26,6 +26,14 @@ memory does not grow with the clip length. Steps for each frame:
    video comes back at 1920x1080).
 
 Masks are returned on the input frames, at the input size.
+
+The steps run as five stages, each in its own thread and handing frames on through small
+queues (:mod:`~dicom_service.vision.stage_threads`): ``prepare`` (decoding, downscaling,
+the DIS flows and the tooth model's resize), ``segment`` (the tooth model), ``restore``
+(the caller's thread), ``stabilise`` and ``write`` (interpolation, super-resolution, the
+sink). A clip then goes at the pace of the slowest stage rather than of their sum
+(:attr:`LearnedVideoRuntime.last_stage_seconds` says how long each worked); every stage
+sees the frames in order, so the results are those of running them one after the other.
 """
 
 from __future__ import annotations
@@ -70,6 +78,7 @@ from dicom_service.vision.stabilisation import (
     smoothing_radius,
     stabilisation_step,
 )
+from dicom_service.vision.stage_threads import Handoff, StageThreads
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.tooth_sam import load_sam_bundle
 
@@ -80,6 +89,8 @@ NAME = "iars-sam-prior-motion-restoration"
 NAME_NOPRIOR = "motion-restoration-without-tooth-prior"
 #: Frames with more pixels than this are processed downscaled (1280x720).
 MAX_WORK_PIXELS = 1280 * 720
+#: Items each queue between two stages of the stream holds (:mod:`~dicom_service.vision.stage_threads`).
+STAGE_DEPTH = 1
 
 
 #: Peak activations per working pixel of the tooth model, the restoration network and its
@@ -136,9 +147,10 @@ class _Geometry(NamedTuple):
     skipped: str  # why super-resolution is not applied, if it was asked for ("" otherwise)
 
 
-def automatic_mask(segmenter: ToothSegmenter, frame: np.ndarray) -> np.ndarray:
-    """Automatic-mode tooth mask ``(H, W)`` bool of a frame ``(H, W, 3)`` uint8 RGB."""
-    segmenter.set_image(frame)
+def automatic_mask(segmenter: ToothSegmenter, frame: np.ndarray, resized: np.ndarray | None = None) -> np.ndarray:
+    """Automatic-mode tooth mask ``(H, W)`` bool of a frame ``(H, W, 3)`` uint8 RGB
+    (``resized``: :meth:`ToothSegmenter.resize` of it, if the caller has it already)."""
+    segmenter.set_image(frame, resized)
     return segmenter.automatic().mask
 
 
@@ -152,6 +164,54 @@ def automatic_masks(segmenter: ToothSegmenter, frames: np.ndarray,
         if on_frame is not None:
             on_frame(t)
     return masks
+
+
+class _Prepared(NamedTuple):
+    """A frame of the stream made ready for segmentation (the ``prepare`` stage)."""
+
+    work: np.ndarray  # (h, w, 3) uint8 RGB at the models' size
+    sam_input: np.ndarray  # work resized for the tooth model (ToothSegmenter.resize)
+    back_flow: np.ndarray | None  # (h, w, 2) float32 (x, y) DIS flow t -> t - 1; None for the first frame
+    ahead_flow: np.ndarray | None  # DIS flow t - 1 -> t (the previous frame's next flow); bidirectional only
+
+
+class _Segmented(NamedTuple):
+    """A frame with its automatic tooth mask (the ``segment`` stage)."""
+
+    work: np.ndarray
+    mask: np.ndarray  # (h, w) bool at the models' size
+    source_mask: np.ndarray  # (H, W) bool at the source size
+    back_flow: np.ndarray | None
+    ahead_flow: np.ndarray | None
+
+
+def _prepare_frames(frames: Iterable[np.ndarray], work_size: tuple[int, int], scaled: bool,
+                    segmenter: ToothSegmenter, bidirectional: bool, out: Handoff[_Prepared]) -> None:
+    """Stage: each source frame ``(H, W, 3)`` uint8 RGB brought to ``work_size`` ``(h, w)``
+    and the tooth model's input size, with its DIS flows to the previous frame (and from
+    it, for a bidirectional restoration model)."""
+    dis = DisFlow()
+    previous: np.ndarray | None = None
+    for frame in frames:
+        work = cv2.resize(frame, work_size[::-1], interpolation=cv2.INTER_AREA) if scaled \
+            else np.ascontiguousarray(frame)
+        back = dis(work, previous) if previous is not None else None
+        ahead = dis(previous, work) if previous is not None and bidirectional else None
+        out.put(_Prepared(work, segmenter.resize(work), back, ahead))
+        previous = work
+    out.close()
+
+
+def _segment_frames(prepared: Handoff[_Prepared], segmenter: ToothSegmenter, source_size: tuple[int, int],
+                    out: Handoff[_Segmented]) -> None:
+    """Stage: the automatic tooth mask of each prepared frame, at the working and at the
+    source size ``(H, W)``."""
+    for item in prepared:
+        mask = automatic_mask(segmenter, item.work, item.sam_input)
+        source_mask = mask if mask.shape == source_size else \
+            cv2.resize(mask.view(np.uint8), source_size[::-1], interpolation=cv2.INTER_NEAREST).view(bool)
+        out.put(_Segmented(item.work, mask, source_mask, item.back_flow, item.ahead_flow))
+    out.close()
 
 
 class LearnedVideoRuntime:
@@ -182,7 +242,7 @@ class LearnedVideoRuntime:
         ``auto`` (float16 on CUDA, bfloat16 on a CPU with native bfloat16, else float32),
         ``float32``, ``bfloat16`` or ``float16`` (CUDA only).
     compile_models : bool
-        ``torch.compile`` the restoration network
+        ``torch.compile`` the restoration network and the tooth model's image encoder
         (:func:`~dicom_service.vision.precision.compile_for_inference`).
 
     Raises
@@ -205,8 +265,13 @@ class LearnedVideoRuntime:
         if compile_models:
             compile_for_inference(self.restorer, ("forward", "frame_features"))
         sam, sam_config = load_sam_bundle(models_dir / SAM_BUNDLE, self.device)
+        if compile_models:
+            compile_for_inference(sam.image_encoder)
         self.segmenter = ToothSegmenter(sam)
         self.stabilise = stabilise
+        #: Seconds each stage of the last :meth:`enhance_stream` worked, its waits left out
+        #: (``prepare``: decoding and flows; ``segment``; ``restore``; ``stabilise``; ``write``).
+        self.last_stage_seconds: dict[str, float] = {}
         self.upscaler: SuperResolution2x | None = None
         self.interpolator: FrameInterpolator2x | None = None
         if upscale:
@@ -284,18 +349,28 @@ class LearnedVideoRuntime:
         """Peak bytes :meth:`enhance_stream` holds (see :class:`VideoRuntime`).
 
         The clip streams through, so what it holds does not grow with its length except
-        for two motion rows per frame: per stage, the source frame being read (3 bytes per
-        source pixel) and its mask at the source size (1); three working frames and their
-        masks (4 per working pixel: the previous, current and next frame of the
-        restoration); the restored frames the stabiliser holds until the camera path
-        ``radius`` frames ahead is known (``radius + 2`` output frames, 3 bytes per output
-        pixel); for interpolation two more output frames, for super-resolution one frame
-        of four times the size (12 per output pixel).
+        for two motion rows per frame. The stages hand frames on through queues of
+        :data:`STAGE_DEPTH` items; counting the item its producer is making and the one its
+        consumer is using, each queue accounts for ``STAGE_DEPTH + 2`` items:
+
+        - the source frame being read (3 bytes per source pixel) and its mask (1);
+        - frames prepared for segmentation: the working frame (3 bytes per working pixel)
+          and its DIS flows (8 each: to the previous frame, and from it for a
+          bidirectional model);
+        - segmented frames, the restoration's two among them: the same plus the mask (1);
+        - restored frames and the masks on their way to the stabiliser and on to the sink
+          (two queues; 3 bytes per output pixel, 1 per source pixel);
+        - the restored frames the stabiliser holds until the camera path ``radius`` frames
+          ahead is known (``radius + 2`` output frames);
+        - for interpolation two more output frames, for super-resolution one frame of four
+          times the size (12 per output pixel).
         """
         (work_h, work_w), _, (out_h, out_w), upscaled_size, _ = self._geometry(count, height, width)
         source, work = height * width, work_h * work_w
         output = 3 * out_h * out_w  # RGB bytes of one output frame before the x2 options
-        held = 4 * source + 3 * 4 * work
+        flows = 8 * (2 if self.restorer.config.bidirectional else 1)
+        in_flight = STAGE_DEPTH + 2
+        held = 4 * source + in_flight * ((3 + flows) + (4 + flows)) * work + 2 * in_flight * (output + source)
         held += (smoothing_radius(fps, count, self.smoothing_seconds) + 2) * output
         if self.interpolator is not None and count >= 2:
             held += 2 * output
@@ -379,47 +454,56 @@ class LearnedVideoRuntime:
                              self.interpolator if interpolated else None,
                              self.upscaler if upscaled_size is not None else None, upscaled_size)
         tick = ProgressThrottle(progress)
-        dis = DisFlow()
         restorer = FrameRestorer(self.restorer, self.device, self.dtype)
-        bidirectional = self.restorer.config.bidirectional
         tooth_pixels = 0
-        window: list[tuple[np.ndarray, np.ndarray]] = []  # (work frame, mask) of frames t - 1, t, t + 1
+        window: list[_Segmented] = []  # frames t and t + 1
 
         def restore(t: int) -> None:
             """Restore frame ``t``: ``window[-2]`` while frame ``t + 1`` is ``window[-1]``,
             ``window[-1]`` for the last frame."""
             here = -2 if t + 1 < count else -1
             current = window[here]
-            previous = window[here - 1] if t > 0 else None
             upcoming = window[-1] if here == -2 else None
-            next_flow = dis(current[0], upcoming[0]) if bidirectional and upcoming is not None else None
-            back_flow = dis(current[0], previous[0]) if previous is not None else None
-            restored = restorer.restore(current[0], current[1], back_flow, upcoming, next_flow)
+            restored = restorer.restore(current.work, current.mask, current.back_flow if t > 0 else None,
+                                        (upcoming.work, upcoming.mask) if upcoming is not None else None,
+                                        upcoming.ahead_flow if upcoming is not None else None)
             if scaled:
                 restored = cv2.resize(restored, (out_w, out_h), interpolation=cv2.INTER_CUBIC)
-            chain.push(restored)
+            to_output.put(("frame", restored))
             tick(f"restored {t + 1}/{count} frames")
 
-        for t, frame in enumerate(itertools.chain([first], source_frames)):
-            work = cv2.resize(frame, work_size[::-1], interpolation=cv2.INTER_AREA) if scaled \
-                else np.ascontiguousarray(frame)
-            mask = automatic_mask(self.segmenter, work)
-            source_mask = cv2.resize(mask.view(np.uint8), (width, height),
-                                     interpolation=cv2.INTER_NEAREST).view(bool) if scaled else mask
-            tooth_pixels += int(np.count_nonzero(source_mask))
-            sink.mask(source_mask)
-            window = [*window[-2:], (work, mask)]
-            if t >= 1:
-                restore(t - 1)
-        restore(count - 1)
+        # decode + flows, segmentation, (restoration here), stabilisation, writing: each in
+        # its own thread, so that a frame costs the slowest stage, not their sum
+        with StageThreads(STAGE_DEPTH) as stages:
+            prepared: Handoff[_Prepared] = stages.handoff()
+            segmented: Handoff[_Segmented] = stages.handoff()
+            to_output: Handoff[tuple[str, np.ndarray]] = stages.handoff()
+            to_sink: Handoff[tuple[str, np.ndarray]] = stages.handoff()
+            stages.start("prepare", lambda: _prepare_frames(itertools.chain([first], source_frames), work_size,
+                                                            scaled, self.segmenter,
+                                                            self.restorer.config.bidirectional, prepared))
+            stages.start("segment", lambda: _segment_frames(prepared, self.segmenter, (height, width), segmented))
+            stages.start("stabilise", lambda: chain.stabilise_all(to_output, to_sink))
+            stages.start("write", lambda: chain.write_all(to_sink))
+            for t, item in enumerate(segmented):
+                tooth_pixels += int(np.count_nonzero(item.source_mask))
+                to_output.put(("mask", item.source_mask))
+                window = [*window[-1:], item]
+                if t >= 1:
+                    restore(t - 1)
+            restore(count - 1)
+            to_output.close()
+        # the caller's stage is restoration; the largest figure is the stage that set the pace
+        self.last_stage_seconds = {("restore" if name == "caller" else name): round(value, 3)
+                                   for name, value in stages.busy_seconds.items()}
         before, after = chain.finish()
         seconds = time.perf_counter() - started
         metrics = {"tooth_area_fraction": tooth_pixels / float(count * height * width),
                    "shake_px_before": shake_px(before, radius) if count >= 2 else 0.0,
                    "shake_px_after": shake_px(after if stabilised else before, radius) if count >= 2 else 0.0,
                    "seconds": seconds, "frames_per_second": count / max(seconds, 1e-9)}
-        log.info("learned video runtime: %d frames %dx%d in %.2f s on %s", count, width, height, seconds,
-                 self.device.type)
+        log.info("learned video runtime: %d frames %dx%d in %.2f s on %s (stages busy, s: %s)", count, width,
+                 height, seconds, self.device.type, self.last_stage_seconds)
         return EnhancementOutcome(fps=out_fps, algorithm=self.info,
                                   steps=self._steps(scaled, stabilised, count, interpolated, upscaled_size,
                                                     (height, width), output_size, skipped), metrics=metrics)
@@ -428,8 +512,9 @@ class LearnedVideoRuntime:
 class _OutputChain:
     """What follows restoration in :meth:`LearnedVideoRuntime.enhance_stream`, frame by
     frame: camera motion, stabilisation (holding ``radius + 1`` frames), x2 interpolation,
-    x2 super-resolution, then the sink. Frames are ``(H, W, 3)`` uint8 RGB at the output
-    size ``(out_h, out_w)``."""
+    x2 super-resolution, then the sink. :meth:`stabilise_all` and :meth:`write_all` run
+    them as two stages (each in its own thread); the sink's calls all come from the second.
+    Frames are ``(H, W, 3)`` uint8 RGB at the output size ``(out_h, out_w)``."""
 
     def __init__(self, runtime: LearnedVideoRuntime, sink: EnhancementSink, count: int, radius: int,
                  size: tuple[int, int], stabilised: bool, interpolator: FrameInterpolator2x | None,
@@ -445,18 +530,18 @@ class _OutputChain:
         self.pushed = self.written = 0
         self.last: np.ndarray | None = None
 
-    def push(self, restored: np.ndarray) -> None:
-        """The next restored frame, in order."""
+    def stabilise(self, restored: np.ndarray) -> list[np.ndarray]:
+        """The next restored frame, in order; returns the frames ready to be written."""
         ready = [restored]
         if self.motion is not None:
             self.before[self.pushed] = self.motion.push(restored)
             if self.stabiliser is not None:
                 ready = self.stabiliser.push(restored, self.before[self.pushed])
         self.pushed += 1
-        for frame in ready:
-            self._write(frame)
+        return ready
 
-    def _write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray) -> None:
+        """The next frame :meth:`stabilise` made ready: interpolation, super-resolution, sink."""
         if self.stabilised_motion is not None:
             self.after[self.written] = self.stabilised_motion.push(frame)
         self.written += 1
@@ -465,6 +550,26 @@ class _OutputChain:
                                         self.interpolation_flow))
         self.last = frame if self.interpolator is not None else None
         self._emit(frame)
+
+    def stabilise_all(self, restored: Handoff[tuple[str, np.ndarray]], ready: Handoff[tuple[str, np.ndarray]]
+                      ) -> None:
+        """Stage: :meth:`stabilise` each ``("frame", restored)`` of ``restored`` and hand the
+        frames it makes ready on to ``ready`` (``("mask", mask)`` items pass through)."""
+        for kind, value in restored:
+            if kind == "mask":
+                ready.put((kind, value))
+                continue
+            for frame in self.stabilise(value):
+                ready.put(("frame", frame))
+        ready.close()
+
+    def write_all(self, ready: Handoff[tuple[str, np.ndarray]]) -> None:
+        """Stage: :meth:`write` each ready frame; masks go to the sink as they come."""
+        for kind, value in ready:
+            if kind == "mask":
+                self.sink.mask(value)
+            else:
+                self.write(value)
 
     def _emit(self, frame: np.ndarray) -> None:
         if self.upscaler is not None:

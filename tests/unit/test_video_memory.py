@@ -64,26 +64,32 @@ def test_stabilisation_in_place_equals_a_new_array() -> None:
 
 
 def test_working_bytes_count_what_the_stream_holds(learned) -> None:
-    """Per stage: the source frame and its mask (4 B/px), three working frames and masks
-    (12 B per working pixel), the stabiliser's ``radius + 2`` output frames (3 B/px each),
-    and two motion rows per frame; x2 options add their frames. Only the motion rows grow
-    with the clip; the classical baseline holds its stabilisation window and three denoised frames."""
+    """Per source pixel: the source frame and its mask (4 B), and the masks in the two
+    output queues (3 items each, 1 B); per working pixel: three prepared frames with their
+    two flows (3 + 16 B) and three segmented ones with their masks (3 + 1 + 16 B); per
+    output pixel: the restored frames in the two output queues (3 items each, 3 B) and the
+    stabiliser's ``radius + 2`` frames (3 B each); two motion rows per frame; x2 options add
+    their frames. Only the motion rows grow with the clip; the classical baseline holds its
+    stabilisation window and three denoised frames."""
     from dicom_service.vision.registry import default_models_dir
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
+    source, working, output = 4 + 6, 3 * (19 + 20), 6 * 3  # bytes per pixel held by the stages' queues
+    streamed = source + working + output
     vga = 480 * 640
-    assert learned.working_bytes(300, 480, 640, 30.0) == (4 + 12 + 17 * 3) * vga + 300 * 48  # radius 15
+    assert learned.working_bytes(300, 480, 640, 30.0) == (streamed + 17 * 3) * vga + 300 * 48  # radius 15
     assert learned.working_bytes(3000, 480, 640, 30.0) - learned.working_bytes(300, 480, 640, 30.0) == 2700 * 48
-    assert learned.working_bytes(5, 480, 640, 30.0) == (4 + 12 + 4 * 3) * vga + 5 * 48  # radius (5 - 1) // 2
+    assert learned.working_bytes(5, 480, 640, 30.0) == (streamed + 4 * 3) * vga + 5 * 48  # radius (5 - 1) // 2
     work, fit, uhd = 720 * 1280, 1080 * 1920, 2160 * 3840  # 1920x1080 and 3840x2160 are processed at 1280x720
-    assert learned.working_bytes(300, 1080, 1920, 30.0) == 4 * fit + 12 * work + 17 * 3 * fit + 300 * 48
-    assert learned.working_bytes(300, 2160, 3840, 30.0) == 4 * uhd + 12 * work + 17 * 3 * fit + 300 * 48
-    assert learned.working_bytes(1, 2160, 3840, 1.0) == 4 * uhd + 12 * work + 3 * 3 * uhd + 48  # a 4K still
+    assert learned.working_bytes(300, 1080, 1920, 30.0) == (source + output + 17 * 3) * fit + working * work + 300 * 48
+    assert learned.working_bytes(300, 2160, 3840, 30.0) == (source * uhd + working * work + (output + 17 * 3) * fit
+                                                            + 300 * 48)
+    assert learned.working_bytes(1, 2160, 3840, 1.0) == (source + output + 3 * 3) * uhd + working * work + 48  # a still
     both = LearnedVideoRuntime(default_models_dir(), "cpu", upscale=True, interpolate=True)
-    assert both.working_bytes(300, 480, 640, 30.0) == (4 + 12 + 17 * 3 + 6 + 12) * vga + 300 * 48
-    assert both.working_bytes(1, 480, 640, 1.0) == (4 + 12 + 3 * 3 + 12) * vga + 48  # one frame: no interpolation
+    assert both.working_bytes(300, 480, 640, 30.0) == (streamed + 17 * 3 + 6 + 12) * vga + 300 * 48
+    assert both.working_bytes(1, 480, 640, 1.0) == (streamed + 3 * 3 + 12) * vga + 48  # one frame: no interpolation
     # a 1280x720 video: super-resolved to 2560x1440, then brought down to 1920x1080 (one more frame)
-    assert both.working_bytes(300, 720, 1280, 30.0) == (4 + 12 + 17 * 3 + 6 + 12) * work + 3 * fit + 300 * 48
+    assert both.working_bytes(300, 720, 1280, 30.0) == (streamed + 17 * 3 + 6 + 12) * work + 3 * fit + 300 * 48
     assert both.working_bytes(300, 1080, 1920, 30.0) == learned.working_bytes(300, 1080, 1920, 30.0) + 6 * fit
     classical = ClassicalVideoRuntime()  # 3 bytes per pixel of (radius + 2) frames, 80 more, 72 per frame
     assert classical.working_bytes(3, 100, 200, 30.0) == (3 * 3 + 80) * 100 * 200 + 3 * 72  # radius 1
@@ -133,8 +139,10 @@ def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
     allocations (covered by FIXED_BYTES): the peak of what it allocates (numpy arrays and
     Python objects, traced by tracemalloc) stays under the estimate less its fixed part and
     its allowance for activations and codecs (which tracemalloc does not see), and within
-    1.5x of it. Holding every frame's flows, as the runtime once did, would add 16 bytes per
-    pixel and frame (49 MB here) and break it."""
+    2x of it. Holding every frame's flows, as the runtime once did, would add 16 bytes per
+    pixel and frame (49 MB here) and break it. (The estimate counts every queue between
+    the stages full, which happens when the last stage is the slowest; on a CPU the tooth
+    model is, so the queues after it stay nearly empty and the peak is lower.)"""
     from dicom_service.pipelines.video import process_video_instance
 
     process_video_instance(builders.make_video_photographic(frames=2, rows=240, cols=320), learned, uid_seed="warm")
@@ -148,7 +156,7 @@ def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
     finally:
         tracemalloc.stop()
     assert [o.kind for o in objects] == ["video", "seg", "sr"]
-    assert peak < estimate < 1.5 * peak, (peak / MIB, estimate / MIB)
+    assert peak < estimate < 2 * peak, (peak / MIB, estimate / MIB)
 
 
 def test_estimate_formula_and_errors() -> None:
