@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from dicom_service import __version__
-from dicom_service.api.routers import health, jobs
+from dicom_service.api.routers import corrections, health, jobs
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     app = FastAPI(
         title="Dental AI DICOM node",
         version=__version__,
-        description="Jobs and health of the dental imaging AI node. Authenticate with "
-        "`Authorization: Bearer <token>`.",
+        description="Jobs, health and doctor-in-the-loop corrections of the dental imaging AI node. "
+        "Authenticate with `Authorization: Bearer <token>`.",
         lifespan=lifespan,
     )
     http = service.settings.http
@@ -60,4 +60,5 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
                     "port %d can control jobs. Development use only.", http.port)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(corrections.router)
     return app

@@ -59,6 +59,7 @@ def write_tooth_segmentation(
     algorithm: AlgorithmInfo,
     uid_seed: str | None = None,
     series_number: int = TOOTH_SERIES_NUMBER,
+    correction: str | None = None,
 ) -> Dataset:
     """Write a BINARY tooth Segmentation of a video or a single photograph.
 
@@ -78,6 +79,10 @@ def write_tooth_segmentation(
         Seed for deterministic UIDs.
     series_number : int
         Series Number of the new series.
+    correction : str, optional
+        For masks a user corrected (doctor-in-the-loop): what was corrected, recorded as
+        the Content Description; the segment's algorithm type is then SEMIAUTOMATIC and
+        the series is described as corrected.
 
     Returns
     -------
@@ -112,7 +117,7 @@ def write_tooth_segmentation(
     common.copy_patient_study(source, ds)
     common.set_series_and_equipment(
         ds, modality="SEG", series_uid=uids.series, series_number=series_number,
-        description="AI tooth segmentation",
+        description="AI tooth segmentation" if correction is None else "AI tooth segmentation, corrected",
     )
     common.set_sop_common(ds, sop_class_uid=SEGMENTATION, sop_instance_uid=uids.instance)
     common.copy_series_anatomy(source, ds, empty_if_unknown=False)
@@ -131,7 +136,7 @@ def write_tooth_segmentation(
     ds.PixelRepresentation = 0
     ds.SegmentationType = "BINARY"
     ds.ContentLabel = "TEETH"
-    ds.ContentDescription = "Teeth segmented on every frame"
+    ds.ContentDescription = "Teeth segmented on every frame" if correction is None else correction[:64]
     ds.ContentCreatorName = ""
     ds.SegmentsOverlap = "NO"
     ds.PresentationLUTShape = "IDENTITY"
@@ -141,7 +146,8 @@ def write_tooth_segmentation(
             segment_label="Tooth",
             segmented_property_category=common.ANATOMICAL_STRUCTURE,
             segmented_property_type=common.TOOTH,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=(hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if correction is None
+                            else hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC),
             algorithm_identification=common.hd_algorithm_identification(algorithm),
             tracking_uid=uids.derive("segment/1"),
             tracking_id="Teeth",

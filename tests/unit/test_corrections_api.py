@@ -1,0 +1,141 @@
+"""Doctor-in-the-loop over HTTP: a box or clicks on one frame → an amended tooth SEG sent to the PACS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi import HTTPException
+from fastapi.testclient import TestClient
+from pydicom import dcmread
+
+from dicom_service.api.app import create_app
+from dicom_service.api.routers.corrections import _processing_job
+from dicom_service.domain import JobKind, Workflow
+from dicom_service.media.video import open_frames
+from dicom_service.service import Service
+from tests import builders
+from tests.conftest import TEST_TOKEN
+from tests.dicomcheck import run_dciodvfy
+from tests.dicomnet import store
+from tests.receiver import running_receiver
+from tests.unit.test_service_flow import _wait_job
+
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _seg_masks(ds) -> np.ndarray:
+    """``(T, H, W)`` bool frames of a BINARY Segmentation with one segment."""
+    return ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)).astype(bool)
+
+
+def test_a_box_on_one_frame_amends_the_tooth_segmentation_and_reaches_the_pacs(make_settings, tmp_path) -> None:
+    from dicom_service.vision.tooth_predictor import ToothSegmenter
+
+    video = builders.make_video_photographic(frames=6, rows=96, cols=128)
+    sop = str(video.SOPInstanceUID)
+    with running_receiver() as pacs:
+        settings = make_settings(destinations=[{"name": "pacs", "ae_title": "PACS",
+                                                "host": "127.0.0.1", "port": pacs.port}])
+        with TestClient(create_app(Service(settings))) as client:
+            service = client.app.state.service
+            assert store(service.node.port, video) == 0
+            _wait_job(client, lambda j: j["kind"] == "dispatch" and j["state"] == "succeeded")
+            sent = pacs.wait_for(3, 30)
+            ai_seg = next(ds for ds in sent if str(ds.SOPClassUID) == SEG)
+
+            box = [10.0, 8.0, 70.0, 60.0]
+            request = {"sop_instance_uid": sop, "frame": 3, "box": box, "radius": 1}
+            reply = client.post("/corrections/tooth-masks", json=request, headers=AUTH)
+            assert reply.status_code == 201, reply.text
+            out = reply.json()
+            assert out["frames"] == 6 and out["corrected_frames"] == [2, 4]
+            assert out["sop_instance_uid"] != str(ai_seg.SOPInstanceUID)
+            # the same correction again: the same object (deterministic UIDs), no second dispatch
+            again = client.post("/corrections/tooth-masks", json=request, headers=AUTH).json()
+            assert again["sop_instance_uid"] == out["sop_instance_uid"] and again["dispatch_jobs"] == []
+
+            # the amended SEG reaches the PACS through a dispatch job
+            assert len(out["dispatch_jobs"]) == 1
+            _wait_job(client, lambda j: j["id"] == out["dispatch_jobs"][0] and j["state"] == "succeeded")
+            received = pacs.wait_for(4, 30)
+            amended = next(ds for ds in received if str(ds.SOPInstanceUID) == out["sop_instance_uid"])
+
+            # what the interactive model gives for that box on that frame, computed here
+            shared = service.runtimes.video.segmenter
+            frames = np.stack(list(open_frames(video).frames))
+            own = ToothSegmenter(shared.model)
+            own.set_image(frames[3])
+            expected = own.predict(box=np.array(box)).mask
+
+    stored = dcmread(out["path"])
+    assert stored.SOPInstanceUID == amended.SOPInstanceUID
+    assert run_dciodvfy(out["path"]) == []
+    assert stored.SeriesNumber == 9104 and stored.SeriesDescription == "AI tooth segmentation, corrected"
+    assert stored.SeriesInstanceUID != ai_seg.SeriesInstanceUID
+    assert stored.StudyInstanceUID == video.StudyInstanceUID
+    assert stored.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    assert stored.ContentDescription == "Corrected on frame 4 (box), +/-1 frames"
+    ours, theirs = _seg_masks(stored), _seg_masks(ai_seg)
+    assert np.array_equal(ours[3], expected)
+    assert not np.array_equal(ours[3], theirs[3])  # the box changed the frame
+    for t in (0, 1, 5):  # beyond the radius: the AI's automatic masks, unchanged
+        assert np.array_equal(ours[t], theirs[t]), t
+    assert out["tooth_fraction"] == pytest.approx(float(expected.mean()))
+
+
+def test_bad_corrections_get_clear_http_errors(make_settings) -> None:
+    with TestClient(create_app(Service(make_settings()))) as client:
+        service = client.app.state.service
+        unknown = {"sop_instance_uid": "1.2.3.4", "box": [0, 0, 10, 10]}
+        assert client.post("/corrections/tooth-masks", json=unknown).status_code == 401
+        reply = client.post("/corrections/tooth-masks", json=unknown, headers=AUTH)
+        assert reply.status_code == 404 and "not stored" in reply.json()["detail"]
+        for bad in ({"sop_instance_uid": "1.2.3"},  # no prompt
+                    {"sop_instance_uid": "1.2.3", "points": [[1, 2]]},  # points without labels
+                    {"sop_instance_uid": "1.2.3", "points": [[1, 2]], "labels": [1, 0]},
+                    {"sop_instance_uid": "1.2.3", "points": [[1, 2]], "labels": [2]},
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10]},
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "frame": -1},
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "radius": -2},
+                    {"sop_instance_uid": "not a uid", "box": [0, 0, 10, 10]},
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "colour": "red"}):
+            assert client.post("/corrections/tooth-masks", json=bad, headers=AUTH).status_code == 422, bad
+        # an instance whose video job has not succeeded yet, or that no video job processed
+        queued = service.queue.enqueue(JobKind.PROCESS, "manual/1", study_uid="1.2.9", workflow=Workflow.VIDEO,
+                                       payload={"sop_instance_uids": ["1.2.9.1"]}, max_attempts=1)
+        assert queued is not None
+        with pytest.raises(HTTPException) as pending:
+            _processing_job(service.queue, "1.2.9", "1.2.9.1")
+        assert pending.value.status_code == 409 and "queued" in pending.value.detail
+        with pytest.raises(HTTPException) as never:
+            _processing_job(service.queue, "1.2.9", "1.2.9.2")
+        assert never.value.status_code == 409 and "not been processed" in never.value.detail
+        assert client.get("/healthz").status_code == 200  # still serving
+
+
+def test_correction_errors_from_the_frames(make_settings) -> None:
+    """A frame outside the clip and a box drawn backwards are 422s; clicks alone carry to
+    the whole clip by default; a clip over the memory allowed for a correction is a 413."""
+    video = builders.make_video_photographic(frames=24, rows=96, cols=128)
+    sop = str(video.SOPInstanceUID)
+    with TestClient(create_app(Service(make_settings()))) as client:
+        service = client.app.state.service
+        assert store(service.node.port, video) == 0
+        _wait_job(client, lambda j: j["kind"] == "process" and j["state"] == "succeeded")
+        outside = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 24,
+                                                                "box": [0, 0, 10, 10]}, headers=AUTH)
+        assert outside.status_code == 422 and "outside the source's 24 frames" in outside.json()["detail"]
+        backwards = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop,
+                                                                  "box": [20, 20, 10, 10]}, headers=AUTH)
+        assert backwards.status_code == 422 and "x0 < x1" in backwards.json()["detail"]
+        ok = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 5,
+                                                           "points": [[60, 40]], "labels": [1]}, headers=AUTH)
+        assert ok.status_code == 201, ok.text
+        assert ok.json()["corrected_frames"] == [0, 23]  # the whole clip by default
+    # the same storage, with 1 MiB for a correction: 24 frames of 96x128 take 1.1 MiB
+    with TestClient(create_app(Service(make_settings(workers={"video_memory_mb": 1})))) as client:
+        big = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "box": [0, 0, 50, 50]},
+                          headers=AUTH)
+        assert big.status_code == 413 and "allowed for a correction" in big.json()["detail"]
+        assert client.get("/healthz").status_code == 200
