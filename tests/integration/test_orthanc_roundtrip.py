@@ -195,7 +195,8 @@ def test_radiograph_study_round_trip(pacs_and_node: PacsAndNode, tmp_path: Path)
 
 @pytest.mark.slow
 def test_video_round_trip(pacs_and_node: PacsAndNode, tmp_path: Path) -> None:
-    """A 2 s 320x240 H.264 Video Photographic clip → enhanced video, tooth SEG and SR."""
+    """A 2 s 320x240 H.264 Video Photographic clip → enhanced video, tooth SEG and SR; then
+    a correction over HTTP → an amended SEG in Orthanc."""
     orthanc, node = pacs_and_node.orthanc, pacs_and_node.node
     fps, frames = 30.0, 60
     video = builders.make_video_photographic(frames=frames, rows=240, cols=320, fps=fps, seed=5)
@@ -225,6 +226,22 @@ def test_video_round_trip(pacs_and_node: PacsAndNode, tmp_path: Path) -> None:
                       for e in sr_ds.CurrentRequestedProcedureEvidenceSequence
                       for s in e.ReferencedSeriesSequence for item in s.ReferencedSOPSequence}
     assert {str(enhanced.SOPInstanceUID), str(video.SOPInstanceUID)} <= referenced_all
+    wait_for_lua_idle(orthanc, study)
+    assert len(store_jobs_to_node(orthanc)) == 1
+
+    # a dentist corrects frame 30 with a box over the node's HTTP API: the amended SEG
+    # reaches Orthanc beside the AI's, and is not routed back to the node
+    reply = node.client.post("/corrections/tooth-masks", json={
+        "sop_instance_uid": str(video.SOPInstanceUID), "frame": 30, "box": [20, 20, 200, 160], "radius": 10})
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["corrected_frames"] == [20, 40]
+    found = wait_for_results(orthanc, node, study, {"seg": 2})
+    corrected = [download(orthanc, i, out) for i in found["seg"]]
+    amended = [ds for _, ds in corrected if ds.SeriesNumber == 9104]
+    assert len(amended) == 1 and str(amended[0].SOPInstanceUID) == reply.json()["sop_instance_uid"]
+    assert amended[0].SeriesDescription == "AI tooth segmentation, corrected"
+    assert amended[0].SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    assert hd.seg.segread(next(p for p, ds in corrected if ds.SeriesNumber == 9104)).number_of_segments == 1
     wait_for_lua_idle(orthanc, study)
     assert len(store_jobs_to_node(orthanc)) == 1
 
