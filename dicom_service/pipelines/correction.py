@@ -11,8 +11,9 @@ tooth) or draws a box around the teeth. :func:`correct_tooth_masks`:
 3. carries the corrected mask to the neighbouring frames, ``radius`` on each side (all of
    them by default), by optical flow and re-prompting
    (:func:`~dicom_service.vision.mask_propagation.propagate_correction`);
-4. segments every other frame as the node did (the automatic mode), so the amended object
-   covers the whole source like the original one;
+4. keeps the AI's masks on every other frame (read from its Segmentation; where that is
+   not at hand they are segmented again in the automatic mode, as the node did), so the
+   amended object covers the whole source like the original one;
 5. writes a new BINARY Segmentation (its own series, "AI tooth segmentation, corrected";
    the segment's algorithm type SEMIAUTOMATIC; the content description says which frame
    was corrected and how far it was carried).
@@ -101,7 +102,8 @@ class CorrectionResult:
 
 
 def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: MaskCorrection, *,
-                        algorithm: AlgorithmInfo, uid_seed: str, max_bytes: int | None = None) -> CorrectionResult:
+                        algorithm: AlgorithmInfo, uid_seed: str, max_bytes: int | None = None,
+                        previous: np.ndarray | None = None) -> CorrectionResult:
     """Apply a dentist's correction to the tooth masks of ``source`` (module docstring).
 
     Parameters
@@ -116,8 +118,12 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
     uid_seed : str
         Seed of the new object's UIDs (with :meth:`MaskCorrection.key`).
     max_bytes : int or None
-        Memory the decoded clip may take (3 bytes per pixel and frame, plus its masks);
-        None: no limit.
+        Memory the decoded clip may take (3 bytes per pixel and frame, plus two sets of
+        masks); None: no limit.
+    previous : np.ndarray or None
+        ``(T, H, W)`` bool, the AI's masks of the source's frames (see
+        :func:`segmentation_masks`): the frames the correction does not reach keep them.
+        None: those frames are segmented again in the automatic mode.
 
     Raises
     ------
@@ -132,7 +138,10 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
         raise InputError("a correction needs clicks (points and labels) or a box")
     stream = open_frames(source)
     count = stream.count
-    needed = count * int(source.Rows) * int(source.Columns) * 4
+    shape = (count, int(source.Rows), int(source.Columns))
+    if previous is not None and previous.shape != shape:
+        raise InputError(f"the AI's masks {previous.shape} do not match the source's frames {shape}")
+    needed = count * shape[1] * shape[2] * 5
     if max_bytes is not None and needed > max_bytes:
         raise CorrectionTooLarge(f"the clip's {count} frames take {needed / 2**20:.0f} MiB decoded, more than the "
                                  f"{max_bytes / 2**20:.0f} MiB allowed for a correction")
@@ -147,7 +156,10 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
     carried = propagate_correction(segmenter, frames, correction.frame, prediction.mask, radius=correction.radius)
     masks = np.zeros(frames.shape[:3], dtype=bool)
     for t in range(count):
-        masks[t] = carried[t] if t in carried else automatic_mask(segmenter, frames[t])
+        if t in carried:
+            masks[t] = carried[t]
+        else:
+            masks[t] = previous[t] if previous is not None else automatic_mask(segmenter, frames[t])
     reached = (min(carried), max(carried))
     seg = write_tooth_segmentation(source, masks, algorithm=algorithm,
                                    uid_seed=f"{uid_seed}/correction/{correction.key()}",
@@ -155,3 +167,17 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
     return CorrectionResult(segmentation=seg, frames=count, corrected_frames=reached, score=prediction.score,
                             tooth_fraction=float(prediction.mask.mean()))
 
+
+def segmentation_masks(seg: Dataset, source_sop_instance_uid: str) -> np.ndarray | None:
+    """The masks ``(T, H, W)`` bool of a tooth Segmentation of ``source_sop_instance_uid``
+    (one segment, one frame per source frame, as :func:`write_tooth_segmentation` writes
+    them); None if ``seg`` is about another instance or is not such an object."""
+    try:
+        referenced = {str(item.ReferencedSOPInstanceUID) for series in seg.ReferencedSeriesSequence
+                      for item in series.ReferencedInstanceSequence}
+        if source_sop_instance_uid not in referenced or len(seg.SegmentSequence) != 1:
+            return None
+        frames = int(seg.get("NumberOfFrames", 1))
+        return np.asarray(seg.pixel_array).reshape(frames, int(seg.Rows), int(seg.Columns)).astype(bool)
+    except (AttributeError, KeyError, ValueError, TypeError):
+        return None

@@ -3,7 +3,8 @@
 ``POST /corrections/tooth-masks`` names a stored photo or video that the video workflow has
 processed, a frame, and the dentist's clicks and/or box on it. The node segments that frame
 from the prompts, carries the result to the neighbouring frames, writes an amended tooth
-Segmentation beside the AI's (:mod:`dicom_service.pipelines.correction`), keeps it with the
+Segmentation beside the AI's (the other frames keep the AI's masks, read from the job's own
+Segmentation; :mod:`dicom_service.pipelines.correction`), keeps it with the
 job's results and queues it for every destination that receives the workflow's ``seg``
 results, as the job's own results were.
 """
@@ -26,6 +27,7 @@ from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
     MaskCorrection,
     correct_tooth_masks,
+    segmentation_masks,
 )
 from dicom_service.pipelines.video_memory import video_budget_bytes
 from dicom_service.vision.tooth_predictor import ToothSegmenter
@@ -89,6 +91,23 @@ class ToothCorrectionOut(BaseModel):
     dispatch_jobs: list[int]
 
 
+def _ai_masks(queue, job: Job, sop: str) -> np.ndarray | None:  # noqa: ANN001 - JobQueue
+    """The tooth masks the job's own Segmentation of instance ``sop`` holds (None if it
+    cannot be read: the correction then segments the other frames again)."""
+    result = queue.result(job.id) or {}
+    for kind, path in result.get("results", []):
+        if kind != "seg":
+            continue
+        try:
+            masks = segmentation_masks(dcmread(path), sop)
+        except (OSError, ValueError) as error:
+            log.warning("job %d: its Segmentation %s does not read (%s)", job.id, path, type(error).__name__)
+            continue
+        if masks is not None:
+            return masks
+    return None
+
+
 def _processing_job(queue, study_uid: str, sop: str) -> Job:  # noqa: ANN001 - JobQueue
     """The succeeded video job that processed instance ``sop``; 409 if there is none."""
     for job in queue.list(kind=JobKind.PROCESS, study_uid=study_uid, limit=1000):
@@ -126,7 +145,8 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn) -> T
     try:
         result = correct_tooth_masks(dcmread(meta.path), segmenter, body.correction(), algorithm=runtime.info,
                                      uid_seed=job.key,
-                                     max_bytes=video_budget_bytes(workers.video_memory_mb, workers.processing))
+                                     max_bytes=video_budget_bytes(workers.video_memory_mb, workers.processing),
+                                     previous=_ai_masks(service.queue, job, body.sop_instance_uid))
     except CorrectionTooLarge as error:
         log.warning("correction refused (too large): job %d", job.id)
         raise HTTPException(413, str(error)) from error

@@ -1,0 +1,80 @@
+"""The correction pipeline without HTTP: the AI's masks kept outside the correction's reach."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicom_service.domain import AlgorithmInfo, InputError
+from dicom_service.media.video import open_frames
+from dicom_service.pipelines.correction import (
+    CorrectionTooLarge,
+    MaskCorrection,
+    correct_tooth_masks,
+    segmentation_masks,
+)
+from dicom_service.writers.seg import write_tooth_segmentation
+from tests import builders
+
+ALGORITHM = AlgorithmInfo(name="test", version="1", family="ai")
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    from dicom_service.vision.registry import default_models_dir
+    from dicom_service.vision.tooth_predictor import ToothSegmenter
+    from dicom_service.vision.tooth_sam import load_sam_bundle
+
+    return ToothSegmenter(load_sam_bundle(default_models_dir() / "tooth_sam", "cpu")[0])
+
+
+@pytest.fixture(scope="module")
+def video():
+    return builders.make_video_photographic(frames=8, rows=64, cols=96)
+
+
+def test_the_ai_masks_stay_where_the_correction_does_not_reach(segmenter, video) -> None:
+    previous = np.zeros((8, 64, 96), dtype=bool)
+    previous[:, 10:20, 30:40] = True  # a mask no model would give: it can only come from `previous`
+    correction = MaskCorrection(frame=4, box=np.array([5.0, 5.0, 60.0, 50.0]), radius=2)
+    result = correct_tooth_masks(video, segmenter, correction, algorithm=ALGORITHM, uid_seed="t", previous=previous)
+    masks = segmentation_masks(result.segmentation, str(video.SOPInstanceUID))
+    assert masks is not None and masks.shape == (8, 64, 96)
+    assert result.corrected_frames == (2, 6)
+    for t in (0, 1, 7):
+        assert np.array_equal(masks[t], previous[t]), t
+    segmenter.set_image(np.stack(list(open_frames(video).frames))[4])
+    assert np.array_equal(masks[4], segmenter.predict(box=correction.box).mask)
+    assert result.segmentation.ContentDescription == "Corrected on frame 5 (box), +/-2 frames"
+
+
+def test_segmentation_masks_read_back_what_was_written(video) -> None:
+    written = np.random.default_rng(1).random((8, 64, 96)) > 0.5
+    seg = write_tooth_segmentation(video, written, algorithm=ALGORITHM, uid_seed="ai")
+    assert np.array_equal(segmentation_masks(seg, str(video.SOPInstanceUID)), written)
+    assert segmentation_masks(seg, "1.2.3.4") is None  # about another instance
+    assert segmentation_masks(builders.make_intraoral_radiograph(), str(video.SOPInstanceUID)) is None
+
+
+def test_correction_input_errors(segmenter, video) -> None:
+    box = np.array([5.0, 5.0, 60.0, 50.0])
+    with pytest.raises(InputError, match="clicks .* or a box"):
+        correct_tooth_masks(video, segmenter, MaskCorrection(frame=0), algorithm=ALGORITHM, uid_seed="t")
+    with pytest.raises(InputError, match="do not match"):
+        correct_tooth_masks(video, segmenter, MaskCorrection(frame=0, box=box), algorithm=ALGORITHM, uid_seed="t",
+                            previous=np.zeros((7, 64, 96), dtype=bool))
+    with pytest.raises(InputError, match="labels"):
+        correct_tooth_masks(video, segmenter, MaskCorrection(frame=0, points=np.array([[3.0, 4.0]]),
+                                                             labels=np.array([1, 0])),
+                            algorithm=ALGORITHM, uid_seed="t")
+    with pytest.raises(CorrectionTooLarge, match="allowed for a correction"):
+        correct_tooth_masks(video, segmenter, MaskCorrection(frame=0, box=box), algorithm=ALGORITHM, uid_seed="t",
+                            max_bytes=8 * 64 * 96 * 5 - 1)
+
+
+def test_the_same_correction_gives_the_same_uids_and_another_one_new_ones() -> None:
+    a = MaskCorrection(frame=2, points=np.array([[1.0, 2.0]]), labels=np.array([1]), radius=3)
+    same = MaskCorrection(frame=2, points=np.array([[1.0, 2.0]]), labels=np.array([1]), radius=3)
+    other = MaskCorrection(frame=2, points=np.array([[1.0, 2.0]]), labels=np.array([0]), radius=3)
+    assert a.key() == same.key() != other.key()
+    assert a.describe() == "Corrected on frame 3 (1+/0- clicks), +/-3 frames"
