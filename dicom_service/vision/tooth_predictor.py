@@ -168,6 +168,13 @@ class ToothSegmenter:
         self._original_size: tuple[int, int] | None = None
         self._input_size: tuple[int, int] | None = None
 
+    def sibling(self) -> ToothSegmenter:
+        """A segmenter with the same model and options and no cached image: one per
+        thread or stream, since :meth:`set_image` keeps the image's embedding on the
+        object (the model itself is shared and only read)."""
+        return ToothSegmenter(self.model, min_area_fraction=self.min_area_fraction,
+                              refine_automatic=self.refine_automatic)
+
     @property
     def low_res_size(self) -> int:
         """Side ``L`` of the low-resolution logits."""

@@ -455,6 +455,7 @@ class LearnedVideoRuntime:
                              self.upscaler if upscaled_size is not None else None, upscaled_size)
         tick = ProgressThrottle(progress)
         restorer = FrameRestorer(self.restorer, self.device, self.dtype)
+        segmenter = self.segmenter.sibling()  # its own cached image: streams may run at once
         tooth_pixels = 0
         window: list[_Segmented] = []  # frames t and t + 1
 
@@ -480,9 +481,9 @@ class LearnedVideoRuntime:
             to_output: Handoff[tuple[str, np.ndarray]] = stages.handoff()
             to_sink: Handoff[tuple[str, np.ndarray]] = stages.handoff()
             stages.start("prepare", lambda: _prepare_frames(itertools.chain([first], source_frames), work_size,
-                                                            scaled, self.segmenter,
+                                                            scaled, segmenter,
                                                             self.restorer.config.bidirectional, prepared))
-            stages.start("segment", lambda: _segment_frames(prepared, self.segmenter, (height, width), segmented))
+            stages.start("segment", lambda: _segment_frames(prepared, segmenter, (height, width), segmented))
             stages.start("stabilise", lambda: chain.stabilise_all(to_output, to_sink))
             stages.start("write", lambda: chain.write_all(to_sink))
             for t, item in enumerate(segmented):

@@ -75,6 +75,40 @@ def test_streamed_runtime_equals_whole_clip_processing(options: dict) -> None:
         assert outcome.metrics[name] == value, name
 
 
+def test_two_streams_at_once_on_one_runtime_give_what_each_gives_alone() -> None:
+    """With two processing workers, two clips stream through the same runtime at the same
+    time: each stream segments with a segmenter of its own (the cached image embedding is
+    per stream), so neither sees the other's frames."""
+    import threading
+
+    runtime = LearnedVideoRuntime(default_models_dir(), "cpu", precision="float32")
+    clips = [render_clip(clip_seed(0, "test", k), frames=10, height=96, width=128, teeth=True).degraded
+             for k in (3, 4)]
+    alone = []
+    for frames in clips:
+        sink = CollectingSink()
+        runtime.enhance_stream(iter(frames), len(frames), 30.0, sink)
+        alone.append((np.stack(sink.frames), np.stack(sink.masks)))
+    sinks = [CollectingSink(), CollectingSink()]
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            runtime.enhance_stream(iter(clips[k]), len(clips[k]), 30.0, sinks[k])
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for k in (0, 1):
+        assert np.array_equal(np.stack(sinks[k].frames), alone[k][0]), k
+        assert np.array_equal(np.stack(sinks[k].masks), alone[k][1]), k
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 10.0 * np.log10(255.0 ** 2 / max(mse, 1e-12))

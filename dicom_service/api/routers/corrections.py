@@ -138,9 +138,7 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn) -> T
     if not isinstance(shared, ToothSegmenter):
         raise HTTPException(status.HTTP_409_CONFLICT, f"the video runtime {runtime.info.name!r} has no interactive "
                                                       "tooth model (models.video: learned has one)")
-    # a segmenter of its own (same weights): the workers' one caches other images
-    segmenter = ToothSegmenter(shared.model, min_area_fraction=shared.min_area_fraction,
-                               refine_automatic=shared.refine_automatic)
+    segmenter = shared.sibling()  # the workers' one caches other images
     workers = service.settings.workers
     try:
         result = correct_tooth_masks(dcmread(meta.path), segmenter, body.correction(), algorithm=runtime.info,
