@@ -86,7 +86,6 @@ def test_a_box_on_one_frame_amends_the_tooth_segmentation_and_reaches_the_pacs(m
 
 def test_bad_corrections_get_clear_http_errors(make_settings) -> None:
     with TestClient(create_app(Service(make_settings()))) as client:
-        service = client.app.state.service
         unknown = {"sop_instance_uid": "1.2.3.4", "box": [0, 0, 10, 10]}
         assert client.post("/corrections/tooth-masks", json=unknown).status_code == 401
         reply = client.post("/corrections/tooth-masks", json=unknown, headers=AUTH)
@@ -101,17 +100,36 @@ def test_bad_corrections_get_clear_http_errors(make_settings) -> None:
                     {"sop_instance_uid": "not a uid", "box": [0, 0, 10, 10]},
                     {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "colour": "red"}):
             assert client.post("/corrections/tooth-masks", json=bad, headers=AUTH).status_code == 422, bad
-        # an instance whose video job has not succeeded yet, or that no video job processed
-        queued = service.queue.enqueue(JobKind.PROCESS, "manual/1", study_uid="1.2.9", workflow=Workflow.VIDEO,
-                                       payload={"sop_instance_uids": ["1.2.9.1"]}, max_attempts=1)
-        assert queued is not None
-        with pytest.raises(HTTPException) as pending:
-            _processing_job(service.queue, "1.2.9", "1.2.9.1")
-        assert pending.value.status_code == 409 and "queued" in pending.value.detail
-        with pytest.raises(HTTPException) as never:
-            _processing_job(service.queue, "1.2.9", "1.2.9.2")
-        assert never.value.status_code == 409 and "not been processed" in never.value.detail
         assert client.get("/healthz").status_code == 200  # still serving
+
+
+def test_the_processing_job_of_an_instance(tmp_path) -> None:
+    """The newest succeeded video job that processed the instance; a 409 naming the state
+    of a job not yet succeeded, or saying that none processed it (a queue without workers)."""
+    from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
+
+    queue = SQLiteJobQueue(tmp_path / "jobs.sqlite3")
+    payload = {"sop_instance_uids": ["1.2.9.1"]}
+    first = queue.enqueue(JobKind.PROCESS, "manual/1", study_uid="1.2.9", workflow=Workflow.VIDEO,
+                          payload=payload, max_attempts=1)
+    assert first is not None
+    with pytest.raises(HTTPException) as pending:
+        _processing_job(queue, "1.2.9", "1.2.9.1")
+    assert pending.value.status_code == 409 and f"job {first.id} is queued" in pending.value.detail
+    with pytest.raises(HTTPException) as never:
+        _processing_job(queue, "1.2.9", "1.2.9.2")
+    assert never.value.status_code == 409 and "not been processed" in never.value.detail
+    claimed = queue.claim((JobKind.PROCESS,), "test")
+    assert claimed is not None and claimed.id == first.id and queue.complete(first.id, result={})
+    newer = queue.enqueue(JobKind.PROCESS, "manual/2", study_uid="1.2.9", workflow=Workflow.VIDEO,
+                          payload=payload, max_attempts=1)
+    assert newer is not None and newer.id != first.id
+    assert _processing_job(queue, "1.2.9", "1.2.9.1").id == first.id  # a newer queued job does not hide it
+    radiograph = queue.enqueue(JobKind.PROCESS, "manual/3", study_uid="1.2.9", workflow=Workflow.RADIOGRAPH,
+                               payload={"sop_instance_uids": ["1.2.9.3"]}, max_attempts=1)
+    assert radiograph is not None
+    with pytest.raises(HTTPException, match="409"):
+        _processing_job(queue, "1.2.9", "1.2.9.3")
 
 
 def test_correction_errors_from_the_frames(make_settings) -> None:

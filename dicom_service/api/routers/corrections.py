@@ -109,13 +109,16 @@ def _ai_masks(queue, job: Job, sop: str) -> np.ndarray | None:  # noqa: ANN001 -
 
 
 def _processing_job(queue, study_uid: str, sop: str) -> Job:  # noqa: ANN001 - JobQueue
-    """The succeeded video job that processed instance ``sop``; 409 if there is none."""
-    for job in queue.list(kind=JobKind.PROCESS, study_uid=study_uid, limit=1000):
-        if job.workflow is Workflow.VIDEO and sop in job.payload.get("sop_instance_uids", []):
-            if job.state is JobState.SUCCEEDED:
-                return job
-            raise HTTPException(status.HTTP_409_CONFLICT,
-                                f"instance {sop}: its video job {job.id} is {job.state.value}, not succeeded")
+    """The newest succeeded video job that processed instance ``sop``; 409 if there is none
+    (naming the state of the newest such job, if one is queued, running or failed)."""
+    jobs = [job for job in queue.list(kind=JobKind.PROCESS, study_uid=study_uid, limit=1000)
+            if job.workflow is Workflow.VIDEO and sop in job.payload.get("sop_instance_uids", [])]
+    for job in jobs:  # newest first
+        if job.state is JobState.SUCCEEDED:
+            return job
+    if jobs:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"instance {sop}: its video job {jobs[0].id} is {jobs[0].state.value}, not succeeded")
     raise HTTPException(status.HTTP_409_CONFLICT, f"instance {sop} has not been processed by the video workflow")
 
 
