@@ -119,7 +119,8 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
             folder.mkdir(parents=True, exist_ok=True)
             for obj in output.objects:
                 target = folder / f"{obj.kind}-{obj.sop_instance_uid}.dcm"
-                target.write_bytes(obj.to_bytes())
+                with open(target, "wb") as fh:
+                    obj.write(fh)
                 entry["outputs"].append(str(target))
             entry["summary"]["instances"].extend(output.summary["instances"])
         report.outputs.extend(entry["outputs"])

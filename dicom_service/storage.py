@@ -16,8 +16,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from dicom_service.domain import InstanceMeta, StorageFullError
 from dicom_service.sqlite_db import Database
@@ -111,20 +113,28 @@ class InstanceStore:
         sop = validate_uid(sop_instance_uid, "SOPInstanceUID")
         return self.root / "instances" / study / series / f"{sop}.dcm"
 
-    def _write_file(self, target: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int:
-        """Write bytes atomically (tmp file + fsync + rename + fsync of the folder)."""
+    def _write_file(self, target: Path, chunks: list[bytes] | tuple[bytes, ...] | Callable[[BinaryIO], None]
+                    ) -> int:
+        """Write a file atomically (tmp file + fsync + rename + fsync of the folder): the
+        ``chunks`` of bytes, or whatever ``chunks(file)`` writes. Returns its size."""
         if target.parent not in self._known_dirs:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._known_dirs.add(target.parent)
         tmp = self.root / "tmp" / f"{target.name}.{os.getpid()}.{time.monotonic_ns()}"
-        size = 0
-        with open(tmp, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-                size += len(chunk)
-            if self.fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                if callable(chunks):
+                    chunks(fh)
+                else:
+                    for chunk in chunks:
+                        fh.write(chunk)
+                size = fh.tell()
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, target)
         if self.fsync:
             _fsync_dir(target.parent)
@@ -186,11 +196,14 @@ class InstanceStore:
                 )
         return StoreOutcome(_replace_path(meta, path), new=new)
 
-    def write_result(self, job_id: int, sop_instance_uid: str, data: bytes) -> Path:
-        """Durably write a result object of a job and remember it as ours; returns its path."""
+    def write_result(self, job_id: int, sop_instance_uid: str, data: bytes | Callable[[BinaryIO], None]) -> Path:
+        """Durably write a result object of a job and remember it as ours; returns its path.
+
+        ``data`` is the file's bytes, or a function that writes them to the file it is
+        given (so a large object streams to disk rather than being built in memory)."""
         sop = validate_uid(sop_instance_uid, "SOPInstanceUID")
         target = self.root / "results" / str(int(job_id)) / f"{sop}.dcm"
-        self._write_file(target, (data,))
+        self._write_file(target, (data,) if isinstance(data, bytes) else data)
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO own_results VALUES (?,?,?)", (sop, int(job_id), str(target))

@@ -59,7 +59,7 @@ def run_process_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None
     output = ctx.process(job, progress)
     written: list[tuple[str, str]] = []
     for obj in output.objects:
-        path = ctx.store.write_result(job.id, obj.sop_instance_uid, obj.to_bytes())
+        path = ctx.store.write_result(job.id, obj.sop_instance_uid, obj.write)
         written.append((obj.kind, str(path)))
     progress(f"wrote {len(written)} result objects")
     current = ctx.queue.get(job.id)

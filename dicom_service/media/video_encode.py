@@ -13,6 +13,7 @@ import tempfile
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -111,7 +112,17 @@ class H264Encoder:
         self.frames += 1
 
     def close(self) -> bytes:
-        """Flush the encoder and return the MP4 file.
+        """Flush the encoder and return the MP4 file's bytes (:meth:`close_file`, read
+        whole into memory; it raises the same errors)."""
+        with self.close_file() as file:
+            data = file.read()
+        return data
+
+    def close_file(self) -> BinaryIO:
+        """Flush the encoder and return the MP4 as a file open for reading at its start,
+        so that a long clip's video need not be held in memory. With ``faststart`` it is
+        the temporary file itself, already removed from its folder (POSIX keeps its data
+        until the file is closed, so nothing is left behind); else an in-memory buffer.
 
         Raises
         ------
@@ -128,16 +139,19 @@ class H264Encoder:
             self._container.close()
             self._container = None
             if isinstance(self._target, io.BytesIO):
-                data = self._target.getvalue()
+                file: BinaryIO = self._target
+                file.seek(0)
             else:
-                data = Path(str(self._target)).read_bytes()
+                file = open(str(self._target), "rb")  # noqa: SIM115 - handed to the caller
         except av.FFmpegError as exc:
             raise MediaError(f"H.264 encoding failed: {exc}") from exc
         finally:
             self.abort()
+        size = file.seek(0, io.SEEK_END)
+        file.seek(0)
         log.debug("encoded %d frames %dx%d at %.3f fps: %d bytes", self.frames, self.size[1], self.size[0],
-                  self.fps, len(data))
-        return data
+                  self.fps, size)
+        return file
 
     def abort(self) -> None:
         """Release the encoder and its temporary file (no-op once closed)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import BinaryIO
 
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
@@ -34,10 +35,17 @@ class ResultObject:
         """The object's SOP Instance UID."""
         return str(self.dataset.SOPInstanceUID)
 
+    def write(self, file: BinaryIO) -> None:
+        """Write the object as a DICOM file (preamble and meta header included) to ``file``.
+
+        Pixel Data held in a file (a streamed video's MP4, its Segmentation's packed bits)
+        is copied across in chunks, never read whole into memory."""
+        dcmwrite(file, self.dataset, enforce_file_format=True)
+
     def to_bytes(self) -> bytes:
-        """The object encoded as a DICOM file (preamble and meta header included)."""
+        """The object encoded as a DICOM file, in memory (:meth:`write` streams it)."""
         buffer = BytesIO()
-        dcmwrite(buffer, self.dataset, enforce_file_format=True)
+        self.write(buffer)
         return buffer.getvalue()
 
 

@@ -1,10 +1,14 @@
 """Where a streamed clip's results go as the runtime makes them: enhanced frames into the
 H.264 encoder (fitted to what H.264 Level 4.2 carries), tooth masks into packed
-Segmentation bits. Nothing here grows with the clip except the encoded video and the
-packed masks (an eighth of a byte per source pixel).
+Segmentation bits. For a video both go to temporary files (the MP4 the encoder writes, the
+packed bits a spool), which become the result objects' Pixel Data and are copied into the
+stored files in chunks, so nothing here grows in memory with the clip.
 """
 
 from __future__ import annotations
+
+import tempfile
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -68,11 +72,14 @@ class VideoOutputSink:
 
     def mask(self, mask: np.ndarray) -> None:
         if self.masks is None:
-            self.masks = MaskPacker(*mask.shape)
+            spool = tempfile.TemporaryFile(prefix="dicom-service-seg-") if self.video else None  # noqa: SIM115
+            self.masks = MaskPacker(*mask.shape, spool=spool)
         self.masks.add(mask)
 
-    def finish(self) -> tuple[bytes, int, tuple[int, int], float]:
-        """Close the encoder: the MP4, its frame count, its (even) ``(rows, columns)`` and fps.
+    def finish(self) -> tuple[BinaryIO, int, tuple[int, int], float]:
+        """Close the encoder: the MP4 (a file open at its start, see
+        :meth:`~dicom_service.media.video_encode.H264Encoder.close_file`), its frame count,
+        its (even) ``(rows, columns)`` and fps.
 
         Raises
         ------
@@ -82,9 +89,11 @@ class VideoOutputSink:
         if self._encoder is None or self._encoder.size is None:
             raise ValueError("no enhanced video frames to encode")
         frames, size = self._encoder.frames, self._encoder.size
-        return self._encoder.close(), frames, size, self._encoder.fps
+        return self._encoder.close_file(), frames, size, self._encoder.fps
 
     def abort(self) -> None:
-        """Release the encoder after a failure."""
+        """Release the encoder and the mask spool after a failure."""
         if self._encoder is not None:
             self._encoder.abort()
+        if self.masks is not None and self.masks.spool is not None:
+            self.masks.spool.close()

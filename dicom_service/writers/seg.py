@@ -27,6 +27,8 @@ Implant SEG (radiograph, one frame)
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -100,7 +102,7 @@ def write_tooth_segmentation(
         if (masks.frames, masks.rows, masks.columns) != expected:
             raise ValueError(f"packed masks ({masks.frames}, {masks.rows}, {masks.columns}) do not match the "
                              f"source frames (NumberOfFrames, Rows, Columns) = {expected}")
-        shape, pixel_data = expected, masks.pixel_data()
+        shape, pixel_data = expected, masks.pixel_value()
     else:
         frames = _validate_masks(source, masks)
         shape, pixel_data = frames.shape, _pack_masks(frames)
@@ -193,19 +195,25 @@ class MaskPacker:
     with no per-frame padding, least significant bit first, padded to an even length (as
     :func:`pydicom.pixels.pack_bits` packs a whole ``(T, H, W)`` array, without its
     full-size temporary copies). A streamed video's masks are packed as they come, at an
-    eighth of a byte per pixel.
+    eighth of a byte per pixel, in memory or, given a ``spool`` file, on disk.
 
     Parameters
     ----------
     rows, columns : int
         The size every mask has.
+    spool : binary file, optional
+        A seekable file, empty and open for reading and writing (``tempfile.TemporaryFile()``),
+        that takes the packed bits instead of memory; :meth:`pixel_value` then hands it on
+        as the Segmentation's Pixel Data.
     """
 
-    def __init__(self, rows: int, columns: int) -> None:
+    def __init__(self, rows: int, columns: int, spool: BinaryIO | None = None) -> None:
         self.rows, self.columns = rows, columns
         self.frames = 0
+        self.spool = spool
         self._packed = bytearray()
         self._carry = np.zeros(0, dtype=bool)  # bits of a byte not yet full (fewer than 8)
+        self._sealed = False
         self.foreground = 0
 
     def add(self, mask: np.ndarray) -> None:
@@ -214,8 +222,10 @@ class MaskPacker:
         Raises
         ------
         ValueError
-            Wrong shape, or values other than 0 and 1.
+            Wrong shape, values other than 0 and 1, or the spool already handed on.
         """
+        if self._sealed:
+            raise ValueError("the packed masks were already handed on as Pixel Data")
         if not isinstance(mask, np.ndarray) or mask.shape != (self.rows, self.columns):
             raise ValueError(f"mask shape {getattr(mask, 'shape', None)} is not ({self.rows}, {self.columns})")
         if mask.dtype != bool:
@@ -224,15 +234,46 @@ class MaskPacker:
             mask = mask.astype(bool)
         bits = np.concatenate([self._carry, mask.reshape(-1)]) if self._carry.size else mask.reshape(-1)
         whole = bits.size // 8 * 8
-        self._packed += np.packbits(bits[:whole], bitorder="little").tobytes()
+        packed = np.packbits(bits[:whole], bitorder="little").tobytes()
+        if self.spool is not None:
+            self.spool.write(packed)
+        else:
+            self._packed += packed
         self._carry = bits[whole:].copy()
         self.foreground += int(np.count_nonzero(mask))
         self.frames += 1
 
+    def _tail(self, length: int) -> bytes:
+        """The last bits (spare bits zero) and the padding to an even length, after ``length``
+        bytes of whole packed bytes."""
+        tail = np.packbits(self._carry, bitorder="little").tobytes()
+        return tail + b"\x00" if (length + len(tail)) % 2 else tail
+
     def pixel_data(self) -> bytes:
-        """The packed frames so far (the last byte's spare bits zero, even length)."""
-        packed = bytes(self._packed) + np.packbits(self._carry, bitorder="little").tobytes()
-        return packed + b"\x00" if len(packed) % 2 else packed
+        """The packed frames so far (the last byte's spare bits zero, even length), in memory."""
+        if self.spool is None:
+            return bytes(self._packed) + self._tail(len(self._packed))
+        if self._sealed:
+            self.spool.seek(0)
+            data = self.spool.read()
+            self.spool.seek(0)
+            return data
+        end = self.spool.tell()
+        self.spool.seek(0)
+        data = self.spool.read()
+        self.spool.seek(end)
+        return data + self._tail(end)
+
+    def pixel_value(self) -> bytes | BinaryIO:
+        """The Pixel Data value: :meth:`pixel_data`, or with a spool the spool itself,
+        completed (last bits, padding) and rewound; no mask can be added after that."""
+        if self.spool is None:
+            return self.pixel_data()
+        if not self._sealed:
+            self.spool.write(self._tail(self.spool.tell()))
+            self._sealed = True
+        self.spool.seek(0)
+        return self.spool
 
 
 def _pack_masks(frames: np.ndarray) -> bytes:

@@ -14,9 +14,12 @@ SourceImageSequence point at the source video.
 
 from __future__ import annotations
 
+import io
+from typing import BinaryIO
+
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, encapsulate_buffer
 
 from dicom_service.domain import AlgorithmInfo
 from dicom_service.media.video import video_transfer_syntax_for
@@ -97,7 +100,7 @@ def write_enhanced_video(
 
 def wrap_enhanced_video(
     source: Dataset,
-    mp4: bytes,
+    mp4: bytes | BinaryIO,
     n_frames: int,
     rows: int,
     cols: int,
@@ -116,8 +119,10 @@ def wrap_enhanced_video(
     ----------
     source : Dataset
         The original video (or photo); patient and study are copied from it.
-    mp4 : bytes
-        The MP4 file (H.264 High Profile, yuv420p).
+    mp4 : bytes or binary file
+        The MP4 file (H.264 High Profile, yuv420p), or a seekable file open on it
+        (:meth:`~dicom_service.media.video_encode.H264Encoder.close_file`): the Pixel Data
+        then stays in that file and is copied from it when the instance is written.
     n_frames, rows, cols : int
         Its frame count and (even) frame size.
     fps : float
@@ -132,8 +137,13 @@ def wrap_enhanced_video(
     dicom_service.domain.MediaError
         The geometry exceeds H.264 Level 4.2.
     """
-    if n_frames < 1 or rows < 1 or cols < 1 or not mp4:
-        raise ValueError(f"need frames and an MP4, got {n_frames} frames {cols}x{rows}, {len(mp4)} bytes")
+    if isinstance(mp4, bytes):
+        size = len(mp4)
+    else:
+        size = mp4.seek(0, io.SEEK_END)
+        mp4.seek(0)
+    if n_frames < 1 or rows < 1 or cols < 1 or not size:
+        raise ValueError(f"need frames and an MP4, got {n_frames} frames {cols}x{rows}, {size} bytes")
     if not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     syntax = video_transfer_syntax_for(cols, rows, float(fps))
@@ -189,7 +199,8 @@ def wrap_enhanced_video(
     ds.ActualFrameDuration = max(1, int(round(frame_time)))
     ds.PreferredPlaybackSequencing = 0
 
-    ds.PixelData = encapsulate([mp4], has_bot=False)
+    ds.PixelData = encapsulate([mp4], has_bot=False) if isinstance(mp4, bytes) else \
+        encapsulate_buffer([mp4], has_bot=False)
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     if algorithm is not None:

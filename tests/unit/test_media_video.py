@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,7 +183,9 @@ def test_output_sink_downscales_thins_out_and_encodes() -> None:
     sink.start(120.0)
     for frame in big:
         sink.frame(frame)
-    mp4, count, size, fps = sink.finish()
+    mp4_file, count, size, fps = sink.finish()
+    with mp4_file:  # the encoder's temporary file, already unlinked: nothing left behind
+        mp4 = mp4_file.read()
     assert (count, size, fps) == (2, (1080, 1920), 60.0) and len(sink.fitted) == 2
     assert "60 fps" in sink.fitted[0] and "2560x1440 to 1920x1080" in sink.fitted[1]
     template = builders.make_video_photographic(frames=2, rows=64, cols=96)
@@ -192,7 +195,7 @@ def test_output_sink_downscales_thins_out_and_encodes() -> None:
     sink.start(30.0)
     for frame in small:
         sink.frame(frame)
-    assert sink.finish()[0] == encode_h264_mp4(small, 30.0) and sink.fitted == []
+    assert sink.finish()[0].read() == encode_h264_mp4(small, 30.0) and sink.fitted == []
     with pytest.raises(ValueError, match="no enhanced video frames"):
         VideoOutputSink(video=True).finish()
 
@@ -254,3 +257,27 @@ def test_frame_size_change_within_the_stream_is_a_media_error(video: Dataset) ->
 
     with pytest.raises(MediaError, match=r"size changes within the video stream \(96x64, then 128x96 at frame 4\)"):
         read_frames(builders.with_pixel_stream(video, raw(96, 64) + raw(128, 96), frames=6))
+
+
+def test_encoder_hands_its_mp4_over_as_a_file_and_leaves_nothing_behind() -> None:
+    """``close_file`` gives the MP4 as an open file at its start; the temporary folder is
+    already gone (the data lives until the file is closed), so a failed or finished job
+    leaves no file behind. The MP4 decodes to the frames' count and size."""
+    from dicom_service.media.video_encode import H264Encoder
+
+    frames = builders.make_intraoral_scene(frames=4, rows=48, cols=64, seed=2)[0]
+    encoder = H264Encoder(30.0)
+    for frame in frames:
+        encoder.add(frame)
+    folder = Path(encoder._tmp.name)  # noqa: SLF001 - where the encoder writes
+    assert folder.is_dir()
+    with encoder.close_file() as mp4:
+        assert not folder.exists() and mp4.tell() == 0
+        data = mp4.read()
+    template = builders.make_video_photographic(frames=4, rows=48, cols=64)
+    assert read_frames(builders.with_pixel_stream(template, data, frames=4))[0].shape == (4, 48, 64, 3)
+    in_memory = H264Encoder(30.0, faststart=False)
+    for frame in frames:
+        in_memory.add(frame)
+    buffer = in_memory.close_file()
+    assert isinstance(buffer, io.BytesIO) and buffer.tell() == 0 and buffer.read()[4:8] == b"ftyp"

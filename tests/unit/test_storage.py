@@ -77,3 +77,24 @@ def test_own_results_are_acknowledged_not_reprocessed(tmp_path: Path) -> None:
     outcome = store.store(_meta("1.2.3.99"), (b"result",))
     assert not outcome.new
     assert store.counts()["instances"] == 0
+
+
+def test_a_result_streams_to_its_file_and_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    """``write_result`` takes a function that writes the file (a large result streamed from
+    its temporary files); if it fails, neither the result nor a temporary file is left."""
+    store = InstanceStore(tmp_path)
+
+    def write(fh) -> None:  # noqa: ANN001 - a binary file
+        for chunk in (b"ab", b"cd", b"ef"):
+            fh.write(chunk)
+
+    assert store.write_result(8, "1.2.3.98", write).read_bytes() == b"abcdef"
+
+    def broken(fh) -> None:  # noqa: ANN001
+        fh.write(b"half")
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        store.write_result(8, "1.2.3.97", broken)
+    assert not (tmp_path / "results" / "8" / "1.2.3.97.dcm").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []

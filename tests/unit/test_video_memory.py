@@ -161,8 +161,7 @@ def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
 
 def test_estimate_formula_and_errors() -> None:
     runtime = ClassicalVideoRuntime()
-    pixels = 30 * 48 * 64
-    written = int(2 * (0.125 + 0.125) * pixels)  # the SEG's packed bits and the H.264 allowance, twice
+    written = 30 * 12 * 1024  # the SEG's per-frame attributes (its bits and the H.264 output are on disk)
     computing = runtime.compute_bytes(30, 48, 64, 25.0) + CODEC_BYTES_PER_PIXEL * 48 * 64  # one frame's worth
     expected = int(MARGIN * (2 * 1000 + runtime.working_bytes(30, 48, 64, 25.0) + written + computing)) + FIXED_BYTES
     assert estimate_video_bytes(30, 48, 64, runtime, fps=25.0, source_bytes=1000) == expected
@@ -171,10 +170,10 @@ def test_estimate_formula_and_errors() -> None:
 
 
 def _huge_header_video():
-    """A video whose header declares 100 000 frames of 1920x1080 over pixel data that is not
+    """A video whose header declares 1 000 000 frames of 1920x1080 over pixel data that is not
     even a video: only the header may be read, or the check would be a decode error."""
     ds = builders.make_video_photographic(frames=2, rows=64, cols=96)
-    ds.NumberOfFrames, ds.Rows, ds.Columns = 100_000, 1080, 1920
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 1_000_000, 1080, 1920
     ds.PixelData = encapsulate([b"not a video stream!!"], has_bot=False)
     return ds
 
@@ -182,9 +181,9 @@ def _huge_header_video():
 def test_a_clip_over_the_budget_is_refused_before_decoding() -> None:
     runtime = ClassicalVideoRuntime()
     ds = _huge_header_video()
-    need = estimate_video_bytes(100_000, 1080, 1920, runtime, fps=dataset_fps(ds),
+    need = estimate_video_bytes(1_000_000, 1080, 1920, runtime, fps=dataset_fps(ds),
                                 source_bytes=len(ds.PixelData))
-    with pytest.raises(UnsupportedInputError, match=r"100000 frames of 1920x1080 .*workers.video_memory_mb"):
+    with pytest.raises(UnsupportedInputError, match=r"1000000 frames of 1920x1080 .*workers.video_memory_mb"):
         check_video_fits(ds, runtime, 8 * 1024 * MIB)
     assert check_video_fits(ds, runtime, None) == need  # no limit known: nothing refused
     assert check_video_fits(ds, runtime, need) == need  # exactly at the budget: accepted

@@ -4,8 +4,11 @@ super-resolution composed over whole arrays here, as the runtime once ran them."
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from pydicom import dcmread
 
 pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
@@ -124,7 +127,9 @@ def test_streamed_workflow_writes_what_the_whole_clip_gives() -> None:
     frames, fps = read_frames(source)
     whole = runtime.enhance(frames, fps)
     objects, summary = process_video_instance(source, runtime, uid_seed="stream")
-    video, seg = objects[0].dataset, objects[1].dataset
+    # the video and the packed masks stay in temporary files until the objects are written
+    assert all(isinstance(o.dataset.PixelData, io.BufferedIOBase) for o in objects[:2])
+    video, seg = (dcmread(io.BytesIO(o.to_bytes())) for o in objects[:2])
     assert seg.PixelData == _pack_masks(whole.tooth_masks)
     streamed = read_frames(video)[0]
     assert streamed.shape == whole.frames.shape

@@ -156,7 +156,7 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn) -> T
         raise HTTPException(422, str(error)) from error
     seg = result.segmentation
     sop = str(seg.SOPInstanceUID)
-    path = service.store.write_result(job.id, sop, ResultObject("seg", seg).to_bytes())
+    path = service.store.write_result(job.id, sop, ResultObject("seg", seg).write)
     dispatches = []
     for dest in destinations_for(service.settings, Workflow.VIDEO):
         if "seg" not in dest.results:
