@@ -16,8 +16,9 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 class Receiver:
     """Collects every data set stored to it; ``arrived`` is set on each store."""
 
-    def __init__(self, ae_title: str = "PACS") -> None:
+    def __init__(self, ae_title: str = "PACS", transfer_syntaxes: list[str] | None = None) -> None:
         self.ae_title = ae_title
+        self.transfer_syntaxes = transfer_syntaxes or ALL_TRANSFER_SYNTAXES
         self.datasets: list[Dataset] = []
         self.arrived = threading.Condition()
         self._server = None
@@ -34,7 +35,7 @@ class Receiver:
     def start(self, port: int = 0) -> None:
         ae = AE(ae_title=self.ae_title)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cx.abstract_syntax, self.transfer_syntaxes)
         self._ae = ae
         self._server = ae.start_server(("127.0.0.1", port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
@@ -55,9 +56,10 @@ class Receiver:
 
 
 @contextmanager
-def running_receiver(ae_title: str = "PACS", port: int = 0) -> Iterator[Receiver]:
-    """A started :class:`Receiver`, stopped on exit."""
-    receiver = Receiver(ae_title)
+def running_receiver(ae_title: str = "PACS", port: int = 0,
+                     transfer_syntaxes: list[str] | None = None) -> Iterator[Receiver]:
+    """A started :class:`Receiver` (accepting ``transfer_syntaxes``, default all), stopped on exit."""
+    receiver = Receiver(ae_title, transfer_syntaxes)
     receiver.start(port)
     try:
         yield receiver

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
 from dicom_service.config import Destination
@@ -60,7 +60,10 @@ def send_files(
     """C-STORE files to a destination over one association.
 
     Each file is proposed with its own transfer syntax and, as a fallback for
-    uncompressed data, Explicit and Implicit VR Little Endian.
+    uncompressed data, Explicit and Implicit VR Little Endian. Only the headers are read
+    up front; a file whose own transfer syntax was accepted is sent from disk in chunks,
+    as it is encoded (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``), so a long video's
+    result is never held in memory; a file sent in a fallback syntax is decoded first.
 
     Raises
     ------
@@ -70,9 +73,9 @@ def send_files(
     """
     if not paths:
         return
-    datasets = [dcmread(p) for p in paths]
+    headers = [dcmread(p, stop_before_pixels=True) for p in paths]
     wanted: dict[str, list[str]] = {}
-    for ds in datasets:
+    for ds in headers:
         syntaxes = wanted.setdefault(str(ds.SOPClassUID), [])
         ts = str(ds.file_meta.TransferSyntaxUID)
         if ts not in syntaxes:
@@ -94,10 +97,13 @@ def send_files(
             f"association to {destination.name} ({destination.ae_title}@{destination.host}:"
             f"{destination.port}) failed"
         )
+    accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
+    _config.STORE_SEND_CHUNKED_DATASET = True  # applies to paths only; datasets are sent as before
     failed: list[str] = []
     try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
+        for path, ds in zip(paths, headers, strict=True):
+            as_encoded = (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) in accepted
+            status = assoc.send_c_store(str(path) if as_encoded else dcmread(path))
             code = getattr(status, "Status", None) if status else None
             if code is None or not (code == 0x0000 or 0xB000 <= code <= 0xBFFF):
                 failed.append(f"{ds.SOPInstanceUID} ({'no response' if code is None else hex(code)})")
@@ -106,4 +112,4 @@ def send_files(
             assoc.release()
     if failed:
         raise DispatchError(f"{destination.name} did not store: {', '.join(failed)}")
-    log.info("sent %d objects to %s", len(datasets), destination.name)
+    log.info("sent %d objects to %s", len(paths), destination.name)
