@@ -13,8 +13,9 @@ run again after the budget is raised.
 The estimate is a sum, times a safety margin, plus a fixed allowance for one-off buffers.
 What is held: the source's pixel data twice (the dataset and the bitstream handed to the
 decoder), the arrays the runtime holds at its peak
-(:meth:`~dicom_service.vision.runtime.VideoRuntime.working_bytes`), and the
-Segmentation's per-frame functional groups. What computing takes, per pixel of one frame and
+(:meth:`~dicom_service.vision.runtime.VideoRuntime.working_bytes`), the
+Segmentation's per-frame functional groups and an allowance for the native memory that was
+measured to grow with the clip. What computing takes, per pixel of one frame and
 whatever the clip's length: the
 runtime's network activations
 (:meth:`~dicom_service.vision.runtime.VideoRuntime.compute_bytes`) and the codecs' buffers.
@@ -48,6 +49,11 @@ CODEC_BYTES_PER_PIXEL = 160
 #: measured 9.2 kB held and 9.6 kB at the peak of writing the object (tracemalloc, 500 and
 #: 2,500 frames). Its packed bits and the encoded video are in temporary files, not memory.
 SEG_BYTES_PER_FRAME = 12 * 1024
+#: Resident memory that still grows with the clip outside Python's objects (native
+#: allocations of the codecs, OpenCV and torch across the stream's threads; the cause is not
+#: pinned down), per source pixel and frame: measured 0.36-0.68 (``python -m
+#: benchmarks.video_memory``: 60 to 300 frames at 640x480 and 1280x720, 300 to 900 at 640x480).
+NATIVE_GROWTH_BYTES_PER_PIXEL = 0.75
 #: Frame rate assumed where the header gives none (the stabiliser's window grows with it).
 DEFAULT_FPS = 60.0
 #: Share of the memory limit the automatic budget hands to video jobs together.
@@ -72,7 +78,8 @@ def estimate_video_bytes(count: int, height: int, width: int, runtime: VideoRunt
     """
     if count < 1 or height < 1 or width < 1:
         raise ValueError(f"need a positive frame count and size, got {count} frames {width}x{height}")
-    held = 2 * source_bytes + runtime.working_bytes(count, height, width, fps) + SEG_BYTES_PER_FRAME * count
+    grows = (SEG_BYTES_PER_FRAME + NATIVE_GROWTH_BYTES_PER_PIXEL * height * width) * count
+    held = 2 * source_bytes + runtime.working_bytes(count, height, width, fps) + int(grows)
     computing = runtime.compute_bytes(count, height, width, fps) + CODEC_BYTES_PER_PIXEL * height * width
     return int(MARGIN * (held + computing)) + FIXED_BYTES
 
