@@ -49,6 +49,31 @@ def destinations_for(settings: Settings, workflow: Workflow) -> list[Destination
     return [d for d in settings.destinations if workflow in d.workflows]
 
 
+def queue_dispatches(settings: Settings, queue: JobQueue, job: Job, written: Sequence[tuple[str, str]], *,
+                     suffix: str = "", progress: Callable[[str], None] | None = None) -> list[int]:
+    """One dispatch job per destination of ``job``'s workflow for the ``(kind, path)``
+    results it wants; returns the new jobs' ids (none for a key already queued).
+
+    ``suffix`` tells later results of the same job apart (a correction's SEG) in the
+    dispatch jobs' keys ``dispatch/<job>/<destination><suffix>``."""
+    assert job.workflow is not None
+    dispatches = []
+    for dest in destinations_for(settings, job.workflow):
+        paths = [p for kind, p in written if kind in dest.results]
+        if not paths:
+            continue
+        dispatch = queue.enqueue(
+            JobKind.DISPATCH, f"dispatch/{job.id}/{dest.name}{suffix}", study_uid=job.study_uid,
+            workflow=job.workflow, payload={"destination": dest.name, "paths": paths},
+            max_attempts=settings.retry.dispatch_max_attempts,
+        )
+        if dispatch is not None:
+            dispatches.append(dispatch.id)
+            if progress is not None:
+                progress(f"dispatch job {dispatch.id} queued for {dest.name} ({len(paths)} objects)")
+    return dispatches
+
+
 def run_process_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None]) -> dict:
     """Run a processing job: pipeline, durable results, one dispatch job per destination.
 
@@ -66,19 +91,7 @@ def run_process_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None
     if current is None or current.state is not JobState.RUNNING:
         progress("job no longer running (cancelled); results not dispatched")
         return {"summary": output.summary, "results": written}
-    dispatches = []
-    for dest in destinations_for(ctx.settings, job.workflow):
-        paths = [p for kind, p in written if kind in dest.results]
-        if not paths:
-            continue
-        dispatch = ctx.queue.enqueue(
-            JobKind.DISPATCH, f"dispatch/{job.id}/{dest.name}", study_uid=job.study_uid,
-            workflow=job.workflow, payload={"destination": dest.name, "paths": paths},
-            max_attempts=ctx.settings.retry.dispatch_max_attempts,
-        )
-        if dispatch is not None:
-            dispatches.append(dispatch.id)
-            progress(f"dispatch job {dispatch.id} queued for {dest.name} ({len(paths)} objects)")
+    dispatches = queue_dispatches(ctx.settings, ctx.queue, job, written, progress=progress)
     if not ctx.settings.destinations:
         progress("no destinations configured: results kept in storage only")
     return {"summary": output.summary, "results": written, "dispatch_jobs": dispatches}

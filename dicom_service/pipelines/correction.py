@@ -31,6 +31,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_service.domain import AlgorithmInfo, InputError
+from dicom_service.media.pixels import DECODE_ERRORS, decode_error
 from dicom_service.media.video import open_frames
 from dicom_service.vision.mask_propagation import propagate_correction
 from dicom_service.vision.tooth_predictor import ToothSegmenter
@@ -171,13 +172,22 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
 def segmentation_masks(seg: Dataset, source_sop_instance_uid: str) -> np.ndarray | None:
     """The masks ``(T, H, W)`` bool of a tooth Segmentation of ``source_sop_instance_uid``
     (one segment, one frame per source frame, as :func:`write_tooth_segmentation` writes
-    them); None if ``seg`` is about another instance or is not such an object."""
+    them); None if ``seg`` is about another instance or is not such an object.
+
+    Raises
+    ------
+    MediaError
+        Its pixel data does not decode.
+    """
     try:
         referenced = {str(item.ReferencedSOPInstanceUID) for series in seg.ReferencedSeriesSequence
                       for item in series.ReferencedInstanceSequence}
-        if source_sop_instance_uid not in referenced or len(seg.SegmentSequence) != 1:
+        if source_sop_instance_uid not in referenced or len(seg.get("SegmentSequence", [])) != 1:
             return None
-        frames = int(seg.get("NumberOfFrames", 1))
-        return np.asarray(seg.pixel_array).reshape(frames, int(seg.Rows), int(seg.Columns)).astype(bool)
+        shape = (int(seg.get("NumberOfFrames", 1)), int(seg.Rows), int(seg.Columns))
     except (AttributeError, KeyError, ValueError, TypeError):
         return None
+    try:
+        return np.asarray(seg.pixel_array).reshape(shape).astype(bool)
+    except DECODE_ERRORS as error:
+        raise decode_error(error) from error

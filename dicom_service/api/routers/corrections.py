@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydicom import dcmread
 
 from dicom_service.api.auth import Authenticated
-from dicom_service.domain import InputError, Job, JobKind, JobState, Workflow
-from dicom_service.jobs.worker import destinations_for
+from dicom_service.domain import InputError, Job, JobKind, JobState, MediaError, Workflow
+from dicom_service.jobs.worker import queue_dispatches
 from dicom_service.pipelines.base import ResultObject
 from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
@@ -100,7 +100,7 @@ def _ai_masks(queue, job: Job, sop: str) -> np.ndarray | None:  # noqa: ANN001 -
             continue
         try:
             masks = segmentation_masks(dcmread(path), sop)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, MediaError) as error:
             log.warning("job %d: its Segmentation %s does not read (%s)", job.id, path, type(error).__name__)
             continue
         if masks is not None:
@@ -157,16 +157,8 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn) -> T
     seg = result.segmentation
     sop = str(seg.SOPInstanceUID)
     path = service.store.write_result(job.id, sop, ResultObject("seg", seg).write)
-    dispatches = []
-    for dest in destinations_for(service.settings, Workflow.VIDEO):
-        if "seg" not in dest.results:
-            continue
-        dispatch = service.queue.enqueue(
-            JobKind.DISPATCH, f"dispatch/{job.id}/{dest.name}/correction/{sop}", study_uid=job.study_uid,
-            workflow=Workflow.VIDEO, payload={"destination": dest.name, "paths": [str(path)]},
-            max_attempts=service.settings.retry.dispatch_max_attempts)
-        if dispatch is not None:
-            dispatches.append(dispatch.id)
+    dispatches = queue_dispatches(service.settings, service.queue, job, [("seg", str(path))],
+                                  suffix=f"/correction/{sop}")
     log.info("tooth masks corrected: job %d, frames %d-%d of %d, %d dispatch jobs", job.id,
              *result.corrected_frames, result.frames, len(dispatches))
     return ToothCorrectionOut(job_id=job.id, sop_instance_uid=sop, series_instance_uid=str(seg.SeriesInstanceUID),
