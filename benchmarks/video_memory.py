@@ -21,8 +21,15 @@ process from its first call (as a job meets them): a runtime (``learned``, ``lea
 decoded and encoded frame by frame), against the workflow's ``CODEC_BYTES_PER_PIXEL``.
 These are the figures the per-pixel allowances of the admission check come from.
 
+``--correction`` measures a dentist's correction instead (what ``POST
+/corrections/tooth-masks`` runs: :func:`~dicom_service.pipelines.correction.correct_tooth_masks`
+with a box on the middle frame, carried through the whole clip, and the amended
+Segmentation written to a file), each run in a fresh process with the tooth model loaded
+before the clock, against :func:`~dicom_service.pipelines.correction.correction_bytes`.
+
 Linux only (``/proc``). Run from the repository root: ``python -m benchmarks.video_memory
-[--sizes 640x480,1280x720] [--frames 60,600] [--stages]``. Prints one JSON object on stdout.
+[--sizes 640x480,1280x720] [--frames 60,600] [--stages | --correction]``. Prints one JSON
+object on stdout.
 """
 
 from __future__ import annotations
@@ -85,6 +92,37 @@ def child(path: Path) -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
+def correction_child(path: Path) -> dict[str, Any]:
+    """Measure one whole-clip correction in this process (called in a fresh interpreter)."""
+    import time
+
+    import numpy as np
+    import pydicom
+
+    from dicom_service.domain import AlgorithmInfo
+    from dicom_service.pipelines.base import ResultObject
+    from dicom_service.pipelines.correction import MaskCorrection, correct_tooth_masks
+    from dicom_service.vision.registry import default_models_dir
+    from dicom_service.vision.tooth_predictor import ToothSegmenter
+    from dicom_service.vision.tooth_sam import load_sam_bundle
+
+    segmenter = ToothSegmenter(load_sam_bundle(default_models_dir() / "tooth_sam", "cpu")[0])
+    ds = pydicom.dcmread(path)
+    count, height, width = int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)
+    box = np.array([0.1 * width, 0.2 * height, 0.9 * width, 0.8 * height])
+    before = _status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    started = time.perf_counter()
+    result = correct_tooth_masks(ds, segmenter, MaskCorrection(frame=count // 2, box=box),
+                                 algorithm=AlgorithmInfo(name="bench", version="1", family="ai"), uid_seed="memory")
+    with tempfile.TemporaryFile() as file:
+        ResultObject("seg", result.segmentation).write(file)
+    seconds = time.perf_counter() - started
+    peak = _status_mib("VmHWM")
+    return {"frames": result.frames, "rss_before_mib": round(before, 1), "peak_growth_mib": round(peak - before, 1),
+            "seconds": round(seconds, 2)}
+
+
 #: What ``--stages`` measures: runtime names of the registry, and the codecs.
 STAGES = ("learned", "learned-sr2", "learned-interp2", "baseline", "codec")
 
@@ -143,16 +181,23 @@ def measure_stage(stage: str, width: int, height: int) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(width: int, height: int, frames: int, folder: Path, runtime: Any) -> dict[str, Any]:
-    """Write the clip, run :func:`child` in a fresh process, add the node's estimate for ``runtime``."""
+def measure(width: int, height: int, frames: int, folder: Path, runtime: Any, *,
+            correction: bool = False) -> dict[str, Any]:
+    """Write the clip, run :func:`child` (or :func:`correction_child`) in a fresh process,
+    add the node's estimate for ``runtime`` (or for a correction)."""
     import pydicom
 
+    from dicom_service.pipelines.correction import correction_bytes
     from dicom_service.pipelines.video_memory import check_video_fits
 
     path = folder / f"clip_{width}x{height}_{frames}.dcm"
     write_clip(path, width, height, frames)
-    estimate = check_video_fits(pydicom.dcmread(path), runtime, None)  # what the node plans for this file
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.video_memory", "--child", str(path)],
+    if correction:
+        estimate = correction_bytes(frames, height, width)
+    else:
+        estimate = check_video_fits(pydicom.dcmread(path), runtime, None)  # what the node plans for this file
+    flag = "--correction-child" if correction else "--child"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.video_memory", flag, str(path)],
                           capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
     path.unlink()
     if proc.returncode != 0:
@@ -168,12 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", default="60,600", help="two comma-separated frame counts")
     parser.add_argument("--stages", action="store_true",
                         help="measure the runtimes and codecs on a few frames instead (see the module doc)")
+    parser.add_argument("--correction", action="store_true",
+                        help="measure a whole-clip correction instead (see the module doc)")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--correction-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stage-child", choices=STAGES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in text.lower().split("x")) for text in args.sizes.split(",")]
     if args.child is not None:
         print(json.dumps(child(args.child)))
+        return 0
+    if args.correction_child is not None:
+        print(json.dumps(correction_child(args.correction_child)))
         return 0
     if args.stage_child is not None:
         print(json.dumps(stage_child(args.stage_child, *sizes[0])))
@@ -193,14 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
     runtime = LearnedVideoRuntime(default_models_dir(), "cpu")  # the child's runtime, for its estimate
-    result: dict[str, Any] = {"benchmark": "video_memory", "algorithm": runtime.info.version,
+    result: dict[str, Any] = {"benchmark": "video_memory_correction" if args.correction else "video_memory",
+                              "algorithm": runtime.info.version,
                               "hardware": hardware(), "cases": {}}
     with tempfile.TemporaryDirectory(prefix="video-memory-") as tmp:
         for width, height in sizes:
             runs = []
             for frames in counts:
                 log(f"{width}x{height}, {frames} frames")
-                runs.append(measure(width, height, frames, Path(tmp), runtime))
+                runs.append(measure(width, height, frames, Path(tmp), runtime, correction=args.correction))
             slope = (runs[1]["peak_growth_mib"] - runs[0]["peak_growth_mib"]) / (counts[1] - counts[0])
             estimate_slope = (runs[1]["estimate_mib"] - runs[0]["estimate_mib"]) / (counts[1] - counts[0])
             result["cases"][f"{width}x{height}"] = {

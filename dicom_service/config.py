@@ -166,6 +166,9 @@ class WorkerSettings(_Section):
 
     processing: int = Field(1, ge=1, le=64)
     dispatch: int = Field(1, ge=1, le=64)
+    corrections: int = Field(1, ge=1, le=16, description="Workers for doctor-in-the-loop corrections "
+                             "(POST /corrections/tooth-masks), apart from the processing ones so that a "
+                             "dentist does not wait behind auto-routed studies.")
     poll_seconds: float = Field(0.5, gt=0)
     video_memory_mb: int = Field(
         0, ge=0, description="Memory one video job may plan for, MiB: a clip whose estimate (read from its header "

@@ -150,10 +150,12 @@ class JobState(str, enum.Enum):
 
 
 class JobKind(str, enum.Enum):
-    """``process`` runs a workflow on a study; ``dispatch`` sends result files."""
+    """``process`` runs a workflow on a study; ``dispatch`` sends result files;
+    ``correct`` applies a dentist's correction to the tooth masks of a processed instance."""
 
     PROCESS = "process"
     DISPATCH = "dispatch"
+    CORRECT = "correct"
 
 
 @dataclass

@@ -7,12 +7,14 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from pydicom import dcmread
 
 from dicom_service.config import Settings, WorkerSettings
 from dicom_service.domain import InputError, Job, JobKind, Workflow
+from dicom_service.jobs.correction import run_correction_job
 from dicom_service.jobs.queue import Backoff
 from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
 from dicom_service.jobs.worker import WorkerContext, WorkerPool
@@ -134,9 +136,11 @@ class Service:
         self.runtimes = Runtimes(s)
         self.router = Router(s.routing, s.retry, self.store, self.queue)
         ctx = WorkerContext(settings=s, store=self.store, queue=self.queue,
-                            process=make_process_fn(self.store, self.runtimes, s.workers))
+                            process=make_process_fn(self.store, self.runtimes, s.workers),
+                            correct=partial(run_correction_job, s, self.store, self.queue, self.runtimes.video))
         self.pools = [
             WorkerPool(ctx, (JobKind.PROCESS,), s.workers.processing, "process"),
+            WorkerPool(ctx, (JobKind.CORRECT,), s.workers.corrections, "correct"),
             WorkerPool(ctx, (JobKind.DISPATCH,), s.workers.dispatch, "dispatch"),
         ]
         self.node = DicomNode(s.dicom, self.store, self._on_stored)

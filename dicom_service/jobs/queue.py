@@ -82,6 +82,11 @@ class JobQueue(Protocol):
         """Return a running job to the queue without counting the attempt (shutdown)."""
         ...
 
+    def wait_for_job(self, job_id: int, timeout: float) -> Job | None:
+        """Block until the job is neither queued nor running, or ``timeout`` seconds pass;
+        return it as it is then (None if there is no such job)."""
+        ...
+
     def wait_for_change(self, timeout: float) -> None:
         """Block until a job is added or re-queued, or ``timeout`` seconds pass."""
         ...

@@ -60,11 +60,28 @@ class SQLiteJobQueue:
         self.db = Database(path, _SCHEMA)
         self.backoff = backoff or Backoff()
         self.changed = threading.Condition()
+        self.settled = threading.Condition()  # a running job succeeded or failed
 
     # ------------------------------------------------------------------ helpers
     def _notify(self) -> None:
         with self.changed:
             self.changed.notify_all()
+
+    def _notify_settled(self) -> None:
+        with self.settled:
+            self.settled.notify_all()
+
+    def wait_for_job(self, job_id: int, timeout: float) -> Job | None:
+        """Block until job ``job_id`` is neither queued nor running, or ``timeout`` seconds
+        pass; return it as it is then (None if there is no such job)."""
+        deadline = time.monotonic() + timeout
+        with self.settled:  # held from the read to the wait: no outcome slips between them
+            while True:
+                job = self.get(job_id)
+                left = deadline - time.monotonic()
+                if job is None or job.state not in (JobState.QUEUED, JobState.RUNNING) or left <= 0:
+                    return job
+                self.settled.wait(min(left, 1.0))  # also sees a cancel, which does not notify
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until a job is added or re-queued, or ``timeout`` seconds pass."""
@@ -167,6 +184,7 @@ class SQLiteJobQueue:
             )
             done = cur.rowcount == 1
             self._finish_attempt(conn, job_id, True, None, now)
+        self._notify_settled()
         return done
 
     def fail(self, job_id: int, error: str, *, permanent: bool = False) -> JobState:
@@ -190,6 +208,7 @@ class SQLiteJobQueue:
             )
         if state is JobState.QUEUED:
             self._notify()
+        self._notify_settled()
         return state
 
     def get(self, job_id: int) -> Job | None:

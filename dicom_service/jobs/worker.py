@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Runs one workflow: (job, progress log) -> output. Built by the service.
 ProcessFn = Callable[[Job, Callable[[str], None]], PipelineOutput]
+#: Runs one correction job: (job, progress log) -> its JSON result. Built by the service.
+CorrectFn = Callable[[Job, Callable[[str], None]], dict]
 
 
 class JobInterrupted(ServiceError):
@@ -42,6 +44,7 @@ class WorkerContext:
     store: InstanceStore
     queue: JobQueue
     process: ProcessFn
+    correct: CorrectFn | None = None
 
 
 def destinations_for(settings: Settings, workflow: Workflow) -> list[Destination]:
@@ -95,6 +98,13 @@ def run_process_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None
     if not ctx.settings.destinations:
         progress("no destinations configured: results kept in storage only")
     return {"summary": output.summary, "results": written, "dispatch_jobs": dispatches}
+
+
+def run_correct_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None]) -> dict:
+    """Run a doctor-in-the-loop correction job (:mod:`dicom_service.jobs.correction`)."""
+    if ctx.correct is None:
+        raise InputError("this node runs no correction jobs")
+    return ctx.correct(job, progress)
 
 
 def run_dispatch_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None]) -> dict:
@@ -195,7 +205,7 @@ class WorkerPool:
     def _run(self, job: Job) -> None:
         queue = self.ctx.queue
         progress = self._progress(job)
-        runner = run_process_job if job.kind is JobKind.PROCESS else run_dispatch_job
+        runner = {JobKind.PROCESS: run_process_job, JobKind.CORRECT: run_correct_job}.get(job.kind, run_dispatch_job)
         try:
             progress(f"attempt {job.attempts} of {job.max_attempts} started")
             result = runner(self.ctx, job, progress)

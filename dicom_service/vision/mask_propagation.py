@@ -6,14 +6,57 @@ warped onto its neighbour with DIS optical flow (:func:`propagate_mask`), then t
 neighbour is re-segmented by SAM prompted with that warped mask's box and pseudo-logits
 (:meth:`ToothSegmenter.refine_with_mask`). SAM snaps the warped mask to the
 neighbour's tooth edges, so flow errors do not accumulate the way pure warping would.
+
+A frame is needed only as a :class:`CarryFrame`, what the flow and the segmenter see of it
+(a few hundred kilobytes whatever the frame size), so a caller streaming a long clip can
+keep or spool those instead of the frames (:mod:`dicom_service.pipelines.correction`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from dicom_service.vision.optical_flow import DisFlow
 from dicom_service.vision.tooth_predictor import ToothSegmenter, propagate_mask
+
+
+@dataclass(frozen=True)
+class CarryFrame:
+    """What carrying a mask onto or from a frame needs of it.
+
+    Attributes
+    ----------
+    resized : np.ndarray
+        ``(h, w, 3)`` uint8 RGB, :meth:`ToothSegmenter.resize` of the frame (longest side
+        the tooth model's ``img_size``).
+    grey : np.ndarray
+        ``(h', w')`` uint8, :meth:`DisFlow.grey` of the frame (longest side at most the
+        flow's ``max_side``).
+    size : tuple of int
+        The frame's ``(H, W)``.
+    """
+
+    resized: np.ndarray
+    grey: np.ndarray
+    size: tuple[int, int]
+
+    @classmethod
+    def of(cls, frame: np.ndarray, segmenter: ToothSegmenter, flow: DisFlow) -> CarryFrame:
+        """The carry frame of ``frame`` ``(H, W, 3)`` uint8 RGB."""
+        return cls(segmenter.resize(frame), flow.grey(frame), (int(frame.shape[0]), int(frame.shape[1])))
+
+
+def carry_mask(segmenter: ToothSegmenter, flow: DisFlow, mask: np.ndarray, source: CarryFrame,
+               target: CarryFrame) -> np.ndarray:
+    """``mask`` ``(H, W)`` bool of frame ``source`` carried onto the neighbouring frame
+    ``target``: warped by the DIS flow source → target, then re-segmented by SAM prompted
+    with the warped mask (:meth:`ToothSegmenter.refine_with_mask`). Replaces the
+    segmenter's cached image with ``target``'s. Returns ``(H, W)`` bool."""
+    warped = propagate_mask(mask, flow.between(source.grey, target.grey, source.size))
+    segmenter.set_resized(target.resized, target.size)
+    return segmenter.refine_with_mask(warped).mask
 
 
 def propagate_correction(segmenter: ToothSegmenter, frames: np.ndarray, index: int, corrected: np.ndarray,
@@ -57,11 +100,10 @@ def propagate_correction(segmenter: ToothSegmenter, frames: np.ndarray, index: i
     flow = flow or DisFlow()
     masks = {index: corrected}
     for step in (1, -1):
-        previous, t = corrected, index + step
+        previous, source, t = corrected, CarryFrame.of(frames[index], segmenter, flow), index + step
         while 0 <= t < count and abs(t - index) <= reach:
-            warped = propagate_mask(previous, flow(frames[t - step], frames[t]))
-            segmenter.set_image(frames[t])
-            previous = segmenter.refine_with_mask(warped).mask
+            target = CarryFrame.of(frames[t], segmenter, flow)
+            previous = carry_mask(segmenter, flow, previous, source, target)
             masks[t] = previous
-            t += step
+            source, t = target, t + step
     return masks

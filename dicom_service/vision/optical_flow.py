@@ -59,9 +59,23 @@ class DisFlow:
         """
         if source.shape != target.shape or source.ndim != 3 or source.shape[2] != 3:
             raise ValueError(f"flow needs two (H, W, 3) frames of one size, got {source.shape} and {target.shape}")
-        height, width = source.shape[:2]
+        size = (int(source.shape[0]), int(source.shape[1]))
+        return self.between(self.grey(source), self.grey(target), size)
+
+    def grey(self, frame: np.ndarray) -> np.ndarray:
+        """What the flow sees of a frame ``(H, W, 3)`` uint8 RGB: grey uint8, downscaled to
+        at most ``max_side`` (a frame kept only for its flows can be kept as this)."""
+        factor = min(1.0, self.max_side / float(max(frame.shape[:2])))
+        return grey_scaled(frame, factor)
+
+    def between(self, source: np.ndarray, target: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Flow from ``source`` to ``target``, both :meth:`grey` of frames of ``size``
+        ``(H, W)``; the same ``(H, W, 2)`` float32 field as calling the estimator on the frames."""
+        if source.shape != target.shape or source.ndim != 2:
+            raise ValueError(f"flow needs two grey images of one size, got {source.shape} and {target.shape}")
+        height, width = size
         factor = min(1.0, self.max_side / float(max(height, width)))
-        flow = self._dis.calc(grey_scaled(source, factor), grey_scaled(target, factor), None)
+        flow = self._dis.calc(source, target, None)
         if factor < 1.0:
             flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) / factor
         return flow.astype(np.float32, copy=False)

@@ -205,9 +205,15 @@ class ToothSegmenter:
     def set_image(self, frame: np.ndarray, resized: np.ndarray | None = None) -> None:
         """Compute and cache the embedding of ``frame``, ``(H, W, 3)`` uint8 RGB
         (``resized``: its :meth:`resize`, if the caller has it already)."""
-        x, input_size = self.prepare(frame, resized)
+        self.set_resized(self.resize(frame) if resized is None else resized, (int(frame.shape[0]), int(frame.shape[1])))
+
+    @torch.no_grad()
+    def set_resized(self, resized: np.ndarray, original_size: tuple[int, int]) -> None:
+        """:meth:`set_image` from the frame's :meth:`resize` alone, ``(h, w, 3)`` uint8 RGB,
+        and the frame's ``(H, W)`` (a frame kept only to be segmented can be kept as this)."""
+        x, input_size = self.prepare(resized, resized)
         self._embedding = self.model.image_encoder(x)
-        self._original_size = (int(frame.shape[0]), int(frame.shape[1]))
+        self._original_size = (int(original_size[0]), int(original_size[1]))
         self._input_size = input_size
 
     def _require_image(self) -> tuple[int, int]:

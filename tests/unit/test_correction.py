@@ -5,14 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_service.domain import AlgorithmInfo, InputError
+from dicom_service.domain import AlgorithmInfo, InputError, StorageFullError
+from dicom_service.media.seg_frames import PackedMasks, segmentation_frames
 from dicom_service.media.video import open_frames
+from dicom_service.pipelines.base import ResultObject
 from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
     MaskCorrection,
     correct_tooth_masks,
+    correction_bytes,
     segmentation_masks,
 )
+from dicom_service.pipelines.record_spool import RecordSpool
+from dicom_service.vision.mask_propagation import propagate_correction
 from dicom_service.writers.seg import write_tooth_segmentation
 from tests import builders
 
@@ -69,7 +74,72 @@ def test_correction_input_errors(segmenter, video) -> None:
                             algorithm=ALGORITHM, uid_seed="t")
     with pytest.raises(CorrectionTooLarge, match="allowed for a correction"):
         correct_tooth_masks(video, segmenter, MaskCorrection(frame=0, box=box), algorithm=ALGORITHM, uid_seed="t",
-                            max_bytes=8 * 64 * 96 * 5 - 1)
+                            max_bytes=correction_bytes(8, 64, 96) - 1)
+    correct_tooth_masks(video, segmenter, MaskCorrection(frame=0, box=box), algorithm=ALGORITHM, uid_seed="t",
+                        max_bytes=correction_bytes(8, 64, 96))
+
+
+def test_streamed_correction_equals_the_propagation_of_a_clip_in_memory(segmenter, video, tmp_path) -> None:
+    frames = np.stack(list(open_frames(video).frames))
+    correction = MaskCorrection(frame=5, box=np.array([5.0, 5.0, 60.0, 50.0]))
+    result = correct_tooth_masks(video, segmenter, correction, algorithm=ALGORITHM, uid_seed="t", spool_dir=tmp_path)
+    masks = segmentation_masks(result.segmentation, str(video.SOPInstanceUID))
+    assert masks is not None and result.corrected_frames == (0, 7)
+    segmenter.set_image(frames[5])
+    corrected = segmenter.predict(box=correction.box).mask
+    expected = propagate_correction(segmenter, frames, 5, corrected)
+    assert sorted(expected) == list(range(8))
+    for t in range(8):
+        assert np.array_equal(masks[t], expected[t]), t
+    assert list(tmp_path.iterdir()) == []  # the temporary files are gone (unnamed, and closed)
+
+
+def test_a_correction_that_would_fill_the_disk_is_refused(segmenter, video, monkeypatch) -> None:
+    monkeypatch.setattr(RecordSpool, "free_bytes", staticmethod(lambda directory=None: 10 * 2**20))
+    with pytest.raises(StorageFullError, match="MiB of disk"):
+        correct_tooth_masks(video, segmenter, MaskCorrection(frame=7, box=np.array([5.0, 5.0, 60.0, 50.0])),
+                            algorithm=ALGORITHM, uid_seed="t")
+    # a correction that carries nothing backwards needs no temporary frames
+    result = correct_tooth_masks(video, segmenter, MaskCorrection(frame=0, box=np.array([5.0, 5.0, 60.0, 50.0])),
+                                 algorithm=ALGORITHM, uid_seed="t")
+    assert result.corrected_frames == (0, 7)
+
+
+def test_a_stored_segmentation_is_read_frame_by_frame_from_its_file(tmp_path) -> None:
+    source = builders.make_video_photographic(frames=100, rows=18, cols=22)  # 396 px: frames not byte-aligned
+    written = np.random.default_rng(2).random((100, 18, 22)) > 0.5
+    seg = write_tooth_segmentation(source, written, algorithm=ALGORITHM, uid_seed="ai")
+    path = tmp_path / "seg.dcm"
+    with open(path, "wb") as file:
+        ResultObject("seg", seg).write(file)
+    frames = segmentation_frames(path, str(source.SOPInstanceUID))
+    assert isinstance(frames, PackedMasks) and frames.shape == (100, 18, 22)
+    assert isinstance(frames._bytes, np.memmap)  # mapped, not read
+    for t in (0, 1, 37, 99, -1):
+        assert np.array_equal(frames[t], written[t]), t
+    assert np.array_equal(frames.all(), written)
+    with pytest.raises(IndexError):
+        frames[100]
+    assert segmentation_frames(path, "1.2.3.4") is None
+    with pytest.raises(ValueError, match="bytes"):
+        PackedMasks(b"\x00" * 10, (1, 9, 9))
+
+
+def test_record_spool_keeps_records_by_index(tmp_path) -> None:
+    with RecordSpool([((2, 3), np.uint8), ((4,), np.float32)], tmp_path) as spool:
+        assert spool.record_bytes == 6 + 16
+        spool.put(2, np.full((2, 3), 7, np.uint8), np.arange(4, dtype=np.float32))
+        spool.put(0, np.zeros((2, 3), np.uint8), np.ones(4, np.float32))
+        a, b = spool.get(2)
+        assert (a == 7).all() and b.tolist() == [0, 1, 2, 3] and a.flags.writeable
+        assert spool.get(0)[1].tolist() == [1, 1, 1, 1]
+        with pytest.raises(IndexError):
+            spool.get(3)
+        with pytest.raises(ValueError, match="is not"):
+            spool.put(1, np.zeros((3, 2), np.uint8), np.ones(4, np.float32))
+        with pytest.raises(ValueError, match="holds 2 arrays"):
+            spool.put(1, np.zeros((2, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_same_correction_gives_the_same_uids_and_another_one_new_ones() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fastapi import HTTPException
@@ -10,8 +12,10 @@ from pydicom import dcmread
 
 from dicom_service.api.app import create_app
 from dicom_service.api.routers.corrections import _processing_job
-from dicom_service.domain import JobKind, Workflow
+from dicom_service.domain import InputError, JobKind, Workflow
+from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
 from dicom_service.media.video import open_frames
+from dicom_service.pipelines.record_spool import RecordSpool
 from dicom_service.service import Service
 from tests import builders
 from tests.conftest import TEST_TOKEN
@@ -51,9 +55,10 @@ def test_a_box_on_one_frame_amends_the_tooth_segmentation_and_reaches_the_pacs(m
             out = reply.json()
             assert out["frames"] == 6 and out["corrected_frames"] == [2, 4]
             assert out["sop_instance_uid"] != str(ai_seg.SOPInstanceUID)
-            # the same correction again: the same object (deterministic UIDs), no second dispatch
+            # the same correction again: the same job and object, no second dispatch
             again = client.post("/corrections/tooth-masks", json=request, headers=AUTH).json()
-            assert again["sop_instance_uid"] == out["sop_instance_uid"] and again["dispatch_jobs"] == []
+            assert again == out
+            assert [j["id"] for j in client.get("/jobs?kind=correct", headers=AUTH).json()] == [out["correction_job"]]
 
             # the amended SEG reaches the PACS through a dispatch job
             assert len(out["dispatch_jobs"]) == 1
@@ -132,28 +137,85 @@ def test_the_processing_job_of_an_instance(tmp_path) -> None:
         _processing_job(queue, "1.2.9", "1.2.9.3")
 
 
-def test_correction_errors_from_the_frames(make_settings) -> None:
+def test_correction_errors_from_the_frames(make_settings, monkeypatch) -> None:
     """A frame outside the clip and a box drawn backwards are 422s; clicks alone carry to
-    the whole clip by default; a clip over the memory allowed for a correction is a 413."""
-    video = builders.make_video_photographic(frames=24, rows=96, cols=128)
+    the whole clip by default; frames too large for the memory allowed for a correction are
+    a 413, and temporary files the disk cannot hold a 507."""
+    video = builders.make_video_photographic(frames=12, rows=128, cols=176)
     sop = str(video.SOPInstanceUID)
     with TestClient(create_app(Service(make_settings()))) as client:
         service = client.app.state.service
         assert store(service.node.port, video) == 0
         _wait_job(client, lambda j: j["kind"] == "process" and j["state"] == "succeeded")
-        outside = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 24,
+        outside = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 12,
                                                                 "box": [0, 0, 10, 10]}, headers=AUTH)
-        assert outside.status_code == 422 and "outside the source's 24 frames" in outside.json()["detail"]
+        assert outside.status_code == 422 and "outside the source's 12 frames" in outside.json()["detail"]
         backwards = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop,
                                                                   "box": [20, 20, 10, 10]}, headers=AUTH)
         assert backwards.status_code == 422 and "x0 < x1" in backwards.json()["detail"]
         ok = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 5,
                                                            "points": [[60, 40]], "labels": [1]}, headers=AUTH)
         assert ok.status_code == 201, ok.text
-        assert ok.json()["corrected_frames"] == [0, 23]  # the whole clip by default
-    # the same storage, with 1 MiB for a correction: 24 frames of 96x128 take 1.1 MiB
+        assert ok.json()["corrected_frames"] == [0, 11]  # the whole clip by default
+        with monkeypatch.context() as patch:
+            patch.setattr(RecordSpool, "free_bytes", staticmethod(lambda directory=None: 2**20))
+            full = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 5,
+                                                                 "box": [0, 0, 50, 50]}, headers=AUTH)
+        assert full.status_code == 507 and "MiB of disk" in full.json()["detail"]
+    # the same storage, with 1 MiB for a correction (one takes more than 128 MiB)
     with TestClient(create_app(Service(make_settings(workers={"video_memory_mb": 1})))) as client:
         big = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "box": [0, 0, 50, 50]},
                           headers=AUTH)
         assert big.status_code == 413 and "allowed for a correction" in big.json()["detail"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_long_correction_answers_202_and_runs_as_a_job_that_survives_a_restart(make_settings) -> None:
+    """``wait=0``: 202 with the job to follow, which then holds the amended SEG. A correction
+    job accepted before a stop runs when the node starts again; one whose instance is gone
+    fails for good."""
+    from dicom_service.jobs.correction import correction_payload, run_correction_job
+    from dicom_service.pipelines.correction import MaskCorrection
+
+    video = builders.make_video_photographic(frames=8, rows=96, cols=128)
+    sop = str(video.SOPInstanceUID)
+    settings = make_settings()
+    request = {"sop_instance_uid": sop, "frame": 6, "box": [10, 8, 70, 60]}
+    with TestClient(create_app(Service(settings))) as client:
+        service = client.app.state.service
+        assert store(service.node.port, video) == 0
+        _wait_job(client, lambda j: j["kind"] == "process" and j["state"] == "succeeded")
+        reply = client.post("/corrections/tooth-masks?wait=0", json=request, headers=AUTH)
+        assert reply.status_code == 202, reply.text
+        accepted = reply.json()
+        assert accepted["state"] in ("queued", "running")
+        assert reply.headers["Location"] == f"/jobs/{accepted['correction_job']}"
+        done = _wait_job(client, lambda j: j["id"] == accepted["correction_job"] and j["state"] == "succeeded")
+        result = client.get(f"/jobs/{done['id']}", headers=AUTH).json()["result"]
+        amended = dcmread(result["correction"]["path"])
+        assert amended.SeriesNumber == 9104 and result["correction"]["corrected_frames"] == [0, 7]
+        assert run_dciodvfy(result["correction"]["path"]) == []
+        finished = client.post("/corrections/tooth-masks?wait=0", json=request, headers=AUTH)
+        assert finished.status_code == 201 and finished.json()["sop_instance_uid"] == str(amended.SOPInstanceUID)
+
+        process_job = next(j for j in service.queue.list(kind=JobKind.PROCESS) if j.state.value == "succeeded")
+        gone = service.queue.enqueue(JobKind.CORRECT, "correct/test/gone", study_uid=str(video.StudyInstanceUID),
+                                     workflow=Workflow.VIDEO, max_attempts=3, payload={
+                                         **correction_payload(sop, process_job, MaskCorrection(frame=0)),
+                                         "sop_instance_uid": "1.2.3.4"})
+        failed = service.queue.wait_for_job(gone.id, 60)
+        assert failed.state.value == "failed" and "no longer stored" in failed.error
+        with pytest.raises(InputError, match="no longer stored"):
+            run_correction_job(settings, service.store, service.queue, service.runtimes.video, failed, print)
+
+    # accepted, then the node stops before a worker takes it: it runs after the restart
+    queue = SQLiteJobQueue(Path(settings.storage.path) / "jobs.sqlite3")
+    pending = queue.enqueue(JobKind.CORRECT, "correct/test/restart", study_uid=str(video.StudyInstanceUID),
+                            workflow=Workflow.VIDEO, max_attempts=3,
+                            payload=correction_payload(sop, process_job, MaskCorrection(
+                                frame=2, box=np.array([10.0, 8.0, 70.0, 60.0]), radius=1)))
+    queue.close()
+    with TestClient(create_app(Service(settings))) as client:
+        after = client.app.state.service.queue.wait_for_job(pending.id, 60)
+        assert after.state.value == "succeeded", after.error
+        assert client.app.state.service.queue.result(pending.id)["correction"]["corrected_frames"] == [1, 3]

@@ -1,12 +1,15 @@
 """Doctor-in-the-loop: correct the AI's tooth masks with clicks or a box, get an amended SEG.
 
 ``POST /corrections/tooth-masks`` names a stored photo or video that the video workflow has
-processed, a frame, and the dentist's clicks and/or box on it. The node segments that frame
-from the prompts, carries the result to the neighbouring frames, writes an amended tooth
-Segmentation beside the AI's (the other frames keep the AI's masks, read from the job's own
-Segmentation; :mod:`dicom_service.pipelines.correction`), keeps it with the
-job's results and queues it for every destination that receives the workflow's ``seg``
-results, as the job's own results were.
+processed, a frame, and the dentist's clicks and/or box on it. What can be checked from the
+stored header is checked here (the instance, its processing job, the frame, the prompts,
+memory, disk); then a ``correct`` job (:mod:`dicom_service.jobs.correction`) segments that
+frame from the prompts, carries the result to the neighbouring frames, writes an amended
+tooth Segmentation beside the AI's, keeps it with the processing job's results and queues
+it for every destination that receives the workflow's ``seg`` results. The request waits
+for the job up to ``wait`` seconds: 201 with the amended Segmentation if it is done, else
+202 with the job to follow at ``/jobs/{id}``. The same correction posted again is the same
+job (and the same UIDs).
 """
 
 from __future__ import annotations
@@ -15,19 +18,19 @@ import logging
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydicom import dcmread
 
 from dicom_service.api.auth import Authenticated
-from dicom_service.domain import InputError, Job, JobKind, JobState, MediaError, Workflow
-from dicom_service.jobs.worker import queue_dispatches
-from dicom_service.pipelines.base import ResultObject
+from dicom_service.domain import InputError, Job, JobKind, JobState, StorageFullError, Workflow
+from dicom_service.jobs.correction import correction_job_key, correction_payload
 from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
     MaskCorrection,
-    correct_tooth_masks,
-    segmentation_masks,
+    check_correction_disk,
+    check_correction_memory,
 )
 from dicom_service.pipelines.video_memory import video_budget_bytes
 from dicom_service.vision.tooth_predictor import ToothSegmenter
@@ -80,6 +83,7 @@ class ToothCorrectionIn(BaseModel):
 class ToothCorrectionOut(BaseModel):
     """The amended Segmentation: where it is kept and where it goes."""
 
+    correction_job: int = Field(description="The correction job that made it (see /jobs/{id}).")
     job_id: int = Field(description="The processing job whose results it joins.")
     sop_instance_uid: str
     series_instance_uid: str
@@ -91,21 +95,12 @@ class ToothCorrectionOut(BaseModel):
     dispatch_jobs: list[int]
 
 
-def _ai_masks(queue, job: Job, sop: str) -> np.ndarray | None:  # noqa: ANN001 - JobQueue
-    """The tooth masks the job's own Segmentation of instance ``sop`` holds (None if it
-    cannot be read: the correction then segments the other frames again)."""
-    result = queue.result(job.id) or {}
-    for kind, path in result.get("results", []):
-        if kind != "seg":
-            continue
-        try:
-            masks = segmentation_masks(dcmread(path), sop)
-        except (OSError, ValueError, MediaError) as error:
-            log.warning("job %d: its Segmentation %s does not read (%s)", job.id, path, type(error).__name__)
-            continue
-        if masks is not None:
-            return masks
-    return None
+class ToothCorrectionAccepted(BaseModel):
+    """The correction is queued or running: follow the job."""
+
+    correction_job: int
+    state: JobState
+    detail: str
 
 
 def _processing_job(queue, study_uid: str, sop: str) -> Job:  # noqa: ANN001 - JobQueue
@@ -122,45 +117,79 @@ def _processing_job(queue, study_uid: str, sop: str) -> Job:  # noqa: ANN001 - J
     raise HTTPException(status.HTTP_409_CONFLICT, f"instance {sop} has not been processed by the video workflow")
 
 
+def _check(service, path: str, segmenter: ToothSegmenter, correction: MaskCorrection) -> None:  # noqa: ANN001
+    """What the stored header tells before any decoding: 422, 413 or 507."""
+    header = dcmread(path, stop_before_pixels=True)
+    count, rows, columns = max(1, int(header.get("NumberOfFrames", 1) or 1)), int(header.Rows), int(header.Columns)
+    workers = service.settings.workers
+    correction.check(count)
+    check_correction_memory(count, rows, columns, video_budget_bytes(workers.video_memory_mb, workers.processing))
+    check_correction_disk(segmenter, count, rows, columns, correction)
+
+
+def _correction_job(queue, key: str, study_uid: str, payload: dict, attempts: int) -> Job:  # noqa: ANN001
+    """The correction job of ``key``: a new one, or the one already queued, running or done
+    (put back in the queue if it had failed or was cancelled)."""
+    job = queue.enqueue(JobKind.CORRECT, key, study_uid=study_uid, workflow=Workflow.VIDEO, payload=payload,
+                        max_attempts=attempts)
+    if job is not None:
+        return job
+    job = next(j for j in queue.list(kind=JobKind.CORRECT, study_uid=study_uid, limit=1000) if j.key == key)
+    if job.state in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED):
+        job = queue.retry(job.id)
+    return job
+
+
 @router.post("/tooth-masks", response_model=ToothCorrectionOut, status_code=status.HTTP_201_CREATED,
              summary="Correct the tooth masks of a photo or video with clicks or a box",
-             responses={404: {"description": "Unknown instance"},
+             responses={202: {"model": ToothCorrectionAccepted,
+                              "description": "Queued or running after `wait` seconds: follow /jobs/{correction_job}"},
+                        404: {"description": "Unknown instance"},
                         409: {"description": "Not processed by the video workflow, or no interactive tooth model"},
                         413: {"description": "The clip is too large to correct in the memory allowed"},
-                        422: {"description": "Bad request: prompts, frame, or undecodable pixels"}})
-def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn) -> ToothCorrectionOut:
+                        422: {"description": "Bad request: prompts, frame, or a source that does not decode"},
+                        500: {"description": "The correction job failed for another reason (see its log)"},
+                        507: {"description": "Not enough disk for the correction's temporary files"}})
+def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
+                                 wait: Annotated[float, Query(ge=0, le=600, description=(
+                                     "Seconds to wait for the result before answering 202"))] = 30.0,
+                                 ) -> ToothCorrectionOut | JSONResponse:
     service = request.app.state.service
     if service.store is None or service.queue is None or service.runtimes is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is not started")
     meta = service.store.instance(body.sop_instance_uid)
     if meta is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {body.sop_instance_uid} is not stored here")
-    job = _processing_job(service.queue, meta.study_uid, body.sop_instance_uid)
+    process_job = _processing_job(service.queue, meta.study_uid, body.sop_instance_uid)
     runtime = service.runtimes.video
-    shared = getattr(runtime, "segmenter", None)
-    if not isinstance(shared, ToothSegmenter):
+    segmenter = getattr(runtime, "segmenter", None)
+    if not isinstance(segmenter, ToothSegmenter):
         raise HTTPException(status.HTTP_409_CONFLICT, f"the video runtime {runtime.info.name!r} has no interactive "
                                                       "tooth model (models.video: learned has one)")
-    segmenter = shared.sibling()  # the workers' one caches other images
-    workers = service.settings.workers
+    correction = body.correction()
     try:
-        result = correct_tooth_masks(dcmread(meta.path), segmenter, body.correction(), algorithm=runtime.info,
-                                     uid_seed=job.key,
-                                     max_bytes=video_budget_bytes(workers.video_memory_mb, workers.processing),
-                                     previous=_ai_masks(service.queue, job, body.sop_instance_uid))
+        _check(service, meta.path, segmenter, correction)
     except CorrectionTooLarge as error:
-        log.warning("correction refused (too large): job %d", job.id)
+        log.warning("correction refused (too large): job %d", process_job.id)
         raise HTTPException(413, str(error)) from error
     except InputError as error:
-        log.warning("correction refused: job %d: %s", job.id, type(error).__name__)
+        log.warning("correction refused: job %d: %s", process_job.id, type(error).__name__)
         raise HTTPException(422, str(error)) from error
-    seg = result.segmentation
-    sop = str(seg.SOPInstanceUID)
-    path = service.store.write_result(job.id, sop, ResultObject("seg", seg).write)
-    dispatches = queue_dispatches(service.settings, service.queue, job, [("seg", str(path))],
-                                  suffix=f"/correction/{sop}")
-    log.info("tooth masks corrected: job %d, frames %d-%d of %d, %d dispatch jobs", job.id,
-             *result.corrected_frames, result.frames, len(dispatches))
-    return ToothCorrectionOut(job_id=job.id, sop_instance_uid=sop, series_instance_uid=str(seg.SeriesInstanceUID),
-                              path=str(path), frames=result.frames, corrected_frames=result.corrected_frames,
-                              score=result.score, tooth_fraction=result.tooth_fraction, dispatch_jobs=dispatches)
+    except StorageFullError as error:
+        log.error("correction refused (disk full): job %d", process_job.id)
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, str(error)) from error
+    job = _correction_job(service.queue, correction_job_key(process_job, correction), meta.study_uid,
+                          correction_payload(body.sop_instance_uid, process_job, correction),
+                          service.settings.retry.max_attempts)
+    job = service.queue.wait_for_job(job.id, wait) or job
+    if job.state is JobState.SUCCEEDED:
+        reply = (service.queue.result(job.id) or {}).get("correction", {})
+        return ToothCorrectionOut(correction_job=job.id, **reply)
+    if job.state is JobState.FAILED:  # a permanent failure: an input error
+        raise HTTPException(422, f"correction job {job.id} failed: {job.error}")
+    if job.state is JobState.DEAD:
+        raise HTTPException(500, f"correction job {job.id} failed {job.attempts} times: {job.error}")
+    accepted = ToothCorrectionAccepted(correction_job=job.id, state=job.state,
+                                       detail=f"the correction is {job.state.value}: follow /jobs/{job.id}")
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED,
+                        headers={"Location": f"/jobs/{job.id}"})

@@ -1,0 +1,120 @@
+"""Correction jobs: a dentist's correction of the tooth masks, run by a worker.
+
+``POST /corrections/tooth-masks`` checks what it can from the stored header (the
+instance, its processing job, the frame, the prompts, memory and disk), then queues a
+``correct`` job and waits a while for it. The job
+(:func:`run_correction_job`) runs :func:`~dicom_service.pipelines.correction.correct_tooth_masks`
+on the stored source with the AI's masks read from the processing job's own Segmentation,
+keeps the amended Segmentation with that job's results and queues it for every
+destination that receives the workflow's ``seg`` results. Being a job, a correction of a
+long clip survives a restart (it runs again, to the same UIDs) and keeps no HTTP request
+open.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pydicom import dcmread
+
+from dicom_service.config import Settings
+from dicom_service.domain import InputError, Job, JobState, MediaError
+from dicom_service.jobs.queue import JobQueue
+from dicom_service.jobs.worker import queue_dispatches
+from dicom_service.media.seg_frames import segmentation_frames
+from dicom_service.pipelines.base import ResultObject
+from dicom_service.pipelines.correction import MaskCorrection, MaskFrames, correct_tooth_masks
+from dicom_service.pipelines.video_memory import video_budget_bytes
+from dicom_service.storage import InstanceStore
+from dicom_service.vision.runtime import VideoRuntime
+from dicom_service.vision.tooth_predictor import ToothSegmenter
+
+log = logging.getLogger(__name__)
+
+#: Frames between two progress lines of a correction job's log.
+PROGRESS_EVERY = 300
+
+
+def correction_job_key(process_job: Job, correction: MaskCorrection) -> str:
+    """The correction job's idempotency key: one job per processing job and correction."""
+    return f"correct/{process_job.id}/{correction.key()}"
+
+
+def correction_payload(sop_instance_uid: str, process_job: Job, correction: MaskCorrection) -> dict:
+    """What a correction job needs: the instance, its processing job, the correction."""
+    return {"sop_instance_uid": sop_instance_uid, "process_job": process_job.id, "correction": correction.to_json()}
+
+
+def ai_masks(queue: JobQueue, job: Job, sop: str) -> MaskFrames | None:
+    """The tooth masks the processing ``job``'s own Segmentation of instance ``sop`` holds,
+    read frame by frame from its file (None if it cannot be read: the correction then
+    segments the other frames again)."""
+    result = queue.result(job.id) or {}
+    for kind, path in result.get("results", []):
+        if kind != "seg":
+            continue
+        try:
+            masks = segmentation_frames(path, sop)
+        except (OSError, ValueError, MediaError) as error:
+            log.warning("job %d: its Segmentation %s does not read (%s)", job.id, path, type(error).__name__)
+            continue
+        if masks is not None:
+            return masks
+    return None
+
+
+def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue, runtime: VideoRuntime,
+                       job: Job, progress: Callable[[str], None]) -> dict:
+    """Run a ``correct`` job (module docstring); returns its JSON result.
+
+    The result holds ``results`` (``[["seg", path]]``), ``correction`` (what the HTTP
+    reply reports: the amended Segmentation's UIDs and path, frames, the frames reached,
+    the model's score, the tooth fraction, the dispatch jobs) and ``dispatch_jobs``.
+
+    Raises
+    ------
+    InputError
+        The instance, its processing job or the interactive tooth model is gone, or the
+        correction does not apply (a permanent failure).
+    StorageFullError
+        No disk for the temporary files (retried later).
+    """
+    sop = str(job.payload.get("sop_instance_uid", ""))
+    meta = store.instance(sop)
+    if meta is None:
+        raise InputError(f"instance {sop} is no longer stored")
+    process_job = queue.get(int(job.payload.get("process_job", -1)))
+    if process_job is None or process_job.state is not JobState.SUCCEEDED:
+        raise InputError(f"the processing job of instance {sop} is gone or no longer succeeded")
+    shared = getattr(runtime, "segmenter", None)
+    if not isinstance(shared, ToothSegmenter):
+        raise InputError(f"the video runtime {runtime.info.name!r} has no interactive tooth model")
+    correction = MaskCorrection.from_json(job.payload["correction"])
+    workers = settings.workers
+    started = [0]
+
+    def on_frame(done: int) -> None:
+        if done - started[0] >= PROGRESS_EVERY:
+            started[0] = done
+            progress(f"{done} frames' masks settled")
+
+    result = correct_tooth_masks(dcmread(meta.path), shared.sibling(), correction, algorithm=runtime.info,
+                                 uid_seed=process_job.key,
+                                 max_bytes=video_budget_bytes(workers.video_memory_mb, workers.processing),
+                                 previous=ai_masks(queue, process_job, sop), on_frame=on_frame)
+    seg = result.segmentation
+    seg_uid = str(seg.SOPInstanceUID)
+    path = str(store.write_result(process_job.id, seg_uid, ResultObject("seg", seg).write))
+    progress(f"amended Segmentation written, frames {result.corrected_frames[0]}-{result.corrected_frames[1]} "
+             f"of {result.frames} corrected")
+    current = queue.get(job.id)
+    dispatches: list[int] = []
+    if current is not None and current.state is JobState.RUNNING:
+        dispatches = queue_dispatches(settings, queue, process_job, [("seg", path)], suffix=f"/correction/{seg_uid}",
+                                      progress=progress)
+    reply = {"job_id": process_job.id, "sop_instance_uid": seg_uid,
+             "series_instance_uid": str(seg.SeriesInstanceUID), "path": path, "frames": result.frames,
+             "corrected_frames": list(result.corrected_frames), "score": result.score,
+             "tooth_fraction": result.tooth_fraction, "dispatch_jobs": dispatches}
+    return {"results": [["seg", path]], "correction": reply, "dispatch_jobs": dispatches}
