@@ -7,6 +7,11 @@ peak-RSS counter (``/proc/self/clear_refs``) and runs :func:`process_video_insta
 masks → restoration → stabilisation → encode → SEG, SR). It reports the peak resident set
 (``VmHWM``) over that call, less the resident set before it.
 
+Each child reads the clip and sets the allocator as the service does with its default
+settings (the clip's pixel data left in its file; ``workers.malloc_mmap_threshold_kb``,
+off by default). ``MALLOC_MMAP_THRESHOLD_=262144`` in the environment (glibc's own
+variable, the same as the setting at 256) measures the allocator with a fixed threshold.
+
 Two frame counts per size give the marginal memory per frame (the slope, which is what
 decides how long a clip fits) and the fixed part. Beside each measurement stands what the
 node's admission check (:func:`dicom_service.pipelines.video_memory.estimate_video_bytes`)
@@ -27,9 +32,14 @@ with a box on the middle frame, carried through the whole clip, and the amended
 Segmentation written to a file), each run in a fresh process with the tooth model loaded
 before the clock, against :func:`~dicom_service.pipelines.correction.correction_bytes`.
 
+``--longest`` measures nothing: it inverts the node's estimate against the automatic budget
+of this process (default learned runtime loaded, one processing worker, the allocator set
+as the service sets it) and reports the longest clip admitted at each size, at 30 fps with
+the source left in its file (as the service reads it).
+
 Linux only (``/proc``). Run from the repository root: ``python -m benchmarks.video_memory
-[--sizes 640x480,1280x720] [--frames 60,600] [--stages | --correction]``. Prints one JSON
-object on stdout.
+[--sizes 640x480,1280x720] [--frames 60,600] [--stages | --correction | --longest]``. Prints
+one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/video_memory.p
 
 
 from benchmarks.common import hardware
+from dicom_service.media.pixel_file import DEFER_BYTES
 
 MIB = 1024.0 * 1024.0
 
@@ -72,6 +83,18 @@ def write_clip(path: Path, width: int, height: int, frames: int) -> None:
     _video_dataset(looped_phantom(frames, height, width), 30.0).save_as(path, enforce_file_format=True)
 
 
+def _as_the_service() -> None:
+    """Set the allocator as the service does at start (``workers.malloc_mmap_threshold_kb``;
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment, glibc's own variable, overrides it)."""
+    import os
+
+    from dicom_service.config import WorkerSettings
+    from dicom_service.malloc_tuning import set_mmap_threshold
+
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        set_mmap_threshold(WorkerSettings().malloc_mmap_threshold_kb * 1024)
+
+
 def child(path: Path) -> dict[str, Any]:
     """Measure one run in this process (called in a fresh interpreter)."""
     import pydicom
@@ -81,7 +104,8 @@ def child(path: Path) -> dict[str, Any]:
     from dicom_service.vision.registry import default_models_dir
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
-    ds = pydicom.dcmread(path)
+    _as_the_service()
+    ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)  # as the service reads a stored clip
     runtime = LearnedVideoRuntime(default_models_dir(), "cpu")
     before = _status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -106,8 +130,9 @@ def correction_child(path: Path) -> dict[str, Any]:
     from dicom_service.vision.tooth_predictor import ToothSegmenter
     from dicom_service.vision.tooth_sam import load_sam_bundle
 
+    _as_the_service()
     segmenter = ToothSegmenter(load_sam_bundle(default_models_dir() / "tooth_sam", "cpu")[0])
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
     count, height, width = int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)
     box = np.array([0.1 * width, 0.2 * height, 0.9 * width, 0.8 * height])
     before = _status_mib("VmRSS")
@@ -143,6 +168,8 @@ class _Discard:
 def stage_child(stage: str, width: int, height: int) -> dict[str, Any]:
     """Measure one stage's first run in this process (called in a fresh interpreter)."""
     from benchmarks.video import _video_dataset, looped_phantom
+
+    _as_the_service()
     from dicom_service.pipelines.video_memory import CODEC_BYTES_PER_PIXEL
 
     if stage == "codec":
@@ -195,7 +222,8 @@ def measure(width: int, height: int, frames: int, folder: Path, runtime: Any, *,
     if correction:
         estimate = correction_bytes(frames, height, width)
     else:
-        estimate = check_video_fits(pydicom.dcmread(path), runtime, None)  # what the node plans for this file
+        # what the node plans for this file, read as the service reads it
+        estimate = check_video_fits(pydicom.dcmread(path, defer_size=DEFER_BYTES), runtime, None)
     flag = "--correction-child" if correction else "--child"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.video_memory", flag, str(path)],
                           capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
@@ -207,12 +235,38 @@ def measure(width: int, height: int, frames: int, folder: Path, runtime: Any, *,
     return result
 
 
+def longest_clips(sizes: list[tuple[int, int]], runtime: Any) -> dict[str, Any]:
+    """The longest clip the automatic budget admits at each ``(width, height)`` (30 fps)."""
+    from dicom_service.pipelines.video_memory import estimate_video_bytes, video_budget_bytes
+
+    budget = video_budget_bytes(0, 1)
+    if budget is None:
+        raise RuntimeError("no memory limit known on this machine")
+    clips = {}
+    for width, height in sizes:
+        low, high = 0, 1
+        while estimate_video_bytes(high, height, width, runtime, fps=30.0) <= budget:
+            low, high = high, high * 2
+        while high - low > 1:  # the largest count whose estimate fits
+            mid = (low + high) // 2
+            low, high = (mid, high) if estimate_video_bytes(mid, height, width, runtime, fps=30.0) <= budget \
+                else (low, mid)
+        clips[f"{width}x{height}"] = {"frames": low, "minutes_at_30_fps": round(low / 30.0 / 60.0, 2),
+                                      "estimate_mib_per_frame": round(
+                                          (estimate_video_bytes(1001, height, width, runtime, fps=30.0)
+                                           - estimate_video_bytes(1, height, width, runtime, fps=30.0)) / 1000 / MIB,
+                                          3)}
+    return {"benchmark": "video_memory_longest", "budget_gib": round(budget / 1024**3, 2), "clips": clips}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="640x480,1280x720", help="comma-separated WIDTHxHEIGHT")
     parser.add_argument("--frames", default="60,600", help="two comma-separated frame counts")
     parser.add_argument("--stages", action="store_true",
                         help="measure the runtimes and codecs on a few frames instead (see the module doc)")
+    parser.add_argument("--longest", action="store_true",
+                        help="report the longest clip the automatic budget admits (see the module doc)")
     parser.add_argument("--correction", action="store_true",
                         help="measure a whole-clip correction instead (see the module doc)")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
@@ -237,12 +291,21 @@ def main(argv: list[str] | None = None) -> int:
                 stages.append(measure_stage(stage, width, height))
         print(json.dumps({"benchmark": "video_memory_stages", "hardware": hardware(), "stages": stages}, indent=2))
         return 0
+    if args.longest:
+        _as_the_service()
+        from dicom_service.vision.registry import default_models_dir
+        from dicom_service.vision.video_runtime import LearnedVideoRuntime
+
+        runtime = LearnedVideoRuntime(default_models_dir(), "cpu")
+        print(json.dumps({**longest_clips(sizes, runtime), "hardware": hardware()}, indent=2))
+        return 0
     counts = sorted(int(v) for v in args.frames.split(","))
     if len(counts) != 2 or counts[0] < 2 or counts[0] == counts[1]:
         parser.error("--frames needs two different counts >= 2")
     from dicom_service.vision.registry import default_models_dir
     from dicom_service.vision.video_runtime import LearnedVideoRuntime
 
+    _as_the_service()  # the estimate as the service makes it
     runtime = LearnedVideoRuntime(default_models_dir(), "cpu")  # the child's runtime, for its estimate
     result: dict[str, Any] = {"benchmark": "video_memory_correction" if args.correction else "video_memory",
                               "algorithm": runtime.info.version,

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from dicom_service.config import Settings
 from dicom_service.domain import InputError, InstanceMeta, Workflow
+from dicom_service.malloc_tuning import set_mmap_threshold
 from dicom_service.media.pixels import check_pixel_consistency
 from dicom_service.pipelines.base import PipelineOutput
 from dicom_service.pipelines.radiograph import process_radiographs
@@ -82,6 +83,7 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
     Result files are written as ``out_dir/<study>/<kind>-<SOP Instance UID>.dcm``
     and the report as ``out_dir/summary.json``.
     """
+    set_mmap_threshold(settings.workers.malloc_mmap_threshold_kb * 1024)
     rules = list(settings.routing.rules) if settings.routing.rules is not None else default_rules()
     report = OfflineReport()
     groups: dict[tuple[str, Workflow], list[tuple[InstanceMeta, Dataset]]] = {}

@@ -18,6 +18,8 @@ from dicom_service.jobs.correction import run_correction_job
 from dicom_service.jobs.queue import Backoff
 from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
 from dicom_service.jobs.worker import WorkerContext, WorkerPool
+from dicom_service.malloc_tuning import set_mmap_threshold
+from dicom_service.media.pixel_file import DEFER_BYTES
 from dicom_service.node.scp import DicomNode, StoredEvent
 from dicom_service.pipelines.base import PipelineOutput
 from dicom_service.pipelines.radiograph import process_radiographs
@@ -86,7 +88,7 @@ def make_process_fn(store: InstanceStore, runtimes: Runtimes, workers: WorkerSet
             if meta is None:
                 raise InputError(f"instance {uid} is not in the index")
             metas.append(meta)
-        datasets = [dcmread(m.path) for m in metas]
+        datasets = [dcmread(m.path, defer_size=DEFER_BYTES) for m in metas]  # pixel data read from the file
         progress(f"loaded {len(datasets)} instances")
         if job.workflow is Workflow.VIDEO:
             budget = video_budget_bytes(workers.video_memory_mb, workers.processing)
@@ -130,6 +132,7 @@ class Service:
                                    fsync=s.storage.fsync)
         backoff = Backoff(s.retry.backoff_initial, s.retry.backoff_factor, s.retry.backoff_max)
         self.queue = SQLiteJobQueue(root / "jobs.sqlite3", backoff)
+        set_mmap_threshold(s.workers.malloc_mmap_threshold_kb * 1024)  # before the runtimes allocate
         recovered = self.queue.recover()
         if recovered:
             log.warning("%d jobs interrupted by an earlier stop were returned to the queue", recovered)

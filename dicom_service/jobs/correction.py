@@ -22,6 +22,7 @@ from dicom_service.config import Settings
 from dicom_service.domain import InputError, Job, JobState, MediaError
 from dicom_service.jobs.queue import JobQueue
 from dicom_service.jobs.worker import queue_dispatches
+from dicom_service.media.pixel_file import DEFER_BYTES
 from dicom_service.media.seg_frames import segmentation_frames
 from dicom_service.pipelines.base import ResultObject
 from dicom_service.pipelines.correction import MaskCorrection, MaskFrames, correct_tooth_masks
@@ -99,8 +100,8 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
             started[0] = done
             progress(f"{done} frames' masks settled")
 
-    result = correct_tooth_masks(dcmread(meta.path), shared.sibling(), correction, algorithm=runtime.info,
-                                 uid_seed=process_job.key,
+    source = dcmread(meta.path, defer_size=DEFER_BYTES)  # pixel data read from the file
+    result = correct_tooth_masks(source, shared.sibling(), correction, algorithm=runtime.info, uid_seed=process_job.key,
                                  max_bytes=video_budget_bytes(workers.video_memory_mb, workers.processing),
                                  previous=ai_masks(queue, process_job, sop), on_frame=on_frame)
     seg = result.segmentation

@@ -15,8 +15,9 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -25,6 +26,7 @@ from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.pixels import iter_pixels
 
 from dicom_service.domain import MediaError, UnsupportedInputError
+from dicom_service.media.pixel_file import FileSegments, file_fragments
 from dicom_service.media.pixels import DECODE_ERRORS, decode_error
 
 log = logging.getLogger(__name__)
@@ -185,10 +187,21 @@ def dataset_fps(ds: Dataset) -> float | None:
     return None
 
 
-def _stream_rate(data: bytes) -> float | None:
+def _bitstream_source(ds: Dataset) -> Callable[[], BinaryIO]:
+    """Opens the MPEG bitstream of ``ds`` for the decoder: read from the file where the
+    Pixel Data was left there (:mod:`dicom_service.media.pixel_file`), else from memory."""
+    fragments = file_fragments(ds)
+    if fragments is not None:
+        path = ds.filename
+        return lambda: FileSegments(path, fragments)
+    data = encapsulated_bitstream(ds.PixelData)
+    return lambda: io.BytesIO(data)
+
+
+def _stream_rate(source: Callable[[], BinaryIO]) -> float | None:
     """The average frame rate a container/bitstream declares (None: none, or no video stream)."""
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with source() as file, av.open(file, mode="r") as container:
             if not container.streams.video:
                 raise MediaError("the video bitstream has no video stream")
             rate = container.streams.video[0].average_rate
@@ -197,13 +210,14 @@ def _stream_rate(data: bytes) -> float | None:
         raise MediaError(f"video bitstream cannot be decoded: {exc}") from exc
 
 
-def _iter_bitstream(data: bytes, limit: int | None, expected: int) -> Iterator[np.ndarray]:
-    """Decode a container/bitstream with PyAV, one ``(H, W, 3)`` uint8 RGB frame at a time:
-    at most ``limit`` frames (None: all); fewer than ``expected`` is a truncated stream."""
+def _iter_bitstream(source: Callable[[], BinaryIO], limit: int | None, expected: int) -> Iterator[np.ndarray]:
+    """Decode a container/bitstream (``source()`` opens it) with PyAV, one ``(H, W, 3)``
+    uint8 RGB frame at a time: at most ``limit`` frames (None: all); fewer than ``expected``
+    is a truncated stream."""
     decoded = 0
     first: tuple[int, ...] | None = None
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with source() as file, av.open(file, mode="r") as container:
             if not container.streams.video:
                 raise MediaError("the video bitstream has no video stream")
             stream = container.streams.video[0]
@@ -300,13 +314,13 @@ def open_frames(ds: Dataset, *, max_frames: int | None = None) -> FrameStream:
     ts = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
     declared = int(ds.get("NumberOfFrames", 0) or 0)
     if ts in MPEG_TRANSFER_SYNTAXES:
-        data = encapsulated_bitstream(ds.PixelData)
-        fps = dataset_fps(ds) or _stream_rate(data) or 1.0
+        source = _bitstream_source(ds)
+        fps = dataset_fps(ds) or _stream_rate(source) or 1.0
         if declared < 1:  # the length is not in the header: decode to count it
-            decoded = list(_iter_bitstream(data, max_frames, 0))
+            decoded = list(_iter_bitstream(source, max_frames, 0))
             return FrameStream(len(decoded), fps, iter(decoded))
         count = declared if max_frames is None else min(declared, max_frames)
-        return FrameStream(count, fps, _iter_bitstream(data, count, count))
+        return FrameStream(count, fps, _iter_bitstream(source, count, count))
     count = max(1, declared) if max_frames is None else min(max_frames, max(1, declared))
     return FrameStream(count, dataset_fps(ds) or 1.0, _iter_with_pydicom(ds, count))
 

@@ -32,6 +32,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from dicom_service.domain import UnsupportedInputError
+from dicom_service.malloc_tuning import mmap_threshold_fixed
+from dicom_service.media.pixel_file import source_bytes_in_memory
 from dicom_service.media.video import dataset_fps
 from dicom_service.vision.runtime import VideoRuntime
 
@@ -49,11 +51,21 @@ CODEC_BYTES_PER_PIXEL = 160
 #: measured 9.2 kB held and 9.6 kB at the peak of writing the object (tracemalloc, 500 and
 #: 2,500 frames). Its packed bits and the encoded video are in temporary files, not memory.
 SEG_BYTES_PER_FRAME = 12 * 1024
-#: Resident memory that still grows with the clip outside Python's objects (native
-#: allocations of the codecs, OpenCV and torch across the stream's threads; the cause is not
-#: pinned down), per source pixel and frame: measured 0.36-0.68 (``python -m
+#: Resident memory that grows with the clip outside Python's objects, per source pixel and
+#: frame, with glibc's dynamic mmap threshold: frame-sized blocks freed by the stream's
+#: threads fragment the heap arenas and stay resident. Measured 0.36-0.68 (``python -m
 #: benchmarks.video_memory``: 60 to 300 frames at 640x480 and 1280x720, 300 to 900 at 640x480).
 NATIVE_GROWTH_BYTES_PER_PIXEL = 0.75
+#: The same with the threshold fixed (:mod:`dicom_service.malloc_tuning`, as the service
+#: does at start): measured slopes of 0.01-0.03 MiB per frame in all, the Segmentation's
+#: attributes included (0.00-0.02 bytes per source pixel and frame beyond them).
+NATIVE_GROWTH_FIXED_THRESHOLD_BYTES_PER_PIXEL = 0.1
+
+
+def native_growth_bytes_per_pixel() -> float:
+    """The native growth this process allows for (:data:`NATIVE_GROWTH_BYTES_PER_PIXEL`, or
+    the smaller figure once the allocator's mmap threshold is fixed)."""
+    return NATIVE_GROWTH_FIXED_THRESHOLD_BYTES_PER_PIXEL if mmap_threshold_fixed() else NATIVE_GROWTH_BYTES_PER_PIXEL
 #: Frame rate assumed where the header gives none (the stabiliser's window grows with it).
 DEFAULT_FPS = 60.0
 #: Share of the memory limit the automatic budget hands to video jobs together.
@@ -74,11 +86,12 @@ def estimate_video_bytes(count: int, height: int, width: int, runtime: VideoRunt
     fps : float
         The clip's frame rate.
     source_bytes : int
-        Length of the source's pixel data (held, and copied once for the decoder).
+        Length of the source's pixel data held in memory (held, and copied once for the
+        decoder); 0 when it was left in its file (:func:`source_bytes_in_memory`).
     """
     if count < 1 or height < 1 or width < 1:
         raise ValueError(f"need a positive frame count and size, got {count} frames {width}x{height}")
-    grows = (SEG_BYTES_PER_FRAME + NATIVE_GROWTH_BYTES_PER_PIXEL * height * width) * count
+    grows = (SEG_BYTES_PER_FRAME + native_growth_bytes_per_pixel() * height * width) * count
     held = 2 * source_bytes + runtime.working_bytes(count, height, width, fps) + int(grows)
     computing = runtime.compute_bytes(count, height, width, fps) + CODEC_BYTES_PER_PIXEL * height * width
     return int(MARGIN * (held + computing)) + FIXED_BYTES
@@ -157,9 +170,8 @@ def check_video_fits(source: Dataset, runtime: VideoRuntime, budget: int | None)
     height, width = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
     if height < 1 or width < 1:
         return 0  # no usable size in the header: the decoder reports the problem
-    pixel_data = source.get("PixelData")
     need = estimate_video_bytes(max(1, count), height, width, runtime, fps=dataset_fps(source) or DEFAULT_FPS,
-                                source_bytes=len(pixel_data) if pixel_data is not None else 0)
+                                source_bytes=source_bytes_in_memory(source))
     if budget is not None and need > budget:
         log.warning("video of %d frames %dx%d needs about %.1f GiB, over the budget of %.1f GiB",
                     count, width, height, need / GIB, budget / GIB)

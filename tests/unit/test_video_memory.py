@@ -17,10 +17,10 @@ from dicom_service.pipelines.video_memory import (
     CODEC_BYTES_PER_PIXEL,
     FIXED_BYTES,
     MARGIN,
-    NATIVE_GROWTH_BYTES_PER_PIXEL,
     check_video_fits,
     estimate_video_bytes,
     memory_limit_bytes,
+    native_growth_bytes_per_pixel,
     video_budget_bytes,
 )
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
@@ -149,7 +149,7 @@ def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
     process_video_instance(builders.make_video_photographic(frames=2, rows=240, cols=320), learned, uid_seed="warm")
     source = builders.make_video_photographic(frames=40, rows=240, cols=320)
     untraced = (learned.compute_bytes(40, 240, 320, 30.0) + CODEC_BYTES_PER_PIXEL * 240 * 320
-                + NATIVE_GROWTH_BYTES_PER_PIXEL * 240 * 320 * 40)
+                + native_growth_bytes_per_pixel() * 240 * 320 * 40)
     estimate = estimate_video_bytes(40, 240, 320, learned) - FIXED_BYTES - int(MARGIN * untraced)
     tracemalloc.start()
     try:
@@ -164,7 +164,7 @@ def test_estimate_is_an_upper_bound_of_the_traced_arrays(learned) -> None:
 def test_estimate_formula_and_errors() -> None:
     runtime = ClassicalVideoRuntime()
     # the SEG's per-frame attributes (its bits and the H.264 output are on disk) and the native growth
-    written = int((12 * 1024 + 0.75 * 48 * 64) * 30)
+    written = int((12 * 1024 + native_growth_bytes_per_pixel() * 48 * 64) * 30)
     computing = runtime.compute_bytes(30, 48, 64, 25.0) + CODEC_BYTES_PER_PIXEL * 48 * 64  # one frame's worth
     expected = int(MARGIN * (2 * 1000 + runtime.working_bytes(30, 48, 64, 25.0) + written + computing)) + FIXED_BYTES
     assert estimate_video_bytes(30, 48, 64, runtime, fps=25.0, source_bytes=1000) == expected

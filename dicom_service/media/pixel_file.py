@@ -1,0 +1,132 @@
+"""Encapsulated pixel data left in its file, read on demand.
+
+A stored video is read with ``dcmread(path, defer_size=DEFER_BYTES)``: its header comes into
+memory, its (encapsulated) Pixel Data stays on disk. :func:`file_fragments` finds the byte
+ranges of the fragments by walking the item headers in the file, and :class:`FileSegments`
+gives the decoder those ranges, end to end, as one read-only stream, so a long clip's
+bitstream is never held in memory (it used to be held twice: the value, and the
+fragments joined for the decoder).
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import struct
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from dicom_service.domain import MediaError
+
+#: ``dcmread(..., defer_size=DEFER_BYTES)``: values longer than this stay in the file.
+DEFER_BYTES = 64 * 1024
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_END = (0xFFFE, 0xE0DD)
+
+
+def file_fragments(ds: Dataset) -> list[tuple[int, int]] | None:
+    """The ``(offset, length)`` byte ranges in ``ds.filename`` of the fragments of ``ds``'s
+    encapsulated Pixel Data, if the value was left in the file (deferred); None if it is in
+    memory or is not encapsulated.
+
+    Raises
+    ------
+    MediaError
+        The items are malformed, run past the end of the file, or hold no data.
+    """
+    filename = getattr(ds, "filename", None)
+    element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+    if (not isinstance(filename, (str, os.PathLike)) or element is None or not getattr(element, "is_raw", False)
+            or element.value is not None or element.length != 0xFFFFFFFF):
+        return None
+    size = Path(filename).stat().st_size
+    fragments: list[tuple[int, int]] = []
+    with open(filename, "rb") as file:
+        file.seek(element.value_tell)
+        first = True
+        while True:
+            header = file.read(8)
+            if len(header) < 8:
+                raise MediaError("encapsulated pixel data is malformed: it runs past the end of the file")
+            group, elem, length = struct.unpack("<HHI", header)
+            if (group, elem) == _SEQUENCE_END:
+                break
+            if (group, elem) != _ITEM or file.tell() + length > size:
+                raise MediaError(f"encapsulated pixel data is malformed: item ({group:04X},{elem:04X}) of "
+                                 f"{length} bytes at byte {file.tell() - 8}")
+            if not first and length:  # the first item is the Basic Offset Table
+                fragments.append((file.tell(), length))
+            first = False
+            file.seek(length, io.SEEK_CUR)
+    if not fragments:
+        raise MediaError("encapsulated pixel data has no fragment")
+    return fragments
+
+
+def source_bytes_in_memory(ds: Dataset) -> int:
+    """Bytes of ``ds``'s Pixel Data held in memory (0 if it was left in its file)."""
+    if "PixelData" not in ds:
+        return 0
+    element = ds.get_item("PixelData", keep_deferred=True)
+    if getattr(element, "is_raw", False) and element.value is None:
+        return 0
+    return len(ds.PixelData)
+
+
+class FileSegments(io.RawIOBase):
+    """Byte ranges of a file, end to end, as one read-only, seekable binary stream.
+
+    Parameters
+    ----------
+    path : path
+    segments : list of (offset, length)
+    """
+
+    def __init__(self, path: str | os.PathLike, segments: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed with this stream
+        self._segments = segments
+        self._starts = []  # position of each segment in this stream
+        total = 0
+        for _, length in segments:
+            self._starts.append(total)
+            total += length
+        self._size = total
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._position < self._size:
+            index = bisect.bisect_right(self._starts, self._position) - 1
+            offset, length = self._segments[index]
+            within = self._position - self._starts[index]
+            self._file.seek(offset + within)
+            got = self._file.readinto(view[done:done + min(len(view) - done, length - within)])
+            if not got:
+                raise MediaError("the file ended inside its pixel data")
+            done += got
+            self._position += got
+        return done
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
