@@ -93,11 +93,9 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
         raise InputError(f"the video runtime {runtime.info.name!r} has no interactive tooth model")
     correction = MaskCorrection.from_json(job.payload["correction"])
     workers = settings.workers
-    started = [0]
 
     def on_frame(done: int) -> None:
-        if done - started[0] >= PROGRESS_EVERY:
-            started[0] = done
+        if done % PROGRESS_EVERY == 0:
             progress(f"{done} frames' masks settled")
 
     source = dcmread(meta.path, defer_size=DEFER_BYTES)  # pixel data read from the file

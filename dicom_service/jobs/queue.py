@@ -59,6 +59,10 @@ class JobQueue(Protocol):
         """Record a failed attempt; return the new state (queued with back-off, failed or dead)."""
         ...
 
+    def by_key(self, key: str) -> Job | None:
+        """The job with idempotency key ``key``, or None."""
+        ...
+
     def get(self, job_id: int) -> Job | None:
         """One job with its attempts, or None."""
         ...

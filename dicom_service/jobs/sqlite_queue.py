@@ -81,7 +81,7 @@ class SQLiteJobQueue:
                 left = deadline - time.monotonic()
                 if job is None or job.state not in (JobState.QUEUED, JobState.RUNNING) or left <= 0:
                     return job
-                self.settled.wait(min(left, 1.0))  # also sees a cancel, which does not notify
+                self.settled.wait(left)
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until a job is added or re-queued, or ``timeout`` seconds pass."""
@@ -211,6 +211,10 @@ class SQLiteJobQueue:
         self._notify_settled()
         return state
 
+    def by_key(self, key: str) -> Job | None:
+        rows = self.db.query("SELECT id FROM jobs WHERE key = ?", (key,))
+        return self.get(rows[0]["id"]) if rows else None
+
     def get(self, job_id: int) -> Job | None:
         rows = self.db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
@@ -262,6 +266,7 @@ class SQLiteJobQueue:
                 (new.value, now, now, job_id),
             )
         self._notify()
+        self._notify_settled()  # a cancel ends a wait for the job
         job = self.get(job_id)
         if job is None:  # pragma: no cover - rows are never deleted
             raise JobNotFound(job_id)

@@ -16,6 +16,7 @@ import os
 import struct
 from pathlib import Path
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from dicom_service.domain import MediaError
@@ -24,6 +25,16 @@ from dicom_service.domain import MediaError
 DEFER_BYTES = 64 * 1024
 _ITEM = (0xFFFE, 0xE000)
 _SEQUENCE_END = (0xFFFE, 0xE0DD)
+
+
+def deferred_pixel_data(ds: Dataset) -> RawDataElement | None:
+    """``ds``'s Pixel Data element if its value was left in ``ds.filename`` (read with
+    ``defer_size``): its ``value_tell`` is the value's offset in the file, its ``length``
+    the value's length (``0xFFFFFFFF`` when encapsulated); None if the value is in memory."""
+    if "PixelData" not in ds or not isinstance(getattr(ds, "filename", None), (str, os.PathLike)):
+        return None
+    element = ds.get_item("PixelData", keep_deferred=True)
+    return element if isinstance(element, RawDataElement) and element.value is None else None
 
 
 def file_fragments(ds: Dataset) -> list[tuple[int, int]] | None:
@@ -36,11 +47,10 @@ def file_fragments(ds: Dataset) -> list[tuple[int, int]] | None:
     MediaError
         The items are malformed, run past the end of the file, or hold no data.
     """
-    filename = getattr(ds, "filename", None)
-    element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
-    if (not isinstance(filename, (str, os.PathLike)) or element is None or not getattr(element, "is_raw", False)
-            or element.value is not None or element.length != 0xFFFFFFFF):
+    element = deferred_pixel_data(ds)
+    if element is None or element.length != 0xFFFFFFFF:
         return None
+    filename = ds.filename
     size = Path(filename).stat().st_size
     fragments: list[tuple[int, int]] = []
     with open(filename, "rb") as file:
@@ -67,10 +77,7 @@ def file_fragments(ds: Dataset) -> list[tuple[int, int]] | None:
 
 def source_bytes_in_memory(ds: Dataset) -> int:
     """Bytes of ``ds``'s Pixel Data held in memory (0 if it was left in its file)."""
-    if "PixelData" not in ds:
-        return 0
-    element = ds.get_item("PixelData", keep_deferred=True)
-    if getattr(element, "is_raw", False) and element.value is None:
+    if "PixelData" not in ds or deferred_pixel_data(ds) is not None:
         return 0
     return len(ds.PixelData)
 

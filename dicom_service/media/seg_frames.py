@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicom_service.media.pixel_file import deferred_pixel_data
 from dicom_service.media.pixels import DECODE_ERRORS, decode_error
 
 #: Transfer syntaxes whose Pixel Data is the plain packed bits.
@@ -104,10 +105,8 @@ def segmentation_frames(seg: Dataset | Path | str, source_sop_instance_uid: str)
     MediaError
         The pixel data does not decode or is too short.
     """
-    path = None
     if not isinstance(seg, Dataset):
-        path = Path(seg)
-        seg = dcmread(path, defer_size=4096)
+        seg = dcmread(Path(seg), defer_size=4096)  # the attributes in memory, the bits mapped
     shape = _references(seg, source_sop_instance_uid)
     if shape is None or "PixelData" not in seg:
         return None
@@ -115,10 +114,9 @@ def segmentation_frames(seg: Dataset | Path | str, source_sop_instance_uid: str)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     try:
         if syntax in _NATIVE:
-            element = seg.get_item("PixelData", keep_deferred=True)
-            value_tell = getattr(element, "value_tell", None)
-            if path is not None and getattr(element, "value", None) is None and value_tell is not None:
-                return PackedMasks(np.memmap(path, dtype=np.uint8, mode="r", offset=value_tell,
+            element = deferred_pixel_data(seg)
+            if element is not None:
+                return PackedMasks(np.memmap(seg.filename, dtype=np.uint8, mode="r", offset=element.value_tell,
                                              shape=(element.length,)), shape)
             value = seg.PixelData
             if hasattr(value, "read"):  # Pixel Data held as a buffer (a spooled result)

@@ -46,7 +46,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_service.domain import AlgorithmInfo, InputError, MediaError, StorageFullError
-from dicom_service.media.seg_frames import segmentation_frames
+from dicom_service.media.seg_frames import PackedMasks, segmentation_frames
 from dicom_service.media.video import FrameStream, open_frames
 from dicom_service.pipelines.record_spool import RecordSpool
 from dicom_service.pipelines.video_memory import SEG_BYTES_PER_FRAME
@@ -194,9 +194,9 @@ def check_correction_disk(segmenter: ToothSegmenter, count: int, rows: int, colu
     of ``count`` frames of ``rows x columns`` would not fit on the disk (an estimate from
     the header, before decoding; the correction checks again with the exact sizes)."""
     first, _ = _reach(correction, count)
-    scale = segmenter.model.image_encoder.img_size / max(rows, columns)
+    resized = segmenter.transform.get_preprocess_shape(rows, columns, segmenter.model.image_encoder.img_size)
     flow = min(1.0, DEFAULT_MAX_SIDE / max(rows, columns))
-    record = 3 * round(rows * scale) * round(columns * scale) + round(rows * flow) * round(columns * flow)
+    record = 3 * resized[0] * resized[1] + round(rows * flow) * round(columns * flow)
     _check_free(count, correction.frame - first, record, rows * columns, spool_dir)
 
 
@@ -260,8 +260,6 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
     MediaError
         The source's pixels do not decode.
     """
-    if correction.points is None and correction.box is None:
-        raise InputError("a correction needs clicks (points and labels) or a box")
     stream = open_frames(source)
     count, rows, columns = stream.count, int(source.Rows), int(source.Columns)
     if previous is not None and tuple(previous.shape) != (count, rows, columns):
@@ -328,7 +326,7 @@ def _stream_correction(stream: FrameStream, segmenter: ToothSegmenter, correctio
                 if behind is not None and settled is not None:
                     _carry_backwards(segmenter, flow, prediction.mask, here, behind, settled, step)
                     for u in range(index - first):
-                        packer.add(_unpack(settled.get(u)[0], here.size))
+                        packer.add(PackedMasks(settled.get(u)[0], (1, *here.size))[0])
                 mask, carried_from = prediction.mask, here
             else:
                 mask = carry_mask(segmenter, flow, mask, carried_from, here)
@@ -366,11 +364,6 @@ def _carry_backwards(segmenter: ToothSegmenter, flow: DisFlow, corrected: np.nda
         settled.put(u, np.packbits(mask.reshape(-1), bitorder="little"))
         step()
         carried_from = here
-
-
-def _unpack(packed: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``(H, W)`` bool from :func:`numpy.packbits` (little bit order) of it."""
-    return np.unpackbits(packed, bitorder="little")[:size[0] * size[1]].reshape(size).astype(bool)
 
 
 def segmentation_masks(seg: Dataset, source_sop_instance_uid: str) -> np.ndarray | None:

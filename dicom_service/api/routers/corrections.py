@@ -134,7 +134,8 @@ def _correction_job(queue, key: str, study_uid: str, payload: dict, attempts: in
                         max_attempts=attempts)
     if job is not None:
         return job
-    job = next(j for j in queue.list(kind=JobKind.CORRECT, study_uid=study_uid, limit=1000) if j.key == key)
+    job = queue.by_key(key)
+    assert job is not None  # enqueue found it
     if job.state in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED):
         job = queue.retry(job.id)
     return job
