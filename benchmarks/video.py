@@ -32,9 +32,11 @@ picks: float16 on CUDA, bfloat16 on a CPU with native bfloat16, else float32; se
 clock read. ``--compile`` torch.compiles the restoration network and the tooth model's image
 encoder, as ``models.compile``
 does; the compilation falls in the restoration warm-up (``warmup_seconds``), which runs
-the first, a middle and the last frame's paths before the clock starts. Run from the
+the first, a middle and the last frame's paths before the clock starts.
+``--segment-every 1,2`` times the pipeline cases again with the tooth model on every
+second frame only (``models.segment_every``; the first value is the main case's). Run from the
 repository root: ``python -m benchmarks.video [--sizes 640x480,1280x720] [--frames 30]
-[--device auto] [--precision auto] [--compile] [--ten-second]``.
+[--device auto] [--precision auto] [--compile] [--ten-second] [--segment-every 1,2]``.
 Prints one JSON object on stdout.
 """
 
@@ -205,7 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.compile the restoration network and the SAM image encoder (models.compile); "
                              "compilation is in the warm-up")
     parser.add_argument("--ten-second", action="store_true", help="also run a 10 s 640x480 clip end to end")
+    parser.add_argument("--segment-every", default="1",
+                        help="comma-separated models.segment_every values for the pipeline cases (default 1); "
+                             "the first gives 'pipeline' and 'ten_second_clip', each other N "
+                             "'pipeline_segment_every_N' and 'ten_second_clip_segment_every_N'")
     args = parser.parse_args(argv)
+    every = [int(v) for v in args.segment_every.split(",")]
+    if not every or min(every) < 1:
+        parser.error("--segment-every takes integers >= 1")
 
     import torch
 
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     runtime = LearnedVideoRuntime(args.models or default_models_dir(), device, precision=args.precision,
-                                  compile_models=args.compile)
+                                  compile_models=args.compile, segment_every=every[0])
     result: dict[str, Any] = {"benchmark": "video", "device": device, "threads": torch.get_num_threads(),
                               "precision": precision_name(runtime.dtype), "compiled": args.compile,
                               "cpu_native_bfloat16": native_bfloat16(),
@@ -230,14 +239,22 @@ def main(argv: list[str] | None = None) -> int:
                            teeth=True)
         case = {"restoration": bench_restoration(runtime, clip, device, args.repeats)}
         log(f"{text}: restoration {case['restoration']['fps']} fps")
-        case["pipeline"] = bench_pipeline(runtime, clip.degraded, clip.fps, device)
-        log(f"{text}: pipeline {case['pipeline']['fps']} fps")
+        for n in every:
+            runtime.segment_every = n
+            key = "pipeline" if n == every[0] else f"pipeline_segment_every_{n}"
+            case[key] = bench_pipeline(runtime, clip.degraded, clip.fps, device)
+            log(f"{text}: {key} {case[key]['fps']} fps")
+        runtime.segment_every = every[0]
         case["prompt_to_mask"] = bench_prompt(runtime, clip.degraded[0], args.prompt_runs, device)
         result["cases"][f"{width}x{height}"] = case
     if args.ten_second:
         log("10 s 640x480 clip (300 frames) end to end")
         ten = looped_phantom(300, 480, 640)
-        result["ten_second_clip"] = bench_pipeline(runtime, ten, 30.0, device)
+        for n in every:
+            runtime.segment_every = n
+            key = "ten_second_clip" if n == every[0] else f"ten_second_clip_segment_every_{n}"
+            result[key] = bench_pipeline(runtime, ten, 30.0, device)
+        runtime.segment_every = every[0]
         log("a correction on the 10 s clip")
         result["correction_ten_second_clip"] = bench_correction(runtime, ten, 30.0, device)
     print(json.dumps(result, indent=2))

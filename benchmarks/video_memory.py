@@ -1,7 +1,8 @@
 """Video memory benchmark: peak resident memory of the whole video workflow against clip length.
 
 For each size and frame count, a fresh Python process reads a Video Photographic DICOM file
-(H.264, a degraded phantom clip played forwards and backwards up to the frame count), loads
+(H.264 up to 1920x1080, HEVC above, as a 4K camera delivers it; a degraded phantom clip
+played forwards and backwards up to the frame count), loads
 the node's video runtime (``models.video: learned``, default options), resets the kernel's
 peak-RSS counter (``/proc/self/clear_refs``) and runs :func:`process_video_instance` (decode →
 masks → restoration → stabilisation → encode → SEG, SR). It reports the peak resident set
@@ -77,10 +78,27 @@ def _status_mib(field: str) -> float:
 
 
 def write_clip(path: Path, width: int, height: int, frames: int) -> None:
-    """A Video Photographic DICOM file of a degraded phantom clip, ``frames`` long at 30 fps."""
+    """A Video Photographic DICOM file of a degraded phantom clip, ``frames`` long at 30 fps:
+    H.264 up to 1920x1080, HEVC above (:func:`write_hevc_clip`)."""
     from benchmarks.video import _video_dataset, looped_phantom
 
+    if width * height > 1920 * 1080:
+        write_hevc_clip(path, width, height, frames)
+        return
     _video_dataset(looped_phantom(frames, height, width), 30.0).save_as(path, enforce_file_format=True)
+
+
+def write_hevc_clip(path: Path, width: int, height: int, frames: int) -> None:
+    """The phantom clip as HEVC/H.265 Main Profile (transfer syntax .107), how a 4K-class
+    camera clip arrives (H.264 Level 4.2 stops at 1920x1080): the 30-frame clip played
+    forwards and backwards, encoded by libx265 a frame at a time (the clip is not held whole)."""
+    from benchmarks.video import looped_phantom
+    from tests.builders import make_hevc_video_photographic
+
+    cycle = looped_phantom(60, height, width)
+    ds = make_hevc_video_photographic((cycle[t % len(cycle)] for t in range(frames)), count=frames,
+                                      rows=height, cols=width)
+    ds.save_as(path, enforce_file_format=True)
 
 
 def _as_the_service() -> None:

@@ -174,7 +174,7 @@ class WorkerSettings(_Section):
         0, ge=0, le=32768, description="Allocations of at least this many KiB get their own memory mapping, "
         "given back when freed (glibc's M_MMAP_THRESHOLD, fixed at start): frame-sized arrays no longer fragment "
         "the heap, so a video's memory stops growing with its length (256: a third less peak, 3 h of 640x480 "
-        "admitted instead of 32 min on 23.5 GiB), but every large array is mapped afresh, which halved the "
+        "admitted instead of 88 min on 23.5 GiB), but every large array is mapped afresh, which halved the "
         "video speed on a 2-core CPU. 0 (default): the C library's own (glibc: a dynamic threshold)")
     video_memory_mb: int = Field(
         0, ge=0, description="Memory one video job may plan for, MiB: a clip whose estimate (read from its header "
@@ -201,6 +201,11 @@ class ModelSettings(_Section):
     stabilisation_seconds: float = Field(
         1.0, gt=0, le=10, description="Camera-path smoothing length of the video stabilisation, seconds: longer "
         "removes more shake but follows deliberate camera moves later and moves more border into view")
+    segment_every: int = Field(
+        1, ge=1, le=30, description="Run the tooth model of the learned video runtimes on every n-th frame and "
+        "carry its mask to the frames between by optical flow: 1 (the default) segments every frame; 2 halves "
+        "the tooth model's work (the slowest stage of the stream on a GPU) for a small loss of mask accuracy "
+        "(README, 'Tooth masks on keyframes')")
 
 
 class Settings(BaseSettings):

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from dicom_service.config import Settings
 from dicom_service.domain import InputError, InstanceMeta, Workflow
 from dicom_service.malloc_tuning import set_mmap_threshold
+from dicom_service.media.pixel_file import DEFER_BYTES
 from dicom_service.media.pixels import check_pixel_consistency
 from dicom_service.pipelines.base import PipelineOutput
 from dicom_service.pipelines.radiograph import process_radiographs
@@ -81,7 +82,10 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
     """Route and process files, write result objects under ``out_dir``.
 
     Result files are written as ``out_dir/<study>/<kind>-<SOP Instance UID>.dcm``
-    and the report as ``out_dir/summary.json``.
+    and the report as ``out_dir/summary.json``. Files are read as the service reads its
+    stored instances: headers in memory, pixel data left in the file until a pipeline
+    decodes it (a long video's bitstream is streamed to the decoder from disk), so a
+    folder of large files is not held in memory while it waits its turn.
     """
     set_mmap_threshold(settings.workers.malloc_mmap_threshold_kb * 1024)
     rules = list(settings.routing.rules) if settings.routing.rules is not None else default_rules()
@@ -90,7 +94,7 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
     for path in iter_files(paths):
         report.inputs += 1
         try:
-            ds = dcmread(path)
+            ds = dcmread(path, defer_size=DEFER_BYTES)  # pixel data stays in the file, as in the service
             meta = _meta(ds, path)
             check_pixel_consistency(ds)
         except (InvalidDicomError, InputError, ValueError, OSError, EOFError) as exc:

@@ -69,7 +69,8 @@ class Runtimes:
         self.device = resolve_device(settings.device)
         models = settings.models
         self.video: VideoRuntime = build_video_runtime(models.video, self.device, models.path, models.precision,
-                                                       models.compile, models.stabilisation_seconds)
+                                                       models.compile, models.stabilisation_seconds,
+                                                       models.segment_every)
         self.radiograph: RadiographRuntime = build_radiograph_runtime(models.radiograph, self.device, models.path)
         log.info("vision runtimes on %s: video=%s, radiograph=%s", self.device,
                  self.video.info.name, self.radiograph.info.name)

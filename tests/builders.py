@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -427,6 +428,37 @@ def make_native_video_photographic(*, frames: int = 2, rows: int = 2160, cols: i
     ds.LossyImageCompression = "00"
     _cine_attributes(ds, frames, fps)
     ds.PixelData = clip.tobytes()
+    return ds
+
+
+def make_hevc_video_photographic(frames: Iterable[np.ndarray], *, count: int, rows: int, cols: int,
+                                 fps: float = 30.0) -> Dataset:
+    """Video Photographic Image Storage holding HEVC/H.265 Main Profile (transfer syntax .107):
+    how a clip larger than an H.264 Level 4.2 stream may carry (1920x1080) arrives from a
+    4K-class camera. ``frames`` are ``count`` ``(rows, cols, 3)`` uint8 RGB frames, encoded by
+    libx265 one at a time (an iterator need not hold the clip)."""
+    import av
+
+    stream = io.BytesIO()
+    with av.open(stream, "w", format="hevc") as container:
+        video = container.add_stream("libx265", rate=round(fps))
+        video.width, video.height, video.pix_fmt = cols, rows, "yuv420p"
+        video.options = {"preset": "ultrafast", "x265-params": "log-level=error"}
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    data = stream.getvalue()
+    ds = make_native_video_photographic(frames=1, rows=rows, cols=cols, fps=fps)
+    _cine_attributes(ds, count, fps)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.107"
+    ds.PhotometricInterpretation = "YBR_PARTIAL_420"
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = "ISO_23008_2"
+    ds.PixelData = encapsulate([data + b"\0" * (len(data) % 2)], has_bot=False)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
     return ds
 
 

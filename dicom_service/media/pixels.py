@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -17,12 +18,14 @@ from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
 from pydicom.uid import UID
 
 from dicom_service.domain import MediaError, UnsupportedInputError
+from dicom_service.media.pixel_file import deferred_pixel_data, file_fragments
 
 log = logging.getLogger(__name__)
 
 #: Robust window used when an image carries no VOI (percentiles of the modality values).
 PERCENTILE_WINDOW: tuple[float, float] = (0.5, 99.5)
 _PERCENTILE_MAX_SAMPLES = 1_000_000
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 _COLOUR_PREFIXES = ("RGB", "YBR", "PALETTE", "HSV", "ARGB", "CMYK")
 #: What pydicom's pixel decoders raise on corrupt, truncated or unsupported pixel data
 #: (:func:`decode_error` turns them into a :class:`~dicom_service.domain.MediaError`).
@@ -64,6 +67,11 @@ def check_pixel_consistency(ds: Dataset) -> None:
     For encapsulated transfer syntaxes it must contain at least one fragment.
     An instance without ``PixelData`` (e.g. an SR) passes.
 
+    Pixel data left in its file (read with ``defer_size``) is checked there without being
+    read: the item headers of encapsulated data are walked
+    (:func:`~dicom_service.media.pixel_file.file_fragments`), and native data's declared
+    length is compared with the header and with the file's size.
+
     Parameters
     ----------
     ds : Dataset
@@ -73,10 +81,21 @@ def check_pixel_consistency(ds: Dataset) -> None:
     ------
     MediaError
         Rows/Columns/BitsAllocated missing or not positive, pixel data shorter than
-        declared, or encapsulated pixel data without any fragment.
+        declared (or running past the end of its file), or encapsulated pixel data without
+        any fragment.
     """
     if "PixelData" not in ds:
         return
+    deferred = deferred_pixel_data(ds)
+    if deferred is not None:
+        if deferred.length == _UNDEFINED_LENGTH:
+            file_fragments(ds)  # raises MediaError if malformed or without a fragment
+            return
+        if deferred.value_tell + deferred.length > Path(ds.filename).stat().st_size:
+            raise MediaError("the file ends inside its pixel data")
+        if not _is_encapsulated(ds):
+            _check_native_length(ds, deferred.length)
+            return
     data = ds.PixelData
     if data is None or len(data) == 0:
         raise MediaError("the pixel data is empty")
@@ -91,6 +110,12 @@ def check_pixel_consistency(ds: Dataset) -> None:
         if not has_fragment:
             raise MediaError("encapsulated pixel data has no fragment")
         return
+    _check_native_length(ds, len(data))
+
+
+def _check_native_length(ds: Dataset, length: int) -> None:
+    """Raise :class:`MediaError` if ``length`` bytes of native pixel data cannot hold the
+    frames ``ds``'s header declares."""
     rows = _positive_int(ds, "Rows")
     cols = _positive_int(ds, "Columns")
     frames = _positive_int(ds, "NumberOfFrames", 1)
@@ -102,9 +127,9 @@ def check_pixel_consistency(ds: Dataset) -> None:
         expected = (rows * cols * frames * samples + 7) // 8
     else:
         expected = rows * cols * frames * samples * ((bits + 7) // 8)
-    if len(data) < expected:
+    if length < expected:
         raise MediaError(
-            f"pixel data holds {len(data)} bytes but {rows}x{cols}x{frames} frames x "
+            f"pixel data holds {length} bytes but {rows}x{cols}x{frames} frames x "
             f"{samples} samples x {bits} bits need {expected}"
         )
 

@@ -52,10 +52,14 @@ CODEC_BYTES_PER_PIXEL = 160
 #: 2,500 frames). Its packed bits and the encoded video are in temporary files, not memory.
 SEG_BYTES_PER_FRAME = 12 * 1024
 #: Resident memory that grows with the clip outside Python's objects, per source pixel and
-#: frame, with glibc's dynamic mmap threshold: frame-sized blocks freed by the stream's
-#: threads fragment the heap arenas and stay resident. Measured 0.36-0.68 (``python -m
-#: benchmarks.video_memory``: 60 to 300 frames at 640x480 and 1280x720, 300 to 900 at 640x480).
-NATIVE_GROWTH_BYTES_PER_PIXEL = 0.75
+#: frame, with glibc's dynamic mmap threshold (heap arenas that frame-sized blocks freed by
+#: the stream's threads leave fragmented). With the source left in its file (``python -m
+#: benchmarks.video_memory``, the slope of the peak less the Segmentation's attributes):
+#: 0.01 at 640x480 from 300 to 1,800 frames, 0.00 at 1280x720 from 60 to 300, 0.12 and 0.05
+#: at 1920x1080 from 60 to 300 and to 900 frames, 0.10 at 3840x2160 (HEVC) from 30 to 300;
+#: this allows twice the largest. (It was 0.75 while the source was read whole, when
+#: 0.36-0.68 was measured with the bitstream in memory twice over.)
+NATIVE_GROWTH_BYTES_PER_PIXEL = 0.25
 #: The same with the threshold fixed (:mod:`dicom_service.malloc_tuning`, as the service
 #: does at start): measured slopes of 0.01-0.03 MiB per frame in all, the Segmentation's
 #: attributes included (0.00-0.02 bytes per source pixel and frame beyond them).

@@ -8,6 +8,8 @@ Restoration is compared on the same clips, each output against the clean frames:
                         (stabilising moves frames away from the unstabilised reference);
 ``no_prior``            the restoration model trained without the tooth prior;
 ``full_auto``           the full model with automatic SAM masks (what the node runs);
+``full_auto_every_2``   the same with SAM run on every second frame only and its masks
+                        carried by flow to the frames between (``models.segment_every: 2``);
 ``full_box``, ``full_clicks_1/3/5``  the full model with masks from a box or 1/3/5
                         simulated clicks (seed 000's prompt ablation carried into the
                         restoration);
@@ -39,6 +41,9 @@ scores: the practical ceiling of single-frame restoration on these phantoms, for
 above all (grain is most of the local variance of the flat mucosa). It also gives
 ``full_auto`` scored against the grain-free frames (how close the model is to that ceiling
 image).
+Segmentation: mIoU against the true masks of the automatic masks, of SAM prompted by a
+box or 1/3/5 simulated clicks, and of the automatic masks on keyframes only
+(``automatic_every_N``: SAM on every N-th frame, :func:`keyframe_masks`).
 Propagation: the true mask of frame 0 (a perfect correction) carried through the clip
 (:func:`propagate_correction`), mIoU on the other frames. Flow: DIS end-point error
 against the true phantom flow, on pixels whose target stays inside the frame.
@@ -70,7 +75,7 @@ from dicom_service.training.video_phantoms import VideoClip, clip_degradation, g
 from dicom_service.vision.baseline_video import ClassicalVideoRuntime
 from dicom_service.vision.bundle_names import INTERP_BUNDLE, NOPRIOR_BUNDLE, SR_BUNDLE
 from dicom_service.vision.interframe import load_interframe_bundle
-from dicom_service.vision.mask_propagation import propagate_correction
+from dicom_service.vision.mask_propagation import keyframe_masks, propagate_correction
 from dicom_service.vision.optical_flow import DisFlow, clip_flows, endpoint_error, lands_inside
 from dicom_service.vision.precision import for_inference, precision_name
 from dicom_service.vision.restoration_model import load_restoration_bundle, restore_clip
@@ -78,8 +83,11 @@ from dicom_service.vision.stabilisation import smoothing_radius
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 from dicom_service.vision.video_runtime import LearnedVideoRuntime, automatic_masks
 
-METHODS = ("degraded", "classical", "no_prior", "full_auto", "full_box", "full_clicks_1", "full_clicks_3",
-           "full_clicks_5", "full_true_mask", "full_no_flow", "full_no_next", "full_empty_mask")
+#: ``models.segment_every`` values measured besides 1: the tooth model on every n-th frame,
+#: masks carried by flow between (mIoU ``automatic_every_N``; restoration ``full_auto_every_2``).
+KEYFRAME_STEPS = (2, 4)
+METHODS = ("degraded", "classical", "no_prior", "full_auto", "full_auto_every_2", "full_box", "full_clicks_1",
+           "full_clicks_3", "full_clicks_5", "full_true_mask", "full_no_flow", "full_no_next", "full_empty_mask")
 SHEET_COLUMNS = ("degraded", "classical", "no_prior", "full_auto", "clean")
 #: Methods broken down by clip kind (:data:`BREAKDOWNS`) and listed per clip.
 SCENE_METHODS = ("degraded", "classical", "no_prior", "full_auto")
@@ -247,7 +255,8 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
     propagation: list[float] = []
     truths: list[np.ndarray] = []
     automatic: list[np.ndarray] = []
-    prompted_all: dict[str, list[np.ndarray]] = {k: [] for k in PROMPT_MODES}
+    prompted_all: dict[str, list[np.ndarray]] = {k: [] for k in (*PROMPT_MODES, *(f"automatic_every_{n}"
+                                                                                 for n in KEYFRAME_STEPS))}
     sheet_rows = []
     records: list[ClipRecord] = []
     for index, clip in enumerate(clips):
@@ -260,9 +269,10 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
             auto = automatic_masks(segmenter, frames)
         with _timed(seconds, "prompted", count):
             prompted = interactive_masks(segmenter, frames, truth, (1, 3, 5))
+        keyframed = {f"automatic_every_{n}": keyframe_masks(segmenter, frames, n, dis) for n in KEYFRAME_STEPS}
         truths.extend(truth)
         automatic.extend(auto)
-        for key, masks in prompted.items():
+        for key, masks in (prompted | keyframed).items():
             prompted_all[key].extend(masks)
         with _timed(seconds, "classical", count):
             classical_frames = classical.enhance(frames, clip.fps).frames
@@ -275,6 +285,8 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
             "classical": classical_frames,
             "no_prior": restore_clip(no_prior, frames, None, flows, device, dtype, next_flows=following),
             "full_auto": full_auto,
+            "full_auto_every_2": restore_clip(full, frames, keyframed["automatic_every_2"], flows, device, dtype,
+                                              next_flows=following),
             "full_true_mask": restore_clip(full, frames, truth, flows, device, dtype, next_flows=following),
             "full_no_flow": restore_clip(full, frames, auto, None, device, dtype, next_flows=unaligned),
             "full_no_next": (restore_clip(full, frames, auto, flows, device, dtype) if full.config.bidirectional

@@ -59,6 +59,47 @@ def carry_mask(segmenter: ToothSegmenter, flow: DisFlow, mask: np.ndarray, sourc
     return segmenter.refine_with_mask(warped).mask
 
 
+def is_keyframe(t: int, every: int) -> bool:
+    """True if frame ``t`` of a clip is segmented by the tooth model when it is run on every
+    ``every``-th frame (frame 0 always is); :func:`warp_to_next` carries the others."""
+    return t % every == 0
+
+
+def warp_to_next(mask: np.ndarray, back_flow: np.ndarray) -> np.ndarray:
+    """The mask ``(H, W)`` bool of frame ``t - 1`` carried onto frame ``t`` by the flow
+    ``back_flow`` ``(H, W, 2)`` float32 ``(dx, dy)`` from ``t`` to ``t - 1`` (what the video
+    stream computes for the motion fusion): each pixel of ``t`` samples the mask where it
+    was in ``t - 1``, an exact backward warp (no re-segmentation). Returns ``(H, W)`` bool."""
+    return propagate_mask(mask, np.negative(back_flow))  # propagate_mask samples at q - flow(q)
+
+
+def keyframe_masks(segmenter: ToothSegmenter, frames: np.ndarray, every: int,
+                   flow: DisFlow | None = None) -> np.ndarray:
+    """Automatic tooth masks ``(T, H, W)`` bool of ``frames`` ``(T, H, W, 3)`` uint8 RGB with
+    the tooth model run on every ``every``-th frame only and the masks of the frames between
+    carried forward by DIS flow (:func:`warp_to_next`); ``every == 1`` is the model on every
+    frame. The clip-in-memory twin of the video runtime's ``segment_every``, for evaluation.
+
+    Raises
+    ------
+    ValueError
+        ``every < 1`` or frames not ``(T, H, W, 3)`` uint8.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    flow = flow or DisFlow()
+    masks = np.zeros(frames.shape[:3], dtype=bool)
+    for t, frame in enumerate(frames):
+        if is_keyframe(t, every):
+            segmenter.set_image(frame)
+            masks[t] = segmenter.automatic().mask
+        else:
+            masks[t] = warp_to_next(masks[t - 1], flow(frame, frames[t - 1]))
+    return masks
+
+
 def propagate_correction(segmenter: ToothSegmenter, frames: np.ndarray, index: int, corrected: np.ndarray,
                          *, radius: int | None = None, flow: DisFlow | None = None) -> dict[int, np.ndarray]:
     """Masks of the neighbours of frame ``index`` carried from its corrected mask.

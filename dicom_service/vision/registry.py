@@ -73,11 +73,14 @@ class VideoOptions:
         torch.compile the restoration network (``models.compile``).
     smoothing_seconds : float
         Camera-path moving-average length of the stabilisation (``models.stabilisation_seconds``).
+    segment_every : int
+        The learned runtimes run the tooth model on every n-th frame (``models.segment_every``).
     """
 
     precision: str = "auto"
     compile_models: bool = False
     smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS
+    segment_every: int = 1
 
 
 def _learned_video(name: str) -> Callable[[str, Path, VideoOptions], VideoRuntime]:
@@ -94,7 +97,8 @@ def _learned_video(name: str) -> Callable[[str, Path, VideoOptions], VideoRuntim
         return LearnedVideoRuntime(models_dir, device, stabilise="unstabilised" not in name,
                                    smoothing_seconds=options.smoothing_seconds, upscale="sr2" in name,
                                    interpolate="interp2" in name, prior="noprior" not in name,
-                                   precision=options.precision, compile_models=options.compile_models)
+                                   precision=options.precision, compile_models=options.compile_models,
+                                   segment_every=options.segment_every)
 
     return build
 
@@ -172,27 +176,33 @@ def _lookup(kind: str, table: Mapping[str, Callable[..., _R]], name: str) -> Cal
 def build_video_runtime(name: str = "baseline", device: str = "auto",
                         models_dir: Path | None = None, precision: str = "auto",
                         compile_models: bool = False,
-                        smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS) -> VideoRuntime:
+                        smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS,
+                        segment_every: int = 1) -> VideoRuntime:
     """Build the video runtime called ``name`` for ``device``.
 
     ``precision`` is the learned runtimes' compute precision
     (:mod:`~dicom_service.vision.precision`: ``auto``, ``float32``, ``bfloat16``, ``float16``);
     ``compile_models`` torch.compiles their restoration network; ``smoothing_seconds`` is
-    the stabilisation's camera-path smoothing length (all runtimes).
+    the stabilisation's camera-path smoothing length (all runtimes); ``segment_every``
+    runs the learned runtimes' tooth model on every n-th frame only (the masks of the
+    frames between carried by optical flow).
 
     Raises
     ------
     ConfigError
         Unknown name (the message lists the valid ones), unusable device, a
         precision the device cannot run (float16 on the CPU), compilation asked for
-        on a CPU without a C++ compiler, or a smoothing length that is not > 0.
+        on a CPU without a C++ compiler, a smoothing length that is not > 0, or
+        ``segment_every`` below 1.
     """
     factory = _lookup("video", VIDEO_RUNTIMES, name)
     if not smoothing_seconds > 0:
         raise ConfigError(f"models.stabilisation_seconds must be > 0, got {smoothing_seconds}")
+    if segment_every < 1:
+        raise ConfigError(f"models.segment_every must be >= 1, got {segment_every}")
     resolved = resolve_device(device)
     runtime = factory(resolved, models_dir or default_models_dir(),
-                      VideoOptions(precision, compile_models, float(smoothing_seconds)))
+                      VideoOptions(precision, compile_models, float(smoothing_seconds), int(segment_every)))
     log.info("video runtime %r (%s) on %s", name, runtime.info.name, resolved)
     return runtime
 

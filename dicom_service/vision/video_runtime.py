@@ -59,6 +59,7 @@ from dicom_service.vision.interframe import (
     load_interframe_bundle,
     upscale_frame,
 )
+from dicom_service.vision.mask_propagation import is_keyframe, warp_to_next
 from dicom_service.vision.optical_flow import DisFlow
 from dicom_service.vision.precision import compile_for_inference, for_inference, inference_dtype, precision_name
 from dicom_service.vision.restoration_model import FrameRestorer, load_restoration_bundle
@@ -170,7 +171,7 @@ class _Prepared(NamedTuple):
     """A frame of the stream made ready for segmentation (the ``prepare`` stage)."""
 
     work: np.ndarray  # (h, w, 3) uint8 RGB at the models' size
-    sam_input: np.ndarray  # work resized for the tooth model (ToothSegmenter.resize)
+    sam_input: np.ndarray | None  # work resized for the tooth model (ToothSegmenter.resize); None: not a keyframe
     back_flow: np.ndarray | None  # (h, w, 2) float32 (x, y) DIS flow t -> t - 1; None for the first frame
     ahead_flow: np.ndarray | None  # DIS flow t - 1 -> t (the previous frame's next flow); bidirectional only
 
@@ -186,18 +187,20 @@ class _Segmented(NamedTuple):
 
 
 def _prepare_frames(frames: Iterable[np.ndarray], work_size: tuple[int, int], scaled: bool,
-                    segmenter: ToothSegmenter, bidirectional: bool, out: Handoff[_Prepared]) -> None:
+                    segmenter: ToothSegmenter, bidirectional: bool, segment_every: int,
+                    out: Handoff[_Prepared]) -> None:
     """Stage: each source frame ``(H, W, 3)`` uint8 RGB brought to ``work_size`` ``(h, w)``
-    and the tooth model's input size, with its DIS flows to the previous frame (and from
-    it, for a bidirectional restoration model)."""
+    (and, on the tooth model's keyframes, to its input size), with its DIS flows to the
+    previous frame (and from it, for a bidirectional restoration model)."""
     dis = DisFlow()
     previous: np.ndarray | None = None
-    for frame in frames:
+    for t, frame in enumerate(frames):
         work = cv2.resize(frame, work_size[::-1], interpolation=cv2.INTER_AREA) if scaled \
             else np.ascontiguousarray(frame)
         back = dis(work, previous) if previous is not None else None
         ahead = dis(previous, work) if previous is not None and bidirectional else None
-        out.put(_Prepared(work, segmenter.resize(work), back, ahead))
+        sam_input = segmenter.resize(work) if is_keyframe(t, segment_every) else None
+        out.put(_Prepared(work, sam_input, back, ahead))
         previous = work
     out.close()
 
@@ -205,9 +208,14 @@ def _prepare_frames(frames: Iterable[np.ndarray], work_size: tuple[int, int], sc
 def _segment_frames(prepared: Handoff[_Prepared], segmenter: ToothSegmenter, source_size: tuple[int, int],
                     out: Handoff[_Segmented]) -> None:
     """Stage: the automatic tooth mask of each prepared frame, at the working and at the
-    source size ``(H, W)``."""
+    source size ``(H, W)``: the tooth model's on keyframes, the previous mask carried by the
+    frame's flow on the others (:func:`~dicom_service.vision.mask_propagation.warp_to_next`)."""
+    mask: np.ndarray | None = None
     for item in prepared:
-        mask = automatic_mask(segmenter, item.work, item.sam_input)
+        if item.sam_input is not None or mask is None or item.back_flow is None:
+            mask = automatic_mask(segmenter, item.work, item.sam_input)
+        else:
+            mask = warp_to_next(mask, item.back_flow)
         source_mask = mask if mask.shape == source_size else \
             cv2.resize(mask.view(np.uint8), source_size[::-1], interpolation=cv2.INTER_NEAREST).view(bool)
         out.put(_Segmented(item.work, mask, source_mask, item.back_flow, item.ahead_flow))
@@ -244,6 +252,10 @@ class LearnedVideoRuntime:
     compile_models : bool
         ``torch.compile`` the restoration network and the tooth model's image encoder
         (:func:`~dicom_service.vision.precision.compile_for_inference`).
+    segment_every : int
+        Run the tooth model on every ``segment_every``-th frame of a clip (1: every frame)
+        and carry its mask to the frames between by the DIS flow the restoration computes
+        anyway (a speed option: the tooth model is the slowest stage of the stream on a GPU).
 
     Raises
     ------
@@ -254,9 +266,13 @@ class LearnedVideoRuntime:
 
     def __init__(self, models_dir: Path, device: str = "cpu", *, stabilise: bool = True,
                  smoothing_seconds: float = DEFAULT_SMOOTHING_SECONDS, upscale: bool = False, interpolate: bool = False,
-                 prior: bool = True, precision: str = "auto", compile_models: bool = False) -> None:
+                 prior: bool = True, precision: str = "auto", compile_models: bool = False,
+                 segment_every: int = 1) -> None:
         if smoothing_seconds <= 0:
             raise ValueError(f"smoothing_seconds must be > 0, got {smoothing_seconds}")
+        if segment_every < 1:
+            raise ValueError(f"segment_every must be >= 1, got {segment_every}")
+        self.segment_every = int(segment_every)
         self.device = torch.device(device)
         self.dtype = inference_dtype(self.device, precision)
         bundle = RESTORATION_BUNDLE if prior else NOPRIOR_BUNDLE
@@ -287,7 +303,8 @@ class LearnedVideoRuntime:
             version=f"restoration-{versions[0]}+sam-{versions[1]}", family="ai",
             parameters=(f"stabilise={stabilise} smoothing_s={smoothing_seconds} upscale={upscale} "
                         f"interpolate={interpolate} device={self.device.type} "
-                        f"precision={precision_name(self.dtype)} compiled={compile_models}"),
+                        f"precision={precision_name(self.dtype)} compiled={compile_models} "
+                        f"segment_every={self.segment_every}"),
         )
 
     def _steps(self, scaled: bool, stabilised: bool, count: int, interpolated: bool,
@@ -295,7 +312,9 @@ class LearnedVideoRuntime:
                skipped: Sequence[str] = ()) -> list[str]:
         """Provenance lines; ``source`` and ``output`` are ``(height, width)`` before the x2
         options, ``upscaled`` the size super-resolution brings frames to (None: not applied)."""
-        steps = ["Tooth masks: SAM-architecture model, automatic mode (prompt-free decoding)"]
+        steps = ["Tooth masks: SAM-architecture model, automatic mode (prompt-free decoding)"
+                 + (f" on one frame in {self.segment_every}, carried to the frames between by optical flow"
+                    if self.segment_every > 1 and count >= 2 else "")]
         if scaled and output == source:
             steps.append(f"Processed downscaled to at most {MAX_WORK_PIXELS} pixels, result upscaled (bicubic)")
         elif scaled:
@@ -482,7 +501,8 @@ class LearnedVideoRuntime:
             to_sink: Handoff[tuple[str, np.ndarray]] = stages.handoff()
             stages.start("prepare", lambda: _prepare_frames(itertools.chain([first], source_frames), work_size,
                                                             scaled, segmenter,
-                                                            self.restorer.config.bidirectional, prepared))
+                                                            self.restorer.config.bidirectional,
+                                                            self.segment_every, prepared))
             stages.start("segment", lambda: _segment_frames(prepared, segmenter, (height, width), segmented))
             stages.start("stabilise", lambda: chain.stabilise_all(to_output, to_sink))
             stages.start("write", lambda: chain.write_all(to_sink))

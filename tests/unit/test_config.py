@@ -60,6 +60,7 @@ def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ("models:\n  compile: maybe\n", "models.compile"),
         ("models:\n  stabilisation_seconds: 0\n", "models.stabilisation_seconds"),
         ("models:\n  stabilisation_seconds: 60\n", "models.stabilisation_seconds"),
+        ("models:\n  segment_every: 0\n", "models.segment_every"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, yaml_text: str, key: str) -> None:

@@ -74,7 +74,9 @@ def test_eval_writes_metrics_and_a_contact_sheet(trained: tuple[Path, Path], tmp
     assert reference["clips"] == report["clips"] and 0.5 < reference["ssim"] < 1.0
     assert reference["ssim"] > report["methods"]["degraded"]["ssim"]
     assert reference["psnr"] == pytest.approx(report["per_clip"][0]["grain_free_reference"]["psnr"])
-    assert set(report["segmentation"]["miou"]) == {"automatic", "box", "clicks_1", "clicks_3", "clicks_5"}
+    assert set(report["segmentation"]["miou"]) == {"automatic", "box", "clicks_1", "clicks_3", "clicks_5",
+                                                   "automatic_every_2", "automatic_every_4"}
+    assert 0 < report["methods"]["full_auto_every_2"]["psnr"] < 100
     effect = report["prior_effect"]["psnr"]  # one test clip: the paired mean is the plain difference
     assert effect["clips"] == report["clips"] == 1 and effect["ci95"] is None
     assert effect["mean"] == pytest.approx(report["gains_db"]["full_vs_no_prior"])

@@ -150,3 +150,39 @@ def test_missing_pixel_data_and_instances_without_pixels(radiograph) -> None:
     check_pixel_consistency(bare)  # e.g. an SR: nothing to check
     with pytest.raises(MediaError, match="no pixel data"):
         load_radiograph(bare)
+
+
+def test_pixel_data_left_in_its_file_is_checked_there(radiograph, tmp_path) -> None:
+    """Read with ``defer_size`` (as the service and the offline mode read files), the check
+    leaves the pixel data in the file: native data's length is compared with the header and
+    the file's size, encapsulated data's item headers are walked."""
+    from dicom_service.media.pixel_file import DEFER_BYTES, deferred_pixel_data
+
+    native = builders.save(radiograph[0], tmp_path / "native.dcm")
+    ds = pydicom.dcmread(native, defer_size=DEFER_BYTES)
+    check_pixel_consistency(ds)
+    assert deferred_pixel_data(ds) is not None  # not read to be checked
+    assert load_radiograph(ds).shape == (416, 416)  # and decoded from the file when needed
+
+    short = copy.deepcopy(ds)
+    short.Rows = 417  # the header now declares more than the file holds
+    with pytest.raises(MediaError, match="holds"):
+        check_pixel_consistency(short)
+
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(builders.truncated_bytes(radiograph[0]))
+    with pytest.raises(MediaError, match="ends inside"):
+        check_pixel_consistency(pydicom.dcmread(cut, defer_size=DEFER_BYTES))
+
+    video = builders.save(builders.make_video_photographic(frames=30, rows=240, cols=320), tmp_path / "v.dcm")
+    ds = pydicom.dcmread(video, defer_size=1024)  # a short clip: under DEFER_BYTES
+    assert deferred_pixel_data(ds) is not None
+    check_pixel_consistency(ds)
+    assert deferred_pixel_data(ds) is not None
+    data = bytearray(video.read_bytes())
+    item = data.rfind(b"\xfe\xff\x00\xe0")  # the last item header: make it run past the file's end
+    data[item + 4:item + 8] = (len(data)).to_bytes(4, "little")
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(MediaError, match="malformed"):
+        check_pixel_consistency(pydicom.dcmread(broken, defer_size=1024))

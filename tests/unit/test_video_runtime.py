@@ -137,6 +137,35 @@ def test_a_clip_without_teeth_gets_empty_masks(runtime: LearnedVideoRuntime) -> 
     assert result.frames.shape == clip.clean.shape
 
 
+def test_tooth_model_on_keyframes_carries_masks_by_flow(runtime: LearnedVideoRuntime) -> None:
+    """``segment_every=3``: frames 0 and 3 get the tooth model's own masks (those of the
+    runtime segmenting every frame), frames 1, 2 and 4 the previous mask warped by the DIS
+    flow to the previous frame, the same masks :func:`keyframe_masks` gives for the clip in
+    memory; the provenance says so, and the masks still fit the teeth."""
+    from dicom_service.vision.mask_propagation import keyframe_masks, warp_to_next
+    from dicom_service.vision.optical_flow import DisFlow
+
+    clip = render_clip(clip_seed(0, "test", 2), frames=5, teeth=True)
+    every_frame = runtime.enhance(clip.degraded, clip.fps).tooth_masks
+    sparse = LearnedVideoRuntime(default_models_dir(), "cpu", stabilise=False, segment_every=3)
+    result = sparse.enhance(clip.degraded, clip.fps)
+    masks = result.tooth_masks
+    assert np.array_equal(masks[0], every_frame[0]) and np.array_equal(masks[3], every_frame[3])
+    dis = DisFlow()
+    for t in (1, 2, 4):
+        assert np.array_equal(masks[t], warp_to_next(masks[t - 1], dis(clip.degraded[t], clip.degraded[t - 1])))
+    assert not np.array_equal(masks[1], masks[0])  # the camera moved: the mask moved with it
+    assert np.array_equal(keyframe_masks(sparse.segmenter, clip.degraded, 3), masks)
+    assert _iou(masks, clip.masks) > 0.9
+    assert any("one frame in 3, carried" in step for step in result.steps)
+    assert "segment_every=3" in result.algorithm.parameters
+    with pytest.raises(ValueError, match="segment_every"):
+        LearnedVideoRuntime(default_models_dir(), "cpu", segment_every=0)
+    from dicom_service.domain import ConfigError
+    with pytest.raises(ConfigError, match="segment_every"):
+        build_video_runtime("learned", "cpu", segment_every=0)
+
+
 def test_bad_arguments_are_errors(runtime: LearnedVideoRuntime) -> None:
     with pytest.raises(ValueError, match="16x16"):
         runtime.enhance(np.zeros((1, 8, 8, 3), np.uint8), 30.0)
@@ -204,11 +233,7 @@ def test_4k_video_through_the_workflow_is_written_at_1080p(tmp_path, name: str, 
 def test_hevc_video_larger_than_1080p_is_decoded_and_written_as_h264(tmp_path) -> None:
     """How a 4K-class camera clip arrives in DICOM: HEVC/H.265 Main Profile (.107) at 2560x1440.
     It is decoded with PyAV, restored downscaled, and written back as H.264 at 1920x1080."""
-    import io
-
-    import av
     import pydicom
-    from pydicom.encaps import encapsulate
 
     from dicom_service.pipelines.video import process_video_instance
     from tests import builders
@@ -216,25 +241,7 @@ def test_hevc_video_larger_than_1080p_is_decoded_and_written_as_h264(tmp_path) -
 
     native = builders.make_native_video_photographic(frames=3, rows=1440, cols=2560)
     frames = np.frombuffer(native.PixelData, np.uint8).reshape(3, 1440, 2560, 3)
-    stream = io.BytesIO()
-    with av.open(stream, "w", format="hevc") as container:
-        video = container.add_stream("libx265", rate=30)
-        video.width, video.height, video.pix_fmt = 2560, 1440, "yuv420p"
-        video.options = {"preset": "ultrafast", "x265-params": "log-level=error"}
-        for frame in frames:
-            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-    data = stream.getvalue()
-    source = native
-    source.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.107"
-    source.PhotometricInterpretation = "YBR_PARTIAL_420"
-    source.LossyImageCompression = "01"
-    source.LossyImageCompressionMethod = "ISO_23008_2"
-    source.PixelData = encapsulate([data + b"\0" * (len(data) % 2)], has_bot=False)
-    source["PixelData"].VR = "OB"
-    source["PixelData"].is_undefined_length = True
+    source = builders.make_hevc_video_photographic(frames, count=3, rows=1440, cols=2560)
     objects, summary = process_video_instance(source, build_video_runtime("learned", "cpu"), uid_seed="hevc")
     assert summary["frames"] == 3 and (summary["width"], summary["height"]) == (2560, 1440)
     video_ds = next(o.dataset for o in objects if o.kind == "video")
