@@ -38,6 +38,20 @@ def test_stabilisation_length_reaches_the_runtimes() -> None:
         build_video_runtime("baseline", "cpu", smoothing_seconds=0.0)
 
 
+def test_segment_every_reaches_the_learned_runtime_from_the_settings() -> None:
+    """``models.segment_every`` travels from the settings through :class:`Runtimes` to the
+    learned video runtime (and is named in its provenance); the baselines have no tooth model."""
+    pytest.importorskip("torch")
+    pytest.importorskip("segment_anything")
+    from dicom_service.config import load_settings
+    from dicom_service.service import Runtimes
+
+    settings = load_settings(None, models={"video": "learned", "radiograph": "baseline", "segment_every": 2})
+    video = Runtimes(settings).video
+    assert video.segment_every == 2 and "segment_every=2" in video.info.parameters
+    assert build_video_runtime("baseline", "cpu", segment_every=2).info.family == "baseline"
+
+
 def test_unknown_names_list_the_choices() -> None:
     with pytest.raises(ConfigError, match="valid choices: baseline"):
         build_video_runtime("sam-huge")
