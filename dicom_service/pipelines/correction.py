@@ -24,8 +24,9 @@ frame by frame, and:
    SEMIAUTOMATIC; the content description says which frame was corrected and how far it
    was carried).
 
-Memory does not grow with the clip's length: a few frames' worth
-(:data:`CORRECTION_BYTES_PER_PIXEL`); the temporary files take about
+Memory is a few frames' worth (:data:`CORRECTION_BYTES_PER_PIXEL`) and grows with the
+clip's length only by the Segmentation's per-frame attributes and the allocator's slack
+(:data:`CORRECTION_BYTES_PER_FRAME`); the temporary files take about
 ``(resized + grey + H*W/8)`` bytes per frame before the corrected one (0.25 MB at
 640x480), and the Segmentation's packed bits.
 
@@ -49,7 +50,6 @@ from dicom_service.domain import AlgorithmInfo, InputError, MediaError, StorageF
 from dicom_service.media.seg_frames import PackedMasks, segmentation_frames
 from dicom_service.media.video import FrameStream, open_frames
 from dicom_service.pipelines.record_spool import RecordSpool
-from dicom_service.pipelines.video_memory import SEG_BYTES_PER_FRAME
 from dicom_service.vision.mask_propagation import CarryFrame, carry_mask
 from dicom_service.vision.optical_flow import DEFAULT_MAX_SIDE, DisFlow
 from dicom_service.vision.tooth_predictor import MaskPrediction, ToothSegmenter
@@ -64,6 +64,12 @@ CORRECTED_TOOTH_SERIES = 9104
 #: 1.5x the peaks ``python -m benchmarks.video_memory --correction`` measured (README).
 CORRECTION_BYTES_PER_PIXEL = 96
 CORRECTION_FIXED_BYTES = 128 * 2**20
+#: What a correction's memory grows by per frame of the clip: the Segmentation's per-frame
+#: attributes (:data:`~dicom_service.pipelines.video_memory.SEG_BYTES_PER_FRAME`, 12 kB)
+#: and the rest measured with them (``python -m benchmarks.video_memory --correction``: 0.02
+#: MiB per frame at 640x480, 0.05 at 1280x720 from 60 to 600 frames and at 3840x2160 from 30
+#: to 300), about two and a half times the largest.
+CORRECTION_BYTES_PER_FRAME = 128 * 1024
 #: Disk left free beyond a correction's temporary files.
 SPOOL_MARGIN_BYTES = 256 * 2**20
 
@@ -174,9 +180,9 @@ class CorrectionResult:
 
 def correction_bytes(frames: int, rows: int, columns: int) -> int:
     """Memory a correction of ``frames`` frames of ``rows x columns`` works in: a fixed
-    part, a few frames' worth, and the Segmentation's per-frame attributes (its bits go to
-    a temporary file)."""
-    return CORRECTION_FIXED_BYTES + CORRECTION_BYTES_PER_PIXEL * rows * columns + SEG_BYTES_PER_FRAME * frames
+    part, a few frames' worth, and what grows per frame (the Segmentation's per-frame
+    attributes and the allocator's slack; its bits go to a temporary file)."""
+    return CORRECTION_FIXED_BYTES + CORRECTION_BYTES_PER_PIXEL * rows * columns + CORRECTION_BYTES_PER_FRAME * frames
 
 
 def check_correction_memory(frames: int, rows: int, columns: int, max_bytes: int | None) -> None:
