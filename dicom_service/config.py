@@ -202,10 +202,10 @@ class ModelSettings(_Section):
         1.0, gt=0, le=10, description="Camera-path smoothing length of the video stabilisation, seconds: longer "
         "removes more shake but follows deliberate camera moves later and moves more border into view")
     segment_every: int = Field(
-        1, ge=1, le=30, description="Run the tooth model of the learned video runtimes on every n-th frame and "
-        "carry its mask to the frames between by optical flow: 1 (the default) segments every frame; 2 halves "
-        "the tooth model's work (the slowest stage of the stream on a GPU) for a small loss of mask accuracy "
-        "(README, 'Tooth masks on keyframes')")
+        1, ge=1, le=30, description="Run the tooth model of the learned video runtimes on every n-th frame (and "
+        "on scene cuts) and carry its mask to the frames between by optical flow: 1 (the default) segments every "
+        "frame; 2 halves the tooth model's work (the slowest stage of the stream on a GPU) for a small loss of "
+        "mask accuracy (README, 'Tooth masks on keyframes')")
 
 
 class Settings(BaseSettings):

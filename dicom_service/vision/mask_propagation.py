@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_service.vision.optical_flow import DisFlow
+from dicom_service.vision.optical_flow import DisFlow, warp_residual
 from dicom_service.vision.tooth_predictor import ToothSegmenter, propagate_mask
 
 
@@ -59,10 +59,26 @@ def carry_mask(segmenter: ToothSegmenter, flow: DisFlow, mask: np.ndarray, sourc
     return segmenter.refine_with_mask(warped).mask
 
 
-def is_keyframe(t: int, every: int) -> bool:
+#: :func:`~dicom_service.vision.optical_flow.warp_residual` above which a frame is taken not
+#: to follow from the previous one (a scene cut) and is segmented afresh: about twice the
+#: largest residual between consecutive frames of the degraded test phantoms (0.031) and
+#: two thirds of the smallest across a cut between two of them (0.088).
+SCENE_CUT_RESIDUAL = 0.06
+
+
+def is_keyframe(t: int, every: int, current: np.ndarray | None = None, previous: np.ndarray | None = None,
+                back_flow: np.ndarray | None = None) -> bool:
     """True if frame ``t`` of a clip is segmented by the tooth model when it is run on every
-    ``every``-th frame (frame 0 always is); :func:`warp_to_next` carries the others."""
-    return t % every == 0
+    ``every``-th frame (frame 0 always is); :func:`warp_to_next` carries the others. Given
+    the frame ``current``, the one before it and the flow between them (as for
+    :func:`~dicom_service.vision.optical_flow.warp_residual`), a frame the flow does not
+    explain (residual above :data:`SCENE_CUT_RESIDUAL`, a scene cut) is a keyframe too.
+    """
+    if t % every == 0:
+        return True
+    if current is None or previous is None or back_flow is None:
+        return False
+    return warp_residual(current, previous, back_flow) > SCENE_CUT_RESIDUAL
 
 
 def warp_to_next(mask: np.ndarray, back_flow: np.ndarray) -> np.ndarray:
@@ -77,8 +93,9 @@ def keyframe_masks(segmenter: ToothSegmenter, frames: np.ndarray, every: int,
                    flow: DisFlow | None = None) -> np.ndarray:
     """Automatic tooth masks ``(T, H, W)`` bool of ``frames`` ``(T, H, W, 3)`` uint8 RGB with
     the tooth model run on every ``every``-th frame only and the masks of the frames between
-    carried forward by DIS flow (:func:`warp_to_next`); ``every == 1`` is the model on every
-    frame. The clip-in-memory twin of the video runtime's ``segment_every``, for evaluation.
+    carried forward by DIS flow (:func:`warp_to_next`), and on every scene cut
+    (:func:`is_keyframe`); ``every == 1`` is the model on every frame. The clip-in-memory
+    twin of the video runtime's ``segment_every``, for evaluation.
 
     Raises
     ------
@@ -92,11 +109,12 @@ def keyframe_masks(segmenter: ToothSegmenter, frames: np.ndarray, every: int,
     flow = flow or DisFlow()
     masks = np.zeros(frames.shape[:3], dtype=bool)
     for t, frame in enumerate(frames):
-        if is_keyframe(t, every):
+        back = flow(frame, frames[t - 1]) if t % every else None
+        if is_keyframe(t, every, frame, frames[t - 1] if t else None, back):
             segmenter.set_image(frame)
             masks[t] = segmenter.automatic().mask
         else:
-            masks[t] = warp_to_next(masks[t - 1], flow(frame, frames[t - 1]))
+            masks[t] = warp_to_next(masks[t - 1], back)
     return masks
 
 

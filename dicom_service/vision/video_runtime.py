@@ -190,7 +190,8 @@ def _prepare_frames(frames: Iterable[np.ndarray], work_size: tuple[int, int], sc
                     segmenter: ToothSegmenter, bidirectional: bool, segment_every: int,
                     out: Handoff[_Prepared]) -> None:
     """Stage: each source frame ``(H, W, 3)`` uint8 RGB brought to ``work_size`` ``(h, w)``
-    (and, on the tooth model's keyframes, to its input size), with its DIS flows to the
+    (and, on the tooth model's keyframes, every ``segment_every``-th frame and scene cuts,
+    to its input size), with its DIS flows to the
     previous frame (and from it, for a bidirectional restoration model)."""
     dis = DisFlow()
     previous: np.ndarray | None = None
@@ -199,7 +200,7 @@ def _prepare_frames(frames: Iterable[np.ndarray], work_size: tuple[int, int], sc
             else np.ascontiguousarray(frame)
         back = dis(work, previous) if previous is not None else None
         ahead = dis(previous, work) if previous is not None and bidirectional else None
-        sam_input = segmenter.resize(work) if is_keyframe(t, segment_every) else None
+        sam_input = segmenter.resize(work) if is_keyframe(t, segment_every, work, previous, back) else None
         out.put(_Prepared(work, sam_input, back, ahead))
         previous = work
     out.close()
@@ -313,8 +314,8 @@ class LearnedVideoRuntime:
         """Provenance lines; ``source`` and ``output`` are ``(height, width)`` before the x2
         options, ``upscaled`` the size super-resolution brings frames to (None: not applied)."""
         steps = ["Tooth masks: SAM-architecture model, automatic mode (prompt-free decoding)"
-                 + (f" on one frame in {self.segment_every}, carried to the frames between by optical flow"
-                    if self.segment_every > 1 and count >= 2 else "")]
+                 + (f" on one frame in {self.segment_every} and on scene cuts, masks carried to the frames "
+                    "between by optical flow" if self.segment_every > 1 and count >= 2 else "")]
         if scaled and output == source:
             steps.append(f"Processed downscaled to at most {MAX_WORK_PIXELS} pixels, result upscaled (bicubic)")
         elif scaled:

@@ -76,3 +76,21 @@ def test_clip_flows_on_demand_match_the_list() -> None:
         ClipFlows(frames, DisFlow())[4]
     with pytest.raises(ValueError, match="step"):
         ClipFlows(frames, DisFlow(), step=0)
+
+
+def test_warp_residual_is_small_along_the_motion_and_large_at_a_cut() -> None:
+    """Consecutive phantom frames follow from each other by their DIS flow (residual under
+    the scene-cut threshold); the first frame of another scene does not."""
+    from dicom_service.training.video_phantoms import clip_seed, render_clip
+    from dicom_service.vision.mask_propagation import SCENE_CUT_RESIDUAL
+    from dicom_service.vision.optical_flow import warp_residual
+
+    dis = DisFlow()
+    one = render_clip(clip_seed(0, "test", 3), frames=2, teeth=True).degraded
+    other = render_clip(clip_seed(0, "test", 9), frames=2, teeth=True).degraded[0]
+    assert warp_residual(one[0], one[0], np.zeros((*one.shape[1:3], 2), np.float32)) == 0.0
+    along = warp_residual(one[1], one[0], dis(one[1], one[0]))
+    across = warp_residual(other, one[1], dis(other, one[1]))
+    assert 0.0 < along < SCENE_CUT_RESIDUAL < across
+    with pytest.raises(ValueError, match="one size"):
+        warp_residual(one[1], one[0][:-1], dis(one[1], one[0]))

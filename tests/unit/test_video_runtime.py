@@ -157,13 +157,33 @@ def test_tooth_model_on_keyframes_carries_masks_by_flow(runtime: LearnedVideoRun
     assert not np.array_equal(masks[1], masks[0])  # the camera moved: the mask moved with it
     assert np.array_equal(keyframe_masks(sparse.segmenter, clip.degraded, 3), masks)
     assert _iou(masks, clip.masks) > 0.9
-    assert any("one frame in 3, carried" in step for step in result.steps)
+    assert any("one frame in 3 and on scene cuts, masks carried" in step for step in result.steps)
     assert "segment_every=3" in result.algorithm.parameters
     with pytest.raises(ValueError, match="segment_every"):
         LearnedVideoRuntime(default_models_dir(), "cpu", segment_every=0)
     from dicom_service.domain import ConfigError
     with pytest.raises(ConfigError, match="segment_every"):
         build_video_runtime("learned", "cpu", segment_every=0)
+
+
+def test_a_scene_cut_is_segmented_afresh_between_keyframes(runtime: LearnedVideoRuntime) -> None:
+    """``segment_every=4`` on two scenes joined at frame 2: frame 1 gets the warped mask, but
+    frame 2 (the cut, which the flow does not explain) is segmented by the tooth model, not
+    given the other scene's mask; frame 3 follows from it by the flow again."""
+    from dicom_service.vision.mask_propagation import keyframe_masks, warp_to_next
+    from dicom_service.vision.optical_flow import DisFlow
+
+    first = render_clip(clip_seed(0, "test", 3), frames=2, teeth=True).degraded
+    second = render_clip(clip_seed(0, "test", 9), frames=2, teeth=True).degraded
+    frames = np.concatenate([first, second])
+    every_frame = runtime.enhance(frames, 30.0).tooth_masks
+    sparse = LearnedVideoRuntime(default_models_dir(), "cpu", stabilise=False, segment_every=4)
+    masks = sparse.enhance(frames, 30.0).tooth_masks
+    dis = DisFlow()
+    assert np.array_equal(masks[1], warp_to_next(masks[0], dis(frames[1], frames[0])))
+    assert np.array_equal(masks[2], every_frame[2])
+    assert np.array_equal(masks[3], warp_to_next(masks[2], dis(frames[3], frames[2])))
+    assert np.array_equal(keyframe_masks(sparse.segmenter, frames, 4), masks)
 
 
 def test_bad_arguments_are_errors(runtime: LearnedVideoRuntime) -> None:
