@@ -194,6 +194,18 @@ def bench_prompt(runtime: Any, frame: np.ndarray, runs: int, device: str) -> dic
     return {"runs": runs, "median_ms": round(median(times), 2), "p90_ms": round(_percentile(times, 90), 2)}
 
 
+def bench_pipeline_each(runtime: Any, frames: np.ndarray, fps: float, device: str, every: list[int],
+                        name: str) -> dict[str, Any]:
+    """:func:`bench_pipeline` once per ``models.segment_every`` value in ``every``: the first
+    as ``name``, each other N as ``name_segment_every_N``; the runtime is left at the first."""
+    cases = {}
+    for n in every:
+        runtime.segment_every = n
+        cases[name if n == every[0] else f"{name}_segment_every_{n}"] = bench_pipeline(runtime, frames, fps, device)
+    runtime.segment_every = every[0]
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="640x480,1280x720", help="comma-separated WIDTHxHEIGHT")
@@ -239,22 +251,15 @@ def main(argv: list[str] | None = None) -> int:
                            teeth=True)
         case = {"restoration": bench_restoration(runtime, clip, device, args.repeats)}
         log(f"{text}: restoration {case['restoration']['fps']} fps")
-        for n in every:
-            runtime.segment_every = n
-            key = "pipeline" if n == every[0] else f"pipeline_segment_every_{n}"
-            case[key] = bench_pipeline(runtime, clip.degraded, clip.fps, device)
-            log(f"{text}: {key} {case[key]['fps']} fps")
-        runtime.segment_every = every[0]
+        for key, timed in bench_pipeline_each(runtime, clip.degraded, clip.fps, device, every, "pipeline").items():
+            case[key] = timed
+            log(f"{text}: {key} {timed['fps']} fps")
         case["prompt_to_mask"] = bench_prompt(runtime, clip.degraded[0], args.prompt_runs, device)
         result["cases"][f"{width}x{height}"] = case
     if args.ten_second:
         log("10 s 640x480 clip (300 frames) end to end")
         ten = looped_phantom(300, 480, 640)
-        for n in every:
-            runtime.segment_every = n
-            key = "ten_second_clip" if n == every[0] else f"ten_second_clip_segment_every_{n}"
-            result[key] = bench_pipeline(runtime, ten, 30.0, device)
-        runtime.segment_every = every[0]
+        result.update(bench_pipeline_each(runtime, ten, 30.0, device, every, "ten_second_clip"))
         log("a correction on the 10 s clip")
         result["correction_ten_second_clip"] = bench_correction(runtime, ten, 30.0, device)
     print(json.dumps(result, indent=2))

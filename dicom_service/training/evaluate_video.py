@@ -269,7 +269,8 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
             auto = automatic_masks(segmenter, frames)
         with _timed(seconds, "prompted", count):
             prompted = interactive_masks(segmenter, frames, truth, (1, 3, 5))
-        keyframed = {f"automatic_every_{n}": keyframe_masks(segmenter, frames, n, dis) for n in KEYFRAME_STEPS}
+        keyframed = {f"automatic_every_{n}": keyframe_masks(segmenter, frames, n, dis, automatic=auto, back_flows=flows)
+                     for n in KEYFRAME_STEPS}
         truths.extend(truth)
         automatic.extend(auto)
         for key, masks in (prompted | keyframed).items():

@@ -14,6 +14,7 @@ keep or spool those instead of the frames (:mod:`dicom_service.pipelines.correct
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,13 +90,19 @@ def warp_to_next(mask: np.ndarray, back_flow: np.ndarray) -> np.ndarray:
     return propagate_mask(mask, np.negative(back_flow))  # propagate_mask samples at q - flow(q)
 
 
-def keyframe_masks(segmenter: ToothSegmenter, frames: np.ndarray, every: int,
-                   flow: DisFlow | None = None) -> np.ndarray:
+def keyframe_masks(segmenter: ToothSegmenter, frames: np.ndarray, every: int, flow: DisFlow | None = None, *,
+                   automatic: np.ndarray | None = None,
+                   back_flows: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
     """Automatic tooth masks ``(T, H, W)`` bool of ``frames`` ``(T, H, W, 3)`` uint8 RGB with
     the tooth model run on every ``every``-th frame only and the masks of the frames between
     carried forward by DIS flow (:func:`warp_to_next`), and on every scene cut
     (:func:`is_keyframe`); ``every == 1`` is the model on every frame. The clip-in-memory
     twin of the video runtime's ``segment_every``, for evaluation.
+
+    ``automatic`` (the ``(T, H, W)`` automatic masks of every frame) and ``back_flows`` (entry
+    ``t`` the flow ``t`` → ``t - 1``, as :func:`~dicom_service.vision.optical_flow.clip_flows`
+    gives), when the caller has them already, are used instead of running the tooth model
+    and the flow again.
 
     Raises
     ------
@@ -109,12 +116,14 @@ def keyframe_masks(segmenter: ToothSegmenter, frames: np.ndarray, every: int,
     flow = flow or DisFlow()
     masks = np.zeros(frames.shape[:3], dtype=bool)
     for t, frame in enumerate(frames):
-        back = flow(frame, frames[t - 1]) if t % every else None
-        if is_keyframe(t, every, frame, frames[t - 1] if t else None, back):
+        back = None if t % every == 0 else back_flows[t] if back_flows is not None else flow(frame, frames[t - 1])
+        if not is_keyframe(t, every, frame, frames[t - 1] if t else None, back):
+            masks[t] = warp_to_next(masks[t - 1], back)
+        elif automatic is not None:
+            masks[t] = automatic[t]
+        else:
             segmenter.set_image(frame)
             masks[t] = segmenter.automatic().mask
-        else:
-            masks[t] = warp_to_next(masks[t - 1], back)
     return masks
 
 

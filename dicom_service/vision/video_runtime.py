@@ -195,14 +195,19 @@ def _prepare_frames(frames: Iterable[np.ndarray], work_size: tuple[int, int], sc
     previous frame (and from it, for a bidirectional restoration model)."""
     dis = DisFlow()
     previous: np.ndarray | None = None
+    previous_grey: np.ndarray | None = None
     for t, frame in enumerate(frames):
         work = cv2.resize(frame, work_size[::-1], interpolation=cv2.INTER_AREA) if scaled \
             else np.ascontiguousarray(frame)
-        back = dis(work, previous) if previous is not None else None
-        ahead = dis(previous, work) if previous is not None and bidirectional else None
+        grey = dis.grey(work)  # once per frame: it serves both flows here and the next frame's
+        back = ahead = None
+        if previous_grey is not None:
+            size = (int(work.shape[0]), int(work.shape[1]))
+            back = dis.between(grey, previous_grey, size)
+            ahead = dis.between(previous_grey, grey, size) if bidirectional else None
         sam_input = segmenter.resize(work) if is_keyframe(t, segment_every, work, previous, back) else None
         out.put(_Prepared(work, sam_input, back, ahead))
-        previous = work
+        previous, previous_grey = work, grey
     out.close()
 
 
