@@ -261,11 +261,15 @@ def _iter_with_pydicom(ds: Dataset, count: int) -> Iterator[np.ndarray]:
     samples = int(ds.get("SamplesPerPixel", 1))
     if samples not in (1, 3):
         raise UnsupportedInputError(f"SamplesPerPixel {samples} is not supported")
-    try:
-        for arr in iter_pixels(ds, indices=range(count), as_rgb=True):
-            yield _to_rgb_uint8(arr[None], ds)[0]
-    except DECODE_ERRORS as exc:
-        raise decode_error(exc) from exc
+    decoded = iter_pixels(ds, indices=range(count), as_rgb=True)
+    while True:
+        try:  # only pydicom's decoding: what it raises on bad data becomes a MediaError
+            arr = next(decoded)
+        except StopIteration:
+            return
+        except DECODE_ERRORS as exc:
+            raise decode_error(exc) from exc
+        yield _to_rgb_uint8(arr[None], ds)[0]
 
 
 @dataclass
