@@ -25,6 +25,11 @@ seeds) rendered at each size:
     (:func:`~dicom_service.pipelines.correction.correct_tooth_masks`: decode, prompt,
     carry, automatic masks elsewhere, SEG): seconds with a radius of 15 frames and for
     the whole clip.
+``restore_ten_second_clip`` (``--ten-second``)
+    That clip enhanced again with the restoration guided by given tooth masks (the
+    ``restore`` job after a correction, :func:`~dicom_service.pipelines.video.restore_video_instance`:
+    decode → restore with the masks → stabilise → encode, amended video and report):
+    seconds, and the stages' busy seconds.
 
 Restoration runs in the precision ``--precision`` names (default ``auto``, what the node
 picks: float16 on CUDA, bfloat16 on a CPU with native bfloat16, else float32; see
@@ -150,21 +155,20 @@ def bench_pipeline(runtime: Any, frames: np.ndarray, fps: float, device: str) ->
             "stage_busy_seconds": dict(getattr(runtime, "last_stage_seconds", {}))}
 
 
-def bench_correction(runtime: Any, frames: np.ndarray, fps: float, device: str) -> dict[str, Any]:
+def bench_correction(runtime: Any, frames: np.ndarray, fps: float, device: str,
+                     previous: np.ndarray) -> dict[str, Any]:
     """A dentist's box on the middle frame of a clip → the amended tooth SEG
     (:func:`correct_tooth_masks`, what ``POST /corrections/tooth-masks`` runs, with the AI's
-    masks of the other frames at hand as the endpoint reads them from the job's SEG; they
-    are computed before the clock): seconds with the correction carried 15 frames each
-    side, and through the whole clip."""
+    masks ``previous`` ``(T, H, W)`` of the other frames at hand as the endpoint reads them
+    from the job's SEG): seconds with the correction carried 15 frames each side, and
+    through the whole clip."""
     from dicom_service.pipelines.correction import MaskCorrection, correct_tooth_masks
     from dicom_service.vision.tooth_predictor import ToothSegmenter
-    from dicom_service.vision.video_runtime import automatic_masks
 
     ds = _video_dataset(frames, fps)
     count, height, width = frames.shape[:3]
     box = np.array([0.1 * width, 0.2 * height, 0.9 * width, 0.8 * height])
     segmenter = ToothSegmenter(runtime.segmenter.model)
-    previous = automatic_masks(segmenter, frames)
     result: dict[str, Any] = {"frames": int(count)}
     for name, radius in (("radius_15", 15), ("whole_clip", None)):
         _sync(device)
@@ -174,6 +178,25 @@ def bench_correction(runtime: Any, frames: np.ndarray, fps: float, device: str) 
         _sync(device)
         result[f"{name}_seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def bench_restore(runtime: Any, frames: np.ndarray, fps: float, device: str, masks: np.ndarray) -> dict[str, Any]:
+    """The clip enhanced again with the restoration guided by ``masks`` ``(T, H, W)`` bool
+    (a corrected Segmentation of them, written before the clock), as a ``restore`` job
+    does: seconds, frames per second and the stages' busy seconds."""
+    from dicom_service.pipelines.video import restore_video_instance
+    from dicom_service.writers.seg import write_tooth_segmentation
+
+    ds = _video_dataset(frames, fps)
+    seg = write_tooth_segmentation(ds, masks, algorithm=runtime.info, uid_seed="bench/corrected")
+    _sync(device)
+    started = time.perf_counter()
+    objects, summary = restore_video_instance(ds, runtime, masks, seg, uid_seed="bench")
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return {"frames": int(summary["frames"]), "seconds": round(seconds, 3),
+            "fps": round(summary["frames"] / seconds, 2), "objects": [o.kind for o in objects],
+            "stage_busy_seconds": dict(getattr(runtime, "last_stage_seconds", {}))}
 
 
 def bench_prompt(runtime: Any, frame: np.ndarray, runs: int, device: str) -> dict[str, Any]:
@@ -260,8 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         log("10 s 640x480 clip (300 frames) end to end")
         ten = looped_phantom(300, 480, 640)
         result.update(bench_pipeline_each(runtime, ten, 30.0, device, every, "ten_second_clip"))
+        from dicom_service.vision.tooth_predictor import ToothSegmenter
+        from dicom_service.vision.video_runtime import automatic_masks
+
         log("a correction on the 10 s clip")
-        result["correction_ten_second_clip"] = bench_correction(runtime, ten, 30.0, device)
+        masks = automatic_masks(ToothSegmenter(runtime.segmenter.model), ten)
+        result["correction_ten_second_clip"] = bench_correction(runtime, ten, 30.0, device, masks)
+        log("the 10 s clip enhanced again with given tooth masks (a restore job)")
+        result["restore_ten_second_clip"] = bench_restore(runtime, ten, 30.0, device, masks)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -164,7 +164,8 @@ class Destination(_Section):
 class WorkerSettings(_Section):
     """In-process workers."""
 
-    processing: int = Field(1, ge=1, le=64)
+    processing: int = Field(1, ge=1, le=64, description="Workers for processing jobs and for restore jobs (a "
+                                                         "clip enhanced again after a correction).")
     dispatch: int = Field(1, ge=1, le=64)
     corrections: int = Field(1, ge=1, le=16, description="Workers for doctor-in-the-loop corrections "
                              "(POST /corrections/tooth-masks), apart from the processing ones so that a "

@@ -151,11 +151,14 @@ class JobState(str, enum.Enum):
 
 class JobKind(str, enum.Enum):
     """``process`` runs a workflow on a study; ``dispatch`` sends result files;
-    ``correct`` applies a dentist's correction to the tooth masks of a processed instance."""
+    ``correct`` applies a dentist's correction to the tooth masks of a processed instance;
+    ``restore`` enhances that instance again with the corrected masks (run by the
+    processing workers, within their memory budget)."""
 
     PROCESS = "process"
     DISPATCH = "dispatch"
     CORRECT = "correct"
+    RESTORE = "restore"
 
 
 @dataclass

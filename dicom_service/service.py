@@ -16,6 +16,7 @@ from dicom_service.config import Settings, WorkerSettings
 from dicom_service.domain import InputError, Job, JobKind, Workflow
 from dicom_service.jobs.correction import run_correction_job
 from dicom_service.jobs.queue import Backoff
+from dicom_service.jobs.restore import run_restore_job
 from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
 from dicom_service.jobs.worker import WorkerContext, WorkerPool
 from dicom_service.malloc_tuning import set_mmap_threshold
@@ -141,9 +142,10 @@ class Service:
         self.router = Router(s.routing, s.retry, self.store, self.queue)
         ctx = WorkerContext(settings=s, store=self.store, queue=self.queue,
                             process=make_process_fn(self.store, self.runtimes, s.workers),
-                            correct=partial(run_correction_job, s, self.store, self.queue, self.runtimes.video))
+                            correct=partial(run_correction_job, s, self.store, self.queue, self.runtimes.video),
+                            restore=partial(run_restore_job, s, self.store, self.queue, self.runtimes.video))
         self.pools = [
-            WorkerPool(ctx, (JobKind.PROCESS,), s.workers.processing, "process"),
+            WorkerPool(ctx, (JobKind.PROCESS, JobKind.RESTORE), s.workers.processing, "process"),
             WorkerPool(ctx, (JobKind.CORRECT,), s.workers.corrections, "correct"),
             WorkerPool(ctx, (JobKind.DISPATCH,), s.workers.dispatch, "dispatch"),
         ]

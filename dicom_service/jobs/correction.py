@@ -9,6 +9,10 @@ keeps the amended Segmentation with that job's results and queues it for every
 destination that receives the workflow's ``seg`` results. Being a job, a correction of a
 long clip survives a restart (it runs again, to the same UIDs) and keeps no HTTP request
 open.
+
+When the request asks for it (``restore``), the correction job then queues a ``restore``
+job (:mod:`dicom_service.jobs.restore`): the processing workers enhance the instance again
+with the restoration guided by the corrected masks.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable
 from pydicom import dcmread
 
 from dicom_service.config import Settings
-from dicom_service.domain import InputError, Job, JobState, MediaError
+from dicom_service.domain import InputError, InstanceMeta, Job, JobKind, JobState, MediaError, Workflow
 from dicom_service.jobs.queue import JobQueue
 from dicom_service.jobs.worker import queue_dispatches
 from dicom_service.media.pixel_file import DEFER_BYTES
@@ -37,14 +41,51 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 300
 
 
-def correction_job_key(process_job: Job, correction: MaskCorrection) -> str:
-    """The correction job's idempotency key: one job per processing job and correction."""
-    return f"correct/{process_job.id}/{correction.key()}"
+def correction_job_key(process_job: Job, correction: MaskCorrection, restore: bool = False) -> str:
+    """The correction job's idempotency key: one job per processing job, correction and
+    whether the enhancement is made again (the Segmentation is the same either way)."""
+    return f"correct/{process_job.id}/{correction.key()}" + ("/restore" if restore else "")
 
 
-def correction_payload(sop_instance_uid: str, process_job: Job, correction: MaskCorrection) -> dict:
-    """What a correction job needs: the instance, its processing job, the correction."""
-    return {"sop_instance_uid": sop_instance_uid, "process_job": process_job.id, "correction": correction.to_json()}
+def correction_payload(sop_instance_uid: str, process_job: Job, correction: MaskCorrection,
+                       restore: bool = False) -> dict:
+    """What a correction job needs: the instance, its processing job, the correction, and
+    whether to queue a ``restore`` job after it."""
+    return {"sop_instance_uid": sop_instance_uid, "process_job": process_job.id, "correction": correction.to_json(),
+            "restore": restore}
+
+
+def instance_and_processing_job(store: InstanceStore, queue: JobQueue, job: Job) -> tuple[InstanceMeta, Job]:
+    """The stored instance (``sop_instance_uid``) and the succeeded processing job
+    (``process_job``) that a correction or restore ``job``'s payload names.
+
+    Raises
+    ------
+    InputError
+        Either is gone, or the processing job no longer succeeded.
+    """
+    sop = str(job.payload.get("sop_instance_uid", ""))
+    meta = store.instance(sop)
+    if meta is None:
+        raise InputError(f"instance {sop} is no longer stored")
+    process_job = queue.get(int(job.payload.get("process_job", -1)))
+    if process_job is None or process_job.state is not JobState.SUCCEEDED:
+        raise InputError(f"the processing job of instance {sop} is gone or no longer succeeded")
+    return meta, process_job
+
+
+def queue_restore(settings: Settings, queue: JobQueue, process_job: Job, sop: str, segmentation_path: str,
+                  correction: MaskCorrection) -> int:
+    """Queue (or find) the ``restore`` job that enhances instance ``sop`` of ``process_job``
+    again with the corrected Segmentation at ``segmentation_path``; returns its id."""
+    key = f"restore/{process_job.id}/{correction.key()}"
+    payload = {"sop_instance_uid": sop, "process_job": process_job.id, "segmentation": segmentation_path}
+    job = queue.enqueue(JobKind.RESTORE, key, study_uid=process_job.study_uid, workflow=Workflow.VIDEO,
+                        payload=payload, max_attempts=settings.retry.max_attempts)
+    if job is None:  # queued before (this correction job ran again after a restart)
+        job = queue.by_key(key)
+        assert job is not None
+    return job.id
 
 
 def ai_masks(queue: JobQueue, job: Job, sop: str) -> MaskFrames | None:
@@ -71,7 +112,8 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
 
     The result holds ``results`` (``[["seg", path]]``), ``correction`` (what the HTTP
     reply reports: the amended Segmentation's UIDs and path, frames, the frames reached,
-    the model's score, the tooth fraction, the dispatch jobs) and ``dispatch_jobs``.
+    the model's score, the tooth fraction, the dispatch jobs, the ``restore`` job if one
+    was asked for) and ``dispatch_jobs``.
 
     Raises
     ------
@@ -82,12 +124,7 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
         No disk for the temporary files (retried later).
     """
     sop = str(job.payload.get("sop_instance_uid", ""))
-    meta = store.instance(sop)
-    if meta is None:
-        raise InputError(f"instance {sop} is no longer stored")
-    process_job = queue.get(int(job.payload.get("process_job", -1)))
-    if process_job is None or process_job.state is not JobState.SUCCEEDED:
-        raise InputError(f"the processing job of instance {sop} is gone or no longer succeeded")
+    meta, process_job = instance_and_processing_job(store, queue, job)
     shared = getattr(runtime, "segmenter", None)
     if not isinstance(shared, ToothSegmenter):
         raise InputError(f"the video runtime {runtime.info.name!r} has no interactive tooth model")
@@ -109,11 +146,15 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
              f"of {result.frames} corrected")
     current = queue.get(job.id)
     dispatches: list[int] = []
+    restore_job: int | None = None
     if current is not None and current.state is JobState.RUNNING:
         dispatches = queue_dispatches(settings, queue, process_job, [("seg", path)], suffix=f"/correction/{seg_uid}",
                                       progress=progress)
+        if job.payload.get("restore"):
+            restore_job = queue_restore(settings, queue, process_job, sop, path, correction)
+            progress(f"restore job {restore_job} queued: the enhancement again with the corrected masks")
     reply = {"job_id": process_job.id, "sop_instance_uid": seg_uid,
              "series_instance_uid": str(seg.SeriesInstanceUID), "path": path, "frames": result.frames,
              "corrected_frames": list(result.corrected_frames), "score": result.score,
-             "tooth_fraction": result.tooth_fraction, "dispatch_jobs": dispatches}
+             "tooth_fraction": result.tooth_fraction, "dispatch_jobs": dispatches, "restore_job": restore_job}
     return {"results": [["seg", path]], "correction": reply, "dispatch_jobs": dispatches}

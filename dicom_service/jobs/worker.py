@@ -45,6 +45,7 @@ class WorkerContext:
     queue: JobQueue
     process: ProcessFn
     correct: CorrectFn | None = None
+    restore: CorrectFn | None = None
 
 
 def destinations_for(settings: Settings, workflow: Workflow) -> list[Destination]:
@@ -105,6 +106,13 @@ def run_correct_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None
     if ctx.correct is None:
         raise InputError("this node runs no correction jobs")
     return ctx.correct(job, progress)
+
+
+def run_restore_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None]) -> dict:
+    """Enhance a processed instance again with corrected tooth masks (:mod:`dicom_service.jobs.restore`)."""
+    if ctx.restore is None:
+        raise InputError("this node runs no restore jobs")
+    return ctx.restore(job, progress)
 
 
 def run_dispatch_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None]) -> dict:
@@ -205,7 +213,8 @@ class WorkerPool:
     def _run(self, job: Job) -> None:
         queue = self.ctx.queue
         progress = self._progress(job)
-        runner = {JobKind.PROCESS: run_process_job, JobKind.CORRECT: run_correct_job}.get(job.kind, run_dispatch_job)
+        runner = {JobKind.PROCESS: run_process_job, JobKind.CORRECT: run_correct_job,
+                  JobKind.RESTORE: run_restore_job}.get(job.kind, run_dispatch_job)
         try:
             progress(f"attempt {job.attempts} of {job.max_attempts} started")
             result = runner(self.ctx, job, progress)

@@ -11,33 +11,103 @@ still photograph):
   carries, and the provenance says so), a still photograph an enhanced Secondary Capture;
 * a BINARY Segmentation of the teeth on the source frames;
 * a TID 1500 Structured Report summarising what was done.
+
+After a dentist has corrected the tooth masks (doctor-in-the-loop),
+:func:`restore_video_instance` enhances the instance again with the restoration guided by
+the corrected Segmentation's masks instead of the automatic ones: an amended enhanced
+video or photograph in a series of its own (:data:`AMENDED_ENHANCED_SERIES`) and an
+amended report listing it with the corrected Segmentation (:data:`AMENDED_REPORT_SERIES`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
+import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_service.domain import MediaError
-from dicom_service.media.video import open_frames
+from dicom_service.domain import EnhancementOutcome, InputError, MediaError
+from dicom_service.media.video import FrameStream, open_frames
 from dicom_service.node.contexts import input_class
 from dicom_service.pipelines.base import PipelineOutput, ProgressLog, ResultObject, no_log
+from dicom_service.pipelines.correction import MaskFrames
 from dicom_service.pipelines.video_memory import check_video_fits
 from dicom_service.pipelines.video_output import VideoOutputSink
-from dicom_service.vision.runtime import VideoRuntime
+from dicom_service.vision.runtime import MaskGuidedRuntime, VideoRuntime
 from dicom_service.writers.sc import write_secondary_capture
 from dicom_service.writers.seg import write_tooth_segmentation
 from dicom_service.writers.sr import write_video_report
-from dicom_service.writers.video import wrap_enhanced_video
+from dicom_service.writers.video import ENHANCED_VIDEO_SERIES_NUMBER, wrap_enhanced_video
 
-ENHANCED_PHOTO_SERIES = 9102
+#: Series Number of an enhanced photograph (that of an enhanced video: the enhanced series;
+#: the tooth Segmentation is 9102, the report 9103).
+ENHANCED_PHOTO_SERIES = ENHANCED_VIDEO_SERIES_NUMBER
+#: Series Numbers of an enhanced video or photograph made again with a dentist's corrected
+#: tooth masks, and of its report (the corrected Segmentation is 9104).
+AMENDED_ENHANCED_SERIES = 9105
+AMENDED_REPORT_SERIES = 9106
 
 
 def _is_video(ds: Dataset, frame_count: int) -> bool:
     cls = input_class(str(ds.get("SOPClassUID", "")))
     return (cls is not None and cls.family == "video") or frame_count > 1
+
+
+def _enhance(source: Dataset, stream: FrameStream, runtime: VideoRuntime, sink: VideoOutputSink,
+             progress: ProgressLog, masks: Iterable[np.ndarray] | None = None) -> EnhancementOutcome:
+    """Stream the frames of ``source`` (``stream``, not read yet) through ``runtime`` into
+    ``sink``; ``masks`` (one ``(H, W)`` bool per frame; None: the runtime's own) are the
+    tooth masks to restore with, for a :class:`MaskGuidedRuntime`."""
+    sop = str(source.SOPInstanceUID)
+    progress(f"{sop}: decoding and enhancing {stream.count} frames at {stream.fps:.2f} fps")
+
+    def log_line(line: str) -> None:
+        progress(f"{sop}: {line}")
+
+    try:
+        if masks is None:
+            enhanced = runtime.enhance_stream(stream.frames, stream.count, stream.fps, sink, progress=log_line)
+        else:
+            assert isinstance(runtime, MaskGuidedRuntime)
+            enhanced = runtime.enhance_stream(stream.frames, stream.count, stream.fps, sink, progress=log_line,
+                                              masks=masks)
+    except BaseException:
+        sink.abort()
+        raise
+    progress(f"{sop}: enhanced with {enhanced.algorithm.name}")
+    return enhanced
+
+
+def _enhanced_object(source: Dataset, sink: VideoOutputSink, enhanced: EnhancementOutcome, progress: ProgressLog,
+                     *, uid_seed: str, series_number: int, description: str,
+                     ) -> tuple[ResultObject, EnhancementOutcome]:
+    """The enhanced video (``"video"``) or photograph (``"sc"``) ``sink`` holds as a result
+    object in series ``series_number`` (``description``: the video's Series Description;
+    a photograph's says "photo"), and ``enhanced`` with the steps the H.264 fit added."""
+    if not sink.video:
+        assert sink.still is not None
+        derived = write_secondary_capture(
+            source, sink.still, description=description.replace("video", "photo"), series_number=series_number,
+            uid_seed=f"{uid_seed}/photo", burned_in_annotation=False, algorithm=enhanced.algorithm,
+            derivation_description="; ".join(enhanced.steps),
+        )
+        return ResultObject("sc", derived), enhanced
+    if sink.fitted:  # frames beyond H.264 Level 4.2 (the classical runtime on a 4K source)
+        progress(f"{source.SOPInstanceUID}: {'; '.join(sink.fitted)}")
+        enhanced = replace(enhanced, steps=[*enhanced.steps, *sink.fitted])
+    mp4, written, (rows, columns), fps_out = sink.finish()
+    derived = wrap_enhanced_video(
+        source, mp4, written, rows, columns, fps_out, description=description, series_number=series_number,
+        uid_seed=f"{uid_seed}/video", algorithm=enhanced.algorithm, derivation_description="; ".join(enhanced.steps),
+    )
+    return ResultObject("video", derived), enhanced
+
+
+def _summary(source: Dataset, stream: FrameStream, enhanced: EnhancementOutcome) -> dict:
+    return {"sop_instance_uid": str(source.SOPInstanceUID), "frames": stream.count, "width": int(source.Columns),
+            "height": int(source.Rows), "fps": stream.fps, "algorithm": enhanced.algorithm.name,
+            "steps": enhanced.steps, "metrics": enhanced.metrics}
 
 
 def process_video_instance(
@@ -58,51 +128,92 @@ def process_video_instance(
     sop = str(source.SOPInstanceUID)
     check_video_fits(source, runtime, memory_budget)
     stream = open_frames(source)
-    count, fps = stream.count, stream.fps
-    progress(f"{sop}: decoding and enhancing {count} frames at {fps:.2f} fps")
-    sink = VideoOutputSink(video=_is_video(source, count))
+    sink = VideoOutputSink(video=_is_video(source, stream.count))
+    enhanced = _enhance(source, stream, runtime, sink, progress)
+    seed = f"{uid_seed}/{sop}"
     try:
-        enhanced = runtime.enhance_stream(stream.frames, count, fps, sink,
-                                          progress=lambda line: progress(f"{sop}: {line}"))
+        derived, enhanced = _enhanced_object(source, sink, enhanced, progress, uid_seed=seed,
+                                             series_number=ENHANCED_VIDEO_SERIES_NUMBER,
+                                             description="AI enhanced video")
+        if sink.masks is None:
+            raise MediaError(f"instance {sop}: no tooth masks")
     except BaseException:
         sink.abort()
         raise
-    progress(f"{sop}: enhanced with {enhanced.algorithm.name}")
-    seed = f"{uid_seed}/{sop}"
-    objects: list[ResultObject] = []
-    if sink.video:
-        if sink.fitted:  # frames beyond H.264 Level 4.2 (the classical runtime on a 4K source)
-            progress(f"{sop}: {'; '.join(sink.fitted)}")
-            enhanced = replace(enhanced, steps=[*enhanced.steps, *sink.fitted])
-        mp4, written, (rows, columns), fps_out = sink.finish()
-        derived = wrap_enhanced_video(
-            source, mp4, written, rows, columns, fps_out, uid_seed=f"{seed}/video", algorithm=enhanced.algorithm,
-            derivation_description="; ".join(enhanced.steps),
-        )
-        objects.append(ResultObject("video", derived))
-    else:
-        assert sink.still is not None
-        derived = write_secondary_capture(
-            source, sink.still, description="AI enhanced photo",
-            series_number=ENHANCED_PHOTO_SERIES, uid_seed=f"{seed}/photo",
-            burned_in_annotation=False, algorithm=enhanced.algorithm,
-            derivation_description="; ".join(enhanced.steps),
-        )
-        objects.append(ResultObject("sc", derived))
-    if sink.masks is None:
-        raise MediaError(f"instance {sop}: no tooth masks")
     seg = write_tooth_segmentation(source, sink.masks, algorithm=enhanced.algorithm, uid_seed=f"{seed}/seg")
-    objects.append(ResultObject("seg", seg))
-    report = write_video_report(source, enhanced, derived=[derived, seg], uid_seed=f"{seed}/sr")
-    objects.append(ResultObject("sr", report))
+    report = write_video_report(source, enhanced, derived=[derived.dataset, seg], uid_seed=f"{seed}/sr")
+    objects = [derived, ResultObject("seg", seg), ResultObject("sr", report)]
     progress(f"{sop}: wrote {', '.join(o.kind for o in objects)}")
-    height, width = sink.masks.rows, sink.masks.columns
-    summary = {
-        "sop_instance_uid": sop, "frames": count, "width": width, "height": height,
-        "fps": fps, "algorithm": enhanced.algorithm.name, "steps": enhanced.steps,
-        "metrics": enhanced.metrics,
-    }
-    return objects, summary
+    return objects, _summary(source, stream, enhanced)
+
+
+def restore_video_instance(
+    source: Dataset, runtime: VideoRuntime, masks: MaskFrames, segmentation: Dataset, *, uid_seed: str,
+    progress: ProgressLog = no_log, memory_budget: int | None = None,
+) -> tuple[list[ResultObject], dict]:
+    """Enhance one instance again with the restoration guided by a dentist's corrected
+    tooth masks instead of the automatic ones (module docstring).
+
+    Parameters
+    ----------
+    source : Dataset
+        The photo or video the workflow processed (pixel data deferred or in memory).
+    runtime : VideoRuntime
+        A :class:`~dicom_service.vision.runtime.MaskGuidedRuntime` whose restoration uses
+        the tooth masks (``uses_tooth_masks``).
+    masks : MaskFrames
+        The corrected masks, ``shape`` ``(T, H, W)`` (the source's frames), ``[t]`` frame
+        ``t``'s ``(H, W)`` bool (:func:`~dicom_service.media.seg_frames.segmentation_frames`
+        of the corrected Segmentation reads them one at a time).
+    segmentation : Dataset
+        The corrected Segmentation's attributes (the amended report lists it; its Content
+        Description, what the dentist did, goes into the provenance).
+    uid_seed : str
+        Seed of the new objects' UIDs (with the Segmentation's UID).
+    progress, memory_budget
+        As for :func:`process_video_instance`.
+
+    Returns
+    -------
+    objects : list of ResultObject
+        The amended enhanced video (``"video"``) or photograph (``"sc"``) and its report (``"sr"``).
+    summary : dict
+        As :func:`process_video_instance`, with ``segmentation`` (the corrected Segmentation's UID).
+
+    Raises
+    ------
+    InputError
+        The runtime does not restore with tooth masks, or the masks do not match the
+        source's frames.
+    """
+    sop = str(source.SOPInstanceUID)
+    if not (isinstance(runtime, MaskGuidedRuntime) and runtime.uses_tooth_masks):
+        raise InputError(f"the video runtime {runtime.info.name!r} does not restore with the tooth masks, so "
+                         "corrected masks cannot change its result")
+    check_video_fits(source, runtime, memory_budget)
+    stream = open_frames(source)
+    frames = (stream.count, int(source.Rows), int(source.Columns))
+    if tuple(masks.shape) != frames:
+        raise InputError(f"the corrected masks {tuple(masks.shape)} do not match the source's frames {frames}")
+    sink = VideoOutputSink(video=_is_video(source, stream.count), keep_masks=False)
+    enhanced = _enhance(source, stream, runtime, sink, progress, masks=(masks[t] for t in range(stream.count)))
+    what = str(segmentation.get("ContentDescription", "") or "corrected tooth masks")
+    enhanced = replace(enhanced, steps=[*enhanced.steps, f"Tooth masks of the restoration: Segmentation "
+                                                         f"{segmentation.SOPInstanceUID} ({what})"])
+    seed = f"{uid_seed}/{sop}/amended/{segmentation.SOPInstanceUID}"
+    try:
+        derived, enhanced = _enhanced_object(source, sink, enhanced, progress, uid_seed=seed,
+                                             series_number=AMENDED_ENHANCED_SERIES,
+                                             description="AI enhanced video, corrected tooth masks")
+    except BaseException:
+        sink.abort()
+        raise
+    report = write_video_report(source, enhanced, derived=[derived.dataset, segmentation], uid_seed=f"{seed}/sr",
+                                series_number=AMENDED_REPORT_SERIES,
+                                description="AI video enhancement report, corrected tooth masks")
+    objects = [derived, ResultObject("sr", report)]
+    progress(f"{sop}: wrote {', '.join(o.kind for o in objects)} with the corrected tooth masks")
+    return objects, {**_summary(source, stream, enhanced), "segmentation": str(segmentation.SOPInstanceUID)}
 
 
 def process_videos(

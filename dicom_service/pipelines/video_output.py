@@ -32,10 +32,15 @@ class VideoOutputSink:
         The source is a video (else a still photograph: one frame, no encoding).
     crf : int
         x264 constant rate factor.
+    keep_masks : bool
+        Pack the tooth masks (False: they are counted only, where the caller has them
+        already, as when a video is restored again with a corrected Segmentation).
     """
 
-    def __init__(self, *, video: bool, crf: int = 20) -> None:
-        self.video, self.crf = video, crf
+    def __init__(self, *, video: bool, crf: int = 20, keep_masks: bool = True) -> None:
+        self.video, self.crf, self.keep_masks = video, crf, keep_masks
+        #: Tooth masks received (packed or not).
+        self.mask_count = 0
         self.fps_in = 0.0
         self.frames_in = 0
         #: Processing-step lines for what the fit changed (set at the first frame).
@@ -71,6 +76,9 @@ class VideoOutputSink:
         self._encoder.add(frame)
 
     def mask(self, mask: np.ndarray) -> None:
+        self.mask_count += 1
+        if not self.keep_masks:
+            return
         if self.masks is None:
             spool = tempfile.TemporaryFile(prefix="dicom-service-seg-") if self.video else None  # noqa: SIM115
             self.masks = MaskPacker(*mask.shape, spool=spool)

@@ -205,6 +205,23 @@ class VideoRuntime(Protocol):
 
 
 @runtime_checkable
+class MaskGuidedRuntime(Protocol):
+    """A :class:`VideoRuntime` whose restoration a caller can guide with tooth masks (a
+    dentist's corrected Segmentation: the doctor-in-the-loop restoration of seed 000)."""
+
+    info: AlgorithmInfo
+    #: Whether the restoration uses the masks at all (False: given masks cannot change it).
+    uses_tooth_masks: bool
+
+    def enhance_stream(self, frames: Iterable[np.ndarray], count: int, fps: float, sink: EnhancementSink,
+                       progress: Progress | None = None, *,
+                       masks: Iterable[np.ndarray] | None = None) -> EnhancementOutcome:
+        """:meth:`VideoRuntime.enhance_stream`, restoring with ``masks`` (one ``(H, W)``
+        bool per frame, in order) instead of the runtime's own tooth masks when given."""
+        ...
+
+
+@runtime_checkable
 class RadiographRuntime(Protocol):
     """Finds implants on a radiograph."""
 

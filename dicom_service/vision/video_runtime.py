@@ -9,7 +9,8 @@ memory does not grow with the clip length. Steps for each frame:
    and the result is scaled back up (bicubic), so memory stays bounded;
 2. tooth masks: the bundled SAM-architecture model in its automatic mode (no prompt;
    see :meth:`~dicom_service.vision.tooth_predictor.ToothSegmenter.automatic`) on every
-   frame;
+   frame (or every ``segment_every``-th), or the masks the caller gives (a dentist's
+   corrected Segmentation, so that the restoration follows the correction);
 3. optical flow frame ``t`` → ``t - 1`` (and ``t`` → ``t + 1`` for a bidirectional
    restoration model) with OpenCV DIS on the degraded frames;
 4. restoration with the previous (and next) frame's features warped by the flow
@@ -187,12 +188,12 @@ class _Segmented(NamedTuple):
 
 
 def _prepare_frames(frames: Iterable[np.ndarray], work_size: tuple[int, int], scaled: bool,
-                    segmenter: ToothSegmenter, bidirectional: bool, segment_every: int,
+                    segmenter: ToothSegmenter | None, bidirectional: bool, segment_every: int,
                     out: Handoff[_Prepared]) -> None:
     """Stage: each source frame ``(H, W, 3)`` uint8 RGB brought to ``work_size`` ``(h, w)``
     (and, on the tooth model's keyframes, every ``segment_every``-th frame and scene cuts,
-    to its input size), with its DIS flows to the
-    previous frame (and from it, for a bidirectional restoration model)."""
+    to its input size; never when ``segmenter`` is None: the masks are given), with its
+    DIS flows to the previous frame (and from it, for a bidirectional restoration model)."""
     dis = DisFlow()
     previous: np.ndarray | None = None
     previous_grey: np.ndarray | None = None
@@ -205,7 +206,8 @@ def _prepare_frames(frames: Iterable[np.ndarray], work_size: tuple[int, int], sc
             size = (int(work.shape[0]), int(work.shape[1]))
             back = dis.between(grey, previous_grey, size)
             ahead = dis.between(previous_grey, grey, size) if bidirectional else None
-        sam_input = segmenter.resize(work) if is_keyframe(t, segment_every, work, previous, back) else None
+        keyframe = segmenter is not None and is_keyframe(t, segment_every, work, previous, back)
+        sam_input = segmenter.resize(work) if segmenter is not None and keyframe else None
         out.put(_Prepared(work, sam_input, back, ahead))
         previous, previous_grey = work, grey
     out.close()
@@ -224,6 +226,32 @@ def _segment_frames(prepared: Handoff[_Prepared], segmenter: ToothSegmenter, sou
             mask = warp_to_next(mask, item.back_flow)
         source_mask = mask if mask.shape == source_size else \
             cv2.resize(mask.view(np.uint8), source_size[::-1], interpolation=cv2.INTER_NEAREST).view(bool)
+        out.put(_Segmented(item.work, mask, source_mask, item.back_flow, item.ahead_flow))
+    out.close()
+
+
+def _given_masks(prepared: Handoff[_Prepared], masks: Iterable[np.ndarray], source_size: tuple[int, int],
+                 out: Handoff[_Segmented]) -> None:
+    """Stage in place of :func:`_segment_frames` when the caller gives the tooth masks (a
+    dentist's corrected Segmentation): each prepared frame takes the next of ``masks``,
+    ``(H, W)`` bool at the source size ``source_size``, brought to the working size.
+
+    Raises
+    ------
+    ValueError
+        A mask of another size, or fewer masks than frames.
+    """
+    given = iter(masks)
+    for t, item in enumerate(prepared):
+        source_mask = next(given, None)
+        if source_mask is None:
+            raise ValueError(f"the given tooth masks end at frame {t}, before the clip does")
+        source_mask = np.asarray(source_mask).astype(bool, copy=False)
+        if source_mask.shape != source_size:
+            raise ValueError(f"given tooth mask {t} is {source_mask.shape}, the frames are {source_size}")
+        work_size = item.work.shape[:2]
+        mask = source_mask if work_size == source_size else \
+            cv2.resize(source_mask.view(np.uint8), work_size[::-1], interpolation=cv2.INTER_NEAREST).view(bool)
         out.put(_Segmented(item.work, mask, source_mask, item.back_flow, item.ahead_flow))
     out.close()
 
@@ -313,14 +341,24 @@ class LearnedVideoRuntime:
                         f"segment_every={self.segment_every}"),
         )
 
+    @property
+    def uses_tooth_masks(self) -> bool:
+        """Whether the restoration is guided by the tooth masks (the prior model), so that
+        masks given to :meth:`enhance_stream` (a dentist's correction) change its result."""
+        return bool(self.restorer.config.use_prior)
+
     def _steps(self, scaled: bool, stabilised: bool, count: int, interpolated: bool,
                upscaled: tuple[int, int] | None, source: tuple[int, int], output: tuple[int, int],
-               skipped: Sequence[str] = ()) -> list[str]:
+               skipped: Sequence[str] = (), given_masks: bool = False) -> list[str]:
         """Provenance lines; ``source`` and ``output`` are ``(height, width)`` before the x2
-        options, ``upscaled`` the size super-resolution brings frames to (None: not applied)."""
-        steps = ["Tooth masks: SAM-architecture model, automatic mode (prompt-free decoding)"
-                 + (f" on one frame in {self.segment_every} and on scene cuts, masks carried to the frames "
-                    "between by optical flow" if self.segment_every > 1 and count >= 2 else "")]
+        options, ``upscaled`` the size super-resolution brings frames to (None: not applied),
+        ``given_masks`` whether the caller gave the tooth masks."""
+        if given_masks:
+            steps = ["Tooth masks: given (a corrected Segmentation), not segmented by the node"]
+        else:
+            steps = ["Tooth masks: SAM-architecture model, automatic mode (prompt-free decoding)"
+                     + (f" on one frame in {self.segment_every} and on scene cuts, masks carried to the frames "
+                        "between by optical flow" if self.segment_every > 1 and count >= 2 else "")]
         if scaled and output == source:
             steps.append(f"Processed downscaled to at most {MAX_WORK_PIXELS} pixels, result upscaled (bicubic)")
         elif scaled:
@@ -405,7 +443,8 @@ class LearnedVideoRuntime:
                 held += 3 * upscaled_size[0] * upscaled_size[1]
         return held + count * 2 * 3 * 8
 
-    def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None) -> VideoEnhancement:
+    def enhance(self, frames: np.ndarray, fps: float, progress: Progress | None = None, *,
+                masks: np.ndarray | None = None) -> VideoEnhancement:
         """Segment teeth, restore and (optionally) stabilise a clip held in memory
         (:meth:`enhance_stream` over its frames).
 
@@ -418,6 +457,9 @@ class LearnedVideoRuntime:
         progress : callable or None
             Receives about one line per second; checked after every frame, so an
             exception it raises (the worker's shutdown) stops the work within a frame.
+        masks : np.ndarray or None
+            ``(T, H, W)`` bool tooth masks to restore with instead of segmenting (see
+            :meth:`enhance_stream`); they are also the returned masks.
 
         Returns
         -------
@@ -439,21 +481,31 @@ class LearnedVideoRuntime:
             Frames not ``(T, H, W, 3)`` uint8 with ``T >= 1`` and H, W >= 16, or fps <= 0.
         """
         check_clip(frames, fps)
+        if masks is not None and masks.shape != frames.shape[:3]:
+            raise ValueError(f"masks {masks.shape} do not match the frames {frames.shape[:3]}")
         sink = CollectingSink()
-        return sink.result(self.enhance_stream(iter(frames), frames.shape[0], fps, sink, progress))
+        return sink.result(self.enhance_stream(iter(frames), frames.shape[0], fps, sink, progress,
+                                               masks=None if masks is None else iter(masks)))
 
     def enhance_stream(self, frames: Iterable[np.ndarray], count: int, fps: float, sink: EnhancementSink,
-                       progress: Progress | None = None) -> EnhancementOutcome:
+                       progress: Progress | None = None, *,
+                       masks: Iterable[np.ndarray] | None = None) -> EnhancementOutcome:
         """:meth:`enhance` for a clip that arrives one frame at a time (see
         :class:`VideoRuntime`): each frame is segmented and restored as soon as the next
         one is in, and written to ``sink`` once the camera path ``radius`` frames ahead is
         known, so memory does not grow with the clip; the frames and masks are those
         :meth:`enhance` returns, bit for bit.
 
+        ``masks`` (one ``(H, W)`` bool per frame, at the frames' size, in order) replaces
+        the tooth model: the restoration is guided by these masks (a dentist's corrected
+        Segmentation) and they go to ``sink`` as the clip's masks; the stream is otherwise
+        the same.
+
         Raises
         ------
         ValueError
-            See :func:`~dicom_service.vision.runtime.checked_stream`.
+            See :func:`~dicom_service.vision.runtime.checked_stream`; a given mask of
+            another size, or fewer given masks than frames.
         """
         started = time.perf_counter()
         source_frames = checked_stream(frames, count, fps)
@@ -506,10 +558,13 @@ class LearnedVideoRuntime:
             to_output: Handoff[tuple[str, np.ndarray]] = stages.handoff()
             to_sink: Handoff[tuple[str, np.ndarray]] = stages.handoff()
             stages.start("prepare", lambda: _prepare_frames(itertools.chain([first], source_frames), work_size,
-                                                            scaled, segmenter,
+                                                            scaled, segmenter if masks is None else None,
                                                             self.restorer.config.bidirectional,
                                                             self.segment_every, prepared))
-            stages.start("segment", lambda: _segment_frames(prepared, segmenter, (height, width), segmented))
+            if masks is None:
+                stages.start("segment", lambda: _segment_frames(prepared, segmenter, (height, width), segmented))
+            else:
+                stages.start("segment", lambda: _given_masks(prepared, masks, (height, width), segmented))
             stages.start("stabilise", lambda: chain.stabilise_all(to_output, to_sink))
             stages.start("write", lambda: chain.write_all(to_sink))
             for t, item in enumerate(segmented):
@@ -533,7 +588,8 @@ class LearnedVideoRuntime:
                  height, seconds, self.device.type, self.last_stage_seconds)
         return EnhancementOutcome(fps=out_fps, algorithm=self.info,
                                   steps=self._steps(scaled, stabilised, count, interpolated, upscaled_size,
-                                                    (height, width), output_size, skipped), metrics=metrics)
+                                                    (height, width), output_size, skipped, masks is not None),
+                                  metrics=metrics)
 
 
 class _OutputChain:

@@ -152,6 +152,7 @@ def write_video_report(
     uid_seed: str | None = None,
     series_number: int = VIDEO_REPORT_SERIES_NUMBER,
     comprehensive_3d: bool = True,
+    description: str = "AI video enhancement report",
 ) -> Dataset:
     """Write the TID 1500 summary of the enhancement of an intra-oral video.
 
@@ -172,6 +173,8 @@ def write_video_report(
         Series Number of the new series.
     comprehensive_3d : bool
         Comprehensive 3D SR (default) or Comprehensive SR.
+    description : str
+        Series Description.
 
     Raises
     ------
@@ -207,7 +210,7 @@ def write_video_report(
         algorithm=enhancement.algorithm,
         uids=uids,
         series_number=series_number,
-        description="AI video enhancement report",
+        description=description,
         comprehensive_3d=comprehensive_3d,
     )
 

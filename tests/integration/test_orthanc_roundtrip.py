@@ -196,7 +196,8 @@ def test_radiograph_study_round_trip(pacs_and_node: PacsAndNode, tmp_path: Path)
 @pytest.mark.slow
 def test_video_round_trip(pacs_and_node: PacsAndNode, tmp_path: Path) -> None:
     """A 2 s 320x240 H.264 Video Photographic clip → enhanced video, tooth SEG and SR; then
-    a correction over HTTP → an amended SEG in Orthanc."""
+    a correction over HTTP with ``restore`` → an amended SEG, and the clip restored again
+    with it (amended video and report), in Orthanc."""
     orthanc, node = pacs_and_node.orthanc, pacs_and_node.node
     fps, frames = 30.0, 60
     video = builders.make_video_photographic(frames=frames, rows=240, cols=320, fps=fps, seed=5)
@@ -230,12 +231,19 @@ def test_video_round_trip(pacs_and_node: PacsAndNode, tmp_path: Path) -> None:
     assert len(store_jobs_to_node(orthanc)) == 1
 
     # a dentist corrects frame 30 with a box over the node's HTTP API: the amended SEG
-    # reaches Orthanc beside the AI's, and is not routed back to the node
+    # reaches Orthanc beside the AI's, then the clip restored again with it; none of it is
+    # routed back to the node
     reply = node.client.post("/corrections/tooth-masks", json={
-        "sop_instance_uid": str(video.SOPInstanceUID), "frame": 30, "box": [20, 20, 200, 160], "radius": 10})
+        "sop_instance_uid": str(video.SOPInstanceUID), "frame": 30, "box": [20, 20, 200, 160], "radius": 10,
+        "restore": True})
     assert reply.status_code == 201, reply.text
-    assert reply.json()["corrected_frames"] == [20, 40]
-    found = wait_for_results(orthanc, node, study, {"seg": 2})
+    assert reply.json()["corrected_frames"] == [20, 40] and reply.json()["restore_job"] is not None
+    found = wait_for_results(orthanc, node, study, {"seg": 2, "video": 2, "sr": 2})
+    videos = [download(orthanc, i, out) for i in found["video"]]
+    restored = next(ds for _, ds in videos if ds.SeriesNumber == 9105)
+    assert restored.SeriesDescription == "AI enhanced video, corrected tooth masks"
+    assert reply.json()["sop_instance_uid"] in restored.DerivationDescription
+    assert read_frames(restored)[0].shape == decoded.shape
     corrected = [download(orthanc, i, out) for i in found["seg"]]
     amended = [ds for _, ds in corrected if ds.SeriesNumber == 9104]
     assert len(amended) == 1 and str(amended[0].SOPInstanceUID) == reply.json()["sop_instance_uid"]

@@ -10,6 +10,13 @@ it for every destination that receives the workflow's ``seg`` results. The reque
 for the job up to ``wait`` seconds: 201 with the amended Segmentation if it is done, else
 202 with the job to follow at ``/jobs/{id}``. The same correction posted again is the same
 job (and the same UIDs).
+
+With ``restore: true`` the correction job then queues a ``restore`` job
+(:mod:`dicom_service.jobs.restore`): the processing workers enhance the photo or video
+again with the restoration guided by the corrected masks (seed 000's doctor-in-the-loop
+restoration) and send the amended enhanced video and report on. The reply names that job
+(``restore_job``); it takes as long as processing the clip did, so it is followed at
+``/jobs/{id}``, not waited for.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dicom_service.pipelines.correction import (
     check_correction_memory,
 )
 from dicom_service.pipelines.video_memory import video_budget_bytes
+from dicom_service.vision.runtime import MaskGuidedRuntime
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,8 @@ class ToothCorrectionIn(BaseModel):
         None, description="x0, y0, x1, y1 in pixels around the teeth.")
     radius: int | None = Field(None, ge=0, description="Frames on each side to carry the correction to "
                                                       "(omitted: the whole clip; 0: this frame only).")
+    restore: bool = Field(False, description="Also enhance the photo or video again with the restoration guided "
+                                             "by the corrected masks (a `restore` job; follow it at /jobs/{id}).")
 
     @model_validator(mode="after")
     def _prompts(self) -> ToothCorrectionIn:
@@ -93,6 +103,8 @@ class ToothCorrectionOut(BaseModel):
     score: float = Field(description="The tooth model's predicted IoU of the corrected frame's mask.")
     tooth_fraction: float = Field(description="Share of the corrected frame that is tooth.")
     dispatch_jobs: list[int]
+    restore_job: int | None = Field(None, description="The job enhancing the instance again with the corrected "
+                                                      "masks (asked for with `restore`), or null.")
 
 
 class ToothCorrectionAccepted(BaseModel):
@@ -146,7 +158,8 @@ def _correction_job(queue, key: str, study_uid: str, payload: dict, attempts: in
              responses={202: {"model": ToothCorrectionAccepted,
                               "description": "Queued or running after `wait` seconds: follow /jobs/{correction_job}"},
                         404: {"description": "Unknown instance"},
-                        409: {"description": "Not processed by the video workflow, or no interactive tooth model"},
+                        409: {"description": "Not processed by the video workflow, no interactive tooth model, "
+                                             "or `restore` asked of a runtime that restores without the masks"},
                         413: {"description": "The clip is too large to correct in the memory allowed"},
                         422: {"description": "Bad request: prompts, frame, or a source that does not decode"},
                         500: {"description": "The correction job failed for another reason (see its log)"},
@@ -167,6 +180,10 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
     if not isinstance(segmenter, ToothSegmenter):
         raise HTTPException(status.HTTP_409_CONFLICT, f"the video runtime {runtime.info.name!r} has no interactive "
                                                       "tooth model (models.video: learned has one)")
+    if body.restore and not (isinstance(runtime, MaskGuidedRuntime) and runtime.uses_tooth_masks):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the video runtime {runtime.info.name!r} restores without the "
+                                                      "tooth masks, so corrected masks cannot change its video "
+                                                      "(models.video: learned restores with them)")
     correction = body.correction()
     try:
         _check(service, meta.path, segmenter, correction)
@@ -179,8 +196,8 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
     except StorageFullError as error:
         log.error("correction refused (disk full): job %d", process_job.id)
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, str(error)) from error
-    job = _correction_job(service.queue, correction_job_key(process_job, correction), meta.study_uid,
-                          correction_payload(body.sop_instance_uid, process_job, correction),
+    job = _correction_job(service.queue, correction_job_key(process_job, correction, body.restore), meta.study_uid,
+                          correction_payload(body.sop_instance_uid, process_job, correction, body.restore),
                           service.settings.retry.max_attempts)
     job = service.queue.wait_for_job(job.id, wait) or job
     if job.state is JobState.SUCCEEDED:
