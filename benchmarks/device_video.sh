@@ -7,9 +7,10 @@
 #   OUT=/some/folder bash benchmarks/device_video.sh
 #
 # Steps, each under its own time limit so that one that overruns still leaves the others:
-#   1. benchmarks.video in float16, eager: 640x480 and 1280x720, plus the 10 s clip and a
-#      correction on it; the pipeline cases also with the tooth model on every second frame
-#      (SEGMENT_EVERY, default 1,2)
+#   1. benchmarks.video in float16, eager: 640x480 and 1280x720, plus the 10 s clip, a
+#      correction on it and the clip restored again with given masks (a restore job); the
+#      pipeline cases also with the tooth model on every second frame (SEGMENT_EVERY,
+#      default 1,2)
 #   2. the same with the restoration network and the tooth model's image encoder torch.compiled
 #      (compilation in the warm-up)
 #   3. eval video on the first EVAL_LIMIT held-out test phantoms in float16 on the GPU (do the
@@ -49,7 +50,7 @@ step() {  # step NAME LIMIT COMMAND...: run with a time limit, stderr to the log
 
 common=(--device "$DEVICE" --precision "$PRECISION" --sizes "$SIZES" --frames "$FRAMES" --repeats 5 \
   --segment-every "${SEGMENT_EVERY:-1,2}")
-step fp16 170 $PY -m benchmarks.video "${common[@]}" --prompt-runs 200 --ten-second > "$OUT/fp16.json"
+step fp16 190 $PY -m benchmarks.video "${common[@]}" --prompt-runs 200 --ten-second > "$OUT/fp16.json"
 step compile 210 $PY -m benchmarks.video "${common[@]}" --prompt-runs 50 --compile > "$OUT/compile.json"
 step phantoms 30 $PY -m dicom_service.cli phantoms video --out /tmp/ph --train 0 --val 0 --test 24 --frames 12 \
   --seed 0 > /dev/null

@@ -145,7 +145,8 @@ class Service:
                             correct=partial(run_correction_job, s, self.store, self.queue, self.runtimes.video),
                             restore=partial(run_restore_job, s, self.store, self.queue, self.runtimes.video))
         self.pools = [
-            WorkerPool(ctx, (JobKind.PROCESS, JobKind.RESTORE), s.workers.processing, "process"),
+            # a dentist's restore before the auto-routed studies waiting
+            WorkerPool(ctx, (JobKind.RESTORE, JobKind.PROCESS), s.workers.processing, "process"),
             WorkerPool(ctx, (JobKind.CORRECT,), s.workers.corrections, "correct"),
             WorkerPool(ctx, (JobKind.DISPATCH,), s.workers.dispatch, "dispatch"),
         ]

@@ -44,7 +44,8 @@ class JobQueue(Protocol):
         ...
 
     def claim(self, kinds: tuple[JobKind, ...], worker: str) -> Job | None:
-        """Take the oldest due queued job of these kinds and mark it running (a new attempt)."""
+        """Take a due queued job of these kinds and mark it running (a new attempt): of the
+        first kind in ``kinds`` that has one, the oldest."""
         ...
 
     def heartbeat_log(self, job_id: int, text: str) -> None:

@@ -138,11 +138,13 @@ class SQLiteJobQueue:
     def claim(self, kinds: tuple[JobKind, ...], worker: str) -> Job | None:
         now = time.time()
         marks = ",".join("?" for _ in kinds)
+        rank = " ".join(f"WHEN ? THEN {i}" for i in range(len(kinds)))  # the kinds' order first
+        values = [k.value for k in kinds]
         with self.db.transaction() as conn:
             row = conn.execute(
                 f"SELECT * FROM jobs WHERE state = 'queued' AND kind IN ({marks})"
-                " AND not_before <= ? ORDER BY not_before, id LIMIT 1",
-                (*[k.value for k in kinds], now),
+                f" AND not_before <= ? ORDER BY CASE kind {rank} END, not_before, id LIMIT 1",
+                (*values, now, *values),
             ).fetchone()
             if row is None:
                 return None

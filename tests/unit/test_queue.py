@@ -51,6 +51,19 @@ def test_claim_complete_and_attempt_log(tmp_path: Path) -> None:
     assert q.result(job.id) == {"n": 2}
 
 
+def test_claim_takes_the_first_kind_in_order_first(tmp_path: Path) -> None:
+    """The processing workers claim (restore, process): a dentist's restore job goes before
+    auto-routed studies queued earlier; each kind in the order it was queued."""
+    q = _queue(tmp_path)
+    first, second = _add(q, "study/1"), _add(q, "study/2")
+    restore = q.enqueue(JobKind.RESTORE, "restore/1", study_uid="1.2", workflow=Workflow.VIDEO, payload={},
+                        max_attempts=3)
+    assert restore is not None and restore.id > second.id
+    assert q.claim((JobKind.PROCESS, JobKind.RESTORE), "w").id == first.id
+    order = [q.claim((JobKind.RESTORE, JobKind.PROCESS), "w") for _ in range(3)]
+    assert [job.id if job else None for job in order] == [restore.id, second.id, None]
+
+
 def test_transient_failures_back_off_then_dead(tmp_path: Path) -> None:
     q = _queue(tmp_path, initial=60.0)
     job = _add(q, attempts=2)
