@@ -88,6 +88,20 @@ def queue_restore(settings: Settings, queue: JobQueue, process_job: Job, sop: st
     return job.id
 
 
+def corrected_segmentation(queue: JobQueue, process_job: Job, sop: str, uid: str) -> tuple[str, int] | None:
+    """The corrected Segmentation ``uid`` of instance ``sop`` that a succeeded correction of
+    ``process_job``'s results made: its path and how many corrections it holds; None if
+    there is none (unknown, of another instance or processing job, or its job not done)."""
+    for job in queue.list(kind=JobKind.CORRECT, state=JobState.SUCCEEDED, study_uid=process_job.study_uid,
+                          limit=10_000):
+        if job.payload.get("process_job") != process_job.id or job.payload.get("sop_instance_uid") != sop:
+            continue
+        reply = (queue.result(job.id) or {}).get("correction", {})
+        if reply.get("sop_instance_uid") == uid:
+            return str(reply["path"]), int(reply.get("corrections", 1))
+    return None
+
+
 def ai_masks(queue: JobQueue, job: Job, sop: str) -> MaskFrames | None:
     """The tooth masks the processing ``job``'s own Segmentation of instance ``sop`` holds,
     read frame by frame from its file (None if it cannot be read: the correction then
@@ -135,10 +149,13 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
         if done % PROGRESS_EVERY == 0:
             progress(f"{done} frames' masks settled")
 
+    previous, earlier = ai_masks(queue, process_job, sop), 0
+    if correction.based_on is not None:
+        previous, earlier = _earlier_correction(queue, process_job, sop, correction.based_on)
     source = dcmread(meta.path, defer_size=DEFER_BYTES)  # pixel data read from the file
     result = correct_tooth_masks(source, shared.sibling(), correction, algorithm=runtime.info, uid_seed=process_job.key,
                                  max_bytes=video_budget_bytes(workers.video_memory_mb, workers.processing),
-                                 previous=ai_masks(queue, process_job, sop), on_frame=on_frame)
+                                 previous=previous, on_frame=on_frame, earlier=earlier)
     seg = result.segmentation
     seg_uid = str(seg.SOPInstanceUID)
     path = str(store.write_result(process_job.id, seg_uid, ResultObject("seg", seg).write))
@@ -156,5 +173,22 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
     reply = {"job_id": process_job.id, "sop_instance_uid": seg_uid,
              "series_instance_uid": str(seg.SeriesInstanceUID), "path": path, "frames": result.frames,
              "corrected_frames": list(result.corrected_frames), "score": result.score,
-             "tooth_fraction": result.tooth_fraction, "dispatch_jobs": dispatches, "restore_job": restore_job}
+             "tooth_fraction": result.tooth_fraction, "dispatch_jobs": dispatches, "restore_job": restore_job,
+             "based_on": correction.based_on, "corrections": earlier + 1}
     return {"results": [["seg", path]], "correction": reply, "dispatch_jobs": dispatches}
+
+
+def _earlier_correction(queue: JobQueue, process_job: Job, sop: str, uid: str) -> tuple[MaskFrames, int]:
+    """The masks of the corrected Segmentation ``uid`` a correction builds on, read frame by
+    frame from its file, and how many corrections they hold; InputError if it is gone."""
+    found = corrected_segmentation(queue, process_job, sop, uid)
+    if found is None:
+        raise InputError(f"no corrected Segmentation {uid} of instance {sop} to build on")
+    path, corrections = found
+    try:
+        masks = segmentation_frames(path, sop)
+    except (OSError, ValueError, MediaError) as error:
+        raise InputError(f"the corrected Segmentation {uid} does not read ({type(error).__name__})") from error
+    if masks is None:
+        raise InputError(f"{uid} is not a tooth Segmentation of instance {sop}")
+    return masks, corrections

@@ -103,6 +103,10 @@ class MaskCorrection:
     radius : int or None
         Frames on each side the correction is carried to (None: the whole clip; 0: only
         the corrected frame).
+    based_on : str or None
+        SOP Instance UID of an earlier corrected Segmentation this one builds on (its masks
+        stand where this correction does not reach, so corrections accumulate); None: the
+        AI's own Segmentation.
     """
 
     frame: int
@@ -110,6 +114,7 @@ class MaskCorrection:
     labels: np.ndarray | None = None
     box: np.ndarray | None = None
     radius: int | None = None
+    based_on: str | None = None
 
     def key(self) -> str:
         """A short digest of the correction (the same correction gives the same UIDs)."""
@@ -117,6 +122,8 @@ class MaskCorrection:
                "points": None if self.points is None else np.asarray(self.points, float).round(3).tolist(),
                "labels": None if self.labels is None else np.asarray(self.labels).tolist(),
                "box": None if self.box is None else np.asarray(self.box, float).round(3).tolist()}
+        if self.based_on is not None:  # only then: a first correction keeps the digest it always had
+            doc["based_on"] = self.based_on
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
@@ -124,7 +131,8 @@ class MaskCorrection:
         return {"frame": self.frame, "radius": self.radius,
                 "points": None if self.points is None else np.asarray(self.points, float).tolist(),
                 "labels": None if self.labels is None else np.asarray(self.labels).tolist(),
-                "box": None if self.box is None else np.asarray(self.box, float).tolist()}
+                "box": None if self.box is None else np.asarray(self.box, float).tolist(),
+                "based_on": self.based_on}
 
     @classmethod
     def from_json(cls, doc: dict) -> MaskCorrection:
@@ -133,7 +141,8 @@ class MaskCorrection:
             return None if doc.get(key) is None else np.asarray(doc[key], dtype=dtype)
 
         return cls(frame=int(doc["frame"]), points=array("points", np.float64), labels=array("labels", np.int64),
-                   box=array("box", np.float64), radius=None if doc.get("radius") is None else int(doc["radius"]))
+                   box=array("box", np.float64), radius=None if doc.get("radius") is None else int(doc["radius"]),
+                   based_on=doc.get("based_on"))
 
     def check(self, frames: int) -> None:
         """Raise :class:`InputError` unless the prompts are usable on a source of ``frames``
@@ -155,8 +164,9 @@ class MaskCorrection:
         if self.radius is not None and self.radius < 0:
             raise InputError(f"radius must be >= 0, got {self.radius}")
 
-    def describe(self) -> str:
-        """What was done, in a few words (the Segmentation's Content Description)."""
+    def describe(self, earlier: int = 0) -> str:
+        """What was done, in a few words (the Segmentation's Content Description, at most
+        64 characters); ``earlier``: corrections the Segmentation it builds on holds."""
         prompts = []
         if self.points is not None:
             labels = np.asarray(self.labels)
@@ -164,6 +174,8 @@ class MaskCorrection:
         if self.box is not None:
             prompts.append("box")
         reach = "whole clip" if self.radius is None else f"+/-{self.radius} frames"
+        if earlier:
+            return f"Correction {earlier + 1}: frame {self.frame + 1} ({' '.join(prompts)}), {reach}"
         return f"Corrected on frame {self.frame + 1} ({' '.join(prompts)}), {reach}"
 
 
@@ -227,7 +239,7 @@ def _reach(correction: MaskCorrection, count: int) -> tuple[int, int]:
 def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: MaskCorrection, *,
                         algorithm: AlgorithmInfo, uid_seed: str, max_bytes: int | None = None,
                         previous: MaskFrames | None = None, spool_dir: Path | None = None,
-                        on_frame: Callable[[int], None] | None = None) -> CorrectionResult:
+                        on_frame: Callable[[int], None] | None = None, earlier: int = 0) -> CorrectionResult:
     """Apply a dentist's correction to the tooth masks of ``source`` (module docstring).
 
     Parameters
@@ -247,13 +259,17 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
     previous : array-like or None
         The AI's masks of the source's frames, ``shape`` ``(T, H, W)``, each ``[t]`` an
         ``(H, W)`` bool (an array, or :func:`segmentation_frames` of the AI's
-        Segmentation): the frames the correction does not reach keep them. None: those
-        frames are segmented again in the automatic mode.
+        Segmentation, or of the earlier corrected one ``correction.based_on`` names): the
+        frames the correction does not reach keep them. None: those frames are segmented
+        again in the automatic mode.
     spool_dir : Path or None
         Where the temporary files go (the system's temporary folder by default).
     on_frame : callable, optional
         Called with the number of frames whose mask is known so far, after each one
         (progress; it may raise to abort, and the temporary files go with the error).
+    earlier : int
+        Corrections ``previous`` already holds (0: the AI's masks); the Content
+        Description counts them.
 
     Raises
     ------
@@ -281,7 +297,7 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
                                         on_frame)
         seg = write_tooth_segmentation(source, packer, algorithm=algorithm,
                                        uid_seed=f"{uid_seed}/correction/{correction.key()}",
-                                       series_number=CORRECTED_TOOTH_SERIES, correction=correction.describe())
+                                       series_number=CORRECTED_TOOTH_SERIES, correction=correction.describe(earlier))
     except BaseException:
         assert packer.spool is not None
         packer.spool.close()

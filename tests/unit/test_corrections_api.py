@@ -89,6 +89,65 @@ def test_a_box_on_one_frame_amends_the_tooth_segmentation_and_reaches_the_pacs(m
     assert out["tooth_fraction"] == pytest.approx(float(expected.mean()))
 
 
+def test_corrections_on_several_frames_accumulate(make_settings) -> None:
+    """A second correction ``based_on`` the first starts from its masks: the last
+    Segmentation holds both fixes (and the AI's masks elsewhere) and says it is the second;
+    an unknown or uncorrected Segmentation to build on is a 404, and a correction job whose
+    Segmentation to build on is gone fails for good."""
+    from dicom_service.jobs.correction import correction_payload, run_correction_job
+    from dicom_service.pipelines.correction import MaskCorrection
+
+    video = builders.make_video_photographic(frames=8, rows=96, cols=128)
+    sop = str(video.SOPInstanceUID)
+    settings = make_settings()
+    with TestClient(create_app(Service(settings))) as client:
+        service = client.app.state.service
+        assert store(service.node.port, video) == 0
+        done = _wait_job(client, lambda j: j["kind"] == "process" and j["state"] == "succeeded")
+        ai_path = next(p for kind, p in service.queue.result(done["id"])["results"] if kind == "seg")
+
+        def post(frame: int, box: list[float], **extra) -> dict:
+            reply = client.post("/corrections/tooth-masks", headers=AUTH, json={
+                "sop_instance_uid": sop, "frame": frame, "box": box, "radius": 0, **extra})
+            assert reply.status_code == 201, reply.text
+            return reply.json()
+
+        first = post(1, [10.0, 8.0, 70.0, 60.0])
+        second = post(5, [40.0, 30.0, 120.0, 90.0], based_on=first["sop_instance_uid"])
+        alone = post(5, [40.0, 30.0, 120.0, 90.0])  # the same fix on the AI's masks
+        third = post(6, [0.0, 0.0, 60.0, 50.0], based_on=second["sop_instance_uid"])
+        assert (first["corrections"], second["corrections"], third["corrections"]) == (1, 2, 3)
+        assert second["based_on"] == first["sop_instance_uid"] and first["based_on"] is None
+        assert len({first["sop_instance_uid"], second["sop_instance_uid"], alone["sop_instance_uid"]}) == 3
+
+        for uid in ("1.2.3.4", str(dcmread(ai_path).SOPInstanceUID)):  # unknown; the AI's own is not a correction
+            refused = client.post("/corrections/tooth-masks", headers=AUTH, json={
+                "sop_instance_uid": sop, "frame": 2, "box": [0, 0, 50, 50], "based_on": uid})
+            assert refused.status_code == 404 and "to build on" in refused.json()["detail"], uid
+
+        process_job = service.queue.get(done["id"])
+        gone = MaskCorrection(frame=0, box=np.array([0.0, 0.0, 50.0, 50.0]), based_on="1.2.3.4")
+        job = service.queue.enqueue(JobKind.CORRECT, "correct/test/based-on-gone",
+                                    study_uid=str(video.StudyInstanceUID), workflow=Workflow.VIDEO, max_attempts=3,
+                                    payload=correction_payload(sop, process_job, gone))
+        failed = service.queue.wait_for_job(job.id, 60)
+        assert failed.state.value == "failed" and "to build on" in failed.error
+        with pytest.raises(InputError, match="to build on"):
+            run_correction_job(settings, service.store, service.queue, service.runtimes.video, failed, print)
+
+    ai, one, two, solo, three = (_seg_masks(dcmread(p)) for p in (ai_path, first["path"], second["path"],
+                                                                   alone["path"], third["path"]))
+    assert np.array_equal(two[1], one[1]) and not np.array_equal(two[1], ai[1])  # the first fix kept
+    assert np.array_equal(two[5], solo[5]) and not np.array_equal(two[5], ai[5])  # the second fix made
+    for t in (0, 2, 3, 4, 6, 7):
+        assert np.array_equal(two[t], ai[t]), t
+    assert np.array_equal(three[1], one[1]) and np.array_equal(three[5], solo[5])
+    assert not np.array_equal(three[6], ai[6])
+    assert dcmread(second["path"]).ContentDescription == "Correction 2: frame 6 (box), +/-0 frames"
+    assert dcmread(first["path"]).ContentDescription == "Corrected on frame 2 (box), +/-0 frames"
+    assert run_dciodvfy(third["path"]) == []
+
+
 def test_bad_corrections_get_clear_http_errors(make_settings) -> None:
     with TestClient(create_app(Service(make_settings()))) as client:
         unknown = {"sop_instance_uid": "1.2.3.4", "box": [0, 0, 10, 10]}
@@ -103,7 +162,9 @@ def test_bad_corrections_get_clear_http_errors(make_settings) -> None:
                     {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "frame": -1},
                     {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "radius": -2},
                     {"sop_instance_uid": "not a uid", "box": [0, 0, 10, 10]},
-                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "colour": "red"}):
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "colour": "red"},
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "based_on": "not a uid"},
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "restore": "maybe"}):
             assert client.post("/corrections/tooth-masks", json=bad, headers=AUTH).status_code == 422, bad
         assert client.get("/healthz").status_code == 200  # still serving
 

@@ -9,7 +9,9 @@ tooth Segmentation beside the AI's, keeps it with the processing job's results a
 it for every destination that receives the workflow's ``seg`` results. The request waits
 for the job up to ``wait`` seconds: 201 with the amended Segmentation if it is done, else
 202 with the job to follow at ``/jobs/{id}``. The same correction posted again is the same
-job (and the same UIDs).
+job (and the same UIDs). With ``based_on`` (an earlier reply's corrected Segmentation) the
+correction starts from that Segmentation's masks instead of the AI's, so a dentist fixes
+one frame after another and the last Segmentation holds every fix.
 
 With ``restore: true`` the correction job then queues a ``restore`` job
 (:mod:`dicom_service.jobs.restore`): the processing workers enhance the photo or video
@@ -32,7 +34,7 @@ from pydicom import dcmread
 
 from dicom_service.api.auth import Authenticated
 from dicom_service.domain import InputError, Job, JobKind, JobState, StorageFullError, Workflow
-from dicom_service.jobs.correction import correction_job_key, correction_payload
+from dicom_service.jobs.correction import corrected_segmentation, correction_job_key, correction_payload
 from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
     MaskCorrection,
@@ -66,6 +68,9 @@ class ToothCorrectionIn(BaseModel):
         None, description="x0, y0, x1, y1 in pixels around the teeth.")
     radius: int | None = Field(None, ge=0, description="Frames on each side to carry the correction to "
                                                       "(omitted: the whole clip; 0: this frame only).")
+    based_on: str | None = Field(None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$", description=(
+        "SOP Instance UID of an earlier corrected Segmentation of this instance (a reply's sop_instance_uid): "
+        "the correction builds on its masks, so corrections on several frames accumulate; omitted: on the AI's."))
     restore: bool = Field(False, description="Also enhance the photo or video again with the restoration guided "
                                              "by the corrected masks (a `restore` job; follow it at /jobs/{id}).")
 
@@ -87,7 +92,7 @@ class ToothCorrectionIn(BaseModel):
             points=None if self.points is None else np.asarray(self.points, dtype=np.float64),
             labels=None if self.labels is None else np.asarray(self.labels, dtype=np.int64),
             box=None if self.box is None else np.asarray(self.box, dtype=np.float64),
-            radius=self.radius)
+            radius=self.radius, based_on=self.based_on)
 
 
 class ToothCorrectionOut(BaseModel):
@@ -103,6 +108,8 @@ class ToothCorrectionOut(BaseModel):
     score: float = Field(description="The tooth model's predicted IoU of the corrected frame's mask.")
     tooth_fraction: float = Field(description="Share of the corrected frame that is tooth.")
     dispatch_jobs: list[int]
+    based_on: str | None = Field(None, description="The earlier corrected Segmentation it builds on, or null.")
+    corrections: int = Field(1, description="Corrections it holds (1 + those of the one it builds on).")
     restore_job: int | None = Field(None, description="The job enhancing the instance again with the corrected "
                                                       "masks (asked for with `restore`), or null.")
 
@@ -157,7 +164,7 @@ def _correction_job(queue, key: str, study_uid: str, payload: dict, attempts: in
              summary="Correct the tooth masks of a photo or video with clicks or a box",
              responses={202: {"model": ToothCorrectionAccepted,
                               "description": "Queued or running after `wait` seconds: follow /jobs/{correction_job}"},
-                        404: {"description": "Unknown instance"},
+                        404: {"description": "Unknown instance, or no such corrected Segmentation to build on"},
                         409: {"description": "Not processed by the video workflow, no interactive tooth model, "
                                              "or `restore` asked of a runtime that restores without the masks"},
                         413: {"description": "The clip is too large to correct in the memory allowed"},
@@ -185,6 +192,10 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
                                                       "tooth masks, so corrected masks cannot change its video "
                                                       "(models.video: learned restores with them)")
     correction = body.correction()
+    if body.based_on is not None and corrected_segmentation(service.queue, process_job, body.sop_instance_uid,
+                                                            body.based_on) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no corrected Segmentation {body.based_on} of instance "
+                                                       f"{body.sop_instance_uid} here to build on")
     try:
         _check(service, meta.path, segmenter, correction)
     except CorrectionTooLarge as error:
