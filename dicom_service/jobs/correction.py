@@ -88,15 +88,24 @@ def queue_restore(settings: Settings, queue: JobQueue, process_job: Job, sop: st
     return job.id
 
 
+def corrections_of(queue: JobQueue, process_job: Job, sop: str) -> list[tuple[Job, dict]]:
+    """The succeeded corrections of instance ``sop`` among ``process_job``'s results, newest
+    first: each correction job with its reply (the result's ``correction``)."""
+    found = []
+    for job in queue.list(kind=JobKind.CORRECT, state=JobState.SUCCEEDED, study_uid=process_job.study_uid,
+                          limit=10_000):
+        if job.payload.get("process_job") == process_job.id and job.payload.get("sop_instance_uid") == sop:
+            reply = (queue.result(job.id) or {}).get("correction")
+            if reply:
+                found.append((job, reply))
+    return found
+
+
 def corrected_segmentation(queue: JobQueue, process_job: Job, sop: str, uid: str) -> tuple[str, int] | None:
     """The corrected Segmentation ``uid`` of instance ``sop`` that a succeeded correction of
     ``process_job``'s results made: its path and how many corrections it holds; None if
     there is none (unknown, of another instance or processing job, or its job not done)."""
-    for job in queue.list(kind=JobKind.CORRECT, state=JobState.SUCCEEDED, study_uid=process_job.study_uid,
-                          limit=10_000):
-        if job.payload.get("process_job") != process_job.id or job.payload.get("sop_instance_uid") != sop:
-            continue
-        reply = (queue.result(job.id) or {}).get("correction", {})
+    for _, reply in corrections_of(queue, process_job, sop):
         if reply.get("sop_instance_uid") == uid:
             return str(reply["path"]), int(reply.get("corrections", 1))
     return None

@@ -119,6 +119,12 @@ def test_corrections_on_several_frames_accumulate(make_settings) -> None:
         assert (first["corrections"], second["corrections"], third["corrections"]) == (1, 2, 3)
         assert second["based_on"] == first["sop_instance_uid"] and first["based_on"] is None
         assert len({first["sop_instance_uid"], second["sop_instance_uid"], alone["sop_instance_uid"]}) == 3
+        listed = client.get(f"/corrections/tooth-masks?sop_instance_uid={sop}", headers=AUTH)
+        assert listed.status_code == 200, listed.text
+        assert listed.json() == [third, alone, second, first]  # newest first, as each POST replied
+        assert client.get("/corrections/tooth-masks?sop_instance_uid=1.2.3.4", headers=AUTH).status_code == 404
+        assert client.get("/corrections/tooth-masks", headers=AUTH).status_code == 422
+        assert client.get(f"/corrections/tooth-masks?sop_instance_uid={sop}").status_code == 401
 
         for uid in ("1.2.3.4", str(dcmread(ai_path).SOPInstanceUID)):  # unknown; the AI's own is not a correction
             refused = client.post("/corrections/tooth-masks", headers=AUTH, json={

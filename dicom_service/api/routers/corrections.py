@@ -34,7 +34,12 @@ from pydicom import dcmread
 
 from dicom_service.api.auth import Authenticated
 from dicom_service.domain import InputError, Job, JobKind, JobState, StorageFullError, Workflow
-from dicom_service.jobs.correction import corrected_segmentation, correction_job_key, correction_payload
+from dicom_service.jobs.correction import (
+    corrected_segmentation,
+    correction_job_key,
+    correction_payload,
+    corrections_of,
+)
 from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
     MaskCorrection,
@@ -222,3 +227,25 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
                                        detail=f"the correction is {job.state.value}: follow /jobs/{job.id}")
     return JSONResponse(accepted.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED,
                         headers={"Location": f"/jobs/{job.id}"})
+
+
+@router.get("/tooth-masks", response_model=list[ToothCorrectionOut],
+            summary="The corrected tooth Segmentations of a processed photo or video, newest first",
+            responses={404: {"description": "Unknown instance"},
+                       409: {"description": "Not processed by the video workflow"}})
+def list_tooth_mask_corrections(
+    request: Request,
+    sop_instance_uid: Annotated[str, Query(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$",
+                                           description="The source photo or video (as stored on the node).")],
+) -> list[ToothCorrectionOut]:
+    """What each succeeded correction of the instance's latest processing made (the replies
+    ``POST`` gave): a client picks the one to build on (``based_on``) or to show."""
+    service = request.app.state.service
+    if service.store is None or service.queue is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is not started")
+    meta = service.store.instance(sop_instance_uid)
+    if meta is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {sop_instance_uid} is not stored here")
+    process_job = _processing_job(service.queue, meta.study_uid, sop_instance_uid)
+    return [ToothCorrectionOut(correction_job=job.id, **reply)
+            for job, reply in corrections_of(service.queue, process_job, sop_instance_uid)]
