@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pydicom import dcmread
 
 from dicom_service.config import Settings
-from dicom_service.domain import InputError, InstanceMeta, Job, JobKind, JobState, MediaError, Workflow
+from dicom_service.domain import InputError, InstanceMeta, Job, JobKind, JobState, Workflow
 from dicom_service.jobs.queue import JobQueue
 from dicom_service.jobs.worker import queue_dispatches
 from dicom_service.media.pixel_file import DEFER_BYTES
-from dicom_service.media.seg_frames import segmentation_frames
+from dicom_service.media.seg_frames import SEGMENTATION_READ_ERRORS, segmentation_frames
 from dicom_service.pipelines.base import ResultObject
 from dicom_service.pipelines.correction import MaskCorrection, MaskFrames, correct_tooth_masks
 from dicom_service.pipelines.video_memory import video_budget_bytes
@@ -90,13 +90,16 @@ def queue_restore(settings: Settings, queue: JobQueue, process_job: Job, sop: st
 
 def corrections_of(queue: JobQueue, process_job: Job, sop: str) -> list[tuple[Job, dict]]:
     """The succeeded corrections of instance ``sop`` among ``process_job``'s results, newest
-    first: each correction job with its reply (the result's ``correction``)."""
-    found = []
+    first: each correction job with its reply (the result's ``correction``), one per
+    corrected Segmentation (the same correction posted with and without ``restore`` is two
+    jobs making the same object; the newer is kept)."""
+    found, seen = [], set()
     for job in queue.list(kind=JobKind.CORRECT, state=JobState.SUCCEEDED, study_uid=process_job.study_uid,
                           limit=10_000):
         if job.payload.get("process_job") == process_job.id and job.payload.get("sop_instance_uid") == sop:
             reply = (queue.result(job.id) or {}).get("correction")
-            if reply:
+            if reply and reply.get("sop_instance_uid") not in seen:
+                seen.add(reply.get("sop_instance_uid"))
                 found.append((job, reply))
     return found
 
@@ -121,7 +124,7 @@ def ai_masks(queue: JobQueue, job: Job, sop: str) -> MaskFrames | None:
             continue
         try:
             masks = segmentation_frames(path, sop)
-        except (OSError, ValueError, MediaError) as error:
+        except SEGMENTATION_READ_ERRORS as error:
             log.warning("job %d: its Segmentation %s does not read (%s)", job.id, path, type(error).__name__)
             continue
         if masks is not None:
@@ -196,7 +199,7 @@ def _earlier_correction(queue: JobQueue, process_job: Job, sop: str, uid: str) -
     path, corrections = found
     try:
         masks = segmentation_frames(path, sop)
-    except (OSError, ValueError, MediaError) as error:
+    except SEGMENTATION_READ_ERRORS as error:
         raise InputError(f"the corrected Segmentation {uid} does not read ({type(error).__name__})") from error
     if masks is None:
         raise InputError(f"{uid} is not a tooth Segmentation of instance {sop}")

@@ -16,15 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from dicom_service.config import Settings
-from dicom_service.domain import InputError, Job, JobState, MediaError
+from dicom_service.domain import InputError, Job, JobState
 from dicom_service.jobs.correction import instance_and_processing_job
 from dicom_service.jobs.queue import JobQueue
 from dicom_service.jobs.worker import queue_dispatches
 from dicom_service.media.pixel_file import DEFER_BYTES
-from dicom_service.media.seg_frames import segmentation_frames
+from dicom_service.media.seg_frames import SEGMENTATION_READ_ERRORS, segmentation_frames
 from dicom_service.pipelines.video import restore_video_instance
 from dicom_service.pipelines.video_memory import video_budget_bytes
 from dicom_service.storage import InstanceStore
@@ -48,7 +47,7 @@ def run_restore_job(settings: Settings, store: InstanceStore, queue: JobQueue, r
     try:
         segmentation = dcmread(path, stop_before_pixels=True)
         masks = segmentation_frames(path, sop)
-    except (OSError, InvalidDicomError, MediaError) as error:
+    except SEGMENTATION_READ_ERRORS as error:
         raise InputError(f"the corrected Segmentation does not read ({type(error).__name__})") from error
     if masks is None:
         raise InputError(f"the corrected Segmentation is not a tooth Segmentation of instance {sop}")

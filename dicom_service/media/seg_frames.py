@@ -14,13 +14,18 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicom_service.domain import MediaError
 from dicom_service.media.pixel_file import deferred_pixel_data
 from dicom_service.media.pixels import DECODE_ERRORS, decode_error
 
 #: Transfer syntaxes whose Pixel Data is the plain packed bits.
 _NATIVE = frozenset({str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)})
+#: What reading a stored Segmentation's file may raise when it is missing, not DICOM,
+#: malformed or its pixel data short (:func:`segmentation_frames`, and indexing the result).
+SEGMENTATION_READ_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, InvalidDicomError, MediaError)
 
 
 class PackedMasks:

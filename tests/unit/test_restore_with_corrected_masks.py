@@ -117,7 +117,7 @@ def test_a_photo_restored_again_with_corrected_masks(runtime: LearnedVideoRuntim
         restore_video_instance(photo, noprior, masks, seg, uid_seed="job/1")
 
 
-def test_a_correction_with_restore_sends_an_amended_video_to_the_pacs(make_settings) -> None:
+def test_a_correction_with_restore_sends_an_amended_video_to_the_pacs(make_settings, tmp_path: Path) -> None:
     """``restore: true``: the correction job queues a ``restore`` job; the processing
     workers make the amended video and report, which reach the PACS, decode, name the
     corrected Segmentation and pass dciodvfy. A restore job whose Segmentation is gone
@@ -148,6 +148,11 @@ def test_a_correction_with_restore_sends_an_amended_video_to_the_pacs(make_setti
             # the same correction again: the same jobs, nothing queued twice
             assert client.post("/corrections/tooth-masks", json=request, headers=AUTH).json() == out
             assert len(client.get("/jobs?kind=restore", headers=AUTH).json()) == 1
+            # without restore: another correction job making the same Segmentation, listed once
+            plain = client.post("/corrections/tooth-masks", json={**request, "restore": False}, headers=AUTH).json()
+            assert plain["sop_instance_uid"] == out["sop_instance_uid"] and plain["restore_job"] is None
+            listed = client.get(f"/corrections/tooth-masks?sop_instance_uid={sop}", headers=AUTH).json()
+            assert [c["sop_instance_uid"] for c in listed] == [out["sop_instance_uid"]]
 
             process_job = next(j for j in service.queue.list(kind=JobKind.PROCESS))
             gone = service.queue.enqueue(JobKind.RESTORE, "restore/test/gone", study_uid=str(video.StudyInstanceUID),
@@ -156,6 +161,14 @@ def test_a_correction_with_restore_sends_an_amended_video_to_the_pacs(make_setti
                                                   "segmentation": "/nonexistent/seg.dcm"})
             failed = service.queue.wait_for_job(gone.id, 60)
             assert failed.state.value == "failed" and "does not read" in failed.error
+            garbage = tmp_path / "garbage.dcm"
+            garbage.write_bytes(b"not a DICOM file" * 64)
+            bad = service.queue.enqueue(JobKind.RESTORE, "restore/test/garbage", study_uid=str(video.StudyInstanceUID),
+                                        workflow=Workflow.VIDEO, max_attempts=3,
+                                        payload={"sop_instance_uid": sop, "process_job": process_job.id,
+                                                 "segmentation": str(garbage)})
+            unreadable = service.queue.wait_for_job(bad.id, 60)
+            assert unreadable.state.value == "failed" and "InvalidDicomError" in unreadable.error
             with pytest.raises(InputError, match="does not read"):
                 run_restore_job(settings, service.store, service.queue, service.runtimes.video, failed, print)
             assert client.get("/healthz").status_code == 200
