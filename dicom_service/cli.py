@@ -93,7 +93,7 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
         with tqdm(total=total, desc="rendering", unit="clip", disable=args.no_progress) as bar:
             path = write_dataset(Path(args.out), train=args.train, val=args.val, test=args.test,
                                  frames=args.frames, height=args.height, width=args.width, seed=args.seed,
-                                 progress=lambda done, _total, _name: bar.update(1))
+                                 progress=lambda done, _total, _name: bar.update(1), workers=args.workers)
         print(json.dumps({"manifest": str(path), "clips": total, "seed": args.seed}))
         return 0
 
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--height", type=int, default=240, help="video: frame rows")
     phantoms.add_argument("--width", type=int, default=320, help="video: frame columns")
     phantoms.add_argument("--seed", type=int, default=0)
+    phantoms.add_argument("--workers", type=int, default=1,
+                          help="video: processes rendering clips at once (the same data set whatever the number)")
     phantoms.add_argument("--no-progress", action="store_true")
     phantoms.set_defaults(func=cmd_phantoms)
 

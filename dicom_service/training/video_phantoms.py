@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,8 +315,13 @@ def save_clip(clip: VideoClip, path: Path) -> None:
     np.savez_compressed(path, **arrays)
 
 
+def _render_to(path: Path, seed: int, frames: int, height: int, width: int) -> None:
+    """Render clip ``seed`` and save it to ``path`` (one task of :func:`write_dataset`)."""
+    save_clip(render_clip(seed, frames=frames, height=height, width=width), path)
+
+
 def write_dataset(out: Path, *, train: int, val: int, test: int, frames: int, height: int, width: int,
-                  seed: int = 0, progress: Callable[[int, int, str], None] | None = None) -> Path:
+                  seed: int = 0, progress: Callable[[int, int, str], None] | None = None, workers: int = 1) -> Path:
     """Render a fixed train / val / test split of clips to ``out``.
 
     Writes ``out/{train,val,test}/clip_NNNNN.npz`` (see :func:`save_clip`) and
@@ -323,26 +329,43 @@ def write_dataset(out: Path, *, train: int, val: int, test: int, frames: int, he
     their seeds). Clip ``i`` of split ``s`` uses :func:`clip_seed` ``(seed, s, i)`` =
     ``seed * 1_000_003 + {train: 0, val: 500_000, test: 900_000} + i``, so the splits are
     held out from each other by construction. ``progress(done, total, name)`` is called
-    after each clip. Returns the manifest path.
+    after each clip. ``workers`` processes render clips at once (each clip depends on its
+    seed only, so the data set is the same whatever their number). Returns the manifest path.
     """
     counts = {"train": train, "val": val, "test": test}
     if any(n < 0 for n in counts.values()):
         raise ValueError(f"clip counts must be >= 0, got {counts}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
     total, done = sum(counts.values()), 0
     manifest: dict = {"generator": GENERATOR_VERSION, "seed": seed, "frames": frames, "height": height,
                       "width": width, "fps": 30.0, "seed_rule": "seed * 1_000_003 + offset[split] + index",
                       "split_offsets": SPLIT_OFFSETS, "splits": {}}
+    tasks: list[tuple[str, int]] = []  # (split/name, seed)
     for split, n in counts.items():
         (out / split).mkdir(parents=True, exist_ok=True)
         seeds = [clip_seed(seed, split, i) for i in range(n)]
         names = [f"clip_{i:05d}.npz" for i in range(n)]
-        for s, name in zip(seeds, names, strict=True):
-            save_clip(render_clip(s, frames=frames, height=height, width=width), out / split / name)
-            done += 1
-            if progress is not None:
-                progress(done, total, f"{split}/{name}")
+        tasks += [(f"{split}/{name}", s) for s, name in zip(seeds, names, strict=True)]
         manifest["splits"][split] = {"clips": names, "seeds": seeds}
+
+    def rendered(name: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, name)
+
+    if workers == 1:
+        for name, s in tasks:
+            _render_to(out / name, s, frames, height, width)
+            rendered(name)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {pool.submit(_render_to, out / name, s, frames, height, width): name for name, s in tasks}
+            for future in as_completed(futures):
+                future.result()  # a worker's error stops the run here
+                rendered(futures[future])
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return path

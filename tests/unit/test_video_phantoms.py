@@ -87,6 +87,24 @@ def test_split_seeds_are_disjoint() -> None:
     assert not seeds["val"] & seeds["test"]
 
 
+def test_write_dataset_in_several_processes_writes_the_same_clips(tmp_path) -> None:
+    sizes = {"train": 3, "val": 1, "test": 1, "frames": 3, "height": 64, "width": 80, "seed": 2}
+    one = json.loads(write_dataset(tmp_path / "one", **sizes).read_text())
+    calls = []
+    two = json.loads(write_dataset(tmp_path / "two", **sizes, workers=2,
+                                   progress=lambda done, total, name: calls.append((done, total, name))).read_text())
+    assert one == two
+    assert [c[0] for c in calls] == [1, 2, 3, 4, 5] and sorted(c[2] for c in calls) == sorted(
+        [f"train/clip_{i:05d}.npz" for i in range(3)] + ["val/clip_00000.npz", "test/clip_00000.npz"])
+    for split in ("train", "val", "test"):
+        for a, b in zip(list_split(tmp_path / "one", split), list_split(tmp_path / "two", split), strict=True):
+            x, y = load_clip(a), load_clip(b)
+            for name in ("clean", "degraded", "masks", "flow"):
+                np.testing.assert_array_equal(getattr(x, name), getattr(y, name))
+    with pytest.raises(ValueError, match="workers"):
+        write_dataset(tmp_path / "none", **sizes, workers=0)
+
+
 def test_write_dataset_round_trip(tmp_path) -> None:
     calls = []
     manifest = write_dataset(tmp_path, train=2, val=1, test=1, frames=3, height=64, width=80, seed=7,
