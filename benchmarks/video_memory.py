@@ -33,13 +33,20 @@ with a box on the middle frame, carried through the whole clip, and the amended
 Segmentation written to a file), each run in a fresh process with the tooth model loaded
 before the clock, against :func:`~dicom_service.pipelines.correction.correction_bytes`.
 
+``--restore`` measures a ``restore`` job instead (a clip enhanced again with a dentist's
+corrected masks: :func:`~dicom_service.pipelines.video.restore_video_instance` with the
+masks read from a corrected Segmentation's file, memory-mapped, as the job reads them, and
+the amended video and report written to files), each run in a fresh process with the
+runtime loaded and the Segmentation written before the clock, against the same admission
+estimate as processing the clip.
+
 ``--longest`` measures nothing: it inverts the node's estimate against the automatic budget
 of this process (default learned runtime loaded, one processing worker, the allocator set
 as the service sets it) and reports the longest clip admitted at each size, at 30 fps with
 the source left in its file (as the service reads it).
 
 Linux only (``/proc``). Run from the repository root: ``python -m benchmarks.video_memory
-[--sizes 640x480,1280x720] [--frames 60,600] [--stages | --correction | --longest]``. Prints
+[--sizes 640x480,1280x720] [--frames 60,600] [--stages | --correction | --restore | --longest]``. Prints
 one JSON object on stdout.
 """
 
@@ -166,6 +173,48 @@ def correction_child(path: Path) -> dict[str, Any]:
             "seconds": round(seconds, 2)}
 
 
+def restore_child(path: Path) -> dict[str, Any]:
+    """Measure one ``restore`` job's work in this process (called in a fresh interpreter)."""
+    import time
+
+    import numpy as np
+    import pydicom
+
+    from dicom_service.media.seg_frames import segmentation_frames
+    from dicom_service.pipelines.base import ResultObject
+    from dicom_service.pipelines.video import restore_video_instance
+    from dicom_service.vision.registry import default_models_dir
+    from dicom_service.vision.video_runtime import LearnedVideoRuntime
+    from dicom_service.writers.seg import write_tooth_segmentation
+
+    _as_the_service()
+    ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)  # as the service reads a stored clip
+    runtime = LearnedVideoRuntime(default_models_dir(), "cpu")
+    count, height, width = int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)
+    masks = np.zeros((count, height, width), bool)  # a dentist's masks: a box on every frame
+    masks[:, height // 5:4 * height // 5, width // 10:9 * width // 10] = True
+    seg_path = path.with_suffix(".seg.dcm")
+    seg = write_tooth_segmentation(ds, masks, algorithm=runtime.info, uid_seed="memory/corrected")
+    with seg_path.open("wb") as file:
+        ResultObject("seg", seg).write(file)
+    del masks, seg
+    corrected = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    before = _status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    started = time.perf_counter()
+    objects, summary = restore_video_instance(ds, runtime, segmentation_frames(seg_path, str(ds.SOPInstanceUID)),
+                                              corrected, uid_seed="memory")
+    for obj in objects:
+        with tempfile.TemporaryFile() as file:
+            obj.write(file)
+    seconds = time.perf_counter() - started
+    peak = _status_mib("VmHWM")
+    seg_path.unlink()
+    return {"frames": int(summary["frames"]), "rss_before_mib": round(before, 1),
+            "peak_growth_mib": round(peak - before, 1), "objects": [o.kind for o in objects],
+            "seconds": round(seconds, 2)}
+
+
 #: What ``--stages`` measures: runtime names of the registry, and the codecs.
 STAGES = ("learned", "learned-sr2", "learned-interp2", "baseline", "codec")
 
@@ -226,10 +275,15 @@ def measure_stage(stage: str, width: int, height: int) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+#: The child of each ``measure`` mode: the workflow, a correction, a restore job.
+CHILD_FLAGS = {"process": "--child", "correction": "--correction-child", "restore": "--restore-child"}
+
+
 def measure(width: int, height: int, frames: int, folder: Path, runtime: Any, *,
-            correction: bool = False) -> dict[str, Any]:
-    """Write the clip, run :func:`child` (or :func:`correction_child`) in a fresh process,
-    add the node's estimate for ``runtime`` (or for a correction)."""
+            mode: str = "process") -> dict[str, Any]:
+    """Write the clip, run :func:`child` (or :func:`correction_child`, :func:`restore_child`
+    as ``mode`` says) in a fresh process, add the node's estimate for ``runtime`` (or for a
+    correction)."""
     import pydicom
 
     from dicom_service.pipelines.correction import correction_bytes
@@ -237,12 +291,12 @@ def measure(width: int, height: int, frames: int, folder: Path, runtime: Any, *,
 
     path = folder / f"clip_{width}x{height}_{frames}.dcm"
     write_clip(path, width, height, frames)
-    if correction:
+    if mode == "correction":
         estimate = correction_bytes(frames, height, width)
     else:
         # what the node plans for this file, read as the service reads it
         estimate = check_video_fits(pydicom.dcmread(path, defer_size=DEFER_BYTES), runtime, None)
-    flag = "--correction-child" if correction else "--child"
+    flag = CHILD_FLAGS[mode]
     proc = subprocess.run([sys.executable, "-m", "benchmarks.video_memory", flag, str(path)],
                           capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
     path.unlink()
@@ -287,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="report the longest clip the automatic budget admits (see the module doc)")
     parser.add_argument("--correction", action="store_true",
                         help="measure a whole-clip correction instead (see the module doc)")
+    parser.add_argument("--restore", action="store_true",
+                        help="measure a restore job (the clip enhanced again with corrected masks) instead")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--correction-child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--restore-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stage-child", choices=STAGES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in text.lower().split("x")) for text in args.sizes.split(",")]
@@ -297,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.correction_child is not None:
         print(json.dumps(correction_child(args.correction_child)))
+        return 0
+    if args.restore_child is not None:
+        print(json.dumps(restore_child(args.restore_child)))
         return 0
     if args.stage_child is not None:
         print(json.dumps(stage_child(args.stage_child, *sizes[0])))
@@ -325,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _as_the_service()  # the estimate as the service makes it
     runtime = LearnedVideoRuntime(default_models_dir(), "cpu")  # the child's runtime, for its estimate
-    result: dict[str, Any] = {"benchmark": "video_memory_correction" if args.correction else "video_memory",
+    mode = "correction" if args.correction else "restore" if args.restore else "process"
+    result: dict[str, Any] = {"benchmark": {"process": "video_memory"}.get(mode, f"video_memory_{mode}"),
                               "algorithm": runtime.info.version,
                               "hardware": hardware(), "cases": {}}
     with tempfile.TemporaryDirectory(prefix="video-memory-") as tmp:
@@ -333,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for frames in counts:
                 log(f"{width}x{height}, {frames} frames")
-                runs.append(measure(width, height, frames, Path(tmp), runtime, correction=args.correction))
+                runs.append(measure(width, height, frames, Path(tmp), runtime, mode=mode))
             slope = (runs[1]["peak_growth_mib"] - runs[0]["peak_growth_mib"]) / (counts[1] - counts[0])
             estimate_slope = (runs[1]["estimate_mib"] - runs[0]["estimate_mib"]) / (counts[1] - counts[0])
             result["cases"][f"{width}x{height}"] = {

@@ -89,6 +89,10 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     if args.kind == "video":
         from dicom_service.training.video_phantoms import write_dataset
 
+        if args.workers < 1:
+            print(f"--workers must be >= 1, got {args.workers}", file=sys.stderr)
+            return 2
+
         total = args.train + args.val + args.test
         with tqdm(total=total, desc="rendering", unit="clip", disable=args.no_progress) as bar:
             path = write_dataset(Path(args.out), train=args.train, val=args.val, test=args.test,

@@ -90,18 +90,26 @@ def queue_restore(settings: Settings, queue: JobQueue, process_job: Job, sop: st
 
 def corrections_of(queue: JobQueue, process_job: Job, sop: str) -> list[tuple[Job, dict]]:
     """The succeeded corrections of instance ``sop`` among ``process_job``'s results, newest
-    first: each correction job with its reply (the result's ``correction``), one per
-    corrected Segmentation (the same correction posted with and without ``restore`` is two
-    jobs making the same object; the newer is kept)."""
-    found, seen = [], set()
-    for job in queue.list(kind=JobKind.CORRECT, state=JobState.SUCCEEDED, study_uid=process_job.study_uid,
-                          limit=10_000):
-        if job.payload.get("process_job") == process_job.id and job.payload.get("sop_instance_uid") == sop:
-            reply = (queue.result(job.id) or {}).get("correction")
-            if reply and reply.get("sop_instance_uid") not in seen:
-                seen.add(reply.get("sop_instance_uid"))
-                found.append((job, reply))
-    return found
+    first: for each corrected Segmentation, the first correction job that made it with its
+    reply (the result's ``correction``). The same correction posted with and without
+    ``restore`` is two jobs making the same object: their replies are merged (the restore
+    job, and the dispatch jobs of both)."""
+    first: dict[str, tuple[Job, dict]] = {}
+    jobs = queue.list(kind=JobKind.CORRECT, state=JobState.SUCCEEDED, study_uid=process_job.study_uid, limit=10_000)
+    for job in reversed(jobs):  # oldest first
+        if job.payload.get("process_job") != process_job.id or job.payload.get("sop_instance_uid") != sop:
+            continue
+        reply = (queue.result(job.id) or {}).get("correction")
+        if not reply:
+            continue
+        uid = str(reply.get("sop_instance_uid"))
+        if uid not in first:
+            first[uid] = (job, dict(reply))
+            continue
+        merged = first[uid][1]
+        merged["restore_job"] = reply.get("restore_job") or merged.get("restore_job")
+        merged["dispatch_jobs"] = sorted({*merged.get("dispatch_jobs", []), *reply.get("dispatch_jobs", [])})
+    return sorted(first.values(), key=lambda item: item[0].id, reverse=True)
 
 
 def corrected_segmentation(queue: JobQueue, process_job: Job, sop: str, uid: str) -> tuple[str, int] | None:
@@ -161,8 +169,9 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
         if done % PROGRESS_EVERY == 0:
             progress(f"{done} frames' masks settled")
 
-    previous, earlier = ai_masks(queue, process_job, sop), 0
-    if correction.based_on is not None:
+    if correction.based_on is None:
+        previous, earlier = ai_masks(queue, process_job, sop), 0
+    else:
         previous, earlier = _earlier_correction(queue, process_job, sop, correction.based_on)
     source = dcmread(meta.path, defer_size=DEFER_BYTES)  # pixel data read from the file
     result = correct_tooth_masks(source, shared.sibling(), correction, algorithm=runtime.info, uid_seed=process_job.key,

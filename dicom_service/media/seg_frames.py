@@ -23,8 +23,9 @@ from dicom_service.media.pixels import DECODE_ERRORS, decode_error
 
 #: Transfer syntaxes whose Pixel Data is the plain packed bits.
 _NATIVE = frozenset({str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)})
-#: What reading a stored Segmentation's file may raise when it is missing, not DICOM,
-#: malformed or its pixel data short (:func:`segmentation_frames`, and indexing the result).
+#: What :func:`segmentation_frames` may raise on a stored Segmentation's file that is
+#: missing, not DICOM, malformed or whose pixel data is short (indexing the frames later
+#: reads the mapped bytes, which were checked against the header here).
 SEGMENTATION_READ_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, InvalidDicomError, MediaError)
 
 

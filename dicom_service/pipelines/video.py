@@ -198,8 +198,9 @@ def restore_video_instance(
     sink = VideoOutputSink(video=_is_video(source, stream.count), keep_masks=False)
     enhanced = _enhance(source, stream, runtime, sink, progress, masks=(masks[t] for t in range(stream.count)))
     what = str(segmentation.get("ContentDescription", "") or "corrected tooth masks")
-    enhanced = replace(enhanced, steps=[*enhanced.steps, f"Tooth masks of the restoration: Segmentation "
-                                                         f"{segmentation.SOPInstanceUID} ({what})"])
+    # right after the runtime's tooth-mask step, before any step the H.264 fit adds
+    enhanced = replace(enhanced, steps=[*enhanced.steps[:1], f"Tooth masks of the restoration: Segmentation "
+                                        f"{segmentation.SOPInstanceUID} ({what})", *enhanced.steps[1:]])
     seed = f"{uid_seed}/{sop}/amended/{segmentation.SOPInstanceUID}"
     try:
         derived, enhanced = _enhanced_object(source, sink, enhanced, progress, uid_seed=seed,

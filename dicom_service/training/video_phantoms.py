@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -360,12 +361,16 @@ def write_dataset(out: Path, *, train: int, val: int, test: int, frames: int, he
         for name, s in tasks:
             _render_to(out / name, s, frames, height, width)
             rendered(name)
-    else:
-        with ProcessPoolExecutor(workers) as pool:
+    else:  # fresh interpreters: forking a process that runs threads (a progress bar's) may deadlock
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_render_to, out / name, s, frames, height, width): name for name, s in tasks}
-            for future in as_completed(futures):
-                future.result()  # a worker's error stops the run here
-                rendered(futures[future])
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    rendered(futures[future])
+            except BaseException:  # a worker's error (or Ctrl-C) stops the run now, not after every clip
+                pool.shutdown(cancel_futures=True)
+                raise
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return path

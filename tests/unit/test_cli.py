@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -118,6 +119,18 @@ def test_phantoms_command_writes_a_coco_data_set(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     dataset = load_coco(tmp_path / "ds" / "annotations.json")
     assert len(dataset.images) == 3
+
+
+def test_phantoms_video_command_in_two_processes_and_a_bad_worker_count(tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "dicom_service", "phantoms", "video", "--train", "2", "--val", "0", "--test", "1",
+            "--frames", "2", "--height", "48", "--width", "64", "--no-progress"]
+    proc = subprocess.run([*base, "--out", str(tmp_path / "ds"), "--workers", "2"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["clips"] == 3 and len(list((tmp_path / "ds" / "train").glob("*.npz"))) == 2
+    bad = subprocess.run([*base, "--out", str(tmp_path / "bad"), "--workers", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "--workers must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_learned_runtime_without_its_bundle_is_a_config_error(tmp_path: Path) -> None:

@@ -98,7 +98,11 @@ def test_a_photo_restored_again_with_corrected_masks(runtime: LearnedVideoRuntim
     assert enhanced.SeriesDescription == "AI enhanced photo, corrected tooth masks"
     assert report.SeriesNumber == 9106 and enhanced.StudyInstanceUID == photo.StudyInstanceUID
     assert summary["segmentation"] == str(seg.SOPInstanceUID) and summary["frames"] == 1
-    assert any(str(seg.SOPInstanceUID) in step for step in summary["steps"])
+    assert summary["steps"][0].startswith("Tooth masks: given") and str(seg.SOPInstanceUID) in summary["steps"][1]
+    # the masks reached the restoration: the photo is what the runtime makes with them, not the first one
+    frame = read_frames(photo)[0]
+    assert np.array_equal(enhanced.pixel_array, runtime.enhance(frame, 1.0, masks=masks).frames[0])
+    assert not np.array_equal(enhanced.pixel_array, first[0].dataset.pixel_array)
     evidence = {str(item.ReferencedSOPInstanceUID) for study in report.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
     assert {str(seg.SOPInstanceUID), str(enhanced.SOPInstanceUID)} <= evidence
@@ -153,6 +157,10 @@ def test_a_correction_with_restore_sends_an_amended_video_to_the_pacs(make_setti
             assert plain["sop_instance_uid"] == out["sop_instance_uid"] and plain["restore_job"] is None
             listed = client.get(f"/corrections/tooth-masks?sop_instance_uid={sop}", headers=AUTH).json()
             assert [c["sop_instance_uid"] for c in listed] == [out["sop_instance_uid"]]
+            assert listed[0]["restore_job"] == out["restore_job"]  # the two replies merged
+            assert listed[0]["correction_job"] == out["correction_job"] and listed[0]["dispatch_jobs"] == \
+                out["dispatch_jobs"]
+            assert service.pools[0].kinds == (JobKind.RESTORE, JobKind.PROCESS)  # a dentist's restore first
 
             process_job = next(j for j in service.queue.list(kind=JobKind.PROCESS))
             gone = service.queue.enqueue(JobKind.RESTORE, "restore/test/gone", study_uid=str(video.StudyInstanceUID),
