@@ -196,3 +196,26 @@ def test_a_correction_with_restore_sends_an_amended_video_to_the_pacs(make_setti
         _wait_job(client, lambda j: j["kind"] == "process" and j["state"] == "succeeded")
         refused = client.post("/corrections/tooth-masks", json=request, headers=AUTH)
         assert refused.status_code == 409 and "restores without the tooth masks" in refused.json()["detail"]
+
+
+def test_a_failed_restore_runs_again_when_the_correction_is_posted_again(make_settings) -> None:
+    """A node restarted with a video memory budget that holds a correction (130 MiB) but not
+    the clip's enhancement (269 MiB): the restore job fails for good, naming the memory.
+    Restarted with room, the same request puts that restore job back in the queue, and it
+    succeeds."""
+    video = builders.make_video_photographic(frames=6, rows=96, cols=128)
+    sop = str(video.SOPInstanceUID)
+    request = {"sop_instance_uid": sop, "frame": 2, "box": [10.0, 8.0, 70.0, 60.0], "restore": True}
+    with TestClient(create_app(Service(make_settings()))) as client:
+        assert store(client.app.state.service.node.port, video) == 0
+        _wait_job(client, lambda j: j["kind"] == "process" and j["state"] == "succeeded")
+    with TestClient(create_app(Service(make_settings(workers={"video_memory_mb": 200})))) as client:
+        out = client.post("/corrections/tooth-masks", json=request, headers=AUTH).json()
+        failed = client.app.state.service.queue.wait_for_job(out["restore_job"], 60)
+        assert failed.state.value == "failed" and "too large for this node's memory" in failed.error
+    with TestClient(create_app(Service(make_settings()))) as client:
+        again = client.post("/corrections/tooth-masks", json=request, headers=AUTH)
+        assert again.status_code == 201 and again.json()["restore_job"] == out["restore_job"]
+        done = client.app.state.service.queue.wait_for_job(out["restore_job"], 120)
+        assert done.state.value == "succeeded", done.error
+        assert [kind for kind, _ in client.app.state.service.queue.result(done.id)["results"]] == ["video", "sr"]

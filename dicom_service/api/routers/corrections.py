@@ -18,7 +18,8 @@ With ``restore: true`` the correction job then queues a ``restore`` job
 again with the restoration guided by the corrected masks (seed 000's doctor-in-the-loop
 restoration) and send the amended enhanced video and report on. The reply names that job
 (``restore_job``); it takes as long as processing the clip did, so it is followed at
-``/jobs/{id}``, not waited for.
+``/jobs/{id}``, not waited for. Posting the same correction again puts a restore job that
+failed back in the queue.
 """
 
 from __future__ import annotations
@@ -160,8 +161,13 @@ def _correction_job(queue, key: str, study_uid: str, payload: dict, attempts: in
         return job
     job = queue.by_key(key)
     assert job is not None  # enqueue found it
+    return _requeued(queue, job)
+
+
+def _requeued(queue, job: Job) -> Job:  # noqa: ANN001 - JobQueue
+    """``job`` put back in the queue if it had failed or was cancelled, else as it is."""
     if job.state in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED):
-        job = queue.retry(job.id)
+        return queue.retry(job.id)
     return job
 
 
@@ -218,6 +224,9 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
     job = service.queue.wait_for_job(job.id, wait) or job
     if job.state is JobState.SUCCEEDED:
         reply = (service.queue.result(job.id) or {}).get("correction", {})
+        restore = service.queue.get(reply["restore_job"]) if reply.get("restore_job") is not None else None
+        if restore is not None:  # asked again: a restore job that failed goes back in the queue
+            _requeued(service.queue, restore)
         return ToothCorrectionOut(correction_job=job.id, **reply)
     if job.state is JobState.FAILED:  # a permanent failure: an input error
         raise HTTPException(422, f"correction job {job.id} failed: {job.error}")
