@@ -145,9 +145,15 @@ def bench_pipeline(runtime: Any, frames: np.ndarray, fps: float, device: str) ->
     from dicom_service.pipelines.video import process_video_instance
 
     ds = _video_dataset(frames, fps)
+    return _timed_workflow(runtime, device, lambda: process_video_instance(ds, runtime, uid_seed="bench"))
+
+
+def _timed_workflow(runtime: Any, device: str, run: Any) -> dict[str, Any]:
+    """Time ``run()`` (a workflow returning ``(objects, summary)``): seconds, frames per
+    second, the objects' kinds and how long each stage of the runtime's stream worked."""
     _sync(device)
     started = time.perf_counter()
-    objects, summary = process_video_instance(ds, runtime, uid_seed="bench")
+    objects, summary = run()
     _sync(device)
     seconds = time.perf_counter() - started
     return {"frames": int(summary["frames"]), "seconds": round(seconds, 3),
@@ -189,14 +195,7 @@ def bench_restore(runtime: Any, frames: np.ndarray, fps: float, device: str, mas
 
     ds = _video_dataset(frames, fps)
     seg = write_tooth_segmentation(ds, masks, algorithm=runtime.info, uid_seed="bench/corrected")
-    _sync(device)
-    started = time.perf_counter()
-    objects, summary = restore_video_instance(ds, runtime, masks, seg, uid_seed="bench")
-    _sync(device)
-    seconds = time.perf_counter() - started
-    return {"frames": int(summary["frames"]), "seconds": round(seconds, 3),
-            "fps": round(summary["frames"] / seconds, 2), "objects": [o.kind for o in objects],
-            "stage_busy_seconds": dict(getattr(runtime, "last_stage_seconds", {}))}
+    return _timed_workflow(runtime, device, lambda: restore_video_instance(ds, runtime, masks, seg, uid_seed="bench"))
 
 
 def bench_prompt(runtime: Any, frame: np.ndarray, runs: int, device: str) -> dict[str, Any]:

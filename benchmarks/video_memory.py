@@ -120,6 +120,19 @@ def _as_the_service() -> None:
         set_mmap_threshold(WorkerSettings().malloc_mmap_threshold_kb * 1024)
 
 
+def _peak_growth(run: Any) -> tuple[Any, float, float, float]:
+    """``run()`` with the kernel's peak-RSS counter reset just before it: its result, the
+    resident MiB before, the peak growth in MiB over it, and its seconds."""
+    import time
+
+    before = _status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    started = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - started
+    return result, before, _status_mib("VmHWM") - before, seconds
+
+
 def child(path: Path) -> dict[str, Any]:
     """Measure one run in this process (called in a fresh interpreter)."""
     import pydicom
@@ -132,18 +145,14 @@ def child(path: Path) -> dict[str, Any]:
     _as_the_service()
     ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)  # as the service reads a stored clip
     runtime = LearnedVideoRuntime(default_models_dir(), "cpu")
-    before = _status_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    objects, summary = process_video_instance(ds, runtime, uid_seed="memory")
-    peak = _status_mib("VmHWM")
+    (objects, summary), before, growth, _ = _peak_growth(lambda: process_video_instance(ds, runtime, uid_seed="memory"))
     return {"frames": int(summary["frames"]), "rss_before_mib": round(before, 1),
-            "peak_growth_mib": round(peak - before, 1), "objects": [o.kind for o in objects],
+            "peak_growth_mib": round(growth, 1), "objects": [o.kind for o in objects],
             "threads": torch.get_num_threads()}
 
 
 def correction_child(path: Path) -> dict[str, Any]:
     """Measure one whole-clip correction in this process (called in a fresh interpreter)."""
-    import time
 
     import numpy as np
     import pydicom
@@ -160,22 +169,22 @@ def correction_child(path: Path) -> dict[str, Any]:
     ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
     count, height, width = int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)
     box = np.array([0.1 * width, 0.2 * height, 0.9 * width, 0.8 * height])
-    before = _status_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    started = time.perf_counter()
-    result = correct_tooth_masks(ds, segmenter, MaskCorrection(frame=count // 2, box=box),
-                                 algorithm=AlgorithmInfo(name="bench", version="1", family="ai"), uid_seed="memory")
-    with tempfile.TemporaryFile() as file:
-        ResultObject("seg", result.segmentation).write(file)
-    seconds = time.perf_counter() - started
-    peak = _status_mib("VmHWM")
-    return {"frames": result.frames, "rss_before_mib": round(before, 1), "peak_growth_mib": round(peak - before, 1),
+
+    def run() -> Any:
+        result = correct_tooth_masks(ds, segmenter, MaskCorrection(frame=count // 2, box=box),
+                                     algorithm=AlgorithmInfo(name="bench", version="1", family="ai"),
+                                     uid_seed="memory")
+        with tempfile.TemporaryFile() as file:
+            ResultObject("seg", result.segmentation).write(file)
+        return result
+
+    result, before, growth, seconds = _peak_growth(run)
+    return {"frames": result.frames, "rss_before_mib": round(before, 1), "peak_growth_mib": round(growth, 1),
             "seconds": round(seconds, 2)}
 
 
 def restore_child(path: Path) -> dict[str, Any]:
     """Measure one ``restore`` job's work in this process (called in a fresh interpreter)."""
-    import time
 
     import numpy as np
     import pydicom
@@ -198,20 +207,20 @@ def restore_child(path: Path) -> dict[str, Any]:
     with seg_path.open("wb") as file:
         ResultObject("seg", seg).write(file)
     del masks, seg
-    corrected = pydicom.dcmread(seg_path, stop_before_pixels=True)
-    before = _status_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    started = time.perf_counter()
-    objects, summary = restore_video_instance(ds, runtime, segmentation_frames(seg_path, str(ds.SOPInstanceUID)),
-                                              corrected, uid_seed="memory")
-    for obj in objects:
-        with tempfile.TemporaryFile() as file:
-            obj.write(file)
-    seconds = time.perf_counter() - started
-    peak = _status_mib("VmHWM")
+    corrected = pydicom.dcmread(seg_path, defer_size=DEFER_BYTES)  # as the restore job reads it
+
+    def run() -> Any:
+        objects, summary = restore_video_instance(
+            ds, runtime, segmentation_frames(corrected, str(ds.SOPInstanceUID)), corrected, uid_seed="memory")
+        for obj in objects:
+            with tempfile.TemporaryFile() as file:
+                obj.write(file)
+        return objects, summary
+
+    (objects, summary), before, growth, seconds = _peak_growth(run)
     seg_path.unlink()
     return {"frames": int(summary["frames"]), "rss_before_mib": round(before, 1),
-            "peak_growth_mib": round(peak - before, 1), "objects": [o.kind for o in objects],
+            "peak_growth_mib": round(growth, 1), "objects": [o.kind for o in objects],
             "seconds": round(seconds, 2)}
 
 

@@ -24,8 +24,8 @@ from pydicom import dcmread
 
 from dicom_service.config import Settings
 from dicom_service.domain import InputError, InstanceMeta, Job, JobKind, JobState, Workflow
-from dicom_service.jobs.queue import JobQueue
-from dicom_service.jobs.worker import queue_dispatches
+from dicom_service.jobs.queue import JobQueue, enqueued_or_existing
+from dicom_service.jobs.worker import keep_and_dispatch
 from dicom_service.media.pixel_file import DEFER_BYTES
 from dicom_service.media.seg_frames import SEGMENTATION_READ_ERRORS, segmentation_frames
 from dicom_service.pipelines.base import ResultObject
@@ -80,12 +80,9 @@ def queue_restore(settings: Settings, queue: JobQueue, process_job: Job, sop: st
     again with the corrected Segmentation at ``segmentation_path``; returns its id."""
     key = f"restore/{process_job.id}/{correction.key()}"
     payload = {"sop_instance_uid": sop, "process_job": process_job.id, "segmentation": segmentation_path}
-    job = queue.enqueue(JobKind.RESTORE, key, study_uid=process_job.study_uid, workflow=Workflow.VIDEO,
-                        payload=payload, max_attempts=settings.retry.max_attempts)
-    if job is None:  # queued before (this correction job ran again after a restart)
-        job = queue.by_key(key)
-        assert job is not None
-    return job.id
+    # queued before if this correction job runs again after a restart
+    return enqueued_or_existing(queue, JobKind.RESTORE, key, study_uid=process_job.study_uid,
+                                workflow=Workflow.VIDEO, payload=payload, max_attempts=settings.retry.max_attempts).id
 
 
 def corrections_of(queue: JobQueue, process_job: Job, sop: str) -> list[tuple[Job, dict]]:
@@ -179,18 +176,16 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
                                  previous=previous, on_frame=on_frame, earlier=earlier)
     seg = result.segmentation
     seg_uid = str(seg.SOPInstanceUID)
-    path = str(store.write_result(process_job.id, seg_uid, ResultObject("seg", seg).write))
+    written, sent = keep_and_dispatch(settings, store, queue, job, process_job, [ResultObject("seg", seg)],
+                                      suffix=f"/correction/{seg_uid}", progress=progress)
+    path = written[0][1]
     progress(f"amended Segmentation written, frames {result.corrected_frames[0]}-{result.corrected_frames[1]} "
              f"of {result.frames} corrected")
-    current = queue.get(job.id)
-    dispatches: list[int] = []
+    dispatches = sent or []
     restore_job: int | None = None
-    if current is not None and current.state is JobState.RUNNING:
-        dispatches = queue_dispatches(settings, queue, process_job, [("seg", path)], suffix=f"/correction/{seg_uid}",
-                                      progress=progress)
-        if job.payload.get("restore"):
-            restore_job = queue_restore(settings, queue, process_job, sop, path, correction)
-            progress(f"restore job {restore_job} queued: the enhancement again with the corrected masks")
+    if sent is not None and job.payload.get("restore"):  # still running
+        restore_job = queue_restore(settings, queue, process_job, sop, path, correction)
+        progress(f"restore job {restore_job} queued: the enhancement again with the corrected masks")
     reply = {"job_id": process_job.id, "sop_instance_uid": seg_uid,
              "series_instance_uid": str(seg.SeriesInstanceUID), "path": path, "frames": result.frames,
              "corrected_frames": list(result.corrected_frames), "score": result.score,

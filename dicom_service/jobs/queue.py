@@ -119,3 +119,14 @@ class JobNotFound(LookupError):
 
 class JobStateConflict(RuntimeError):
     """The job is not in a state that allows the operation."""
+
+
+def enqueued_or_existing(queue: JobQueue, kind: JobKind, key: str, *, study_uid: str, workflow: Workflow | None,
+                         payload: dict, max_attempts: int) -> Job:
+    """The job of ``key``: queued now, or the one that already had that key (in any state)."""
+    job = queue.enqueue(kind, key, study_uid=study_uid, workflow=workflow, payload=payload,
+                        max_attempts=max_attempts)
+    if job is None:
+        job = queue.by_key(key)
+        assert job is not None  # enqueue found it
+    return job

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pydicom import dcmread
 
 from dicom_service.config import Settings
-from dicom_service.domain import InputError, Job, JobState
+from dicom_service.domain import InputError, Job
 from dicom_service.jobs.correction import instance_and_processing_job
 from dicom_service.jobs.queue import JobQueue
-from dicom_service.jobs.worker import queue_dispatches
+from dicom_service.jobs.worker import keep_and_dispatch
 from dicom_service.media.pixel_file import DEFER_BYTES
 from dicom_service.media.seg_frames import SEGMENTATION_READ_ERRORS, segmentation_frames
 from dicom_service.pipelines.video import restore_video_instance
@@ -45,8 +45,8 @@ def run_restore_job(settings: Settings, store: InstanceStore, queue: JobQueue, r
     meta, process_job = instance_and_processing_job(store, queue, job)
     path = str(job.payload.get("segmentation", ""))
     try:
-        segmentation = dcmread(path, stop_before_pixels=True)
-        masks = segmentation_frames(path, sop)
+        segmentation = dcmread(path, defer_size=DEFER_BYTES)  # read once: attributes here, the bits mapped
+        masks = segmentation_frames(segmentation, sop)
     except SEGMENTATION_READ_ERRORS as error:
         raise InputError(f"the corrected Segmentation does not read ({type(error).__name__})") from error
     if masks is None:
@@ -56,12 +56,6 @@ def run_restore_job(settings: Settings, store: InstanceStore, queue: JobQueue, r
     objects, summary = restore_video_instance(
         source, runtime, masks, segmentation, uid_seed=process_job.key, progress=progress,
         memory_budget=video_budget_bytes(workers.video_memory_mb, workers.processing))
-    written = [(obj.kind, str(store.write_result(process_job.id, obj.sop_instance_uid, obj.write)))
-               for obj in objects]
-    progress(f"wrote {len(written)} result objects")
-    current = queue.get(job.id)
-    dispatches: list[int] = []
-    if current is not None and current.state is JobState.RUNNING:
-        dispatches = queue_dispatches(settings, queue, process_job, written,
-                                      suffix=f"/restore/{segmentation.SOPInstanceUID}", progress=progress)
-    return {"summary": summary, "results": written, "dispatch_jobs": dispatches}
+    written, dispatches = keep_and_dispatch(settings, store, queue, job, process_job, objects,
+                                            suffix=f"/restore/{segmentation.SOPInstanceUID}", progress=progress)
+    return {"summary": summary, "results": written, "dispatch_jobs": dispatches or []}

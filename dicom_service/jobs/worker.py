@@ -21,7 +21,7 @@ from dicom_service.domain import (
 )
 from dicom_service.jobs.queue import JobQueue
 from dicom_service.node.scu import SendTimeouts, send_files
-from dicom_service.pipelines.base import PipelineOutput
+from dicom_service.pipelines.base import PipelineOutput, ResultObject
 from dicom_service.storage import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,28 @@ def queue_dispatches(settings: Settings, queue: JobQueue, job: Job, written: Seq
     return dispatches
 
 
+def keep_and_dispatch(settings: Settings, store: InstanceStore, queue: JobQueue, job: Job, owner: Job,
+                      objects: Sequence[ResultObject], *, suffix: str = "",
+                      progress: Callable[[str], None]) -> tuple[list[tuple[str, str]], list[int] | None]:
+    """Write ``objects`` durably with the results of ``owner`` (the processing job), then,
+    while ``job`` (the one making them) is still running, queue them for the destinations
+    (:func:`queue_dispatches` with ``suffix``).
+
+    Returns the ``(kind, path)`` written and the dispatch jobs queued (None when ``job``
+    is no longer running: cancelled, its results kept but not sent).
+    """
+    written = [(obj.kind, str(store.write_result(owner.id, obj.sop_instance_uid, obj.write))) for obj in objects]
+    progress(f"wrote {len(written)} result objects")
+    current = queue.get(job.id)
+    if current is None or current.state is not JobState.RUNNING:
+        progress("job no longer running (cancelled); results not dispatched")
+        return written, None
+    dispatches = queue_dispatches(settings, queue, owner, written, suffix=suffix, progress=progress)
+    if not settings.destinations:
+        progress("no destinations configured: results kept in storage only")
+    return written, dispatches
+
+
 def run_process_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None]) -> dict:
     """Run a processing job: pipeline, durable results, one dispatch job per destination.
 
@@ -86,18 +108,10 @@ def run_process_job(ctx: WorkerContext, job: Job, progress: Callable[[str], None
     if job.workflow is None:
         raise InputError("processing job without a workflow")
     output = ctx.process(job, progress)
-    written: list[tuple[str, str]] = []
-    for obj in output.objects:
-        path = ctx.store.write_result(job.id, obj.sop_instance_uid, obj.write)
-        written.append((obj.kind, str(path)))
-    progress(f"wrote {len(written)} result objects")
-    current = ctx.queue.get(job.id)
-    if current is None or current.state is not JobState.RUNNING:
-        progress("job no longer running (cancelled); results not dispatched")
+    written, dispatches = keep_and_dispatch(ctx.settings, ctx.store, ctx.queue, job, job, output.objects,
+                                            progress=progress)
+    if dispatches is None:
         return {"summary": output.summary, "results": written}
-    dispatches = queue_dispatches(ctx.settings, ctx.queue, job, written, progress=progress)
-    if not ctx.settings.destinations:
-        progress("no destinations configured: results kept in storage only")
     return {"summary": output.summary, "results": written, "dispatch_jobs": dispatches}
 
 

@@ -118,19 +118,28 @@ def segmentation_frames(seg: Dataset | Path | str, source_sop_instance_uid: str)
         return None
     meta = getattr(seg, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    try:
-        if syntax in _NATIVE:
-            element = deferred_pixel_data(seg)
-            if element is not None:
-                return PackedMasks(np.memmap(seg.filename, dtype=np.uint8, mode="r", offset=element.value_tell,
-                                             shape=(element.length,)), shape)
-            value = seg.PixelData
-            if hasattr(value, "read"):  # Pixel Data held as a buffer (a spooled result)
-                value.seek(0)
-                data = value.read()
-                value.seek(0)
-                return PackedMasks(data, shape)
-            return PackedMasks(value, shape)
+    if syntax in _NATIVE:
+        try:
+            return _native_masks(seg, shape)
+        except ValueError as error:  # pixel data shorter than the frames need
+            raise decode_error(error) from error
+    try:  # only pydicom's decoding and the reshape of what it gave
         return np.asarray(seg.pixel_array).reshape(shape).astype(bool)
     except DECODE_ERRORS as error:
         raise decode_error(error) from error
+
+
+def _native_masks(seg: Dataset, shape: tuple[int, int, int]) -> PackedMasks:
+    """The packed bits of native Pixel Data: memory-mapped when deferred in a file, else
+    from memory or the buffer holding them; ValueError if they are too short."""
+    element = deferred_pixel_data(seg)
+    if element is not None:
+        return PackedMasks(np.memmap(seg.filename, dtype=np.uint8, mode="r", offset=element.value_tell,
+                                     shape=(element.length,)), shape)
+    value = seg.PixelData
+    if hasattr(value, "read"):  # Pixel Data held as a buffer (a spooled result)
+        value.seek(0)
+        data = value.read()
+        value.seek(0)
+        return PackedMasks(data, shape)
+    return PackedMasks(value, shape)

@@ -34,7 +34,7 @@ from dicom_service.pipelines.base import PipelineOutput, ProgressLog, ResultObje
 from dicom_service.pipelines.correction import MaskFrames
 from dicom_service.pipelines.video_memory import check_video_fits
 from dicom_service.pipelines.video_output import VideoOutputSink
-from dicom_service.vision.runtime import MaskGuidedRuntime, VideoRuntime
+from dicom_service.vision.runtime import MaskGuidedRuntime, VideoRuntime, restores_with_masks
 from dicom_service.writers.sc import write_secondary_capture
 from dicom_service.writers.seg import write_tooth_segmentation
 from dicom_service.writers.sr import write_video_report
@@ -187,7 +187,7 @@ def restore_video_instance(
         source's frames.
     """
     sop = str(source.SOPInstanceUID)
-    if not (isinstance(runtime, MaskGuidedRuntime) and runtime.uses_tooth_masks):
+    if not restores_with_masks(runtime):
         raise InputError(f"the video runtime {runtime.info.name!r} does not restore with the tooth masks, so "
                          "corrected masks cannot change its result")
     check_video_fits(source, runtime, memory_budget)

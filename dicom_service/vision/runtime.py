@@ -221,6 +221,12 @@ class MaskGuidedRuntime(Protocol):
         ...
 
 
+def restores_with_masks(runtime: object) -> bool:
+    """Whether ``runtime`` is a :class:`MaskGuidedRuntime` whose restoration uses the masks
+    (so that a dentist's corrected masks can change its result)."""
+    return isinstance(runtime, MaskGuidedRuntime) and runtime.uses_tooth_masks
+
+
 @runtime_checkable
 class RadiographRuntime(Protocol):
     """Finds implants on a radiograph."""

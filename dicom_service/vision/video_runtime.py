@@ -206,8 +206,9 @@ def _prepare_frames(frames: Iterable[np.ndarray], work_size: tuple[int, int], sc
             size = (int(work.shape[0]), int(work.shape[1]))
             back = dis.between(grey, previous_grey, size)
             ahead = dis.between(previous_grey, grey, size) if bidirectional else None
-        keyframe = segmenter is not None and is_keyframe(t, segment_every, work, previous, back)
-        sam_input = segmenter.resize(work) if segmenter is not None and keyframe else None
+        sam_input = None
+        if segmenter is not None and is_keyframe(t, segment_every, work, previous, back):
+            sam_input = segmenter.resize(work)
         out.put(_Prepared(work, sam_input, back, ahead))
         previous, previous_grey = work, grey
     out.close()

@@ -41,6 +41,7 @@ from dicom_service.jobs.correction import (
     correction_payload,
     corrections_of,
 )
+from dicom_service.jobs.queue import enqueued_or_existing
 from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
     MaskCorrection,
@@ -48,7 +49,7 @@ from dicom_service.pipelines.correction import (
     check_correction_memory,
 )
 from dicom_service.pipelines.video_memory import video_budget_bytes
-from dicom_service.vision.runtime import MaskGuidedRuntime
+from dicom_service.vision.runtime import restores_with_masks
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 
 log = logging.getLogger(__name__)
@@ -155,13 +156,8 @@ def _check(service, path: str, segmenter: ToothSegmenter, correction: MaskCorrec
 def _correction_job(queue, key: str, study_uid: str, payload: dict, attempts: int) -> Job:  # noqa: ANN001
     """The correction job of ``key``: a new one, or the one already queued, running or done
     (put back in the queue if it had failed or was cancelled)."""
-    job = queue.enqueue(JobKind.CORRECT, key, study_uid=study_uid, workflow=Workflow.VIDEO, payload=payload,
-                        max_attempts=attempts)
-    if job is not None:
-        return job
-    job = queue.by_key(key)
-    assert job is not None  # enqueue found it
-    return _requeued(queue, job)
+    return _requeued(queue, enqueued_or_existing(queue, JobKind.CORRECT, key, study_uid=study_uid,
+                                                 workflow=Workflow.VIDEO, payload=payload, max_attempts=attempts))
 
 
 def _requeued(queue, job: Job) -> Job:  # noqa: ANN001 - JobQueue
@@ -198,7 +194,7 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
     if not isinstance(segmenter, ToothSegmenter):
         raise HTTPException(status.HTTP_409_CONFLICT, f"the video runtime {runtime.info.name!r} has no interactive "
                                                       "tooth model (models.video: learned has one)")
-    if body.restore and not (isinstance(runtime, MaskGuidedRuntime) and runtime.uses_tooth_masks):
+    if body.restore and not restores_with_masks(runtime):
         raise HTTPException(status.HTTP_409_CONFLICT, f"the video runtime {runtime.info.name!r} restores without the "
                                                       "tooth masks, so corrected masks cannot change its video "
                                                       "(models.video: learned restores with them)")
