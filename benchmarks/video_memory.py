@@ -40,13 +40,18 @@ the amended video and report written to files), each run in a fresh process with
 runtime loaded and the Segmentation written before the clock, against the same admission
 estimate as processing the clip.
 
+``--still`` measures a photograph instead (a VL Photographic JPEG of each size: the phantom
+scene rendered small and enlarged), one run each in a fresh process like the clips, against
+the same admission estimate (a single frame: no codec look-ahead,
+``STILL_CODEC_BYTES_PER_PIXEL``).
+
 ``--longest`` measures nothing: it inverts the node's estimate against the automatic budget
 of this process (default learned runtime loaded, one processing worker, the allocator set
 as the service sets it) and reports the longest clip admitted at each size, at 30 fps with
 the source left in its file (as the service reads it).
 
 Linux only (``/proc``). Run from the repository root: ``python -m benchmarks.video_memory
-[--sizes 640x480,1280x720] [--frames 60,600] [--stages | --correction | --restore | --longest]``. Prints
+[--sizes 640x480,1280x720] [--frames 60,600] [--stages | --correction | --restore | --still | --longest]``. Prints
 one JSON object on stdout.
 """
 
@@ -106,6 +111,19 @@ def write_hevc_clip(path: Path, width: int, height: int, frames: int) -> None:
     ds = make_hevc_video_photographic((cycle[t % len(cycle)] for t in range(frames)), count=frames,
                                       rows=height, cols=width)
     ds.save_as(path, enforce_file_format=True)
+
+
+def write_still(path: Path, width: int, height: int) -> None:
+    """A VL Photographic DICOM file (JPEG Baseline) of ``width x height``: the phantom scene
+    rendered at an eighth of the size and enlarged (quick, and as compressible as a photo)."""
+    import cv2
+
+    from tests.builders import VL_PHOTOGRAPHIC, _jpeg_dataset, intraoral_scene
+
+    small, _ = intraoral_scene(1, max(16, height // 8), max(16, width // 8), 0)
+    big = cv2.resize(small[0], (width, height), interpolation=cv2.INTER_LINEAR)
+    _jpeg_dataset(big, VL_PHOTOGRAPHIC, "XC", study_uid=None, series_uid=None,
+                  description="Intraoral photo phantom").save_as(path, enforce_file_format=True)
 
 
 def _as_the_service() -> None:
@@ -285,7 +303,8 @@ def measure_stage(stage: str, width: int, height: int) -> dict[str, Any]:
 
 
 #: The child of each ``measure`` mode: the workflow, a correction, a restore job.
-CHILD_FLAGS = {"process": "--child", "correction": "--correction-child", "restore": "--restore-child"}
+CHILD_FLAGS = {"process": "--child", "still": "--child", "correction": "--correction-child",
+               "restore": "--restore-child"}
 
 
 def measure(width: int, height: int, frames: int, folder: Path, runtime: Any, *,
@@ -299,7 +318,10 @@ def measure(width: int, height: int, frames: int, folder: Path, runtime: Any, *,
     from dicom_service.pipelines.video_memory import check_video_fits
 
     path = folder / f"clip_{width}x{height}_{frames}.dcm"
-    write_clip(path, width, height, frames)
+    if mode == "still":
+        write_still(path, width, height)
+    else:
+        write_clip(path, width, height, frames)
     if mode == "correction":
         estimate = correction_bytes(frames, height, width)
     else:
@@ -352,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure a whole-clip correction instead (see the module doc)")
     parser.add_argument("--restore", action="store_true",
                         help="measure a restore job (the clip enhanced again with corrected masks) instead")
+    parser.add_argument("--still", action="store_true",
+                        help="measure a photograph of each size instead (see the module doc)")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--correction-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--restore-child", type=Path, default=None, help=argparse.SUPPRESS)
@@ -385,6 +409,20 @@ def main(argv: list[str] | None = None) -> int:
 
         runtime = LearnedVideoRuntime(default_models_dir(), "cpu")
         print(json.dumps({**longest_clips(sizes, runtime), "hardware": hardware()}, indent=2))
+        return 0
+    if args.still:
+        from dicom_service.vision.registry import default_models_dir
+        from dicom_service.vision.video_runtime import LearnedVideoRuntime
+
+        _as_the_service()
+        runtime = LearnedVideoRuntime(default_models_dir(), "cpu")
+        stills = {}
+        with tempfile.TemporaryDirectory(prefix="video-memory-") as tmp:
+            for width, height in sizes:
+                log(f"{width}x{height}, a photograph")
+                stills[f"{width}x{height}"] = measure(width, height, 1, Path(tmp), runtime, mode="still")
+        print(json.dumps({"benchmark": "video_memory_still", "algorithm": runtime.info.version,
+                          "hardware": hardware(), "cases": stills}, indent=2))
         return 0
     counts = sorted(int(v) for v in args.frames.split(","))
     if len(counts) != 2 or counts[0] < 2 or counts[0] == counts[1]:

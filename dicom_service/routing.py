@@ -4,7 +4,10 @@ A study becomes jobs once no new instance has arrived for ``stability_seconds``.
 instances not yet routed are grouped by workflow (first matching rule wins) and each
 group becomes one processing job whose idempotency key is
 ``process/<study>/<workflow>/<fingerprint of the SOP Instance UIDs>``: a study re-sent
-with no new instances creates nothing, new instances create a job for them.
+with no new instances creates nothing, new instances create a job for them. Videos and
+photos (the video workflow) get one job each: a clip takes minutes, so one that fails
+(a corrupt stream) holds back no other, and several workers can take a study's clips at
+once.
 """
 
 from __future__ import annotations
@@ -119,15 +122,16 @@ class Router:
             if workflow is Workflow.IGNORE:
                 log.info("study %s: %d instances ignored by routing", study_uid, len(sops))
                 continue
-            job = self.queue.enqueue(
-                JobKind.PROCESS, job_key(study_uid, workflow, sops), study_uid=study_uid,
-                workflow=workflow, payload={"sop_instance_uids": sops},
-                max_attempts=self.retry.max_attempts,
-            )
-            if job is not None:
-                created += 1
-                log.info("study %s: job %d (%s, %d instances) queued", study_uid, job.id,
-                         workflow.value, len(sops))
+            for part in ([[sop] for sop in sops] if workflow is Workflow.VIDEO else [sops]):
+                job = self.queue.enqueue(
+                    JobKind.PROCESS, job_key(study_uid, workflow, part), study_uid=study_uid,
+                    workflow=workflow, payload={"sop_instance_uids": part},
+                    max_attempts=self.retry.max_attempts,
+                )
+                if job is not None:
+                    created += 1
+                    log.info("study %s: job %d (%s, %d instances) queued", study_uid, job.id,
+                             workflow.value, len(part))
         all_sops = [s for sops in groups.values() for s in sops]
         self.store.mark_routed(study_uid, all_sops, up_to=now)
         return created

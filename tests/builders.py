@@ -402,11 +402,15 @@ def make_video_photographic(
     return ds
 
 
-def with_pixel_stream(ds: Dataset, data: bytes, frames: int | None = None) -> Dataset:
-    """Copy of the video ``ds`` holding the bitstream ``data`` (and ``frames`` frames)."""
+def with_pixel_stream(ds: Dataset, data: bytes, frames: int | None = None,
+                      size: tuple[int, int] | None = None) -> Dataset:
+    """Copy of the video ``ds`` holding the bitstream ``data`` (and ``frames`` frames of
+    ``size`` ``(rows, columns)``, if given)."""
     out = copy.deepcopy(ds)
     if frames is not None:
         out.NumberOfFrames = frames
+    if size is not None:
+        out.Rows, out.Columns = size
     out.PixelData = encapsulate([data + b"\0" * (len(data) % 2)], has_bot=False)
     return out
 
@@ -429,6 +433,27 @@ def make_native_video_photographic(*, frames: int = 2, rows: int = 2160, cols: i
     _cine_attributes(ds, frames, fps)
     ds.PixelData = clip.tobytes()
     return ds
+
+
+def make_palette_photo(*, rows: int = 48, cols: int = 64, seed: int = 0) -> tuple[Dataset, np.ndarray]:
+    """VL Photographic Image Storage in PALETTE COLOR (8-bit indices, 16-bit palette entries;
+    index i shows as R = i, G = 255 - i, B = 128); returns it and its ``(rows, cols, 3)``
+    uint8 RGB appearance."""
+    index = np.random.default_rng(seed).integers(0, 256, (rows, cols), dtype=np.uint8)
+    ds = _base(VL_PHOTOGRAPHIC, "XC", ExplicitVRLittleEndian, study_uid=None, series_uid=None,
+               series_description="Intraoral photo phantom, palette colour")
+    _vl_image_attributes(ds, rows, cols)
+    ds.SamplesPerPixel = 1
+    del ds.PlanarConfiguration
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.LossyImageCompression = "00"
+    levels = np.arange(256, dtype=np.uint16)
+    for colour, values in (("Red", levels), ("Green", 255 - levels), ("Blue", np.full(256, 128, np.uint16))):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", (values * 257).astype("<u2").tobytes())
+    ds.PixelData = index.tobytes()
+    appearance = np.stack([index, 255 - index, np.full_like(index, 128)], axis=-1)
+    return ds, appearance
 
 
 def make_hevc_video_photographic(frames: Iterable[np.ndarray], *, count: int, rows: int, cols: int,

@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from dicom_service import __version__
+from dicom_service.api.errors import validation_error
 from dicom_service.api.routers import corrections, health, jobs
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     if http.auth_disabled:
         log.warning("HTTP AUTHENTICATION IS DISABLED (http.auth_disabled): anyone who can reach "
                     "port %d can control jobs. Development use only.", http.port)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(corrections.router)

@@ -27,6 +27,10 @@ class Backoff:
         return min(self.maximum, self.initial * self.factor ** (attempt - 1))
 
 
+#: The error recorded for an attempt whose job was cancelled while it ran.
+CANCELLED_WHILE_RUNNING = "cancelled while running: stopped, its results (if any) kept but not sent"
+
+
 class JobQueue(Protocol):
     """A persistent queue of jobs with retries, dead letters and idempotency keys."""
 
@@ -48,12 +52,14 @@ class JobQueue(Protocol):
         first kind in ``kinds`` that has one, the oldest."""
         ...
 
-    def heartbeat_log(self, job_id: int, text: str) -> None:
-        """Append a line to the running attempt's log."""
+    def heartbeat_log(self, job_id: int, text: str) -> bool:
+        """Append a line to the running attempt's log; return whether the job is still
+        running (False once it was cancelled: the worker stops it)."""
         ...
 
     def complete(self, job_id: int, *, result: dict | None = None) -> bool:
-        """Mark a running job succeeded; False if it was no longer running (e.g. cancelled)."""
+        """Mark a running job succeeded; False if it was no longer running (cancelled: the
+        attempt is then recorded as not ok)."""
         ...
 
     def fail(self, job_id: int, error: str, *, permanent: bool = False) -> JobState:
@@ -76,11 +82,13 @@ class JobQueue(Protocol):
         ...
 
     def retry(self, job_id: int) -> Job:
-        """Put a failed, dead or cancelled job back in the queue now."""
+        """Put a failed, dead or cancelled job back in the queue now; :class:`JobStateConflict`
+        in any other state, and while a job cancelled as it ran still has its attempt open
+        (the worker stops it at its next progress line)."""
         ...
 
     def cancel(self, job_id: int) -> Job:
-        """Cancel a queued or running job."""
+        """Cancel a queued or running job (a running one stops at its next progress line)."""
         ...
 
     def release(self, job_id: int, reason: str) -> bool:
@@ -101,7 +109,9 @@ class JobQueue(Protocol):
         ...
 
     def recover(self) -> int:
-        """After a crash: return jobs left running to the queue; the number returned."""
+        """After a crash: return jobs left running to the queue (the interrupted attempt not
+        counted), except a job whose previous attempt was also ended by a crash, which is
+        dead (it may be what kills the service); the number returned to the queue."""
         ...
 
     def counts(self) -> dict[str, int]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from dicom_service.domain import Attempt, Job, JobKind, JobState, Workflow
-from dicom_service.jobs.queue import Backoff, JobNotFound, JobStateConflict
+from dicom_service.jobs.queue import CANCELLED_WHILE_RUNNING, Backoff, JobNotFound, JobStateConflict
 from dicom_service.sqlite_db import Database
 
 _SCHEMA = """
@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 _MAX_LOG_CHARS = 64_000
+#: The error of an attempt that the service's death (or a kill) ended.
+_INTERRUPTED = "interrupted (service stopped)"
+#: The error of a job whose last two attempts both ended that way.
+_DIED_TWICE = ("the service stopped during this job's last two attempts (killed, or out of memory?): it may be "
+               "what stops it, so it is not run again automatically; POST /jobs/{id}/retry runs it again")
 
 
 class SQLiteJobQueue:
@@ -160,7 +165,7 @@ class SQLiteJobQueue:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return self._row_to_job(row)
 
-    def heartbeat_log(self, job_id: int, text: str) -> None:
+    def heartbeat_log(self, job_id: int, text: str) -> bool:
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n"
         with self.db.transaction() as conn:
             conn.execute(
@@ -168,6 +173,8 @@ class SQLiteJobQueue:
                 " (SELECT attempts FROM jobs WHERE id = ?)",
                 (line, _MAX_LOG_CHARS, job_id, job_id),
             )
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is not None and row["state"] == JobState.RUNNING.value
 
     def _finish_attempt(self, conn, job_id: int, ok: bool, error: str | None, now: float) -> None:  # noqa: ANN001
         conn.execute(
@@ -185,7 +192,7 @@ class SQLiteJobQueue:
                 (now, json.dumps(result or {}), job_id),
             )
             done = cur.rowcount == 1
-            self._finish_attempt(conn, job_id, True, None, now)
+            self._finish_attempt(conn, job_id, done, None if done else CANCELLED_WHILE_RUNNING, now)
         self._notify_settled()
         return done
 
@@ -262,6 +269,10 @@ class SQLiteJobQueue:
                 raise JobNotFound(job_id)
             if JobState(row["state"]) not in allowed:
                 raise JobStateConflict(f"job {job_id} is {row['state']}")
+            if new is JobState.QUEUED and conn.execute(
+                    "SELECT 1 FROM attempts WHERE job_id = ? AND finished_at IS NULL", (job_id,)).fetchone():
+                raise JobStateConflict(f"job {job_id} was cancelled while running and its attempt is still "
+                                       "stopping; try again in a moment")
             extra = ", max_attempts = attempts + max_attempts" if reset else ""
             conn.execute(
                 f"UPDATE jobs SET state = ?, not_before = ?, updated_at = ?{extra} WHERE id = ?",
@@ -303,16 +314,25 @@ class SQLiteJobQueue:
         now = time.time()
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE attempts SET finished_at = ?, ok = 0, error = 'interrupted (service stopped)'"
-                " WHERE finished_at IS NULL",
-                (now,),
+                "UPDATE attempts SET finished_at = ?, ok = 0, error = ? WHERE finished_at IS NULL",
+                (now, _INTERRUPTED),
             )
+            # a job whose previous attempt also ended with the service's death may be what
+            # kills it (out of memory, a crash in a library): it is not run a third time
+            again = conn.execute(
+                "UPDATE jobs SET state = 'dead', updated_at = ?, error = ? WHERE state = 'running' AND attempts >= 2"
+                " AND (SELECT error FROM attempts WHERE attempts.job_id = jobs.id"
+                " AND attempts.number = jobs.attempts - 1) = ?",
+                (now, _DIED_TWICE, _INTERRUPTED),
+            ).rowcount
             cur = conn.execute(
                 "UPDATE jobs SET state = 'queued', not_before = ?, updated_at = ?,"
                 " max_attempts = max(max_attempts, attempts + 1) WHERE state = 'running'",
                 (now, now),
             )
             count = cur.rowcount
+        if again:
+            self._notify_settled()
         if count:
             self._notify()
         return count

@@ -19,7 +19,7 @@ from dicom_service.domain import (
     ServiceError,
     Workflow,
 )
-from dicom_service.jobs.queue import JobQueue
+from dicom_service.jobs.queue import CANCELLED_WHILE_RUNNING, JobQueue
 from dicom_service.node.scu import SendTimeouts, send_files
 from dicom_service.pipelines.base import PipelineOutput, ResultObject
 from dicom_service.storage import InstanceStore
@@ -34,6 +34,11 @@ CorrectFn = Callable[[Job, Callable[[str], None]], dict]
 
 class JobInterrupted(ServiceError):
     """Raised inside a running job when the service is shutting down."""
+
+
+class JobCancelled(ServiceError):
+    """Raised inside a running job once it has been cancelled (``POST /jobs/{id}/cancel``),
+    at its next progress line, so the work stops instead of running to its end."""
 
 
 @dataclass
@@ -56,7 +61,8 @@ def destinations_for(settings: Settings, workflow: Workflow) -> list[Destination
 def queue_dispatches(settings: Settings, queue: JobQueue, job: Job, written: Sequence[tuple[str, str]], *,
                      suffix: str = "", progress: Callable[[str], None] | None = None) -> list[int]:
     """One dispatch job per destination of ``job``'s workflow for the ``(kind, path)``
-    results it wants; returns the new jobs' ids (none for a key already queued).
+    results it wants; returns their ids: new ones, or those already queued under the same
+    key (the same results made again, e.g. by a correction posted again with ``restore``).
 
     ``suffix`` tells later results of the same job apart (a correction's SEG) in the
     dispatch jobs' keys ``dispatch/<job>/<destination><suffix>``."""
@@ -66,15 +72,19 @@ def queue_dispatches(settings: Settings, queue: JobQueue, job: Job, written: Seq
         paths = [p for kind, p in written if kind in dest.results]
         if not paths:
             continue
+        key = f"dispatch/{job.id}/{dest.name}{suffix}"
         dispatch = queue.enqueue(
-            JobKind.DISPATCH, f"dispatch/{job.id}/{dest.name}{suffix}", study_uid=job.study_uid,
+            JobKind.DISPATCH, key, study_uid=job.study_uid,
             workflow=job.workflow, payload={"destination": dest.name, "paths": paths},
             max_attempts=settings.retry.dispatch_max_attempts,
         )
+        verb = "queued"
+        if dispatch is None:
+            dispatch, verb = queue.by_key(key), "already queued"
         if dispatch is not None:
             dispatches.append(dispatch.id)
             if progress is not None:
-                progress(f"dispatch job {dispatch.id} queued for {dest.name} ({len(paths)} objects)")
+                progress(f"dispatch job {dispatch.id} {verb} for {dest.name} ({len(paths)} objects)")
     return dispatches
 
 
@@ -199,7 +209,8 @@ class WorkerPool:
             if self._stop.is_set():
                 raise JobInterrupted("service shutting down")
             log.info("job %d: %s", job.id, text)
-            self.ctx.queue.heartbeat_log(job.id, text)
+            if not self.ctx.queue.heartbeat_log(job.id, text):
+                raise JobCancelled(f"job {job.id} was cancelled")
 
         return write
 
@@ -233,8 +244,14 @@ class WorkerPool:
             progress(f"attempt {job.attempts} of {job.max_attempts} started")
             result = runner(self.ctx, job, progress)
         except JobInterrupted:
-            queue.release(job.id, "interrupted: service shutting down")
-            log.info("job %d interrupted by shutdown; back in the queue", job.id)
+            if queue.release(job.id, "interrupted: service shutting down"):
+                log.info("job %d interrupted by shutdown; back in the queue", job.id)
+            else:  # cancelled meanwhile: it stays cancelled
+                log.info("job %d interrupted by shutdown (it had been cancelled)", job.id)
+            return
+        except JobCancelled:
+            queue.fail(job.id, CANCELLED_WHILE_RUNNING)  # the job is cancelled: this only ends the attempt
+            log.info("job %d stopped: cancelled while running", job.id)
             return
         except InputError as exc:
             state = queue.fail(job.id, f"{type(exc).__name__}: {exc}", permanent=True)

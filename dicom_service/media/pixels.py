@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_fragments
 from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
 from pydicom.uid import UID
 
@@ -100,17 +99,28 @@ def check_pixel_consistency(ds: Dataset) -> None:
     if data is None or len(data) == 0:
         raise MediaError("the pixel data is empty")
     if _is_encapsulated(ds):
-        try:
-            # The first item is the Basic Offset Table (may be empty); frames follow.
-            items = generate_fragments(data)
-            next(items, None)
-            has_fragment = any(len(fragment) > 0 for fragment in items)
-        except (ValueError, struct.error) as exc:
-            raise MediaError(f"encapsulated pixel data is malformed: {exc}") from exc
-        if not has_fragment:
-            raise MediaError("encapsulated pixel data has no fragment")
+        _check_items(data)
         return
     _check_native_length(ds, len(data))
+
+
+def _check_items(data: bytes) -> None:
+    """Raise :class:`MediaError` unless ``data``, encapsulated Pixel Data held in memory, is a
+    run of items (FFFE,E000) each within the data, the Basic Offset Table and at least one
+    fragment that is not empty."""
+    offset, first, has_fragment = 0, True, False
+    while offset < len(data):
+        if offset + 8 > len(data):
+            raise MediaError(f"encapsulated pixel data is malformed: it ends inside an item header at byte {offset}")
+        group, elem, length = struct.unpack_from("<HHI", data, offset)
+        if (group, elem) != (0xFFFE, 0xE000) or offset + 8 + length > len(data):
+            raise MediaError(f"encapsulated pixel data is malformed: item ({group:04X},{elem:04X}) of {length} "
+                             f"bytes at byte {offset} (the data holds {len(data)})")
+        has_fragment = has_fragment or (not first and length > 0)  # the first item is the Basic Offset Table
+        first = False
+        offset += 8 + length
+    if not has_fragment:
+        raise MediaError("encapsulated pixel data has no fragment")
 
 
 def _check_native_length(ds: Dataset, length: int) -> None:

@@ -23,7 +23,7 @@ import av
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, parse_basic_offsets
-from pydicom.pixels import iter_pixels
+from pydicom.pixels import apply_color_lut, iter_pixels
 
 from dicom_service.domain import MediaError, UnsupportedInputError
 from dicom_service.media.pixel_file import FileSegments, file_fragments
@@ -210,10 +210,36 @@ def _stream_rate(source: Callable[[], BinaryIO]) -> float | None:
         raise MediaError(f"video bitstream cannot be decoded: {exc}") from exc
 
 
-def _iter_bitstream(source: Callable[[], BinaryIO], limit: int | None, expected: int) -> Iterator[np.ndarray]:
+#: Rows or columns a decoded frame may have beyond the header's Rows and Columns: an
+#: encoder's padding to whole 16-pixel macroblocks that its stream does not crop away
+#: (1920x1088 for 1920x1080); the frames are cropped to the header's size.
+MACROBLOCK_PADDING = 15
+
+
+def _header_sized(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """A decoded frame ``(h, w, 3)`` at the header's ``size`` ``(Rows, Columns)`` (None: as
+    decoded): cropped where the decoder's frame only adds macroblock padding.
+
+    Raises
+    ------
+    MediaError
+        The frame is smaller than the header says, or larger by more than padding.
+    """
+    if size is None or image.shape[:2] == size:
+        return image
+    (rows, columns), (height, width) = size, image.shape[:2]
+    if rows <= height <= rows + MACROBLOCK_PADDING and columns <= width <= columns + MACROBLOCK_PADDING:
+        return image[:rows, :columns]
+    raise MediaError(f"the video stream's frames are {width}x{height}, the header says {columns}x{rows} "
+                     "(Columns x Rows)")
+
+
+def _iter_bitstream(source: Callable[[], BinaryIO], limit: int | None, expected: int,
+                    size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Decode a container/bitstream (``source()`` opens it) with PyAV, one ``(H, W, 3)``
     uint8 RGB frame at a time: at most ``limit`` frames (None: all); fewer than ``expected``
-    is a truncated stream."""
+    is a truncated stream. ``size``: the header's ``(Rows, Columns)`` the frames must have
+    (:func:`_header_sized`; None: not checked)."""
     decoded = 0
     first: tuple[int, ...] | None = None
     try:
@@ -230,7 +256,7 @@ def _iter_bitstream(source: Callable[[], BinaryIO], limit: int | None, expected:
                                      f"then {image.shape[1]}x{image.shape[0]} at frame {decoded + 1}); such "
                                      "streams are not supported")
                 decoded += 1
-                yield image
+                yield _header_sized(image, size)
                 if limit is not None and decoded >= limit:
                     break
     except av.FFmpegError as exc:
@@ -241,8 +267,30 @@ def _iter_bitstream(source: Callable[[], BinaryIO], limit: int | None, expected:
         raise MediaError(f"video stream truncated: decoded {decoded} of {expected} frames")
 
 
+def _palette_to_rgb_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """PALETTE COLOR indices ``(T, H, W)`` through the instance's colour palette to uint8 RGB
+    ``(T, H, W, 3)`` (8- or 16-bit palette entries).
+
+    Raises
+    ------
+    MediaError
+        The palette is missing or does not fit the data.
+    """
+    try:
+        rgb = apply_color_lut(arr, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise MediaError(f"PALETTE COLOR pixels without a usable colour palette: {exc}") from exc
+    if bits > 8:
+        rgb = rgb >> (bits - 8)
+    return rgb.astype(np.uint8)
+
+
 def _to_rgb_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Convert decoded pixels ``(T, H, W)`` or ``(T, H, W, 3)`` to uint8 RGB."""
+    """Convert decoded pixels ``(T, H, W)`` or ``(T, H, W, 3)`` to uint8 RGB (PALETTE COLOR
+    through its palette)."""
+    if arr.ndim == 3 and str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        return _palette_to_rgb_uint8(arr, ds)
     if arr.ndim == 3:  # grayscale frames
         bits = int(ds.get("BitsStored", 8))
         if arr.dtype != np.uint8 or bits != 8:
@@ -292,13 +340,31 @@ class FrameStream:
     frames: Iterator[np.ndarray]
 
 
+def check_frame_count(ds: Dataset) -> None:
+    """Raise :class:`MediaError` unless a video's header gives its Number of Frames: an MPEG
+    stream without it would have to be decoded whole to be counted, and the workflow's
+    Segmentation names each frame by that count (the video IODs require it)."""
+    file_meta = getattr(ds, "file_meta", None)
+    ts = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
+    if ts not in MPEG_TRANSFER_SYNTAXES:
+        return  # native or image-compressed frames: as many as the header says (1 without it)
+    try:
+        frames = int(ds.get("NumberOfFrames", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise MediaError(f"NumberOfFrames is not a number: {exc}") from exc
+    if frames < 1:
+        raise MediaError("the video's header gives no Number of Frames (0028,0008), which the video IODs "
+                         "require; it is not processed")
+
+
 def open_frames(ds: Dataset, *, max_frames: int | None = None) -> FrameStream:
     """Prepare to decode the frames of a video or colour image instance one at a time, so
     that a long clip is never held whole in memory (:func:`read_frames` decodes them all).
 
     An MPEG stream is decoded up to NumberOfFrames (frames beyond it are ignored; fewer is
-    a truncated stream); one whose header has no NumberOfFrames is decoded whole first, to
-    count its frames.
+    a truncated stream); one whose header has no NumberOfFrames is decoded once first, to
+    count its frames (no frame is kept). Its frames must have the header's Rows and Columns,
+    but for an encoder's macroblock padding, which is cropped (:func:`_header_sized`).
 
     Parameters
     ----------
@@ -320,11 +386,12 @@ def open_frames(ds: Dataset, *, max_frames: int | None = None) -> FrameStream:
     if ts in MPEG_TRANSFER_SYNTAXES:
         source = _bitstream_source(ds)
         fps = dataset_fps(ds) or _stream_rate(source) or 1.0
-        if declared < 1:  # the length is not in the header: decode to count it
-            decoded = list(_iter_bitstream(source, max_frames, 0))
-            return FrameStream(len(decoded), fps, iter(decoded))
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        size = (rows, columns) if rows > 0 and columns > 0 else None
+        if declared < 1:  # the length is not in the header: decode once to count it, keeping no frame
+            declared = sum(1 for _ in _iter_bitstream(source, max_frames, 0, size))
         count = declared if max_frames is None else min(declared, max_frames)
-        return FrameStream(count, fps, _iter_bitstream(source, count, count))
+        return FrameStream(count, fps, _iter_bitstream(source, count, count, size))
     count = max(1, declared) if max_frames is None else min(max_frames, max(1, declared))
     return FrameStream(count, dataset_fps(ds) or 1.0, _iter_with_pydicom(ds, count))
 
@@ -343,8 +410,8 @@ def read_frames(ds: Dataset, *, max_frames: int | None = None) -> tuple[np.ndarr
     Returns
     -------
     frames : np.ndarray
-        ``(T, H, W, 3)`` uint8 RGB. For MPEG streams ``H``/``W`` are the coded size
-        reported by the decoder.
+        ``(T, H, W, 3)`` uint8 RGB at the header's Rows and Columns (an MPEG stream's
+        macroblock padding cropped).
     fps : float
         From FrameTime (most precise), RecommendedDisplayFrameRate or CineRate; else
         the stream's average rate; else 1.0 (stills).
@@ -354,7 +421,8 @@ def read_frames(ds: Dataset, *, max_frames: int | None = None) -> tuple[np.ndarr
     MediaError
         No pixel data, or the bitstream/pixel data is corrupt, truncated or decodes to
         zero frames; an MPEG stream that yields fewer frames than NumberOfFrames
-        declares is taken as truncated.
+        declares is taken as truncated; an MPEG stream whose frames are not the size the
+        header says.
     UnsupportedInputError
         Pixel data that cannot be turned into RGB frames (e.g. 16-bit colour).
     """

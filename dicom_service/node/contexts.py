@@ -85,6 +85,9 @@ class InputClass:
         Accepted transfer syntaxes, in our order of preference.
     samples_per_pixel : tuple of int
         Allowed (0028,0002) values.
+    multi_frame : bool or None
+        True: a multi-frame IOD, Number of Frames (0028,0008) required (a positive integer);
+        False: a single-frame IOD, Number of Frames absent or 1; None: not checked.
     """
 
     uid: str
@@ -92,29 +95,30 @@ class InputClass:
     family: str
     syntaxes: tuple[str, ...]
     samples_per_pixel: tuple[int, ...]
+    multi_frame: bool | None = None
 
 
 INPUT_CLASSES: tuple[InputClass, ...] = (
     InputClass("1.2.840.10008.5.1.4.1.1.77.1.4.1", "Video Photographic Image Storage", "video",
-               VIDEO_SYNTAXES + NATIVE_SYNTAXES + IMAGE_SYNTAXES, (3,)),
+               VIDEO_SYNTAXES + NATIVE_SYNTAXES + IMAGE_SYNTAXES, (3,), multi_frame=True),
     InputClass("1.2.840.10008.5.1.4.1.1.77.1.1.1", "Video Endoscopic Image Storage", "video",
-               VIDEO_SYNTAXES + NATIVE_SYNTAXES + IMAGE_SYNTAXES, (3,)),
+               VIDEO_SYNTAXES + NATIVE_SYNTAXES + IMAGE_SYNTAXES, (3,), multi_frame=True),
     InputClass("1.2.840.10008.5.1.4.1.1.77.1.4", "VL Photographic Image Storage", "photo",
-               NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1, 3)),
+               NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1, 3), multi_frame=False),
     InputClass("1.2.840.10008.5.1.4.1.1.77.1.1", "VL Endoscopic Image Storage", "photo",
-               NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1, 3)),
+               NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1, 3), multi_frame=False),
     InputClass("1.2.840.10008.5.1.4.1.1.7.4", "Multi-frame True Color Secondary Capture Image Storage",
-               "photo", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (3,)),
+               "photo", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (3,), multi_frame=True),
     InputClass("1.2.840.10008.5.1.4.1.1.7", "Secondary Capture Image Storage", "photo",
-               NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1, 3)),
+               NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1, 3), multi_frame=False),
     InputClass("1.2.840.10008.5.1.4.1.1.1.3", "Digital Intra-Oral X-Ray Image Storage - For Presentation",
-               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,)),
+               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,), multi_frame=False),
     InputClass("1.2.840.10008.5.1.4.1.1.1.3.1", "Digital Intra-Oral X-Ray Image Storage - For Processing",
-               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,)),
+               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,), multi_frame=False),
     InputClass("1.2.840.10008.5.1.4.1.1.1.1", "Digital X-Ray Image Storage - For Presentation",
-               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,)),
+               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,), multi_frame=False),
     InputClass("1.2.840.10008.5.1.4.1.1.1.1.1", "Digital X-Ray Image Storage - For Processing",
-               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,)),
+               "radiograph", NATIVE_SYNTAXES + IMAGE_SYNTAXES, (1,), multi_frame=False),
 )
 
 

@@ -37,6 +37,7 @@ from dicom_service.node.contexts import (
     INPUT_CLASSES,
     RESULT_CLASSES,
     VERIFICATION,
+    InputClass,
     input_class,
 )
 from dicom_service.node.transport import FastRequestHandler, part10_header
@@ -102,6 +103,23 @@ def _check_content(ds: Dataset, sop_class_uid: str) -> str | None:
         return f"SamplesPerPixel {int(ds.SamplesPerPixel)} not allowed for {cls.name}"
     if cls.family == "radiograph" and str(ds.PhotometricInterpretation) not in ("MONOCHROME1", "MONOCHROME2"):
         return f"PhotometricInterpretation {ds.PhotometricInterpretation} not allowed for {cls.name}"
+    return _frame_count_problem(ds, cls)
+
+
+def _frame_count_problem(ds: Dataset, cls: InputClass) -> str | None:
+    """Why Number of Frames does not fit ``cls`` (a multi-frame IOD needs a positive one; a
+    single-frame IOD has none, or 1), or None. Without it, a video's length is unknown
+    before decoding it whole, and its Segmentation cannot say which frame is which."""
+    if cls.multi_frame is None:
+        return None
+    value = ds.get("NumberOfFrames")
+    if value is None or value == "":
+        return "missing NumberOfFrames" if cls.multi_frame else None
+    frames = int(value)  # a malformed value raises: the caller answers 0xC000
+    if cls.multi_frame and frames < 1:
+        return f"NumberOfFrames {frames} is not a positive integer"
+    if not cls.multi_frame and frames != 1:
+        return f"NumberOfFrames {frames} in {cls.name}, a single-frame IOD"
     return None
 
 
@@ -140,7 +158,8 @@ def handle_store(
         log.warning("C-STORE from %s: cannot parse data set (%s)", calling, type(exc).__name__)
         return STATUS_CANNOT_PARSE
     if not sop_uid or not sop_class:
-        log.warning("C-STORE from %s: data set without SOP Class/Instance UID (not DICOM?)", calling)
+        log.warning("C-STORE from %s: no SOP Class/Instance UID could be read from the data set (not DICOM, or cut "
+                    "short inside an undefined-length element such as encapsulated Pixel Data)", calling)
         return STATUS_CANNOT_PARSE
     try:
         for value, name in ((sop_uid, "SOPInstanceUID"), (study, "StudyInstanceUID"),

@@ -39,7 +39,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -144,9 +144,11 @@ class MaskCorrection:
                    box=array("box", np.float64), radius=None if doc.get("radius") is None else int(doc["radius"]),
                    based_on=doc.get("based_on"))
 
-    def check(self, frames: int) -> None:
+    def check(self, frames: int, rows: int, columns: int) -> None:
         """Raise :class:`InputError` unless the prompts are usable on a source of ``frames``
-        frames (what the tooth model would refuse, found before any decoding)."""
+        frames of ``rows`` x ``columns`` pixels (what the tooth model would refuse, found
+        before any decoding): every click and both corners of the box must lie on the frame,
+        ``0 <= x <= columns`` and ``0 <= y <= rows``."""
         if self.points is None and self.box is None:
             raise InputError("a correction needs clicks (points and labels) or a box")
         if (self.points is None) != (self.labels is None):
@@ -159,14 +161,33 @@ class MaskCorrection:
         if self.box is not None and (self.box.shape != (4,) or self.box[0] >= self.box[2]
                                      or self.box[1] >= self.box[3]):
             raise InputError(f"box must have x0 < x1 and y0 < y1, got {np.asarray(self.box).tolist()}")
+        for name, xy in (("click", self.points), ("box corner", None if self.box is None else self.box.reshape(2, 2))):
+            if xy is None:
+                continue
+            xy = np.asarray(xy, dtype=np.float64)
+            outside = ~(np.isfinite(xy).all(axis=1) & (xy[:, 0] >= 0) & (xy[:, 0] <= columns)
+                        & (xy[:, 1] >= 0) & (xy[:, 1] <= rows))
+            if outside.any():
+                x, y = xy[int(np.argmax(outside))]
+                raise InputError(f"{name} ({x:g}, {y:g}) is outside the {columns}x{rows} frame "
+                                 f"(x in 0..{columns}, y in 0..{rows} pixels)")
         if not 0 <= self.frame < frames:
             raise InputError(f"frame {self.frame} is outside the source's {frames} frames (0-based)")
         if self.radius is not None and self.radius < 0:
             raise InputError(f"radius must be >= 0, got {self.radius}")
 
-    def describe(self, earlier: int = 0) -> str:
+    def for_frames(self, frames: int) -> MaskCorrection:
+        """This correction on a source of ``frames`` frames, with a ``radius`` that reaches
+        every frame written as None (the whole clip), so that the same correction asked
+        with any such radius is the same job with the same UIDs."""
+        if self.radius is not None and self.radius >= frames - 1:
+            return replace(self, radius=None)
+        return self
+
+    def describe(self, earlier: int = 0, frames: int = 2) -> str:
         """What was done, in a few words (the Segmentation's Content Description, at most
-        64 characters); ``earlier``: corrections the Segmentation it builds on holds."""
+        64 characters); ``earlier``: corrections the Segmentation it builds on holds;
+        ``frames``: the source's (a still photograph, 1, has no frame or reach to name)."""
         prompts = []
         if self.points is not None:
             labels = np.asarray(self.labels)
@@ -174,6 +195,8 @@ class MaskCorrection:
         if self.box is not None:
             prompts.append("box")
         reach = "whole clip" if self.radius is None else f"+/-{self.radius} frames"
+        if frames == 1:
+            return f"Correction {earlier + 1} ({' '.join(prompts)})" if earlier else f"Corrected ({' '.join(prompts)})"
         if earlier:
             return f"Correction {earlier + 1}: frame {self.frame + 1} ({' '.join(prompts)}), {reach}"
         return f"Corrected on frame {self.frame + 1} ({' '.join(prompts)}), {reach}"
@@ -288,7 +311,7 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
         raise InputError(f"the AI's masks {tuple(previous.shape)} do not match the source's frames "
                          f"{(count, rows, columns)}")
     check_correction_memory(count, rows, columns, max_bytes)
-    correction.check(count)
+    correction.check(count, rows, columns)
     first, last = _reach(correction, count)
     packer = MaskPacker(rows, columns, spool=tempfile.TemporaryFile(prefix="dicom-service-seg-",  # noqa: SIM115
                                                                     dir=spool_dir))
@@ -297,7 +320,8 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
                                         on_frame)
         seg = write_tooth_segmentation(source, packer, algorithm=algorithm,
                                        uid_seed=f"{uid_seed}/correction/{correction.key()}",
-                                       series_number=CORRECTED_TOOTH_SERIES, correction=correction.describe(earlier))
+                                       series_number=CORRECTED_TOOTH_SERIES,
+                                       correction=correction.describe(earlier, count))
     except BaseException:
         assert packer.spool is not None
         packer.spool.close()

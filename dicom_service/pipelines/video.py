@@ -28,7 +28,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_service.domain import EnhancementOutcome, InputError, MediaError
-from dicom_service.media.video import FrameStream, open_frames
+from dicom_service.media.video import FrameStream, check_frame_count, open_frames
 from dicom_service.node.contexts import input_class
 from dicom_service.pipelines.base import PipelineOutput, ProgressLog, ResultObject, no_log
 from dicom_service.pipelines.correction import MaskFrames
@@ -79,6 +79,11 @@ def _enhance(source: Dataset, stream: FrameStream, runtime: VideoRuntime, sink: 
     return enhanced
 
 
+def _for_medium(description: str, video: bool) -> str:
+    """A Series Description that names a video as such and a photograph as a photo."""
+    return description if video else description.replace("video", "photo")
+
+
 def _enhanced_object(source: Dataset, sink: VideoOutputSink, enhanced: EnhancementOutcome, progress: ProgressLog,
                      *, uid_seed: str, series_number: int, description: str,
                      ) -> tuple[ResultObject, EnhancementOutcome]:
@@ -88,7 +93,7 @@ def _enhanced_object(source: Dataset, sink: VideoOutputSink, enhanced: Enhanceme
     if not sink.video:
         assert sink.still is not None
         derived = write_secondary_capture(
-            source, sink.still, description=description.replace("video", "photo"), series_number=series_number,
+            source, sink.still, description=_for_medium(description, False), series_number=series_number,
             uid_seed=f"{uid_seed}/photo", burned_in_annotation=False, algorithm=enhanced.algorithm,
             derivation_description="; ".join(enhanced.steps),
         )
@@ -126,6 +131,7 @@ def process_video_instance(
         JSON-serialisable description (frames, size, steps, metrics).
     """
     sop = str(source.SOPInstanceUID)
+    check_frame_count(source)
     check_video_fits(source, runtime, memory_budget)
     stream = open_frames(source)
     sink = VideoOutputSink(video=_is_video(source, stream.count))
@@ -141,7 +147,8 @@ def process_video_instance(
         sink.abort()
         raise
     seg = write_tooth_segmentation(source, sink.masks, algorithm=enhanced.algorithm, uid_seed=f"{seed}/seg")
-    report = write_video_report(source, enhanced, derived=[derived.dataset, seg], uid_seed=f"{seed}/sr")
+    report = write_video_report(source, enhanced, derived=[derived.dataset, seg], uid_seed=f"{seed}/sr",
+                                description=_for_medium("AI video enhancement report", sink.video))
     objects = [derived, ResultObject("seg", seg), ResultObject("sr", report)]
     progress(f"{sop}: wrote {', '.join(o.kind for o in objects)}")
     return objects, _summary(source, stream, enhanced)
@@ -190,6 +197,7 @@ def restore_video_instance(
     if not restores_with_masks(runtime):
         raise InputError(f"the video runtime {runtime.info.name!r} does not restore with the tooth masks, so "
                          "corrected masks cannot change its result")
+    check_frame_count(source)
     check_video_fits(source, runtime, memory_budget)
     stream = open_frames(source)
     frames = (stream.count, int(source.Rows), int(source.Columns))
@@ -211,7 +219,8 @@ def restore_video_instance(
         raise
     report = write_video_report(source, enhanced, derived=[derived.dataset, segmentation], uid_seed=f"{seed}/sr",
                                 series_number=AMENDED_REPORT_SERIES,
-                                description="AI video enhancement report, corrected tooth masks")
+                                description=_for_medium("AI video enhancement report, corrected tooth masks",
+                                                        sink.video))
     objects = [derived, ResultObject("sr", report)]
     progress(f"{sop}: wrote {', '.join(o.kind for o in objects)} with the corrected tooth masks")
     return objects, {**_summary(source, stream, enhanced), "segmentation": str(segmentation.SOPInstanceUID)}

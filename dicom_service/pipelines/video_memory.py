@@ -47,6 +47,12 @@ FIXED_BYTES = 256 * 1024 * 1024
 #: The H.264/HEVC decoder's reference frames and the encoder's look-ahead, per source pixel
 #: of one frame (``python -m benchmarks.video_memory --stages``, ``codec``).
 CODEC_BYTES_PER_PIXEL = 160
+#: The same for a single frame (a photograph, or a one-frame video): no reference frames or
+#: look-ahead, only the decoded image, the colour conversion and the result's pixel data.
+#: ``python -m benchmarks.video_memory --still``: JPEG photographs of 1920x1080, 6000x4000 and
+#: 12000x9000 peaked 298, 619 and 2,789 MiB above the loaded service, against estimates of
+#: 1,029, 2,054 and 5,984 MiB (with 160 here, as for a clip, 6000x4000 was estimated at 6.5 GiB).
+STILL_CODEC_BYTES_PER_PIXEL = 24
 #: Bytes per frame of the Segmentation's per-frame functional groups (pydicom datasets):
 #: measured 9.2 kB held and 9.6 kB at the peak of writing the object (tracemalloc, 500 and
 #: 2,500 frames). Its packed bits and the encoded video are in temporary files, not memory.
@@ -97,7 +103,8 @@ def estimate_video_bytes(count: int, height: int, width: int, runtime: VideoRunt
         raise ValueError(f"need a positive frame count and size, got {count} frames {width}x{height}")
     grows = (SEG_BYTES_PER_FRAME + native_growth_bytes_per_pixel() * height * width) * count
     held = 2 * source_bytes + runtime.working_bytes(count, height, width, fps) + int(grows)
-    computing = runtime.compute_bytes(count, height, width, fps) + CODEC_BYTES_PER_PIXEL * height * width
+    codec = CODEC_BYTES_PER_PIXEL if count > 1 else STILL_CODEC_BYTES_PER_PIXEL
+    computing = runtime.compute_bytes(count, height, width, fps) + codec * height * width
     return int(MARGIN * (held + computing)) + FIXED_BYTES
 
 

@@ -371,9 +371,12 @@ class LearnedVideoRuntime:
             steps.append("Optical flow: OpenCV DIS, frame to previous" + (" and to next frame" if both else " frame"))
         network = ("dual-branch network (tooth region + whole frame, fused features)" if self.restorer.config.use_prior
                    else "whole-frame network without the tooth prior")
-        steps.append(f"Restoration: {network}, "
-                     + ("previous- and next-frame" if both else "previous-frame")
-                     + " features aligned by flow with channel attention")
+        if count >= 2:
+            steps.append(f"Restoration: {network}, "
+                         + ("previous- and next-frame" if both else "previous-frame")
+                         + " features aligned by flow with channel attention")
+        else:
+            steps.append(f"Restoration: {network}, a single frame (no neighbouring frames to align)")
         if stabilised:
             steps.append(stabilisation_step(self.smoothing_seconds))
         if interpolated:
@@ -415,7 +418,8 @@ class LearnedVideoRuntime:
         The clip streams through, so what it holds does not grow with its length except
         for two motion rows per frame. The stages hand frames on through queues of
         :data:`STAGE_DEPTH` items; counting the item its producer is making and the one its
-        consumer is using, each queue accounts for ``STAGE_DEPTH + 2`` items:
+        consumer is using, each queue accounts for ``STAGE_DEPTH + 2`` items (or the clip's
+        frames, if fewer: a photograph's single frame is in one place at a time):
 
         - the source frame being read (3 bytes per source pixel) and its mask (1);
         - frames prepared for segmentation: the working frame (3 bytes per working pixel)
@@ -433,9 +437,9 @@ class LearnedVideoRuntime:
         source, work = height * width, work_h * work_w
         output = 3 * out_h * out_w  # RGB bytes of one output frame before the x2 options
         flows = 8 * (2 if self.restorer.config.bidirectional else 1)
-        in_flight = STAGE_DEPTH + 2
+        in_flight = min(STAGE_DEPTH + 2, count)  # never more items than the clip has frames
         held = 4 * source + in_flight * ((3 + flows) + (4 + flows)) * work + 2 * in_flight * (output + source)
-        held += (smoothing_radius(fps, count, self.smoothing_seconds) + 2) * output
+        held += min(smoothing_radius(fps, count, self.smoothing_seconds) + 2, count) * output
         if self.interpolator is not None and count >= 2:
             held += 2 * output
         if upscaled_size is not None:

@@ -94,8 +94,7 @@ def write_tooth_segmentation(
     Raises
     ------
     ValueError
-        If ``masks`` does not match the source frames, is not binary, or the source
-        has a Frame of Reference (not supported for this object).
+        If ``masks`` does not match the source frames or is not binary.
     """
     if isinstance(masks, MaskPacker):
         expected = (common.source_frame_count(source), int(source.Rows), int(source.Columns))
@@ -106,11 +105,9 @@ def write_tooth_segmentation(
     else:
         frames = _validate_masks(source, masks)
         shape, pixel_data = frames.shape, _pack_masks(frames)
-    if "FrameOfReferenceUID" in source:
-        raise ValueError(
-            "source has a Frame of Reference; the tooth SEG writer supports only "
-            "photographs and videos without one"
-        )
+    # a source's Frame of Reference (rare for camera images) is not carried over: every frame
+    # names its source frame (Derivation Image), with which the IOD needs no Frame of
+    # Reference and so no plane positions, which a camera image does not have
     n_frames, rows, cols = shape
     multi_frame = "NumberOfFrames" in source
     uids = common.object_uids(uid_seed, "seg/tooth")

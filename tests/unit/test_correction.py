@@ -148,3 +148,8 @@ def test_the_same_correction_gives_the_same_uids_and_another_one_new_ones() -> N
     other = MaskCorrection(frame=2, points=np.array([[1.0, 2.0]]), labels=np.array([0]), radius=3)
     assert a.key() == same.key() != other.key()
     assert a.describe() == "Corrected on frame 3 (1+/0- clicks), +/-3 frames"
+    assert a.describe(frames=1) == "Corrected (1+/0- clicks)"
+    assert a.describe(1, frames=1) == "Correction 2 (1+/0- clicks)"
+    # a radius that reaches every frame of the source is the whole clip (the same key)
+    whole = MaskCorrection(frame=2, points=np.array([[1.0, 2.0]]), labels=np.array([1]))
+    assert a.for_frames(5) is a and a.for_frames(4).key() == whole.key() == a.for_frames(1).key()

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from pydicom import dcmread
 
 from dicom_service.api.app import create_app
-from dicom_service.api.routers.corrections import _processing_job
+from dicom_service.api.routers.corrections import _processing_job, _requeued
 from dicom_service.domain import InputError, JobKind, Workflow
 from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
 from dicom_service.media.video import open_frames
@@ -170,8 +170,21 @@ def test_bad_corrections_get_clear_http_errors(make_settings) -> None:
                     {"sop_instance_uid": "not a uid", "box": [0, 0, 10, 10]},
                     {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "colour": "red"},
                     {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "based_on": "not a uid"},
-                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "restore": "maybe"}):
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "restore": "maybe"},
+                    # strict types: JSON true is not frame 1, "yes" not true, true not label 1
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "frame": True},
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "restore": "yes"},
+                    {"sop_instance_uid": "1.2.3", "box": [0, 0, 10, 10], "radius": "3"},
+                    {"sop_instance_uid": "1.2.3", "points": [[1, 2]], "labels": [True]},
+                    {"sop_instance_uid": "1.2.3", "points": [["1", 2]], "labels": [1]}):
             assert client.post("/corrections/tooth-masks", json=bad, headers=AUTH).status_code == 422, bad
+        # NaN and Infinity, which Python's JSON parser takes: a 422 that echoes them as strings
+        for body in ('{"sop_instance_uid": "1.2.3", "box": [NaN, 0, 10, 10]}',
+                     '{"sop_instance_uid": "1.2.3", "points": [[Infinity, 2]], "labels": [1]}'):
+            reply = client.post("/corrections/tooth-masks", content=body, headers={**AUTH, "Content-Type":
+                                                                                  "application/json"})
+            assert reply.status_code == 422, reply.text
+            assert {"nan", "inf"} & {str(error.get("input")) for error in reply.json()["detail"]}
         assert client.get("/healthz").status_code == 200  # still serving
 
 
@@ -204,6 +217,23 @@ def test_the_processing_job_of_an_instance(tmp_path) -> None:
         _processing_job(queue, "1.2.9", "1.2.9.3")
 
 
+def test_two_requests_putting_a_failed_job_back_both_get_it(tmp_path) -> None:
+    """Concurrent posts of a correction whose job had failed: the second finds it queued
+    already (and one cancelled while running, still stopping, stays as it is): no 500."""
+    queue = SQLiteJobQueue(tmp_path / "jobs.sqlite3")
+    job = queue.enqueue(JobKind.CORRECT, "c/1", study_uid="1.2.9", workflow=Workflow.VIDEO, payload={},
+                        max_attempts=1)
+    assert job is not None and queue.claim((JobKind.CORRECT,), "w") is not None
+    queue.fail(job.id, "boom", permanent=True)
+    stale = queue.get(job.id)
+    assert stale is not None and stale.state.value == "failed"
+    assert _requeued(queue, stale).state.value == "queued"
+    assert _requeued(queue, stale).state.value == "queued"  # the other request's view was stale
+    assert queue.claim((JobKind.CORRECT,), "w") is not None
+    queue.cancel(job.id)  # cancelled while running: its attempt is still open
+    assert _requeued(queue, queue.get(job.id)).state.value == "cancelled"
+
+
 def test_correction_errors_from_the_frames(make_settings, monkeypatch) -> None:
     """A frame outside the clip and a box drawn backwards are 422s; clicks alone carry to
     the whole clip by default; frames too large for the memory allowed for a correction are
@@ -220,10 +250,29 @@ def test_correction_errors_from_the_frames(make_settings, monkeypatch) -> None:
         backwards = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop,
                                                                   "box": [20, 20, 10, 10]}, headers=AUTH)
         assert backwards.status_code == 422 and "x0 < x1" in backwards.json()["detail"]
+        # prompts off the 176x128 frame (far off: once scaled, 1e39 overflowed to an empty mask)
+        for prompts, named in (({"box": [100, 100, 200, 120]}, "box corner (200, 120)"),
+                               ({"box": [-5, 0, 20, 20]}, "box corner (-5, 0)"),
+                               ({"points": [[60, 40], [60, 129]], "labels": [1, 0]}, "click (60, 129)"),
+                               ({"points": [[1e39, 1e39]], "labels": [1]}, "click (1e+39, 1e+39)")):
+            off = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, **prompts}, headers=AUTH)
+            assert off.status_code == 422 and named in off.json()["detail"], off.text
+            assert "outside the 176x128 frame" in off.json()["detail"]
+        edge = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 3, "radius": 0,
+                                                             "box": [0, 0, 176, 128]}, headers=AUTH)
+        assert edge.status_code == 201, edge.text  # the frame's edges are on it
         ok = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 5,
                                                            "points": [[60, 40]], "labels": [1]}, headers=AUTH)
         assert ok.status_code == 201, ok.text
         assert ok.json()["corrected_frames"] == [0, 11]  # the whole clip by default
+        # a radius that reaches every frame is the whole clip: the same job, the same Segmentation
+        wide = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 5, "radius": 11,
+                                                             "points": [[60, 40]], "labels": [1]}, headers=AUTH)
+        assert wide.status_code == 201 and wide.json() == ok.json()
+        huge = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 5, "radius": 2**70,
+                                                             "points": [[60, 40]], "labels": [1]}, headers=AUTH)
+        assert huge.status_code == 201 and huge.json() == ok.json()
+        assert dcmread(ok.json()["path"]).ContentDescription == "Corrected on frame 6 (1+/0- clicks), whole clip"
         with monkeypatch.context() as patch:
             patch.setattr(RecordSpool, "free_bytes", staticmethod(lambda directory=None: 2**20))
             full = client.post("/corrections/tooth-masks", json={"sop_instance_uid": sop, "frame": 5,

@@ -137,6 +137,14 @@ def test_encapsulated_checks_and_decode_failures(radiograph) -> None:
     empty.PixelData = encapsulate([], has_bot=True)
     with pytest.raises(MediaError, match="no fragment"):
         check_pixel_consistency(empty)
+    # held in memory (a C-STORE's data set): a fragment whose length runs past the data
+    lying = builders.make_vl_photographic_jpeg(rows=32, cols=48)
+    data = bytearray(lying.PixelData)
+    item = data.rfind(b"\xfe\xff\x00\xe0")
+    data[item + 4:item + 8] = (len(data) + 100).to_bytes(4, "little")
+    lying.PixelData = bytes(data)
+    with pytest.raises(MediaError, match=r"malformed: item \(FFFE,E000\) of"):
+        check_pixel_consistency(lying)
     corrupt = copy.deepcopy(radiograph[0])
     corrupt.compress(JPEG2000Lossless)
     corrupt.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(200)], has_bot=True)

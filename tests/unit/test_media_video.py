@@ -15,11 +15,15 @@ from dicom_service.domain import MediaError
 from dicom_service.media.video import (
     H264_HP_L41,
     H264_HP_L42_2D,
+    check_frame_count,
     encapsulated_bitstream,
+    open_frames,
     read_frames,
     video_transfer_syntax_for,
 )
 from dicom_service.media.video_encode import encode_h264_mp4
+from dicom_service.pipelines.video import process_video_instance
+from dicom_service.vision.baseline_video import ClassicalVideoRuntime
 from tests import builders
 
 
@@ -51,8 +55,25 @@ def test_mp4_is_faststart_and_in_memory_variant_decodes(video: Dataset) -> None:
     assert mp4.find(b"moov") < mp4.find(b"mdat")
     source, _ = builders.make_intraoral_scene(frames=5, rows=64, cols=96, seed=1)
     plain = encode_h264_mp4(source, 25.0, faststart=False)
-    frames, fps = read_frames(builders.with_pixel_stream(video, plain, frames=5))
+    frames, fps = read_frames(builders.with_pixel_stream(video, plain, frames=5, size=(64, 96)))
     assert frames.shape[0] == 5 and psnr(frames, source) > 30.0
+
+
+def test_frames_of_another_size_than_the_header_says() -> None:
+    """A stream whose frames are not Rows x Columns is a MediaError at its first frame (not a
+    Segmentation that fails to match after the whole clip was restored); a decoder's frame
+    that only adds macroblock padding (1920x1088 for 1920x1080) is cropped to the header."""
+    source, _ = builders.make_intraoral_scene(frames=3, rows=64, cols=96, seed=1)
+    stream = encode_h264_mp4(source, 25.0)
+    video = builders.make_video_photographic(frames=3, rows=64, cols=96)
+    with pytest.raises(MediaError, match="frames are 96x64, the header says 192x128"):
+        read_frames(builders.with_pixel_stream(video, stream, frames=3, size=(128, 192)))
+    padded, _ = read_frames(builders.with_pixel_stream(video, stream, frames=3, size=(56, 90)))
+    whole, _ = read_frames(builders.with_pixel_stream(video, stream, frames=3, size=(64, 96)))
+    assert padded.shape == (3, 56, 90, 3) and np.array_equal(padded, whole[:, :56, :90])
+    del video.NumberOfFrames  # counted by decoding (once, keeping no frame), then streamed
+    counted = open_frames(builders.with_pixel_stream(video, stream, size=(64, 96)))
+    assert counted.count == 3 and len(list(counted.frames)) == 3
 
 
 def test_max_frames_and_ntsc_rate() -> None:
@@ -141,7 +162,7 @@ def test_encoder_rejects_bad_input() -> None:
 def test_stream_shorter_than_number_of_frames_is_truncated(video: Dataset) -> None:
     source, _ = builders.make_intraoral_scene(frames=3, rows=64, cols=96, seed=1)
     with pytest.raises(MediaError, match="truncated"):
-        read_frames(builders.with_pixel_stream(video, encode_h264_mp4(source, 30.0), frames=10))
+        read_frames(builders.with_pixel_stream(video, encode_h264_mp4(source, 30.0), frames=10, size=(64, 96)))
 
 
 def test_native_multi_frame_rgb_and_max_frames() -> None:
@@ -189,7 +210,8 @@ def test_output_sink_downscales_thins_out_and_encodes() -> None:
     assert (count, size, fps) == (2, (1080, 1920), 60.0) and len(sink.fitted) == 2
     assert "60 fps" in sink.fitted[0] and "2560x1440 to 1920x1080" in sink.fitted[1]
     template = builders.make_video_photographic(frames=2, rows=64, cols=96)
-    assert read_frames(builders.with_pixel_stream(template, mp4, frames=2))[0].shape == (2, 1080, 1920, 3)
+    assert read_frames(builders.with_pixel_stream(template, mp4, frames=2, size=(1080, 1920)))[0].shape == \
+        (2, 1080, 1920, 3)
     small = builders.make_intraoral_scene(frames=3, rows=48, cols=64, seed=3)[0]
     sink = VideoOutputSink(video=True)
     sink.start(30.0)
@@ -256,7 +278,7 @@ def test_frame_size_change_within_the_stream_is_a_media_error(video: Dataset) ->
         return out.getvalue()
 
     with pytest.raises(MediaError, match=r"size changes within the video stream \(96x64, then 128x96 at frame 4\)"):
-        read_frames(builders.with_pixel_stream(video, raw(96, 64) + raw(128, 96), frames=6))
+        read_frames(builders.with_pixel_stream(video, raw(96, 64) + raw(128, 96), frames=6, size=(64, 96)))
 
 
 def test_encoder_hands_its_mp4_over_as_a_file_and_leaves_nothing_behind() -> None:
@@ -281,3 +303,33 @@ def test_encoder_hands_its_mp4_over_as_a_file_and_leaves_nothing_behind() -> Non
         in_memory.add(frame)
     buffer = in_memory.close_file()
     assert isinstance(buffer, io.BytesIO) and buffer.tell() == 0 and buffer.read()[4:8] == b"ftyp"
+
+
+def test_palette_colour_photos_are_shown_through_their_palette() -> None:
+    """PALETTE COLOR indices go through the palette (not read as grey levels); a palette
+    that is missing is a MediaError."""
+    photo, appearance = builders.make_palette_photo()
+    frames, _ = read_frames(photo)
+    assert frames.shape == (1, 48, 64, 3) and np.array_equal(frames[0], appearance)
+    del photo.GreenPaletteColorLookupTableData
+    with pytest.raises(MediaError, match="colour palette"):
+        read_frames(photo)
+
+
+def test_the_workflow_needs_a_video_s_frame_count_from_its_header() -> None:
+    """An MPEG video without a positive Number of Frames is refused before decoding (the
+    workflow would not know its length, nor could its Segmentation name the frames); a
+    native photograph without one is one frame."""
+    video = builders.make_video_photographic(frames=3, rows=64, cols=96)
+    check_frame_count(video)
+    for value in (None, 0, -2):
+        bad = copy.deepcopy(video)
+        if value is None:
+            del bad.NumberOfFrames
+        else:
+            bad.NumberOfFrames = value
+        with pytest.raises(MediaError, match="no Number of Frames"):
+            check_frame_count(bad)
+    with pytest.raises(MediaError, match="no Number of Frames"):  # the workflow asks first
+        process_video_instance(bad, ClassicalVideoRuntime(), uid_seed="test")
+    check_frame_count(builders.make_palette_photo()[0])

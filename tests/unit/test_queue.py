@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dicom_service.domain import JobKind, JobState, Workflow
-from dicom_service.jobs.queue import Backoff, JobNotFound, JobStateConflict
+from dicom_service.jobs.queue import CANCELLED_WHILE_RUNNING, Backoff, JobNotFound, JobStateConflict
 from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
 
 P = (JobKind.PROCESS,)
@@ -104,12 +104,21 @@ def test_retry_and_cancel_rules(tmp_path: Path) -> None:
 
 
 def test_cancelled_running_job_cannot_complete(tmp_path: Path) -> None:
+    """The worker learns of the cancel at its next log line; the attempt that ran on is
+    recorded as not ok, and the job cannot be retried until that attempt has ended."""
     q = _queue(tmp_path)
     job = _add(q)
     q.claim(P, "w")
+    assert q.heartbeat_log(job.id, "working") is True
     q.cancel(job.id)
+    assert q.heartbeat_log(job.id, "still working") is False
+    with pytest.raises(JobStateConflict, match="still stopping"):
+        q.retry(job.id)
     assert q.complete(job.id) is False
-    assert q.get(job.id).state is JobState.CANCELLED
+    got = q.get(job.id)
+    assert got.state is JobState.CANCELLED
+    assert got.attempt_log[0].ok is False and got.attempt_log[0].error == CANCELLED_WHILE_RUNNING
+    assert q.retry(job.id).state is JobState.QUEUED  # the attempt has ended
 
 
 def test_recover_returns_running_jobs_without_spending_an_attempt(tmp_path: Path) -> None:
@@ -124,6 +133,26 @@ def test_recover_returns_running_jobs_without_spending_an_attempt(tmp_path: Path
     assert got.attempt_log[0].error.startswith("interrupted")
     again = q2.claim(P, "w")
     assert again is not None and again.attempts == 2 and again.max_attempts >= 2
+
+
+def test_a_job_during_which_the_service_died_twice_is_dead(tmp_path: Path) -> None:
+    """A job that kills the service (out of memory, say) is not run on every restart: the
+    second death in a row during it makes it dead; a retry runs it again."""
+    q = _queue(tmp_path)
+    job = _add(q, attempts=3)
+    q.claim(P, "w")
+    q.close()  # dies during the job's first attempt: forgiven
+    q = _queue(tmp_path)
+    assert q.recover() == 1 and q.get(job.id).state is JobState.QUEUED
+    assert q.claim(P, "w").id == job.id
+    other = _add(q, attempts=3, key="other")
+    q.close()  # dies again during it
+    q = _queue(tmp_path)
+    assert q.recover() == 0
+    got = q.get(job.id)
+    assert got.state is JobState.DEAD and "last two attempts" in got.error
+    assert q.get(other.id).state is JobState.QUEUED  # the others are untouched
+    assert q.retry(job.id).state is JobState.QUEUED
 
 
 def test_release_puts_a_job_back(tmp_path: Path) -> None:

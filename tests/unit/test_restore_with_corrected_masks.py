@@ -155,6 +155,7 @@ def test_a_correction_with_restore_sends_an_amended_video_to_the_pacs(make_setti
             # without restore: another correction job making the same Segmentation, listed once
             plain = client.post("/corrections/tooth-masks", json={**request, "restore": False}, headers=AUTH).json()
             assert plain["sop_instance_uid"] == out["sop_instance_uid"] and plain["restore_job"] is None
+            assert plain["dispatch_jobs"] == out["dispatch_jobs"]  # the dispatch job that carries that SEG
             listed = client.get(f"/corrections/tooth-masks?sop_instance_uid={sop}", headers=AUTH).json()
             assert [c["sop_instance_uid"] for c in listed] == [out["sop_instance_uid"]]
             assert listed[0]["restore_job"] == out["restore_job"]  # the two replies merged

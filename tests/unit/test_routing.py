@@ -43,18 +43,21 @@ def test_job_key_ignores_order() -> None:
     assert job_key("1.2", Workflow.VIDEO, ["1"]) != job_key("1.2", Workflow.VIDEO, ["1", "3"])
 
 
-def test_stable_study_becomes_one_job_per_workflow_and_resend_creates_none(tmp_path: Path) -> None:
+def test_stable_study_becomes_jobs_by_workflow_and_resend_creates_none(tmp_path: Path) -> None:
+    """One job for a study's radiographs; one job per video (so a corrupt clip holds back
+    no other); a study sent again creates nothing."""
     store = InstanceStore(tmp_path)
     queue = SQLiteJobQueue(tmp_path / "jobs.sqlite3")
     router = Router(RoutingSettings(stability_seconds=5), RetrySettings(), store, queue)
-    for sop, cls in (("1.2.3.4", IO), ("1.2.3.5", IO), ("1.2.3.6", VIDEO)):
+    for sop, cls in (("1.2.3.4", IO), ("1.2.3.5", IO), ("1.2.3.6", VIDEO), ("1.2.3.8", VIDEO)):
         store.store(_meta(cls, sop=sop), (b"x",))
     assert router.route_stable() == 0  # not quiet yet
     later = time.time() + 6
-    assert router.route_stable(later) == 2
-    jobs = {j.workflow: j for j in queue.list()}
-    assert sorted(jobs[Workflow.RADIOGRAPH].payload["sop_instance_uids"]) == ["1.2.3.4", "1.2.3.5"]
-    assert jobs[Workflow.VIDEO].payload["sop_instance_uids"] == ["1.2.3.6"]
+    assert router.route_stable(later) == 3
+    radiographs = [j for j in queue.list() if j.workflow is Workflow.RADIOGRAPH]
+    assert [sorted(j.payload["sop_instance_uids"]) for j in radiographs] == [["1.2.3.4", "1.2.3.5"]]
+    videos = [j.payload["sop_instance_uids"] for j in queue.list() if j.workflow is Workflow.VIDEO]
+    assert sorted(videos) == [["1.2.3.6"], ["1.2.3.8"]]
     # the same instances sent again: nothing new
     store.store(_meta(IO, sop="1.2.3.4"), (b"x",))
     assert router.route_stable(later + 10) == 0

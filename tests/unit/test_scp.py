@@ -156,3 +156,25 @@ def test_dcmtk_echoscu_and_storescu(node, tmp_path: Path) -> None:
     bad = subprocess.run([echoscu, "-aet", "NOBODY", "-aec", "DENTAL_AI", "127.0.0.1", str(n.port)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
+
+
+def test_frame_counts_that_do_not_fit_the_sop_class_are_refused(node, caplog) -> None:
+    """A video without a usable Number of Frames (its length would be known only by decoding
+    it whole, and its Segmentation could not name its frames) and a single-frame IOD holding
+    several frames get 0xA900; nothing is stored, the node serves on."""
+    n, _ = node
+    caplog.set_level(logging.INFO)
+    video = builders.make_video_photographic(frames=4, rows=64, cols=96)
+    missing = builders.make_video_photographic(frames=4, rows=64, cols=96)
+    del missing.NumberOfFrames
+    zero = builders.make_video_photographic(frames=4, rows=64, cols=96)
+    zero.NumberOfFrames = 0
+    photo = builders.make_vl_photographic_jpeg(rows=32, cols=48)
+    photo.NumberOfFrames = 3  # VL Photographic is a single-frame IOD
+    assert [store(n.port, ds) for ds in (missing, zero, photo)] == [0xA900] * 3
+    assert "missing NumberOfFrames" in caplog.text and "single-frame IOD" in caplog.text
+    one = builders.make_vl_photographic_jpeg(rows=32, cols=48, seed=1)
+    one.NumberOfFrames = 1  # said, but 1: fine
+    assert store(n.port, video) == 0 and store(n.port, one) == 0
+    assert n.store.counts()["instances"] == 2
+    assert echo_ok(n.port)

@@ -91,6 +91,10 @@ def test_api_auth_and_errors(make_settings) -> None:
         assert client.get("/jobs/12345", headers=AUTH).status_code == 404
         assert client.post("/jobs/12345/retry", headers=AUTH).status_code == 404
         assert client.get("/jobs/not-a-number", headers=AUTH).status_code == 422
+        huge = str(2**80)  # beyond SQLite's integers: a 422, not a 500
+        assert client.get(f"/jobs/{huge}", headers=AUTH).status_code == 422
+        assert client.post(f"/jobs/{huge}/cancel", headers=AUTH).status_code == 422
+        assert client.get("/jobs", params={"offset": huge}, headers=AUTH).status_code == 422
         assert client.get("/jobs", params={"state": "sleeping"}, headers=AUTH).status_code == 422
         assert client.get("/jobs", params={"study_uid": "1.2/../x"}, headers=AUTH).status_code == 422
         assert client.get("/openapi.json").status_code == 200

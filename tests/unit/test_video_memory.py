@@ -85,10 +85,13 @@ def test_working_bytes_count_what_the_stream_holds(learned) -> None:
     assert learned.working_bytes(300, 1080, 1920, 30.0) == (source + output + 17 * 3) * fit + working * work + 300 * 48
     assert learned.working_bytes(300, 2160, 3840, 30.0) == (source * uhd + working * work + (output + 17 * 3) * fit
                                                             + 300 * 48)
-    assert learned.working_bytes(1, 2160, 3840, 1.0) == (source + output + 3 * 3) * uhd + working * work + 48  # a still
+    # a still: one item in each queue (its only frame), one frame in the stabiliser's place
+    one_source, one_working, one_output = 4 + 2, 19 + 20, 2 * 3
+    assert learned.working_bytes(1, 2160, 3840, 1.0) == (one_source + one_output + 3) * uhd + one_working * work + 48
     both = LearnedVideoRuntime(default_models_dir(), "cpu", upscale=True, interpolate=True)
     assert both.working_bytes(300, 480, 640, 30.0) == (streamed + 17 * 3 + 6 + 12) * vga + 300 * 48
-    assert both.working_bytes(1, 480, 640, 1.0) == (streamed + 3 * 3 + 12) * vga + 48  # one frame: no interpolation
+    still = (one_source + one_working + one_output + 3 + 12) * vga + 48  # one frame: no interpolation
+    assert both.working_bytes(1, 480, 640, 1.0) == still
     # a 1280x720 video: super-resolved to 2560x1440, then brought down to 1920x1080 (one more frame)
     assert both.working_bytes(300, 720, 1280, 30.0) == (streamed + 17 * 3 + 6 + 12) * work + 3 * fit + 300 * 48
     assert both.working_bytes(300, 1080, 1920, 30.0) == learned.working_bytes(300, 1080, 1920, 30.0) + 6 * fit

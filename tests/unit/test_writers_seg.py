@@ -158,12 +158,16 @@ def test_implant_seg_rejects_wrong_image_shape() -> None:
         write_implant_segmentation(source, _implant_result(160, 200))
 
 
-def test_tooth_seg_refuses_sources_with_a_frame_of_reference(video: pydicom.Dataset) -> None:
+def test_tooth_seg_of_a_source_with_a_frame_of_reference(video: pydicom.Dataset, tmp_path) -> None:
+    """Written as for any camera image: frame by frame references, no Frame of Reference of
+    its own (the IOD needs none with Derivation Image items); it passes dciodvfy."""
     with_for = pydicom.Dataset()
     with_for.update(video)
+    with_for.file_meta = video.file_meta
     with_for.FrameOfReferenceUID = "1.2.3.4"
-    with pytest.raises(ValueError, match="has a Frame of Reference"):
-        write_tooth_segmentation(with_for, _tooth_masks(video), algorithm=TOOTH_ALGORITHM)
+    seg = write_tooth_segmentation(with_for, _tooth_masks(video), algorithm=TOOTH_ALGORITHM)
+    assert "FrameOfReferenceUID" not in seg
+    assert run_dciodvfy(builders.save(seg, tmp_path / "seg.dcm")) == []
 
 
 def test_mask_packing_equals_pydicom_pack_bits() -> None:

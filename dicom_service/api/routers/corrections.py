@@ -25,7 +25,7 @@ failed back in the queue.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -41,7 +41,7 @@ from dicom_service.jobs.correction import (
     correction_payload,
     corrections_of,
 )
-from dicom_service.jobs.queue import enqueued_or_existing
+from dicom_service.jobs.queue import JobStateConflict, enqueued_or_existing
 from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
     MaskCorrection,
@@ -56,7 +56,9 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/corrections", tags=["corrections"], dependencies=[Authenticated])
 
-Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+Coordinate = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+#: A click's label: 1 = tooth, 0 = not tooth (strict: JSON true/false or "1" are refused).
+Label = Annotated[int, Field(ge=0, le=1, strict=True)]
 
 
 class ToothCorrectionIn(BaseModel):
@@ -66,20 +68,21 @@ class ToothCorrectionIn(BaseModel):
 
     sop_instance_uid: str = Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$",
                                   description="The source photo or video (as stored on the node).")
-    frame: int = Field(0, ge=0, description="0-based frame index (0 for a photograph).")
+    frame: int = Field(0, ge=0, strict=True, description="0-based frame index (0 for a photograph).")
     points: list[tuple[Coordinate, Coordinate]] | None = Field(
-        None, max_length=64, description="Clicks, (x, y) in pixels of the frame.")
-    labels: list[Literal[0, 1]] | None = Field(
+        None, max_length=64, description="Clicks, (x, y) in pixels of the frame (0 <= x <= Columns, 0 <= y <= Rows).")
+    labels: list[Label] | None = Field(
         None, max_length=64, description="One per click: 1 = tooth, 0 = not tooth.")
     box: tuple[Coordinate, Coordinate, Coordinate, Coordinate] | None = Field(
-        None, description="x0, y0, x1, y1 in pixels around the teeth.")
-    radius: int | None = Field(None, ge=0, description="Frames on each side to carry the correction to "
-                                                      "(omitted: the whole clip; 0: this frame only).")
+        None, description="x0, y0, x1, y1 in pixels around the teeth, on the frame.")
+    radius: int | None = Field(None, ge=0, strict=True, description=(
+        "Frames on each side to carry the correction to (omitted: the whole clip; 0: this frame only)."))
     based_on: str | None = Field(None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$", description=(
         "SOP Instance UID of an earlier corrected Segmentation of this instance (a reply's sop_instance_uid): "
         "the correction builds on its masks, so corrections on several frames accumulate; omitted: on the AI's."))
-    restore: bool = Field(False, description="Also enhance the photo or video again with the restoration guided "
-                                             "by the corrected masks (a `restore` job; follow it at /jobs/{id}).")
+    restore: bool = Field(False, strict=True, description=(
+        "Also enhance the photo or video again with the restoration guided by the corrected masks "
+        "(a `restore` job; follow it at /jobs/{id})."))
 
     @model_validator(mode="after")
     def _prompts(self) -> ToothCorrectionIn:
@@ -143,14 +146,17 @@ def _processing_job(queue, study_uid: str, sop: str) -> Job:  # noqa: ANN001 - J
     raise HTTPException(status.HTTP_409_CONFLICT, f"instance {sop} has not been processed by the video workflow")
 
 
-def _check(service, path: str, segmenter: ToothSegmenter, correction: MaskCorrection) -> None:  # noqa: ANN001
-    """What the stored header tells before any decoding: 422, 413 or 507."""
+def _checked(service, path: str, segmenter: ToothSegmenter,  # noqa: ANN001 - Service
+             correction: MaskCorrection) -> MaskCorrection:
+    """What the stored header tells before any decoding (422, 413 or 507); returns the
+    correction for the source's frames (:meth:`MaskCorrection.for_frames`)."""
     header = dcmread(path, stop_before_pixels=True)
     count, rows, columns = max(1, int(header.get("NumberOfFrames", 1) or 1)), int(header.Rows), int(header.Columns)
     workers = service.settings.workers
-    correction.check(count)
+    correction.check(count, rows, columns)
     check_correction_memory(count, rows, columns, video_budget_bytes(workers.video_memory_mb, workers.processing))
     check_correction_disk(segmenter, count, rows, columns, correction)
+    return correction.for_frames(count)
 
 
 def _correction_job(queue, key: str, study_uid: str, payload: dict, attempts: int) -> Job:  # noqa: ANN001
@@ -161,9 +167,14 @@ def _correction_job(queue, key: str, study_uid: str, payload: dict, attempts: in
 
 
 def _requeued(queue, job: Job) -> Job:  # noqa: ANN001 - JobQueue
-    """``job`` put back in the queue if it had failed or was cancelled, else as it is."""
+    """``job`` put back in the queue if it had failed or was cancelled, else as it is (also
+    when a request beside this one put it back first, or its cancelled attempt is still
+    stopping: then as it is now)."""
     if job.state in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED):
-        return queue.retry(job.id)
+        try:
+            return queue.retry(job.id)
+        except JobStateConflict:
+            return queue.get(job.id) or job
     return job
 
 
@@ -173,7 +184,8 @@ def _requeued(queue, job: Job) -> Job:  # noqa: ANN001 - JobQueue
                               "description": "Queued or running after `wait` seconds: follow /jobs/{correction_job}"},
                         404: {"description": "Unknown instance, or no such corrected Segmentation to build on"},
                         409: {"description": "Not processed by the video workflow, no interactive tooth model, "
-                                             "or `restore` asked of a runtime that restores without the masks"},
+                                             "`restore` asked of a runtime that restores without the masks, "
+                                             "or the correction job was cancelled while the request waited"},
                         413: {"description": "The clip is too large to correct in the memory allowed"},
                         422: {"description": "Bad request: prompts, frame, or a source that does not decode"},
                         500: {"description": "The correction job failed for another reason (see its log)"},
@@ -204,7 +216,7 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no corrected Segmentation {body.based_on} of instance "
                                                        f"{body.sop_instance_uid} here to build on")
     try:
-        _check(service, meta.path, segmenter, correction)
+        correction = _checked(service, meta.path, segmenter, correction)
     except CorrectionTooLarge as error:
         log.warning("correction refused (too large): job %d", process_job.id)
         raise HTTPException(413, str(error)) from error
@@ -228,6 +240,9 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
         raise HTTPException(422, f"correction job {job.id} failed: {job.error}")
     if job.state is JobState.DEAD:
         raise HTTPException(500, f"correction job {job.id} failed {job.attempts} times: {job.error}")
+    if job.state is JobState.CANCELLED:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"correction job {job.id} was cancelled: post the correction "
+                                                      "again to queue it again")
     accepted = ToothCorrectionAccepted(correction_job=job.id, state=job.state,
                                        detail=f"the correction is {job.state.value}: follow /jobs/{job.id}")
     return JSONResponse(accepted.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel
 
 from dicom_service.api.auth import Authenticated
@@ -12,6 +12,10 @@ from dicom_service.domain import Job, JobKind, JobState
 from dicom_service.jobs.queue import JobNotFound, JobStateConflict
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated])
+
+#: The largest integer SQLite stores (job ids and offsets beyond it are a 422, not a 500).
+_SQLITE_MAX_INT = 2**63 - 1
+JobId = Annotated[int, Path(ge=1, le=_SQLITE_MAX_INT, description="The job's id.")]
 
 
 class AttemptOut(BaseModel):
@@ -58,7 +62,7 @@ def list_jobs(
     kind: JobKind | None = None,
     study_uid: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9.]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=_SQLITE_MAX_INT)] = 0,
 ) -> list[JobOut]:
     queue = request.app.state.service.queue
     return [_out(j) for j in queue.list(state=state, kind=kind, study_uid=study_uid,
@@ -67,7 +71,7 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job with its attempts and their logs",
             responses={404: {"description": "No such job"}})
-def get_job(request: Request, job_id: int) -> JobOut:
+def get_job(request: Request, job_id: JobId) -> JobOut:
     queue = request.app.state.service.queue
     job = queue.get(job_id)
     if job is None:
@@ -89,11 +93,11 @@ def _transition(request: Request, job_id: int, action: str) -> JobOut:
 @router.post("/{job_id}/retry", response_model=JobOut,
              summary="Queue a failed, dead or cancelled job again",
              responses={404: {"description": "No such job"}, 409: {"description": "Job not retryable"}})
-def retry_job(request: Request, job_id: int) -> JobOut:
+def retry_job(request: Request, job_id: JobId) -> JobOut:
     return _transition(request, job_id, "retry")
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",
              responses={404: {"description": "No such job"}, 409: {"description": "Job already finished"}})
-def cancel_job(request: Request, job_id: int) -> JobOut:
+def cancel_job(request: Request, job_id: JobId) -> JobOut:
     return _transition(request, job_id, "cancel")
