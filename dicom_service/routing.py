@@ -1,13 +1,13 @@
 """Routing rules and study stability: which instances become which jobs, and when.
 
 A study becomes jobs once no new instance has arrived for ``stability_seconds``. Its
-instances not yet routed are grouped by workflow (first matching rule wins) and each
-group becomes one processing job whose idempotency key is
-``process/<study>/<workflow>/<fingerprint of the SOP Instance UIDs>``: a study re-sent
-with no new instances creates nothing, new instances create a job for them. Videos and
-photos (the video workflow) get one job each: a clip takes minutes, so one that fails
-(a corrupt stream) holds back no other, and several workers can take a study's clips at
-once.
+instances not yet routed each get a workflow (first matching rule wins) and a processing
+job of their own, whose idempotency key is
+``process/<study>/<workflow>/<fingerprint of the SOP Instance UID>``: a study re-sent
+with no new instances creates nothing, new instances create jobs for them. One job per
+instance, because every result object belongs to one instance: an instance that fails (a
+corrupt stream, a malformed VOI LUT) holds back no other of its study, and several
+workers can take a study's instances at once.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class Router:
             if workflow is Workflow.IGNORE:
                 log.info("study %s: %d instances ignored by routing", study_uid, len(sops))
                 continue
-            for part in ([[sop] for sop in sops] if workflow is Workflow.VIDEO else [sops]):
+            for part in ([sop] for sop in sops):
                 job = self.queue.enqueue(
                     JobKind.PROCESS, job_key(study_uid, workflow, part), study_uid=study_uid,
                     workflow=workflow, payload={"sop_instance_uids": part},

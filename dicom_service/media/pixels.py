@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 #: Robust window used when an image carries no VOI (percentiles of the modality values).
 PERCENTILE_WINDOW: tuple[float, float] = (0.5, 99.5)
 _PERCENTILE_MAX_SAMPLES = 1_000_000
+#: Fewest pixels a side of a radiograph (the smallest intra-oral sensors give about 1,000).
+MIN_RADIOGRAPH_SIDE = 32
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _COLOUR_PREFIXES = ("RGB", "YBR", "PALETTE", "HSV", "ARGB", "CMYK")
 #: What pydicom's pixel decoders raise on corrupt, truncated or unsupported pixel data
@@ -186,12 +188,30 @@ def _window(values: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def _voi_lut_sequence(stored: np.ndarray, values: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Apply the first VOI LUT Sequence item and scale its output range to ``[0, 1]``."""
+    """Apply the first VOI LUT Sequence item and scale its output range to ``[0, 1]``.
+
+    Raises
+    ------
+    MediaError
+        The item's LUT Descriptor and LUT Data do not fit together (or are missing).
+    """
+    item = ds.VOILUTSequence[0]
+    try:
+        descriptor = item.LUTDescriptor
+        entries, first_map = int(descriptor[0]) or 65536, int(descriptor[1])
+        data = item.LUTData
+        held = len(data) // 2 if isinstance(data, bytes) else len(np.atleast_1d(data))
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        raise MediaError(f"the VOI LUT Sequence is malformed: {exc}") from exc
+    if held < entries:
+        raise MediaError(f"the VOI LUT Sequence is malformed: its LUT Descriptor says {entries} entries, "
+                         f"its LUT Data holds {held}")
     source = stored if np.array_equal(values, stored) else np.rint(values).astype(np.int64)
-    out = apply_voi(source, ds, index=0).astype(np.float32)
-    descriptor = ds.VOILUTSequence[0].LUTDescriptor
-    entries, first_map = int(descriptor[0]) or 65536, int(descriptor[1])
-    lut = np.asarray(apply_voi(np.arange(first_map, first_map + entries), ds, index=0), np.float32)
+    try:
+        out = apply_voi(source, ds, index=0).astype(np.float32)
+        lut = np.asarray(apply_voi(np.arange(first_map, first_map + entries), ds, index=0), np.float32)
+    except (IndexError, TypeError, ValueError) as exc:
+        raise MediaError(f"the VOI LUT Sequence cannot be applied: {exc}") from exc
     low, high = float(lut.min()), float(lut.max())
     if high <= low:
         raise MediaError("the VOI LUT is constant")
@@ -229,15 +249,21 @@ def load_radiograph(ds: Dataset) -> np.ndarray:
     Raises
     ------
     UnsupportedInputError
-        Colour data (a colour photograph cannot be a radiograph) or unsupported bit depth.
+        Colour data (a colour photograph cannot be a radiograph), unsupported bit depth,
+        or a side under :data:`MIN_RADIOGRAPH_SIDE` pixels.
     MediaError
-        No pixel data, pixel data shorter than Rows x Columns x frames x bytes, or
-        decoding failed.
+        No pixel data, pixel data shorter than Rows x Columns x frames x bytes, decoding
+        failed, a uniform image (nothing to analyse: e.g. Rescale Slope 0), or a
+        malformed VOI LUT Sequence.
     """
     if "PixelData" not in ds:
         raise MediaError("the instance has no pixel data")
     _check_grayscale(ds)
     check_pixel_consistency(ds)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if min(rows, columns) < MIN_RADIOGRAPH_SIDE:
+        raise UnsupportedInputError(f"a {columns}x{rows} image is too small to be a radiograph (at least "
+                                    f"{MIN_RADIOGRAPH_SIDE} pixels a side)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
         stored = pixel_array(ds, index=0) if frames > 1 else pixel_array(ds)
@@ -246,6 +272,13 @@ def load_radiograph(ds: Dataset) -> np.ndarray:
     if stored.ndim != 2:
         raise MediaError(f"decoded pixel data has shape {stored.shape}, expected (rows, columns)")
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    if values.size and float(values.min()) == float(values.max()):
+        # a uniform image (or a Rescale Slope of 0) shows nothing: analysing it would
+        # report "no implant" with confidence
+        raise MediaError(f"the image is uniform after its Modality LUT (every pixel {float(values.min()):g}"
+                         + (", Rescale Slope 0" if ds.get("RescaleSlope") is not None
+                            and float(ds.RescaleSlope) == 0 else "")
+                         + "): nothing to analyse")
     if ds.get("VOILUTSequence"):
         image = _voi_lut_sequence(stored, values, ds)
         voi = "VOI LUT sequence"

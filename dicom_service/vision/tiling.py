@@ -7,6 +7,7 @@ window outside the image are padded with zeros (black).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -45,13 +46,21 @@ class Window:
         return boxes + np.array([self.x0, self.y0, self.x0, self.y0], dtype=np.float64)
 
 
+#: About the most windows :func:`plan_windows` tiles an image into (one more where the
+#: last window is aligned to the end; a panoramic of 3:1 takes 4).
+MAX_WINDOWS = 16
+
+
 def plan_windows(shape: tuple[int, int], size: int, *, max_aspect: float = 1.5,
                  overlap: float = 0.25) -> list[Window]:
     """Windows covering an image of ``shape = (rows, cols)``.
 
     Images whose aspect ratio is at most ``max_aspect`` are letterboxed (one window of
     the long side). Wider or taller images (panoramic) are tiled with square windows of
-    the short side, overlapping by ``overlap``, so objects keep their apparent size.
+    the short side, overlapping by ``overlap``, so objects keep their apparent size; an
+    image so elongated that this would take more than :data:`MAX_WINDOWS` windows gets
+    larger ones (reaching past the short side, zero-padded), so the work stays bounded
+    (a 5 x 65535 image took 21,800 windows, and the memory of the machine).
     """
     rows, cols = shape
     if rows < 1 or cols < 1 or size < 1:
@@ -59,10 +68,12 @@ def plan_windows(shape: tuple[int, int], size: int, *, max_aspect: float = 1.5,
     long_side, short_side = max(rows, cols), min(rows, cols)
     if long_side <= max_aspect * short_side:
         return [Window(0, 0, long_side, size)]
-    step = max(1, int(short_side * (1.0 - overlap)))
-    starts = list(range(0, long_side - short_side + 1, step))
-    if starts[-1] != long_side - short_side:
-        starts.append(long_side - short_side)
+    # the side that covers the long side in MAX_WINDOWS overlapping windows
+    side = max(short_side, math.ceil(long_side / (1.0 + (1.0 - overlap) * (MAX_WINDOWS - 1))))
+    step = max(1, int(side * (1.0 - overlap)))
+    starts = list(range(0, long_side - side + 1, step))
+    if starts[-1] != long_side - side:
+        starts.append(long_side - side)
     if cols >= rows:
-        return [Window(s, 0, short_side, size) for s in starts]
-    return [Window(0, s, short_side, size) for s in starts]
+        return [Window(s, 0, side, size) for s in starts]
+    return [Window(0, s, side, size) for s in starts]

@@ -13,7 +13,10 @@ the Presentation LUT Shape is the source's, or INVERSE for MONOCHROME1 sources.
 from __future__ import annotations
 
 import highdicom as hd
+import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from dicom_service.domain import RadiographResult
 from dicom_service.writers import common
@@ -104,6 +107,7 @@ def write_implant_presentation_state(
     layer = hd.pr.GraphicLayer(
         layer_name=LAYER_NAME, order=1, description=f"Implants found by {result.algorithm.name}"[:64]
     )
+    source = _lut_data_as_bytes(source)
     annotation = hd.pr.GraphicAnnotation(
         referenced_images=[source],
         graphic_layer=layer,
@@ -137,10 +141,43 @@ def write_implant_presentation_state(
     return pr
 
 
+def _lut_data_as_bytes(source: Dataset) -> Dataset:
+    """``source``, or a shallow copy of it whose Modality and VOI LUT Sequence items hold
+    their LUT Data as bytes (OW): DICOM also allows US, a list of values, which highdicom
+    (0.28) cannot copy into a presentation state. ``source`` itself is not changed."""
+    keywords = [kw for kw in ("ModalityLUTSequence", "VOILUTSequence")
+                if any(not isinstance(item.get("LUTData"), bytes | None) for item in source.get(kw) or [])]
+    if not keywords:
+        return source
+    out = _own_elements(source)
+    if hasattr(source, "file_meta"):
+        out.file_meta = source.file_meta
+    for keyword in keywords:
+        items = []
+        for item in getattr(source, keyword):
+            item = _own_elements(item)
+            if not isinstance(item.get("LUTData"), bytes | None):
+                values = np.atleast_1d(np.asarray(item.LUTData, dtype=np.int64))
+                item.add_new("LUTData", "OW", values.astype("<u2").tobytes())
+            items.append(item)
+        out.add(DataElement(source[keyword].tag, "SQ", Sequence(items)))  # a new element: source keeps its own
+    return out
+
+
+def _own_elements(ds: Dataset) -> Dataset:
+    """A dataset with ``ds``'s elements in a mapping of its own (``copy.copy`` and
+    ``Dataset(ds)`` share ``ds``'s), so that replacing one leaves ``ds`` as it was."""
+    out = Dataset()
+    for element in ds:
+        out.add(element)
+    return out
+
+
 def _text_box(
     left: float, top: float, text: str, height: float, cols: int, rows: int
 ) -> tuple[float, float, float, float]:
     """Bounding box ``(left, top, right, bottom)`` for ``text``, clipped to the image."""
+    height = min(height, float(rows))
     width = min(float(cols), 0.6 * height * len(text))
     left = min(max(0.0, left), cols - width)
     top = min(max(0.0, top), rows - height)

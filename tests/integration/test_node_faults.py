@@ -82,7 +82,7 @@ def test_kill_9_during_a_job_then_restart_completes_it(
     assert done["state"] == "succeeded", done["error"]
     assert done["attempts"] >= 2
     wait_until(lambda: all(j["state"] == "succeeded" for j in node.jobs())
-               and len(node.jobs(kind="dispatch")) == 2, 120, interval=0.5,
+               and len(node.jobs(kind="dispatch")) == 4, 120, interval=0.5,  # a job per instance
                what="every job to succeed", alive=node.check_alive)
     video_results = wait_until(
         lambda: (r := result_instances(orthanc, str(video.StudyInstanceUID)))

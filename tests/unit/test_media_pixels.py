@@ -83,6 +83,29 @@ def test_voi_lut_sequence_is_applied(radiograph) -> None:
     np.testing.assert_allclose(image, 1.0 - np.arange(4096) / 4095.0, atol=1e-5)
 
 
+def test_bad_voi_luts_tiny_and_uniform_images_fail_clearly(radiograph) -> None:
+    """A VOI LUT whose descriptor and data disagree is a MediaError naming it (it was an
+    IndexError, retried); an image under 32 pixels a side is not a radiograph; a uniform
+    one (Rescale Slope 0) has nothing to analyse (it was reported as "no implant")."""
+    ds, _ = radiograph
+    ramp = _with_pixels(ds, np.arange(4096, dtype=np.uint16).reshape(64, 64))
+    for descriptor, data, message in (([4096, 0, 16], list(range(100)), "says 4096 entries, its LUT Data holds 100"),
+                                      ([0, 0, 16], [0, 1], "says 65536 entries, its LUT Data holds 2")):
+        item = Dataset()
+        item.LUTDescriptor = descriptor
+        item.LUTData = data
+        bad = copy.deepcopy(ramp)
+        bad.VOILUTSequence = [item]
+        with pytest.raises(MediaError, match=f"VOI LUT Sequence is malformed: .*{message}"):
+            load_radiograph(bad)
+    with pytest.raises(UnsupportedInputError, match="too small to be a radiograph"):
+        load_radiograph(_with_pixels(ds, np.arange(5 * 400, dtype=np.uint16).reshape(5, 400)))
+    flat = copy.deepcopy(ds)
+    flat.RescaleSlope, flat.RescaleIntercept = 0, 100
+    with pytest.raises(MediaError, match=r"uniform after its Modality LUT \(every pixel 100, Rescale Slope 0\)"):
+        load_radiograph(flat)
+
+
 def test_for_processing_without_voi_uses_a_percentile_window() -> None:
     ds = builders.make_intraoral_radiograph(for_processing=True, seed=3)
     assert "WindowCenter" not in ds

@@ -43,9 +43,9 @@ def test_job_key_ignores_order() -> None:
     assert job_key("1.2", Workflow.VIDEO, ["1"]) != job_key("1.2", Workflow.VIDEO, ["1", "3"])
 
 
-def test_stable_study_becomes_jobs_by_workflow_and_resend_creates_none(tmp_path: Path) -> None:
-    """One job for a study's radiographs; one job per video (so a corrupt clip holds back
-    no other); a study sent again creates nothing."""
+def test_stable_study_becomes_one_job_per_instance_and_resend_creates_none(tmp_path: Path) -> None:
+    """One job per instance (so a corrupt one holds back no other), each with its
+    workflow; a study sent again creates nothing."""
     store = InstanceStore(tmp_path)
     queue = SQLiteJobQueue(tmp_path / "jobs.sqlite3")
     router = Router(RoutingSettings(stability_seconds=5), RetrySettings(), store, queue)
@@ -53,9 +53,9 @@ def test_stable_study_becomes_jobs_by_workflow_and_resend_creates_none(tmp_path:
         store.store(_meta(cls, sop=sop), (b"x",))
     assert router.route_stable() == 0  # not quiet yet
     later = time.time() + 6
-    assert router.route_stable(later) == 3
-    radiographs = [j for j in queue.list() if j.workflow is Workflow.RADIOGRAPH]
-    assert [sorted(j.payload["sop_instance_uids"]) for j in radiographs] == [["1.2.3.4", "1.2.3.5"]]
+    assert router.route_stable(later) == 4
+    radiographs = [j.payload["sop_instance_uids"] for j in queue.list() if j.workflow is Workflow.RADIOGRAPH]
+    assert sorted(radiographs) == [["1.2.3.4"], ["1.2.3.5"]]
     videos = [j.payload["sop_instance_uids"] for j in queue.list() if j.workflow is Workflow.VIDEO]
     assert sorted(videos) == [["1.2.3.6"], ["1.2.3.8"]]
     # the same instances sent again: nothing new

@@ -85,6 +85,27 @@ def test_monochrome1_source_keeps_inverse_presentation(tmp_path: Path) -> None:
     assert pydicom.dcmread(path).PresentationLUTShape == "INVERSE"
 
 
+def test_voi_lut_data_stored_as_us_is_copied(tmp_path: Path) -> None:
+    """DICOM allows a VOI LUT's data as US (values) or OW (bytes); highdicom copies only
+    OW, so US is handed to it as OW; the source keeps its own."""
+    from pydicom.dataset import Dataset
+
+    source = builders.make_intraoral_radiograph(rows=200, cols=160)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new("LUTData", "US", ((4095 - np.arange(4096)) * 16).tolist())  # 16-bit output
+    source.VOILUTSequence = [item]
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in source:
+            delattr(source, keyword)
+    ds = write_implant_presentation_state(source, _result(200, 160))
+    path = builders.save(ds, tmp_path / "us_lut.dcm")
+    assert run_dciodvfy(path) == []
+    copied = pydicom.dcmread(path).SoftcopyVOILUTSequence[0].VOILUTSequence[0]
+    assert np.array_equal(np.frombuffer(copied.LUTData, "<u2"), (4095 - np.arange(4096)) * 16)
+    assert source.VOILUTSequence[0]["LUTData"].VR == "US"
+
+
 def test_rejects_mismatched_shape_and_empty_box() -> None:
     source = builders.make_intraoral_radiograph(rows=200, cols=160)
     with pytest.raises(ValueError, match=r"image_shape \(160, 200\) does not match"):
