@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dicom_service import __version__
-from dicom_service.config import Settings, load_settings
+from dicom_service.config import HttpSettings, Settings, apply_overrides, load_settings, make_folder
 from dicom_service.domain import ConfigError
 from dicom_service.training.cli_eval import add_eval_parser
 from dicom_service.training.cli_train import add_train_parser
@@ -29,21 +32,51 @@ def setup_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict = {}
+def _flag_changes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The settings the command line's flags set, section → {key: value}."""
+    changes: dict[str, dict[str, Any]] = {}
     if getattr(args, "data", None):
-        overrides["storage"] = {"path": str(args.data)}
-    settings = load_settings(args.config, **overrides)
-    changes: dict = {}
+        changes["storage"] = {"path": args.data}
     if getattr(args, "dicom_port", None) is not None:
-        changes["dicom"] = settings.dicom.model_copy(update={"port": args.dicom_port})
+        changes["dicom"] = {"port": args.dicom_port}
     if getattr(args, "http_port", None) is not None:
-        changes["http"] = settings.http.model_copy(update={"port": args.http_port})
-    return settings.model_copy(update=changes) if changes else settings
+        changes["http"] = {"port": args.http_port}
+    return changes
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """File and environment, then the flags on top of both (validated like the rest)."""
+    return apply_overrides(load_settings(args.config), _flag_changes(args))
+
+
+def _bind_http(http: HttpSettings) -> socket.socket:
+    """Bind the API's socket before anything loads, so that a port in use is named at once.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``http.port`` and the address.
+    """
+    family = socket.AF_INET6 if ":" in http.bind_address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart may follow at once
+    try:
+        sock.bind((http.bind_address, http.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"http.port: cannot listen on {http.bind_address}:{http.port} "
+                          f"(http.bind_address, http.port): {exc.strerror or exc}") from None
+    return sock
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the DICOM node, the HTTP API and the workers in one process until Ctrl-C."""
+    """Run the DICOM node, the HTTP API and the workers in one process until Ctrl-C or SIGTERM.
+
+    The service starts before the API serves, so that a start failure (DICOM port in use)
+    is a one-line error rather than a failed ASGI lifespan; it stops after the API does
+    (uvicorn hands the signal that stopped it on to the handler it found, which raises
+    KeyboardInterrupt for SIGTERM as for SIGINT). Either signal is a clean stop: exit 0.
+    """
     import uvicorn
 
     from dicom_service.api.app import create_app
@@ -52,11 +85,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level)
     service = Service(settings)
-    app = create_app(service)
-    log.info("dicom-service %s: HTTP API on http://%s:%d (docs at /docs)", __version__,
-             settings.http.bind_address, settings.http.port)
-    uvicorn.run(app, host=settings.http.bind_address, port=settings.http.port,
-                log_level=settings.log_level.lower(), access_log=False)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwind through service.stop(), as Ctrl-C does
+    with _bind_http(settings.http) as sock:
+        try:
+            service.start()
+            server = uvicorn.Server(uvicorn.Config(create_app(service, manage_service=False),
+                                                   log_level=settings.log_level.lower(), access_log=False))
+            log.info("dicom-service %s: HTTP API on http://%s:%d (docs at /docs)", __version__,
+                     settings.http.bind_address, sock.getsockname()[1])
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM while starting, or uvicorn passing on the one that stopped it
+            pass
+        finally:
+            service.stop()
     return 0
 
 
@@ -68,9 +109,13 @@ def cmd_process(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     report = process_paths([Path(p) for p in args.paths], Path(args.out), settings,
                            show_progress=not args.no_progress)
+    summary = Path(args.out) / "summary.json"
+    if not report.groups:
+        print(f"dicom-service: nothing processed: {len(report.skipped)} of {report.inputs} input files skipped "
+              f"(reasons in {summary})", file=sys.stderr)
     print(json.dumps({"inputs": report.inputs, "skipped": len(report.skipped),
                       "groups": len(report.groups), "outputs": len(report.outputs),
-                      "summary": str(Path(args.out) / "summary.json")}))
+                      "summary": str(summary)}))
     return 1 if report.failed else 0
 
 
@@ -83,15 +128,27 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
-    """Render a synthetic data set: implant radiographs (COCO + 16-bit PNG) or intraoral video clips."""
+    """Render a synthetic data set: implant radiographs (COCO + 16-bit PNG) or intraoral video clips.
+
+    A count, size or worker number the generators refuse (their ``ValueError``) and an
+    ``--out`` that is a file are usage errors: exit 2 with the message.
+    """
+    if args.kind == "video" and args.workers < 1:
+        print(f"--workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    make_folder(args.out, "--out")
+    try:
+        return _render_phantoms(args)
+    except ValueError as exc:
+        print(f"dicom-service: {exc}", file=sys.stderr)
+        return 2
+
+
+def _render_phantoms(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     if args.kind == "video":
         from dicom_service.training.video_phantoms import write_dataset
-
-        if args.workers < 1:
-            print(f"--workers must be >= 1, got {args.workers}", file=sys.stderr)
-            return 2
 
         total = args.train + args.val + args.test
         with tqdm(total=total, desc="rendering", unit="clip", disable=args.no_progress) as bar:
@@ -117,6 +174,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(settings.log_level)
+    if not settings.destinations:
+        print("no destinations configured (destinations: in the settings file): nothing to echo")
     ok = True
     for dest in settings.destinations:
         good = echo(dest, settings.dicom.ae_title)

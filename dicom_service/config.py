@@ -1,8 +1,10 @@
 """One validated settings object, read from a YAML file and the environment.
 
-Precedence, highest first: environment variables (prefix ``DICOM_SERVICE_``, nested keys
-joined with ``__``, e.g. ``DICOM_SERVICE_DICOM__PORT=11113``), then the YAML file, then
-the defaults below. Unknown keys are errors, so a typo is named instead of ignored.
+Precedence, highest first: command-line flags (laid over by :func:`apply_overrides`),
+environment variables (prefix ``DICOM_SERVICE_``, nested keys joined with ``__``, e.g.
+``DICOM_SERVICE_DICOM__PORT=11113``), then the YAML file, then the defaults below. Unknown
+keys are errors, so a typo is named instead of ignored; that includes a ``DICOM_SERVICE_*``
+variable that names no setting (``DICOM_SERVICE_CONFIG``, the file, apart).
 
 The object is built once by :func:`load_settings` and passed explicitly; nothing here
 reads the environment at import time.
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from dicom_service.domain import ConfigError, Precision, Workflow
 
@@ -249,12 +253,52 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def _format_errors(err: ValidationError) -> str:
+def _format_errors(err: ValidationError, section: str = "") -> str:
     lines = []
     for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        path = ([section] if section else []) + [str(p) for p in item["loc"]]
+        key = ".".join(path) or "(top level)"
         lines.append(f"{key}: {item['msg']}")
     return "; ".join(lines)
+
+
+def _environment_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``DICOM_SERVICE_*`` variables that carry settings, each with the top-level key it
+    sets (``DICOM_SERVICE_DICOM__PORT`` → ``dicom``); matched without regard to case, as
+    pydantic-settings reads them. ``DICOM_SERVICE_CONFIG`` names the file and is left out."""
+    found = {}
+    for name in environ:
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper != ENV_CONFIG_FILE:
+            found[name] = upper[len(ENV_PREFIX):].split("__", 1)[0].lower()
+    return found
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``DICOM_SERVICE_*`` variables that name no setting (pydantic-settings ignores them).
+
+    Raises
+    ------
+    ConfigError
+        Naming each such variable, e.g. ``DICOM_SERVICE_DICOM_PORT`` (one underscore).
+    """
+    unknown = sorted(name for name, key in _environment_settings(environ).items() if key not in Settings.model_fields)
+    if unknown:
+        raise ConfigError(
+            f"invalid configuration: unknown environment variable(s) {', '.join(unknown)}: the name after "
+            f"{ENV_PREFIX} must be a setting ({', '.join(Settings.model_fields)}), nested keys joined with "
+            f"'__' (e.g. {ENV_PREFIX}DICOM__PORT); {ENV_CONFIG_FILE} names the YAML file")
+
+
+def _environment_error(exc: SettingsError, environ: Mapping[str, str]) -> ConfigError:
+    """A :class:`ConfigError` naming the variables of the setting whose value pydantic-settings
+    could not parse (a section or list must be JSON: ``DICOM_SERVICE_DESTINATIONS='[{...}]'``)."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    names = sorted(n for n, key in _environment_settings(environ).items() if match and key == match.group(1))
+    if not names:
+        return ConfigError(f"invalid configuration: {exc}")
+    return ConfigError(f"invalid configuration: environment variable {' or '.join(names)}: not valid JSON "
+                       f"({exc.__cause__ or exc})")
 
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
@@ -266,13 +310,14 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         YAML file. When None, ``$DICOM_SERVICE_CONFIG`` is used if set; with neither,
         only the environment and defaults apply.
     **overrides
-        Top-level values that replace those of the file (used by tests and the CLI).
+        Top-level values that replace those of the file (used by tests); the environment
+        still wins over them (the command line's flags go through :func:`apply_overrides`).
 
     Raises
     ------
     ConfigError
         With every bad key named, e.g. ``"dicom.port: Input should be less than or
-        equal to 65535"``.
+        equal to 65535"``, or the environment variable that is unknown or not valid JSON.
     """
     if path is None and os.environ.get(ENV_CONFIG_FILE):
         path = os.environ[ENV_CONFIG_FILE]
@@ -291,7 +336,60 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"configuration file {file} must hold a mapping at the top level")
         data.update(loaded)
     data.update(overrides)
+    _check_environment(os.environ)
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {_format_errors(exc)}") from None
+    except SettingsError as exc:
+        raise _environment_error(exc, os.environ) from None
+
+
+def apply_overrides(settings: Settings, changes: Mapping[str, Mapping[str, Any]]) -> Settings:
+    """``settings`` with ``changes`` laid over them, each changed section validated again.
+
+    The command line's flags (``--data``, ``--dicom-port``, ``--http-port``) use this, so
+    they win over the environment and the file alike.
+
+    Parameters
+    ----------
+    settings : Settings
+        Loaded by :func:`load_settings`.
+    changes : mapping
+        Section name → {key: value}, e.g. ``{"dicom": {"port": 11113}}``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, e.g. ``"dicom.port: Input should be less than or equal to 65535"``.
+    """
+    sections: dict[str, BaseModel] = {}
+    for name, values in changes.items():
+        current: BaseModel = getattr(settings, name)
+        try:
+            sections[name] = type(current).model_validate({**current.model_dump(), **values})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid configuration: {_format_errors(exc, name)}") from None
+    return settings.model_copy(update=sections) if sections else settings
+
+
+def make_folder(path: Path | str, key: str) -> Path:
+    """Create the folder ``path`` and its parents where missing; ``key`` names it in errors.
+
+    Used at the start (``storage.path``, an output folder), before any model loads.
+
+    Raises
+    ------
+    ConfigError
+        When a file is in the way or the folder cannot be created, e.g.
+        ``"storage.path: cannot create the folder /data/x/var: /data/x is a file"``.
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise ConfigError(f"{key}: cannot create the folder {folder}: {blocking} is a file") from None
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot create the folder {folder}: {exc.strerror or exc}") from None
+    return folder

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from dicom_service.config import Settings
+from dicom_service.config import Settings, make_folder
 from dicom_service.domain import InputError, InstanceMeta, Workflow
 from dicom_service.malloc_tuning import set_mmap_threshold
 from dicom_service.media.pixel_file import DEFER_BYTES
@@ -44,15 +44,19 @@ class OfflineReport:
         return any(g.get("errors") for g in self.groups)
 
 
-def iter_files(paths: Sequence[Path]) -> Iterable[Path]:
-    """Every file under the given files and folders, sorted, recursively."""
+def iter_files(paths: Sequence[Path], exclude: Path | None = None) -> Iterable[Path]:
+    """Every file under the given files and folders, sorted, recursively, except those under
+    ``exclude`` (the output folder, which may lie inside an input folder: a second run must
+    not read the first one's results as input)."""
+    skip = exclude.resolve() if exclude is not None else None
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
+            files = sorted(p for p in path.rglob("*") if p.is_file())
         elif path.is_file():
-            yield path
+            files = [path]
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
+        yield from (p for p in files if skip is None or not p.resolve().is_relative_to(skip))
 
 
 def _meta(ds: Dataset, path: Path) -> InstanceMeta:
@@ -82,16 +86,19 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
     """Route and process files, write result objects under ``out_dir``.
 
     Result files are written as ``out_dir/<study>/<kind>-<SOP Instance UID>.dcm``
-    and the report as ``out_dir/summary.json``. Files are read as the service reads its
+    and the report as ``out_dir/summary.json``; nothing under ``out_dir`` is read as input,
+    and ``out_dir`` is created (or found to be blocked by a file: :class:`~dicom_service.domain.ConfigError`)
+    before any input is read or model loaded. Files are read as the service reads its
     stored instances: headers in memory, pixel data left in the file until a pipeline
     decodes it (a long video's bitstream is streamed to the decoder from disk), so a
     folder of large files is not held in memory while it waits its turn.
     """
+    make_folder(out_dir, "output folder")
     set_mmap_threshold(settings.workers.malloc_mmap_threshold_kb * 1024)
     rules = list(settings.routing.rules) if settings.routing.rules is not None else default_rules()
     report = OfflineReport()
     groups: dict[tuple[str, Workflow], list[tuple[InstanceMeta, Dataset]]] = {}
-    for path in iter_files(paths):
+    for path in iter_files(paths, exclude=out_dir):
         report.inputs += 1
         try:
             ds = dcmread(path, defer_size=DEFER_BYTES)  # pixel data stays in the file, as in the service
@@ -107,7 +114,6 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings, *,
             continue
         groups.setdefault((meta.study_uid, workflow), []).append((meta, ds))
     runtimes = Runtimes(settings) if groups else None
-    out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(groups), desc="processing", unit="group", disable=not show_progress)
     for (study_uid, workflow), members in groups.items():
         key = job_key(study_uid, workflow, [m.sop_instance_uid for m, _ in members])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from dicom_service.config import Settings, WorkerSettings
+from dicom_service.config import Settings, WorkerSettings, make_folder
 from dicom_service.domain import InputError, Job, JobKind, Workflow
 from dicom_service.jobs.correction import run_correction_job
 from dicom_service.jobs.queue import Backoff
@@ -116,6 +116,7 @@ class Service:
         device = resolve_device(settings.device)
         check_precision(settings.models.precision, device)
         check_compile(settings.models.compile, device)
+        make_folder(settings.storage.path, "storage.path")  # a file in the way is named now, not at start()
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None
         self.queue: SQLiteJobQueue | None = None

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -602,3 +603,20 @@ def make_periapical_phantom_with_truth(
     scene = render_periapical(seed, implants=implants)
     ds = make_radiograph_from_scene(scene, modality="IO", study_uid=study_uid, series_uid=series_uid)
     return ds, [tuple(float(v) for v in imp.box) for imp in scene.implants]
+
+
+def implant_coco_with_splits(folder: Path, *, periapical: int, panoramic: int, seed: int,
+                             held_out: Sequence[str]) -> Path:
+    """A phantom implant COCO file (``generate_dataset``) in ``folder`` whose first images
+    with an implant go to the splits ``held_out`` names, one each in order, and every other
+    image to ``train``; returns its path."""
+    from dicom_service.training.coco import generate_dataset
+
+    path = generate_dataset(folder, periapical=periapical, panoramic=panoramic, seed=seed)
+    doc = json.loads(path.read_text())
+    with_implants = sorted({a["image_id"] for a in doc["annotations"]})
+    splits = dict(zip(with_implants, held_out, strict=False))
+    for image in doc["images"]:
+        image["split"] = splits.get(image["id"], "train")
+    path.write_text(json.dumps(doc))
+    return path

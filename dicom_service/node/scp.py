@@ -29,7 +29,7 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_service.config import DicomSettings
-from dicom_service.domain import InstanceMeta, InvalidUIDError, MediaError, StorageFullError
+from dicom_service.domain import ConfigError, InstanceMeta, InvalidUIDError, MediaError, StorageFullError
 from dicom_service.media.pixels import check_pixel_consistency
 from dicom_service.node.contexts import (
     EXPLICIT_LE,
@@ -271,18 +271,30 @@ class DicomNode:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        """Bind and serve in background threads."""
+        """Bind and serve in background threads.
+
+        Raises
+        ------
+        ConfigError
+            When the port cannot be bound (in use, or not ours to take), naming
+            ``dicom.port`` with the address.
+        """
         handlers = [
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.store, self._on_stored]),
             (evt.EVT_CONN_OPEN, _set_nodelay),
             (evt.EVT_REJECTED, _log_rejected),
         ]
+        address = (self.settings.bind_address, self.settings.port)
         with self._lock:
-            server = self.ae.make_server(
-                (self.settings.bind_address, self.settings.port), evt_handlers=handlers,
-                server_class=ThreadedAssociationServer, request_handler=FastRequestHandler,
-            )
+            try:
+                server = self.ae.make_server(
+                    address, evt_handlers=handlers,
+                    server_class=ThreadedAssociationServer, request_handler=FastRequestHandler,
+                )
+            except OSError as exc:
+                raise ConfigError(f"dicom.port: cannot listen on {address[0]}:{address[1]} "
+                                  f"(dicom.bind_address, dicom.port): {exc.strerror or exc}") from None
             thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
             thread.start()
             self.ae._servers.append(server)  # so that AE.shutdown() also stops it

@@ -113,7 +113,10 @@ def _ablation(args: argparse.Namespace, coco: Any, device: Any) -> int:
             write_ablation(merged, args.out)
         print(markdown_tables(merged))
         return 0
+    from dicom_service.training.implant_recipe import check_training_data
+
     opts = options_from_args(args)
+    check_training_data(coco, opts)  # before any variant trains
     variants = VARIANTS
     if args.variants:
         names = [v.strip() for v in args.variants.split(",") if v.strip()]

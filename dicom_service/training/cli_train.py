@@ -81,17 +81,34 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+#: What each ``--only`` value trains (:func:`~dicom_service.training.implant_recipe.check_training_data`).
+_ONLY_STAGES: dict[str | None, tuple[str, ...]] = {None: ("detector", "identifier"), "identifier": ("identifier",),
+                                                   "detector": ("detector",), "thresholds": (), "calibration": ()}
+
+
+def check_out_folder(out: Path) -> None:
+    """``ValueError`` when ``out`` exists but is not a folder (checked before any training)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the bundle")
+
+
 def cmd_train_implants(args: argparse.Namespace) -> int:
-    """Pre-training (unless ``--init random``) → detector → identifier → bundle; print a JSON summary."""
+    """Pre-training (unless ``--init random``) → detector → identifier → bundle; print a JSON summary.
+
+    Options, the ``--out`` folder and the data set (files, sizes, categories, splits,
+    and what each stage needs) are checked before any training; bad ones, and input
+    errors found during training, exit 2 with a message.
+    """
     from dicom_service.training import implant_recipe as recipe
     from dicom_service.training.coco import load_coco
     from dicom_service.training.train_implants import resolve_device
-    from dicom_service.vision.implant_bundle import save_bundle
 
     try:
         opts = options_from_args(args)
         device = resolve_device(args.device)
+        check_out_folder(args.out)
         coco = load_coco(args.coco)
+        recipe.check_training_data(coco, opts, _ONLY_STAGES[args.only])
     except (ValueError, FileNotFoundError) as exc:
         print(f"dicom-service train: {exc}", file=sys.stderr)
         return 2
@@ -105,8 +122,21 @@ def cmd_train_implants(args: argparse.Namespace) -> int:
     def last(stage: str) -> dict[str, Any] | None:
         return next((r for r in reversed(history) if r["stage"] == stage), None)
 
-    if args.only is not None:
-        return _retrain_one(args, opts, coco, device, log, last, started)
+    try:
+        if args.only is not None:
+            return _retrain_one(args, opts, coco, device, log, last, started)
+        return _train_all(args, opts, coco, device, log, last, started)
+    except (ValueError, OSError) as exc:  # input errors found while training (unreadable files too): no traceback
+        print(f"dicom-service train: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train_all(args: argparse.Namespace, opts: TrainOptions, coco: Any, device: Any,
+               log: Any, last: Any, started: float) -> int:
+    """The full run: encoder, detector, identifier, bundle, operating point; print the summary."""
+    from dicom_service.training import implant_recipe as recipe
+    from dicom_service.vision.implant_bundle import save_bundle
+
     encoder = recipe.pretrained_encoder(coco, opts, device, log)
     detector, images = recipe.fine_tuned_detector(coco, encoder, opts, device, log)
     identifier, crops = recipe.trained_identifier(coco, opts, device, log)

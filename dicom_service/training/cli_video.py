@@ -11,10 +11,14 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_service.domain import PRECISIONS, ConfigError
 from dicom_service.vision.bundle_names import NOPRIOR_BUNDLE, RESTORATION_BUNDLE, SAM_BUNDLE
+
+if TYPE_CHECKING:
+    from dicom_service.training.train_restoration import RestorationTrainOptions
+    from dicom_service.training.video_phantoms import VideoClip
 
 #: Bundle folder (under ``--out``) of each restoration part of ``train video``, in training
 #: order: ``restoration`` first, so that ``--prior-from-noprior`` reads the noprior bundle
@@ -123,17 +127,55 @@ def _train_command(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """``ValueError`` naming the first bad ``--sam-*`` option, or an ``--out`` that is a file."""
+    if args.sam_steps < 1 or args.sam_batch_size < 1:
+        raise ValueError(f"--sam-steps and --sam-batch-size must be >= 1, got {args.sam_steps}, {args.sam_batch_size}")
+    if not args.sam_lr > 0:
+        raise ValueError(f"--sam-lr must be > 0, got {args.sam_lr}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give the models folder")
+
+
+def _unmasked(clips: list[VideoClip]) -> list[str]:
+    """Names of the clips without tooth masks."""
+    return [c.name for c in clips if c.masks is None]
+
+
+def mask_bundle(out: Path, parts: list[str], clips: list[VideoClip], bundled: Path | None = None) -> Path | None:
+    """The SAM bundle that gives tooth masks to the clips without them, or None when not needed.
+
+    Needed when a restoration part is trained and a clip has no ``masks/``. The bundle
+    in ``out`` is used when it is there (or trained by this run, ``sam`` in ``parts``),
+    else the repository's (``bundled``, default: ``models/tooth_sam``).
+
+    Raises
+    ------
+    ValueError
+        Masks are needed and neither bundle exists.
+    """
+    from dicom_service.vision.registry import default_models_dir
+
+    if not _unmasked(clips) or not {"restoration", "noprior"} & set(parts):
+        return None
+    bundled = bundled or default_models_dir() / SAM_BUNDLE
+    if (out / SAM_BUNDLE / "config.json").is_file() or "sam" in parts:
+        return out / SAM_BUNDLE
+    if (bundled / "config.json").is_file():
+        return bundled
+    raise ValueError(f"clips without masks/ ({', '.join(_unmasked(clips)[:5])}) need tooth masks from a SAM "
+                     f"bundle, but there is none in {out / SAM_BUNDLE} nor in {bundled}: "
+                     "add masks/ folders, or train one first with --only sam")
+
+
 def cmd_train_video(args: argparse.Namespace) -> int:
-    """Train the parts named by ``--only`` and write their bundles; 2 on bad arguments or data."""
+    """Train the parts named by ``--only`` and write their bundles; 2 on bad arguments or data.
+
+    Options, the data (paired clips: every one read), the tooth masks the parts need and
+    the bundles they start from are checked before any training.
+    """
     from dicom_service.training.train_restoration import RestorationTrainOptions
-    from dicom_service.training.video_recipe import (
-        PARTS,
-        load_training_clips,
-        train_interframe_bundle,
-        train_restoration_bundle,
-        train_sam_bundle,
-        with_masks,
-    )
+    from dicom_service.training.video_recipe import PARTS, load_training_clips
     from dicom_service.vision.registry import resolve_device
 
     try:
@@ -142,15 +184,21 @@ def cmd_train_video(args: argparse.Namespace) -> int:
         if unknown or not parts:
             raise ValueError(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
         device = resolve_device(args.device)
-        train = load_training_clips(args.data, args.paired, "train")
-        val = load_training_clips(args.data, args.paired, "val")
         opts = RestorationTrainOptions(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                                        ssim_weight=args.ssim_weight, mask_dropout=args.mask_dropout, seed=args.seed)
         opts.validate()
-        if args.width < 4 or min(args.sam_steps, args.interframe_steps) < 1:
-            raise ValueError("--width must be >= 4, --sam-steps and --interframe-steps >= 1")
+        if args.width < 4 or args.interframe_steps < 1:
+            raise ValueError("--width must be >= 4, --interframe-steps >= 1")
         if args.interframe_crop < 8 or args.interframe_crop % 8:
             raise ValueError(f"--interframe-crop must be a positive multiple of 8, got {args.interframe_crop}")
+        _check_options(args)
+        train = load_training_clips(args.data, args.paired, "train")
+        val = load_training_clips(args.data, args.paired, "val")
+        if "sam" in parts and _unmasked(train):
+            raise ValueError(f"training the tooth SAM needs tooth masks for every training clip; without masks/: "
+                             f"{', '.join(_unmasked(train)[:5])} (train the other parts with --only, which take "
+                             "masks from a SAM bundle)")
+        masks_from = mask_bundle(args.out, parts, train + val)
         for part, folder in RESTORATION_FOLDERS.items():
             grown = part == "restoration" and args.prior_from_noprior  # starts from the noprior bundle instead
             if args.resume and part in parts and not grown and not (args.out / folder / "config.json").is_file():
@@ -165,38 +213,55 @@ def cmd_train_video(args: argparse.Namespace) -> int:
         return 2
     facts = {"command": _train_command(args),
              "data": str(args.data or args.paired), "train_clips": len(train), "val_clips": len(val)}
+    try:
+        summary = _train_parts(args, parts, train, val, masks_from, opts, device, facts)
+    except (ValueError, OSError) as exc:  # input errors found while training: no traceback
+        print(f"dicom-service train video: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+def _train_parts(args: argparse.Namespace, parts: list[str], train: list[VideoClip], val: list[VideoClip],
+                 masks_from: Path | None, opts: RestorationTrainOptions, device: str, facts: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """Train each part of ``parts`` in order (clips without masks get them from ``masks_from``)."""
+    from dicom_service.training.video_recipe import (
+        train_interframe_bundle,
+        train_restoration_bundle,
+        train_sam_bundle,
+        with_masks,
+    )
+
     summary: dict[str, Any] = {}
     if "sam" in parts:
         summary["sam"] = train_sam_bundle(train, val, args.out, steps=args.sam_steps, batch_size=args.sam_batch_size,
                                           lr=args.sam_lr, seed=args.seed, device=device, facts=facts, log=_log)
-    if any(c.masks is None for c in train + val) and {"restoration", "noprior"} & set(parts):
+    if masks_from is not None:
         from dicom_service.vision.tooth_predictor import ToothSegmenter
         from dicom_service.vision.tooth_sam import load_sam_bundle
         from dicom_service.vision.video_runtime import automatic_masks
 
-        segmenter = ToothSegmenter(load_sam_bundle(args.out / SAM_BUNDLE, device)[0])
+        _log({"stage": "masks", "clips_without_masks": _unmasked(train + val), "sam_bundle": str(masks_from)})
+        segmenter = ToothSegmenter(load_sam_bundle(masks_from, device)[0])
         train = with_masks(train, lambda frames: automatic_masks(segmenter, frames))
         val = with_masks(val, lambda frames: automatic_masks(segmenter, frames))
+    noprior_folder = args.out / RESTORATION_FOLDERS["noprior"]
     for part, folder in RESTORATION_FOLDERS.items():
         if part in parts:
             prior = part == "restoration"
             grow_from = noprior_folder if prior and args.prior_from_noprior else None
-            try:
-                summary[part] = train_restoration_bundle(train, val, args.out / folder, use_prior=prior,
-                                                         width=args.width, opts=opts, device=device,
-                                                         facts=facts, log=_log, resume=args.resume,
-                                                         refine=args.refine, bidirectional=args.bidirectional,
-                                                         prior_from=grow_from)
-            except (ValueError, FileNotFoundError) as exc:
-                print(f"dicom-service train video: {exc}", file=sys.stderr)
-                return 2
+            summary[part] = train_restoration_bundle(train, val, args.out / folder, use_prior=prior,
+                                                     width=args.width, opts=opts, device=device,
+                                                     facts=facts, log=_log, resume=args.resume,
+                                                     refine=args.refine, bidirectional=args.bidirectional,
+                                                     prior_from=grow_from)
     for part in ("sr2", "interp2"):
         if part in parts:
             summary[part] = train_interframe_bundle(part, train, val, args.out, steps=args.interframe_steps,
                                                     crop=args.interframe_crop, seed=args.seed, device=device,
                                                     facts=facts, log=_log)
-    print(json.dumps(summary))
-    return 0
+    return summary
 
 
 def cmd_eval_video(args: argparse.Namespace) -> int:

@@ -10,6 +10,12 @@ count), ``iscrowd`` 0 and the extra fields ``attributes`` (design values), ``sys
 Images carry ``scene_id``, ``split`` (train / val / test, fixed by hashing the scene id:
 80 / 10 / 10) and ``pixel_spacing_mm``. Inside this package boxes are
 ``(x0, y0, x1, y1)`` with exclusive ends.
+
+:func:`load_coco` reads ours and users' files and refuses, naming the entry, what
+training would otherwise find only hours later: unknown category names (matched without
+regard to case), unknown ``split`` values (``Train`` is ``train``; ``validation`` is
+``val``), RLE segmentations, and image files that are missing or whose size differs
+from the entry's ``width`` x ``height`` (read from the file header).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from dicom_service.training.radiograph_phantoms import render_panoramic, render_periapical
 from dicom_service.training.radiograph_scene import RadiographScene
@@ -34,6 +41,9 @@ CATEGORIES: tuple[dict[str, Any], ...] = (
     {"id": 4, "name": "apical", "supercategory": "implant_part"},
 )
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
+#: Category names :func:`load_coco` accepts (compared in lower case).
+CATEGORY_NAMES: tuple[str, ...] = tuple(c["name"] for c in CATEGORIES)
+_SPLIT_ALIASES = {"validation": "val"}
 _BOX_TOLERANCE = 1e-3
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -197,22 +207,109 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
-def _split_of(image: dict[str, Any]) -> str:
-    if image.get("split") is not None:
-        return str(image["split"])
-    key = image.get("patient_id") or image.get("scene_id") or image["file_name"]
-    return split_for(str(key))
+def _split_of(image: dict[str, Any], where: str) -> str:
+    """The image's split in lower case (``validation`` → ``val``), or derived; ``ValueError`` if unknown."""
+    if image.get("split") is None:
+        key = image.get("patient_id") or image.get("scene_id") or image["file_name"]
+        return split_for(str(key))
+    name = str(image["split"]).strip().lower()
+    name = _SPLIT_ALIASES.get(name, name)
+    if name not in SPLITS:
+        raise ValueError(f"{where}: unknown split {image['split']!r}; use train, val or test")
+    return name
 
 
-def load_coco(path: str | Path) -> CocoDataset:
+def _category_name(name: Any, category_id: int, where: str) -> str:
+    """``name`` in lower case when it is one of :data:`CATEGORY_NAMES`; ``ValueError`` naming it otherwise."""
+    known = str(name).strip().lower()
+    if known not in CATEGORY_NAMES:
+        raise ValueError(f"{where}: category {name!r} (id {category_id}) is not one of "
+                         f"{', '.join(CATEGORY_NAMES)}; remove its annotations or rename it")
+    return known
+
+
+def _check_segmentation(segmentation: Any, where: str) -> None:
+    """Accept None, ``[]`` or a list of polygons ``[x0, y0, x1, y1, ...]`` (3 points or more)."""
+    if segmentation is None:
+        return
+    if isinstance(segmentation, dict):
+        raise ValueError(f"{where}: RLE segmentations are not supported; convert them to polygons "
+                         "or leave the segmentation out (the box is then the mask)")
+    if not isinstance(segmentation, list):
+        raise ValueError(f"{where}: segmentation must be a list of polygons, got {type(segmentation).__name__}")
+    for k, poly in enumerate(segmentation):
+        if (not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in poly)):
+            raise ValueError(f"{where}: segmentation[{k}] must be a polygon [x0, y0, x1, y1, ...] of "
+                             "at least 3 points")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file, from its header when Pillow knows the format.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist (or is not a file).
+    ValueError
+        OpenCV has no reader for it, or neither Pillow nor OpenCV can read its size.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    if not cv2.haveImageReader(str(path)):  # by the file's signature, as training reads it
+        raise ValueError(f"{path}: not an image format OpenCV reads")
+    try:
+        with Image.open(path) as image:
+            return int(image.width), int(image.height)
+    except (UnidentifiedImageError, OSError):
+        pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # a format Pillow lacks: decode it
+    if pixels is None:
+        raise ValueError(f"{path}: cannot be read as an image")
+    return int(pixels.shape[1]), int(pixels.shape[0])
+
+
+def check_image_files(images: Iterable[CocoImage], where: dict[int, str]) -> None:
+    """Check that every image file exists and has the size of its entry.
+
+    ``where[image.id]`` names the entry in messages (``images[3] (a.png)``).
+
+    Raises
+    ------
+    ValueError
+        A file is missing, unreadable or of another size than the entry's
+        ``width`` x ``height``.
+    """
+    for image in images:
+        try:
+            width, height = image_size(image.path)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"{where[image.id]}: {exc}") from exc
+        if (width, height) != (image.width, image.height):
+            raise ValueError(f"{where[image.id]}: the file is {width} x {height} pixels but the entry says "
+                             f"{image.width} x {image.height}")
+
+
+def load_coco(path: str | Path, *, check_files: bool = True) -> CocoDataset:
     """Read and validate a COCO detection file (ours or a user's).
+
+    Annotations' category names are in lower case and images' ``split`` one of :data:`SPLITS`.
+
+    Parameters
+    ----------
+    path : path
+        The JSON file; image ``file_name`` s are relative to its folder.
+    check_files : bool
+        Also check that every image file exists and has the entry's size (header only).
 
     Raises
     ------
     ValueError
         Missing top-level or per-entry keys, duplicate ids, unknown image or category
-        ids, or a ``bbox`` that is negative in size or lies outside its image; the
-        message names the entry.
+        ids, an annotation whose category is not ``implant``, ``coronal``, ``middle`` or
+        ``apical`` (any case), an unknown ``split``, an RLE or malformed segmentation, a
+        ``bbox`` that is negative in size or lies outside its image, or (with
+        ``check_files``) a missing image file or one of another size; the message names
+        the entry.
     """
     source = Path(path)
     try:
@@ -225,6 +322,7 @@ def load_coco(path: str | Path) -> CocoDataset:
         c = _require(c, ("id", "name"), f"categories[{i}]")
         categories[int(_number(c["id"], f"categories[{i}].id"))] = str(c["name"])
     images: dict[int, CocoImage] = {}
+    entries: dict[int, str] = {}
     for i, im in enumerate(doc["images"]):
         where = f"images[{i}]"
         im = _require(im, ("id", "file_name", "width", "height"), where)
@@ -235,8 +333,9 @@ def load_coco(path: str | Path) -> CocoDataset:
         if width <= 0 or height <= 0:
             raise ValueError(f"{where}: width and height must be positive, got {width} x {height}")
         images[image_id] = CocoImage(id=image_id, file_name=str(im["file_name"]), width=width, height=height,
-                                     scene_id=im.get("scene_id"), split=_split_of(im),
+                                     scene_id=im.get("scene_id"), split=_split_of(im, where),
                                      path=source.parent / str(im["file_name"]))
+        entries[image_id] = f"{where} ({im['file_name']})"
     annotations: list[CocoAnnotation] = []
     seen: set[int] = set()
     for i, a in enumerate(doc["annotations"]):
@@ -252,6 +351,7 @@ def load_coco(path: str | Path) -> CocoDataset:
         cat = int(_number(a["category_id"], f"{where}.category_id"))
         if cat not in categories:
             raise ValueError(f"{where}: unknown category_id {cat}")
+        category = _category_name(categories[cat], cat, where)
         bbox = a["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise ValueError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
@@ -265,10 +365,14 @@ def load_coco(path: str | Path) -> CocoDataset:
         attributes = a.get("attributes")
         if attributes is not None and not isinstance(attributes, dict):
             raise ValueError(f"{where}: attributes must be an object")
+        _check_segmentation(a.get("segmentation"), where)
         annotations.append(CocoAnnotation(
-            id=ann_id, image_id=image.id, category=categories[cat], box=(x, y, x + w, y + h),
+            id=ann_id, image_id=image.id, category=category, box=(x, y, x + w, y + h),
             area=float(a.get("area", w * h)), iscrowd=int(a.get("iscrowd", 0)), segmentation=a.get("segmentation"),
             attributes={str(k): str(v) for k, v in attributes.items()} if attributes is not None else None,
-            system=a.get("system"), implant_id=a.get("implant_id"), truncated=a.get("truncated")))
+            system=None if a.get("system") is None else str(a["system"]), implant_id=a.get("implant_id"),
+            truncated=a.get("truncated")))
+    if check_files:
+        check_image_files(images.values(), entries)
     return CocoDataset(images=images, categories=categories, annotations=annotations)
 

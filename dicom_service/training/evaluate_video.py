@@ -52,11 +52,15 @@ after the node's stabilisation of the ``full_auto`` frames (see
 :mod:`~dicom_service.training.evaluate_stabilisation`).
 Interframe models (when bundled): see
 :func:`~dicom_service.training.train_interframe.evaluate_interframe`.
+In ``eval_video.json`` a metric that does not apply (NaN in the report: frame
+interpolation of 1- or 2-frame clips, tooth PSNR without teeth) is ``null``, so the file
+is strict JSON (:func:`strict_json`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -226,6 +230,34 @@ def paired_gain(a: Sequence[float], b: Sequence[float], resamples: int = 10000, 
     return {"clips": int(diff.size), "mean": float(diff.mean()), "ci95": interval, "wins": int((diff > 0).sum())}
 
 
+def _finite_mean(values: list[float]) -> float | None:
+    """Mean of the finite ``values`` (a metric that does not apply to a clip is NaN there);
+    None when none is finite."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _gain(value: float | None, reference: float | None) -> float | None:
+    """``value - reference``, or None where either is missing (no clip with teeth, say)."""
+    return None if value is None or reference is None else value - reference
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` (nested dicts, lists, numbers) with each NaN or infinite float replaced by None.
+
+    Strict JSON has no NaN; ``json.dumps(strict_json(report), allow_nan=False)`` then cannot fail on one.
+    """
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str = "cpu",
                    out_dir: Path | None = None, precision: str = "float32") -> dict[str, Any]:
     """Measure every method on ``clips``; write ``eval_video.json``, ``eval_video.txt`` (the
@@ -331,7 +363,7 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
     report: dict[str, Any] = {
         "clips": len(clips), "frames": total_frames, "size": [width, height], "device": device,
         "precision": precision_name(dtype),
-        "methods": {m: {k: float(np.nanmean(v)) if v else None for k, v in values.items()}
+        "methods": {m: {k: _finite_mean(v) for k, v in values.items()}
                     for m, values in per_method.items()},
         **breakdowns(records),
         "grain_free_reference": grain_free_summary(records),
@@ -357,17 +389,18 @@ def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str 
         report["interframe"] = evaluate_interframe(interframe[0], interframe[1], clips, device)
     methods = report["methods"]
     report["gains_db"] = {
-        "full_vs_degraded": methods["full_auto"]["psnr"] - methods["degraded"]["psnr"],
-        "full_vs_classical": methods["full_auto"]["psnr"] - methods["classical"]["psnr"],
-        "full_vs_no_prior": methods["full_auto"]["psnr"] - methods["no_prior"]["psnr"],
-        "full_vs_no_prior_teeth": methods["full_auto"]["psnr_teeth"] - methods["no_prior"]["psnr_teeth"],
+        "full_vs_degraded": _gain(methods["full_auto"]["psnr"], methods["degraded"]["psnr"]),
+        "full_vs_classical": _gain(methods["full_auto"]["psnr"], methods["classical"]["psnr"]),
+        "full_vs_no_prior": _gain(methods["full_auto"]["psnr"], methods["no_prior"]["psnr"]),
+        "full_vs_no_prior_teeth": _gain(methods["full_auto"]["psnr_teeth"], methods["no_prior"]["psnr_teeth"]),
     }
     # the prior ablation clip by clip: the same clips, so the comparison is paired
     report["prior_effect"] = {key: paired_gain(per_method["full_auto"][key], per_method["no_prior"][key])
                               for key in ("psnr", "psnr_teeth", "ssim")}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "eval_video.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (out_dir / "eval_video.json").write_text(json.dumps(strict_json(report), indent=2, allow_nan=False) + "\n",
+                                                 encoding="utf-8")
         (out_dir / "eval_video.txt").write_text(metrics_table(report) + "\n", encoding="utf-8")
         write_contact_sheet(sheet_rows, SHEET_COLUMNS, out_dir / "contact_sheet.png")
     return report
@@ -408,13 +441,22 @@ def write_contact_sheet(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[s
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or "n/a" in the same width where it is None."""
+    if value is None:
+        width = "".join(ch for ch in spec.split(".")[0] if ch.isdigit())
+        return "n/a".rjust(int(width or 0))
+    return format(value, spec)
+
+
 def metrics_table(report: dict[str, Any]) -> str:
     """Plain-text table of an ``eval video`` report."""
     lines = [f"{report['clips']} clips, {report['frames']} frames {report['size'][0]}x{report['size'][1]} "
              f"on {report['device']}, {report.get('precision', 'float32')}", "",
              f"{'method':<18}{'PSNR dB':>9}{'SSIM':>8}{'PSNR teeth':>12}"]
     for method, values in report["methods"].items():
-        lines.append(f"{method:<18}{values['psnr']:>9.2f}{values['ssim']:>8.4f}{values['psnr_teeth']:>12.2f}")
+        lines.append(f"{method:<18}{_fmt(values['psnr'], '>9.2f')}{_fmt(values['ssim'], '>8.4f')}"
+                     f"{_fmt(values['psnr_teeth'], '>12.2f')}")
     for name in BREAKDOWNS:
         for kind, entry in report.get(name, {}).items():
             lines.append(f"{kind.replace('_', ' ')} ({entry['clips']} clips): " + "  ".join(
@@ -429,7 +471,7 @@ def metrics_table(report: dict[str, Any]) -> str:
                      f"full_auto against them: SSIM {reference['full_auto_ssim_to_it']:.4f}")
     lines.append("")
     for key, value in report["gains_db"].items():
-        lines.append(f"gain {key:<28}{value:>+8.2f} dB")
+        lines.append(f"gain {key:<28}{_fmt(value, '>+8.2f')} dB")
     for key, gain in report.get("prior_effect", {}).items():
         if gain["ci95"] is not None:
             lines.append(f"prior per clip (full_auto - no_prior) {key}: {gain['mean']:+.4f} "

@@ -2,7 +2,8 @@
 
 :class:`~dicom_service.training.train_options.TrainOptions` holds every knob of a run;
 the functions below run one stage each on a
-:class:`~dicom_service.training.coco.CocoDataset`:
+:class:`~dicom_service.training.coco.CocoDataset`, after :func:`check_training_data`
+has refused a data set a stage cannot train on:
 
 1. :func:`pretrained_encoder`: a ViT, randomly initialised or MDE / MAE pre-trained on
    the training images (no labels);
@@ -14,6 +15,7 @@ the functions below run one stage each on a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -34,6 +36,38 @@ from dicom_service.vision.vit import VIT_SIZES, ViTEncoder
 
 #: Classes of the one-stage ablation detector (whole implants, no design parts).
 IMPLANT_CLASSES: tuple[str, ...] = ("background", "implant")
+#: The stages :func:`check_training_data` can check for.
+STAGES: tuple[str, ...] = ("detector", "identifier")
+
+
+def check_training_data(coco: CocoDataset, opts: TrainOptions, stages: Sequence[str] = STAGES) -> None:
+    """Refuse, before any training, a data set on which ``stages`` cannot train.
+
+    The detector needs design parts (``coronal``, ``middle``, ``apical``) on the train
+    split; the identifier needs ``implant`` annotations with a ``system`` there (those
+    without one are left out of it). Only the first ``opts.limit_images`` training images
+    count, as in training. No stage (``--only thresholds``): nothing to check.
+
+    Raises
+    ------
+    ValueError
+        Naming what is missing and how many images each split has.
+    """
+    if not stages:
+        return
+    train = sorted(coco.split("train"), key=lambda im: im.id)[: opts.limit_images]
+    counts = ", ".join(f"{name} {len(coco.split(name))}" for name in ("train", "val", "test"))
+    if not train:
+        raise ValueError(f"the train split has no image (images per split: {counts})")
+    used = {im.id for im in train}
+    anns = [a for a in coco.annotations if a.image_id in used]
+    scope = "the train split" if opts.limit_images is None else f"the first {len(train)} train images"
+    if "detector" in stages and not any(a.category in PART_CLASSES[1:] for a in anns):
+        raise ValueError(f"{scope} has no coronal, middle or apical annotation: the detector is trained on "
+                         f"implants' design parts (images per split: {counts})")
+    if "identifier" in stages and not any(a.category == "implant" and a.system is not None for a in anns):
+        raise ValueError(f"{scope} has no implant annotation with a \"system\": the identifier needs at least "
+                         "one implant system to learn (implants without one are left out of it)")
 
 
 def pretrained_encoder(coco: CocoDataset, opts: TrainOptions, device: torch.device,
@@ -79,5 +113,5 @@ def trained_identifier(coco: CocoDataset, opts: TrainOptions, device: torch.devi
     return identifier, {"train": len(train), "val": len(val)}
 
 
-__all__ = ["IMPLANT_CLASSES", "PRETRAIN_BASE_LR", "TrainOptions", "fine_tuned_detector", "pretrained_encoder",
-           "trained_identifier"]
+__all__ = ["IMPLANT_CLASSES", "PRETRAIN_BASE_LR", "STAGES", "TrainOptions", "check_training_data",
+           "fine_tuned_detector", "pretrained_encoder", "trained_identifier"]

@@ -224,7 +224,7 @@ def linear_midpoint_error(clip: VideoClip) -> float | None:
 
 def _interp_scores(interpolator: FrameInterpolator2x, clips: Sequence[np.ndarray], device: str) -> dict[str, Any]:
     """PSNR (dB, mean over clips) of the odd frames of each ``(T, H, W, 3)`` clip rebuilt
-    from the even ones: the model, its flow-warped average, the plain average."""
+    from the even ones: the model, its flow-warped average, the plain average (None where no clip has 3 frames)."""
     model_db, warped_db, average_db = [], [], []
     for frames in clips:
         ends = frames[0::2]
@@ -236,5 +236,7 @@ def _interp_scores(interpolator: FrameInterpolator2x, clips: Sequence[np.ndarray
         warped_db.append(psnr(interpolate_clip(interpolator, ends, device, refine=False)[1::2], truth))
         mean = ((ends[:-1].astype(np.float32) + ends[1:]) / 2).round().astype(np.uint8)
         average_db.append(psnr(mean, truth))
+    if not model_db:  # no clip of 3 frames or more: nothing to rebuild
+        return {"psnr_model": None, "psnr_flow_warped_average": None, "psnr_frame_average": None}
     return {"psnr_model": float(np.mean(model_db)), "psnr_flow_warped_average": float(np.mean(warped_db)),
             "psnr_frame_average": float(np.mean(average_db))}

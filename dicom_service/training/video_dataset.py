@@ -72,7 +72,9 @@ def list_split(root: Path, split: str) -> list[Path]:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    """Sorted image files of ``folder``; hidden names (``.x``, macOS ``._x`` resource forks) are not frames."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES)
 
 
 def _read(path: Path, flags: int) -> np.ndarray:
@@ -82,25 +84,32 @@ def _read(path: Path, flags: int) -> np.ndarray:
     return img
 
 
-def _read_stack(paths: list[Path], where: Path) -> np.ndarray:
-    frames = [cv2.cvtColor(_read(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths]
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1:
-        raise ValueError(f"{where}: frames differ in size: {sorted(shapes)}")
-    return np.stack(frames)
+def _same_size(images: list[np.ndarray], paths: list[Path], what: str) -> np.ndarray:
+    """Stack ``images``; ``ValueError`` naming the first file whose size differs from the first one's."""
+    for image, path in zip(images, paths, strict=True):
+        if image.shape[:2] != images[0].shape[:2]:
+            raise ValueError(f"{path}: {what} differ in size: {image.shape[1]} x {image.shape[0]} but "
+                             f"{paths[0].name} is {images[0].shape[1]} x {images[0].shape[0]}")
+    return np.stack(images)
+
+
+def _read_stack(paths: list[Path]) -> np.ndarray:
+    return _same_size([cv2.cvtColor(_read(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths], paths, "frames")
 
 
 def load_paired_folder(folder: Path, *, fps: float = 30.0) -> VideoClip:
     """Read one real paired clip (``LQ/``, ``HQ/``, optional ``masks/``).
 
-    Frames pair by sorted file stem (``LQ/0001.jpg`` with ``HQ/0001.png``); ``flow`` is
-    None and ``masks`` is None without a ``masks/`` folder.
+    Frames pair by sorted file stem (``LQ/0001.jpg`` with ``HQ/0001.png``); files whose
+    name starts with ``.`` are ignored. ``flow`` is None and ``masks`` is None without a
+    ``masks/`` folder.
 
     Raises
     ------
     ValueError
-        A folder is missing or empty, the LQ / HQ / mask counts or file stems differ, or
-        frame sizes differ.
+        A folder is missing or empty, the LQ / HQ / mask counts or file stems differ, a
+        file cannot be decoded, or frame or mask sizes differ; the message names the clip
+        folder or the file.
     """
     folder = Path(folder)
     for sub in ("LQ", "HQ"):
@@ -114,7 +123,7 @@ def load_paired_folder(folder: Path, *, fps: float = 30.0) -> VideoClip:
     if [p.stem for p in lq] != [p.stem for p in hq]:
         bad = next(a.name for a, b in zip(lq, hq, strict=True) if a.stem != b.stem)
         raise ValueError(f"{folder}: LQ and HQ file names differ (first: LQ/{bad})")
-    degraded, clean = _read_stack(lq, folder / "LQ"), _read_stack(hq, folder / "HQ")
+    degraded, clean = _read_stack(lq), _read_stack(hq)
     if degraded.shape != clean.shape:
         raise ValueError(f"{folder}: LQ frames are {degraded.shape[1:3]} but HQ frames are {clean.shape[1:3]}")
     masks = None
@@ -122,21 +131,33 @@ def load_paired_folder(folder: Path, *, fps: float = 30.0) -> VideoClip:
         files = _images(folder / "masks")
         if [p.stem for p in files] != [p.stem for p in hq]:
             raise ValueError(f"{folder}: masks/ has {len(files)} files that do not match the {len(hq)} HQ names")
-        masks = np.stack([_read(p, cv2.IMREAD_GRAYSCALE) > 0 for p in files])
+        masks = _same_size([_read(p, cv2.IMREAD_GRAYSCALE) > 0 for p in files], files, "masks")
         if masks.shape != clean.shape[:3]:
-            raise ValueError(f"{folder}: masks are {masks.shape[1:]} but frames are {clean.shape[1:3]}")
+            raise ValueError(f"{folder}: masks are {masks.shape[2]} x {masks.shape[1]} but frames are "
+                             f"{clean.shape[2]} x {clean.shape[1]}")
     return VideoClip(clean=clean, degraded=degraded, masks=masks, flow=None, fps=float(fps), name=folder.name)
 
 
 def list_paired_root(root: Path) -> list[Path]:
     """Sorted sub-folders of ``root`` (one level) that hold both ``LQ/`` and ``HQ/``.
 
+    Sub-folders with neither, and hidden ones (name starting with ``.``), are not clips.
+
     Raises
     ------
     ValueError
-        ``root`` is not a folder.
+        ``root`` is not a folder, or a sub-folder holds ``LQ/`` without ``HQ/`` or the
+        reverse (named).
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
-    return sorted(p for p in root.iterdir() if (p / "LQ").is_dir() and (p / "HQ").is_dir())
+    clips = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        has = [sub for sub in ("LQ", "HQ") if (folder / sub).is_dir()]
+        if len(has) == 1:
+            lacks = "HQ" if has == ["LQ"] else "LQ"
+            raise ValueError(f"{folder}: has {has[0]}/ but no {lacks}/ folder (a clip needs both)")
+        if has:
+            clips.append(folder)
+    return clips

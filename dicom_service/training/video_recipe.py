@@ -14,8 +14,10 @@ Three bundles are written under the models folder:
     clean frames.
 
 Data: a phantom data set written by ``dicom-service phantoms video`` (``--data``), or
-real paired clips laid out as ``ROOT/<clip>/{LQ,HQ,masks}`` (``--paired``). Real clips
-without masks get tooth masks from the SAM bundle (automatic mode) for the prior.
+real paired clips laid out as ``ROOT/<clip>/{LQ,HQ,masks}`` (``--paired``; every fifth
+clip, at least one, held out: :func:`held_out`). Real clips without masks get tooth masks
+from a SAM bundle (automatic mode) for the prior: the one in the models folder, else the
+repository's (chosen by ``train video`` before training).
 """
 
 from __future__ import annotations
@@ -41,30 +43,47 @@ RUN_KEYS = ("command", "options", "val_psnr_db", "training_seconds")
 Log = Callable[[dict[str, Any]], None]
 
 
-def load_training_clips(data: Path | None, paired: Path | None, split: str) -> list[VideoClip]:
-    """Clips of one split of a phantom data set, or every real paired clip.
-
-    Real paired data has no split of its own: ``train`` takes all clips but every fifth,
-    ``val`` and ``test`` take every fifth (sorted by folder name).
+def held_out(count: int) -> list[int]:
+    """Indices of the held-out clips among ``count`` sorted real clips: every fifth, at least one.
 
     Raises
     ------
     ValueError
-        Neither or both sources given, or an unknown split.
+        Fewer than two clips: none could be held out without training on it.
+    """
+    if count < 2:
+        raise ValueError(f"{count} paired clip(s): at least 2 are needed, as one is held out for "
+                         "validation and test (every fifth clip, at least one) and never trained on")
+    return [i for i in range(count) if i % 5 == 4] or [count - 1]
+
+
+def load_training_clips(data: Path | None, paired: Path | None, split: str) -> list[VideoClip]:
+    """Clips of one split of a phantom data set, or of the real paired clips.
+
+    Real paired data has no split of its own: ``val`` and ``test`` take every fifth clip
+    (sorted by folder name; the last one when there are fewer than five) and ``train``
+    takes the others, so no held-out clip is trained on.
+
+    Raises
+    ------
+    ValueError
+        Neither or both sources given, an unknown split, fewer than two paired clips, or
+        a clip folder that cannot be read (named).
     """
     if data is not None and paired is None:
         return [load_clip(path) for path in list_split(data, split)]
     if data is not None or paired is None:
         raise ValueError("give exactly one of --data (phantom data set) or --paired (real paired clips)")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; use train, val or test")
     folders = list_paired_root(paired)
     if not folders:
         raise ValueError(f"{paired}: no clip folders with LQ/ and HQ/")
-    if split == "train":
-        chosen = [f for i, f in enumerate(folders) if i % 5 != 4] or folders
-    elif split in ("val", "test"):
-        chosen = [f for i, f in enumerate(folders) if i % 5 == 4] or folders[-1:]
-    else:
-        raise ValueError(f"unknown split {split!r}; use train, val or test")
+    try:
+        held = held_out(len(folders))
+    except ValueError as exc:
+        raise ValueError(f"{paired}: {exc}") from exc
+    chosen = [f for i, f in enumerate(folders) if (i in held) == (split != "train")]
     return [load_paired_folder(f) for f in chosen]
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
@@ -165,25 +166,34 @@ def build_sam_from_config(cfg: SamConfig) -> Sam:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or from a ``.pth`` / ``.pt`` without pickle.
+    """Read a state dict from ``.safetensors`` (any case) or from a ``.pth`` / ``.pt`` without pickle.
 
     Raises
     ------
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        The file is not a flat mapping of names to tensors (for example a pickled training
-        checkpoint that ``weights_only=True`` refuses).
+        ``path`` is a folder, a corrupt or truncated file, or not a flat mapping of names
+        to tensors (for example a pickled training checkpoint that ``weights_only=True``
+        refuses); the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"SAM checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
+    if path.is_dir():
+        raise ValueError(f"SAM checkpoint {path} is a folder, not a weight file")
+    if path.suffix.lower() == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"{path}: not a valid safetensors file (corrupt or truncated: {exc})") from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(f"{path}: not a weights-only torch checkpoint: {exc}") from exc
+        # torch's own message suggests weights_only=False (never here: no pickle runs) and carries ANSI codes
+        raise ValueError(f"{path}: not a weights-only torch checkpoint ({type(exc).__name__}): a state dict of "
+                         "tensors saved with torch.save, or a .safetensors file, is needed; pickled objects are "
+                         "never loaded") from exc
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a flat state dict of tensors, got {type(state).__name__}")
     return dict(state)

@@ -71,6 +71,8 @@ def test_images_carry_scene_and_split(dataset: Path) -> None:
 
 def _broken(tmp_path: Path, dataset: Path, mutate) -> Path:
     doc = json.loads(dataset.read_text())
+    for image in doc["images"]:  # the copy lies elsewhere: its images by absolute path
+        image["file_name"] = str(dataset.parent / image["file_name"])
     mutate(doc)
     path = tmp_path / "broken.json"
     path.write_text(json.dumps(doc))
@@ -85,10 +87,36 @@ def _broken(tmp_path: Path, dataset: Path, mutate) -> Path:
     (lambda d: d["annotations"][0].update(bbox=[400.0, 10.0, 40.0, 10.0]), "outside image"),
     (lambda d: d["annotations"][0].update(bbox=[1.0, 1.0, -3.0, 2.0]), "negative"),
     (lambda d: d["images"][0].pop("width"), r"images\[0\].*width"),
+    (lambda d: d["categories"][1].update(name="crown"), r"annotations\[1\]: category 'crown' \(id 2\) is not one"),
+    (lambda d: d["images"][0].update(split="holdout"), r"images\[0\]: unknown split 'holdout'"),
+    (lambda d: d["annotations"][0].update(segmentation={"size": [416, 416], "counts": "abc"}),
+     r"annotations\[0\]: RLE segmentations are not supported"),
+    (lambda d: d["annotations"][0].update(segmentation=[[1.0, 2.0, 3.0]]), r"annotations\[0\]: segmentation\[0\]"),
+    (lambda d: d["images"][1].update(file_name="gone.png"), r"images\[1\] \(gone.png\): .*gone.png does not exist"),
+    (lambda d: d["images"][0].update(width=500), r"images\[0\] .*file is 416 x 416 pixels but the entry says 500 x"),
 ])
 def test_broken_files_are_rejected(tmp_path: Path, dataset: Path, mutate, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_coco(_broken(tmp_path, dataset, mutate))
+
+
+def test_a_file_that_is_no_image_is_named(tmp_path: Path, dataset: Path) -> None:
+    note = tmp_path / "note.png"
+    note.write_text("not pixels")
+    with pytest.raises(ValueError, match=r"images\[2\] \(.*note.png\): .*not an image format OpenCV reads"):
+        load_coco(_broken(tmp_path, dataset, lambda d: d["images"][2].update(file_name=str(note))))
+
+
+def test_split_and_category_names_in_any_case(tmp_path: Path, dataset: Path) -> None:
+    def rename(doc: dict) -> None:
+        for image, split in zip(doc["images"], ("Train", " VAL", "validation", "Test", "train"), strict=True):
+            image["split"] = split
+        for category in doc["categories"]:
+            category["name"] = category["name"].capitalize()
+
+    data = load_coco(_broken(tmp_path, dataset, rename))
+    assert [im.split for im in data.images.values()] == ["train", "val", "val", "test", "train"]
+    assert {a.category for a in data.annotations} == {"implant", "coronal", "middle", "apical"}
 
 
 def test_plain_user_coco_without_extra_fields(tmp_path: Path) -> None:
@@ -97,6 +125,7 @@ def test_plain_user_coco_without_extra_fields(tmp_path: Path) -> None:
            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 5, 20, 40]}]}
     path = tmp_path / "user.json"
     path.write_text(json.dumps(doc))
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((50, 100), np.uint8))
     data = load_coco(path)
     ann = data.annotations[0]
     assert ann.box == (10.0, 5.0, 30.0, 45.0) and ann.attributes is None and ann.system is None
@@ -108,7 +137,7 @@ def test_user_coco_without_split_is_split_by_patient(tmp_path: Path) -> None:
               for i in range(300)]
     path = tmp_path / "user.json"
     path.write_text(json.dumps({"images": images, "categories": [], "annotations": []}))
-    data = load_coco(path)
+    data = load_coco(path, check_files=False)  # the split only: no image files
     by_patient: dict[str, set[str | None]] = {}
     for image in images:
         by_patient.setdefault(image["patient_id"], set()).add(data.images[image["id"]].split)

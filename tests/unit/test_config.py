@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_service.config import Settings, load_settings
+from dicom_service.config import Settings, apply_overrides, load_settings, make_folder
 from dicom_service.domain import ConfigError, Workflow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,3 +88,49 @@ def test_default_stabilisation_length_is_the_runtimes_default() -> None:
     from dicom_service.vision.stabilisation import DEFAULT_SMOOTHING_SECONDS
 
     assert Settings().models.stabilisation_seconds == DEFAULT_SMOOTHING_SECONDS
+
+
+def test_overrides_are_validated_and_win_over_environment_and_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("storage:\n  path: from-file\nhttp:\n  port: 8001\n")
+    monkeypatch.setenv("DICOM_SERVICE_STORAGE__PATH", "from-env")
+    monkeypatch.setenv("DICOM_SERVICE_DICOM__PORT", "11114")
+    settings = load_settings(cfg)
+    assert (settings.storage.path, settings.dicom.port) == (Path("from-env"), 11114)
+    flagged = apply_overrides(settings, {"storage": {"path": tmp_path / "flag"}, "dicom": {"port": 11115},
+                                         "http": {"port": 8002}})
+    assert (flagged.storage.path, flagged.dicom.port, flagged.http.port) == (tmp_path / "flag", 11115, 8002)
+    assert flagged.storage.min_free_mb == settings.storage.min_free_mb  # the rest of the section kept
+    for section, value, key in (("dicom", 99999, "dicom.port"), ("dicom", -5, "dicom.port"),
+                                ("http", 99999, "http.port")):
+        with pytest.raises(ConfigError, match=key):
+            apply_overrides(settings, {section: {"port": value}})
+
+
+@pytest.mark.parametrize("name", ["DICOM_SERVICE_FOO", "DICOM_SERVICE_DICOM_PORT", "dicom_service_dicom_port"])
+def test_unknown_environment_variable_is_refused(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ConfigError, match=f"unknown environment variable.*{name}"):
+        load_settings(None)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("DICOM_SERVICE_DESTINATIONS", "[{"),
+    ("DICOM_SERVICE_DICOM", "notjson"),
+    ("DICOM_SERVICE_DICOM__ACCEPTED_CALLING_AETS", "[bad"),
+])
+def test_malformed_json_in_environment_names_the_variable(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"environment variable {name}: not valid JSON"):
+        load_settings(None)
+
+
+def test_make_folder_names_the_file_in_the_way(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert make_folder(tmp_path / "a" / "b", "storage.path").is_dir()
+    for target in (blocker, blocker / "sub"):
+        with pytest.raises(ConfigError, match=f"storage.path: cannot create the folder {target}: {blocker} is a file"):
+            make_folder(target, "storage.path")

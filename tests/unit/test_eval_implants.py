@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import builders
 from tests.dicomcheck import require_module
 
 torch = require_module("torch")
@@ -16,7 +17,7 @@ require_module("safetensors")
 
 from dicom_service.cli import main  # noqa: E402
 from dicom_service.training.ablation_implants import VARIANTS, markdown_tables  # noqa: E402
-from dicom_service.training.coco import generate_dataset, load_coco  # noqa: E402
+from dicom_service.training.coco import load_coco  # noqa: E402
 from dicom_service.training.evaluate_implants import evaluate_runtime  # noqa: E402
 from dicom_service.training.train_options import VIT_NAMES, TrainOptions  # noqa: E402
 from dicom_service.vision.implant_runtime import detect_in_windows  # noqa: E402
@@ -29,16 +30,8 @@ SMALL = ["--vit", "test", "--img-size", "64", "--pretrain-epochs", "1", "--epoch
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 periapical + 1 panoramic phantoms, every image with an implant in test or val."""
-    path = generate_dataset(tmp_path_factory.mktemp("eval"), periapical=6, panoramic=1, seed=11)
-    doc = json.loads(path.read_text())
-    with_implants = sorted({a["image_id"] for a in doc["annotations"]})
-    for image in doc["images"]:
-        image["split"] = "train"
-    by_id = {im["id"]: im for im in doc["images"]}
-    by_id[with_implants[0]]["split"] = "val"
-    by_id[with_implants[1]]["split"] = "test"
-    path.write_text(json.dumps(doc))
-    return path
+    return builders.implant_coco_with_splits(tmp_path_factory.mktemp("eval"), periapical=6, panoramic=1, seed=11,
+                                             held_out=("val", "test"))
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -243,3 +244,29 @@ def test_clip_degradation_of_phantoms_only() -> None:
     edited = clip.clean.copy()
     edited[0, 0, 0, 0] ^= 1
     assert clip_degradation(replace(clip, clean=edited)) is None
+
+
+def test_eval_of_short_clips_writes_strict_json(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """2-frame clips: frame interpolation has no odd frame to rebuild; its metrics are null, not NaN."""
+    _, models = trained
+    data = tmp_path / "short"
+    write_dataset(data, train=1, val=1, test=1, frames=2, height=64, width=80, seed=6)
+    out = tmp_path / "eval"
+    assert main(["eval", "video", "--data", str(data), "--models", str(models), "--out", str(out),
+                 "--device", "cpu"]) == 0
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in eval_video.json")
+
+    report = json.loads((out / "eval_video.json").read_text(), parse_constant=refuse)
+    interp = report["interframe"]["interp2"]
+    assert interp["psnr_model"] is None and interp["stabilised"]["psnr_model"] is None
+    assert report["interframe"]["sr2"]["psnr_model"] > 0
+
+
+def test_strict_json_replaces_nan_and_infinity() -> None:
+    from dicom_service.training.evaluate_video import strict_json
+
+    value = {"a": float("nan"), "b": [1.5, np.float32(np.inf), (np.int64(3), -np.inf)], "c": "text", "d": None}
+    assert strict_json(value) == {"a": None, "b": [1.5, None, [3, None]], "c": "text", "d": None}
+    json.dumps(strict_json(value), allow_nan=False)

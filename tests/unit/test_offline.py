@@ -74,3 +74,57 @@ def test_video_over_the_memory_budget_is_an_error_entry(tmp_path: Path) -> None:
     (error,) = group["errors"]
     assert error["sop_instance_uid"] == str(video.SOPInstanceUID)
     assert error["error"].startswith("UnsupportedInputError: video too large")
+
+
+def _process(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dicom_service", "process", *args, "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_out_inside_an_input_folder_is_never_read_as_input(tmp_path: Path) -> None:
+    """Run twice with --out inside the input folder: the second run reads the one input
+    again, not the first run's results (which it would enhance again)."""
+    study = tmp_path / "study"
+    builders.save(builders.make_intraoral_radiograph(seed=7), study / "r.dcm")
+    config = tmp_path / "c.yaml"
+    config.write_text("models:\n  radiograph: baseline\n  video: baseline\n")
+    lines = []
+    for _ in range(2):
+        proc = _process(str(study), "--out", str(study / "results"), "--config", str(config))
+        assert proc.returncode == 0, proc.stderr
+        lines.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = lines
+    assert first["outputs"] > 0
+    assert second["inputs"] == first["inputs"] == 1 and second["skipped"] == 0
+    assert second["groups"] == 1 and second["outputs"] == first["outputs"]
+
+
+def test_iter_files_leaves_out_the_excluded_folder(tmp_path: Path) -> None:
+    from dicom_service.offline import iter_files
+
+    for name in ("a.dcm", "out/x.dcm", "out/deep/y.dcm", "outer/z.dcm"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    names = [p.relative_to(tmp_path).as_posix() for p in iter_files([tmp_path], exclude=tmp_path / "out")]
+    assert names == ["a.dcm", "outer/z.dcm"]
+    assert list(iter_files([tmp_path / "out" / "x.dcm"], exclude=tmp_path / "out")) == []
+
+
+def test_out_that_is_a_file_exits_2_before_models_load(tmp_path: Path) -> None:
+    radiograph = builders.save(builders.make_intraoral_radiograph(seed=7), tmp_path / "r.dcm")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "results"):
+        proc = _process(str(radiograph), "--out", str(out))
+        assert proc.returncode == 2
+        assert f"output folder: cannot create the folder {out}: {blocker} is a file" in proc.stderr
+        assert "Traceback" not in proc.stderr and "vision runtimes" not in proc.stderr
+
+
+def test_every_input_skipped_says_so(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "junk.bin").write_bytes(builders.non_dicom_bytes())
+    proc = _process(str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0
+    assert "nothing processed: 1 of 1 input files skipped" in proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["groups"] == 0

@@ -111,6 +111,29 @@ def test_wrong_checkpoint_names_keys(tmp_path: Path, tiny: object) -> None:
         build_tooth_sam("tiny", checkpoint=tmp_path / "absent.pth")
 
 
+def test_unreadable_checkpoints_give_a_clean_error_naming_the_file(tmp_path: Path, tiny: object) -> None:
+    from safetensors.torch import save_file
+
+    save_file(dict(tiny.state_dict()), str(tmp_path / "TINY.SAFETENSORS"))  # upper-case suffix: safetensors
+    model = build_tooth_sam("tiny", checkpoint=tmp_path / "TINY.SAFETENSORS")
+    assert torch.equal(model.state_dict()["image_encoder.pos_embed"], tiny.state_dict()["image_encoder.pos_embed"])
+    whole = (tmp_path / "TINY.SAFETENSORS").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "noise.safetensors").write_bytes(np.random.default_rng(0).bytes(300))
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(1).bytes(300))
+    torch.save(tiny.state_dict(), tmp_path / "tiny.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "tiny.pth").read_bytes()[:4000])
+    for name in ("cut.safetensors", "noise.safetensors", "noise.pth", "cut.pth"):
+        with pytest.raises(ValueError) as caught:
+            build_tooth_sam("tiny", checkpoint=tmp_path / name)
+        message = str(caught.value)
+        assert message.startswith(f"{tmp_path / name}: not a ")
+        assert "\x1b" not in message and "weights_only=False" not in message
+    (tmp_path / "folder.pth").mkdir()
+    with pytest.raises(ValueError, match="folder.pth is a folder, not a weight file"):
+        build_tooth_sam("tiny", checkpoint=tmp_path / "folder.pth")
+
+
 def test_safetensors_checkpoint_and_bundle_roundtrip(tmp_path: Path, tiny: object) -> None:
     config_path = save_sam_bundle(tiny, "tiny", tmp_path / "bundle", {"steps": 3, "seed": 0})
     doc = json.loads(config_path.read_text())

@@ -94,3 +94,42 @@ def test_empty_and_not_a_folder(tmp_path: Path) -> None:
         load_paired_folder(tmp_path)
     with pytest.raises(ValueError, match="not a folder"):
         list_paired_root(tmp_path / "nope")
+
+
+def test_hidden_files_are_not_frames(tmp_path: Path) -> None:
+    _write(tmp_path / "LQ", ["0000.jpg", "0001.jpg"], (16, 16), 40)
+    _write(tmp_path / "HQ", ["0000.png", "0001.png"], (16, 16), 80)
+    (tmp_path / "LQ" / "._0000.jpg").write_bytes(b"\0\5\26\7 macOS AppleDouble")  # not an image at all
+    (tmp_path / "HQ" / ".DS_Store.png").write_bytes(b"")
+    assert load_paired_folder(tmp_path).degraded.shape == (2, 16, 16, 3)
+
+
+def test_mask_of_another_size_names_its_file(tmp_path: Path) -> None:
+    _write(tmp_path / "LQ", ["a.png", "b.png"], (16, 16), 40)
+    _write(tmp_path / "HQ", ["a.png", "b.png"], (16, 16), 80)
+    (tmp_path / "masks").mkdir()
+    cv2.imwrite(str(tmp_path / "masks" / "a.png"), np.zeros((16, 16), np.uint8))
+    cv2.imwrite(str(tmp_path / "masks" / "b.png"), np.zeros((16, 20), np.uint8))
+    with pytest.raises(ValueError, match=r"masks/b.png: masks differ in size: 20 x 16 but a.png is 16 x 16"):
+        load_paired_folder(tmp_path)
+
+
+def test_frame_of_another_size_names_its_file(tmp_path: Path) -> None:
+    _write(tmp_path / "LQ", ["a.png"], (16, 16), 40)
+    _write(tmp_path / "LQ", ["b.png"], (16, 18), 40)
+    _write(tmp_path / "HQ", ["a.png", "b.png"], (16, 16), 80)
+    with pytest.raises(ValueError, match=r"LQ/b.png: frames differ in size"):
+        load_paired_folder(tmp_path)
+
+
+@pytest.mark.parametrize("present, absent", [("LQ", "HQ"), ("HQ", "LQ")])
+def test_half_a_clip_is_named(tmp_path: Path, present: str, absent: str) -> None:
+    for clip in ("clip0", "clip1"):
+        _write(tmp_path / clip / "LQ", ["a.png"], (16, 16), 40)
+        _write(tmp_path / clip / "HQ", ["a.png"], (16, 16), 80)
+    _write(tmp_path / "clip2" / present, ["a.png"], (16, 16), 40)
+    (tmp_path / ".hidden" / "LQ").mkdir(parents=True)  # hidden folders are not clips
+    with pytest.raises(ValueError, match=rf"clip2: has {present}/ but no {absent}/ folder"):
+        list_paired_root(tmp_path)
+    (tmp_path / "clip2" / absent).mkdir()
+    assert [p.name for p in list_paired_root(tmp_path)] == ["clip0", "clip1", "clip2"]
