@@ -32,13 +32,13 @@ from dicom_service.pipelines.base import ResultObject
 from dicom_service.pipelines.correction import MaskCorrection, MaskFrames, correct_tooth_masks
 from dicom_service.pipelines.video_memory import video_budget_bytes
 from dicom_service.storage import InstanceStore
-from dicom_service.vision.runtime import VideoRuntime
+from dicom_service.vision.runtime import ProgressThrottle, VideoRuntime
 from dicom_service.vision.tooth_predictor import ToothSegmenter
 
 log = logging.getLogger(__name__)
 
-#: Frames between two progress lines of a correction job's log.
-PROGRESS_EVERY = 300
+#: Seconds between the progress lines of a correction (each also checks for a cancel).
+PROGRESS_SECONDS = 1.0
 
 
 def correction_job_key(process_job: Job, correction: MaskCorrection, restore: bool = False) -> str:
@@ -162,9 +162,10 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
     correction = MaskCorrection.from_json(job.payload["correction"])
     workers = settings.workers
 
+    tick = ProgressThrottle(progress, PROGRESS_SECONDS)  # a line (and a check for a cancel) about once a second
+
     def on_frame(done: int) -> None:
-        if done % PROGRESS_EVERY == 0:
-            progress(f"{done} frames' masks settled")
+        tick(f"{done} frames' masks settled")
 
     if correction.based_on is None:
         previous, earlier = ai_masks(queue, process_job, sop), 0
