@@ -113,27 +113,25 @@ class Router:
         return created
 
     def _route_study(self, study_uid: str, now: float) -> int:
-        groups: dict[Workflow, list[str]] = {}
+        sops, created, ignored = [], 0, 0
         for meta in self.store.unrouted_instances(study_uid):
+            sop = meta.sop_instance_uid
+            sops.append(sop)
             workflow = choose_workflow(meta, self.rules, self.settings.default_workflow)
-            groups.setdefault(workflow, []).append(meta.sop_instance_uid)
-        created = 0
-        for workflow, sops in groups.items():
             if workflow is Workflow.IGNORE:
-                log.info("study %s: %d instances ignored by routing", study_uid, len(sops))
+                ignored += 1
                 continue
-            for part in ([sop] for sop in sops):
-                job = self.queue.enqueue(
-                    JobKind.PROCESS, job_key(study_uid, workflow, part), study_uid=study_uid,
-                    workflow=workflow, payload={"sop_instance_uids": part},
-                    max_attempts=self.retry.max_attempts,
-                )
-                if job is not None:
-                    created += 1
-                    log.info("study %s: job %d (%s, %d instances) queued", study_uid, job.id,
-                             workflow.value, len(part))
-        all_sops = [s for sops in groups.values() for s in sops]
-        self.store.mark_routed(study_uid, all_sops, up_to=now)
+            job = self.queue.enqueue(
+                JobKind.PROCESS, job_key(study_uid, workflow, [sop]), study_uid=study_uid,
+                workflow=workflow, payload={"sop_instance_uids": [sop]},
+                max_attempts=self.retry.max_attempts,
+            )
+            if job is not None:
+                created += 1
+                log.info("study %s: job %d (%s) queued for instance %s", study_uid, job.id, workflow.value, sop)
+        if ignored:
+            log.info("study %s: %d instances ignored by routing", study_uid, ignored)
+        self.store.mark_routed(study_uid, sops, up_to=now)
         return created
 
     # ------------------------------------------------------------------ background loop

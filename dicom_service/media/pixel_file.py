@@ -15,6 +15,7 @@ import io
 import os
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -37,6 +38,41 @@ def deferred_pixel_data(ds: Dataset) -> RawDataElement | None:
     return element if isinstance(element, RawDataElement) and element.value is None else None
 
 
+def fragment_ranges(file: BinaryIO, start: int, end: int, *, delimited: bool) -> list[tuple[int, int]]:
+    """Walk the items (FFFE,E000) of encapsulated Pixel Data in ``file`` from byte ``start``
+    up to byte ``end``: the ``(offset, length)`` of each fragment after the Basic Offset
+    Table. ``delimited``: the value ends with the Sequence Delimitation Item (as in a file);
+    otherwise at ``end`` (pydicom's in-memory value).
+
+    Raises
+    ------
+    MediaError
+        An item that is not one, that runs past ``end``, a value that ends inside an item
+        header or (``delimited``) before its delimiter, or no fragment holding data.
+    """
+    fragments: list[tuple[int, int]] = []
+    file.seek(start)
+    first = True
+    while delimited or file.tell() < end:
+        header = file.read(8)
+        if len(header) < 8:
+            raise MediaError("encapsulated pixel data is malformed: it runs past the end of the "
+                             + ("file" if delimited else "data"))
+        group, elem, length = struct.unpack("<HHI", header)
+        if delimited and (group, elem) == _SEQUENCE_END:
+            break
+        if (group, elem) != _ITEM or file.tell() + length > end:
+            raise MediaError(f"encapsulated pixel data is malformed: item ({group:04X},{elem:04X}) of "
+                             f"{length} bytes at byte {file.tell() - 8 - start}")
+        if not first and length:  # the first item is the Basic Offset Table
+            fragments.append((file.tell(), length))
+        first = False
+        file.seek(length, io.SEEK_CUR)
+    if not fragments:
+        raise MediaError("encapsulated pixel data has no fragment")
+    return fragments
+
+
 def file_fragments(ds: Dataset) -> list[tuple[int, int]] | None:
     """The ``(offset, length)`` byte ranges in ``ds.filename`` of the fragments of ``ds``'s
     encapsulated Pixel Data, if the value was left in the file (deferred); None if it is in
@@ -45,34 +81,15 @@ def file_fragments(ds: Dataset) -> list[tuple[int, int]] | None:
     Raises
     ------
     MediaError
-        The items are malformed, run past the end of the file, or hold no data.
+        The items are malformed, run past the end of the file, or hold no data
+        (:func:`fragment_ranges`).
     """
     element = deferred_pixel_data(ds)
     if element is None or element.length != 0xFFFFFFFF:
         return None
     filename = ds.filename
-    size = Path(filename).stat().st_size
-    fragments: list[tuple[int, int]] = []
     with open(filename, "rb") as file:
-        file.seek(element.value_tell)
-        first = True
-        while True:
-            header = file.read(8)
-            if len(header) < 8:
-                raise MediaError("encapsulated pixel data is malformed: it runs past the end of the file")
-            group, elem, length = struct.unpack("<HHI", header)
-            if (group, elem) == _SEQUENCE_END:
-                break
-            if (group, elem) != _ITEM or file.tell() + length > size:
-                raise MediaError(f"encapsulated pixel data is malformed: item ({group:04X},{elem:04X}) of "
-                                 f"{length} bytes at byte {file.tell() - 8}")
-            if not first and length:  # the first item is the Basic Offset Table
-                fragments.append((file.tell(), length))
-            first = False
-            file.seek(length, io.SEEK_CUR)
-    if not fragments:
-        raise MediaError("encapsulated pixel data has no fragment")
-    return fragments
+        return fragment_ranges(file, element.value_tell, Path(filename).stat().st_size, delimited=True)
 
 
 def source_bytes_in_memory(ds: Dataset) -> int:

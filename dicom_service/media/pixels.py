@@ -7,6 +7,7 @@ float32 image in ``[0, 1]`` with 1 the most radiopaque (white on a normal displa
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 from pathlib import Path
@@ -17,7 +18,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
 from pydicom.uid import UID
 
 from dicom_service.domain import MediaError, UnsupportedInputError
-from dicom_service.media.pixel_file import deferred_pixel_data, file_fragments
+from dicom_service.media.pixel_file import deferred_pixel_data, file_fragments, fragment_ranges
 
 log = logging.getLogger(__name__)
 
@@ -101,28 +102,9 @@ def check_pixel_consistency(ds: Dataset) -> None:
     if data is None or len(data) == 0:
         raise MediaError("the pixel data is empty")
     if _is_encapsulated(ds):
-        _check_items(data)
+        fragment_ranges(io.BytesIO(data), 0, len(data), delimited=False)  # raises MediaError if malformed
         return
     _check_native_length(ds, len(data))
-
-
-def _check_items(data: bytes) -> None:
-    """Raise :class:`MediaError` unless ``data``, encapsulated Pixel Data held in memory, is a
-    run of items (FFFE,E000) each within the data, the Basic Offset Table and at least one
-    fragment that is not empty."""
-    offset, first, has_fragment = 0, True, False
-    while offset < len(data):
-        if offset + 8 > len(data):
-            raise MediaError(f"encapsulated pixel data is malformed: it ends inside an item header at byte {offset}")
-        group, elem, length = struct.unpack_from("<HHI", data, offset)
-        if (group, elem) != (0xFFFE, 0xE000) or offset + 8 + length > len(data):
-            raise MediaError(f"encapsulated pixel data is malformed: item ({group:04X},{elem:04X}) of {length} "
-                             f"bytes at byte {offset} (the data holds {len(data)})")
-        has_fragment = has_fragment or (not first and length > 0)  # the first item is the Basic Offset Table
-        first = False
-        offset += 8 + length
-    if not has_fragment:
-        raise MediaError("encapsulated pixel data has no fragment")
 
 
 def _check_native_length(ds: Dataset, length: int) -> None:
@@ -201,7 +183,7 @@ def _voi_lut_sequence(stored: np.ndarray, values: np.ndarray, ds: Dataset) -> np
         entries, first_map = int(descriptor[0]) or 65536, int(descriptor[1])
         data = item.LUTData
         held = len(data) // 2 if isinstance(data, bytes) else len(np.atleast_1d(data))
-    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise MediaError(f"the VOI LUT Sequence is malformed: {exc}") from exc
     if held < entries:
         raise MediaError(f"the VOI LUT Sequence is malformed: its LUT Descriptor says {entries} entries, "
@@ -210,7 +192,7 @@ def _voi_lut_sequence(stored: np.ndarray, values: np.ndarray, ds: Dataset) -> np
     try:
         out = apply_voi(source, ds, index=0).astype(np.float32)
         lut = np.asarray(apply_voi(np.arange(first_map, first_map + entries), ds, index=0), np.float32)
-    except (IndexError, TypeError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise MediaError(f"the VOI LUT Sequence cannot be applied: {exc}") from exc
     low, high = float(lut.min()), float(lut.max())
     if high <= low:

@@ -279,7 +279,7 @@ def _palette_to_rgb_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     try:
         rgb = apply_color_lut(arr, ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise MediaError(f"PALETTE COLOR pixels without a usable colour palette: {exc}") from exc
     if bits > 8:
         rgb = rgb >> (bits - 8)

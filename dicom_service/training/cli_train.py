@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dicom_service.training.cli_video import add_video_train_parser
+from dicom_service.training.cli_video import add_video_train_parser, check_out_folder
 from dicom_service.training.train_options import VIT_NAMES, TrainOptions
 
 
@@ -84,12 +84,6 @@ def _command(args: argparse.Namespace) -> str:
 #: What each ``--only`` value trains (:func:`~dicom_service.training.implant_recipe.check_training_data`).
 _ONLY_STAGES: dict[str | None, tuple[str, ...]] = {None: ("detector", "identifier"), "identifier": ("identifier",),
                                                    "detector": ("detector",), "thresholds": (), "calibration": ()}
-
-
-def check_out_folder(out: Path) -> None:
-    """``ValueError`` when ``out`` exists but is not a folder (checked before any training)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder for the bundle")
 
 
 def cmd_train_implants(args: argparse.Namespace) -> int:

@@ -127,14 +127,19 @@ def _train_command(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def check_out_folder(out: Path) -> None:
+    """``ValueError`` when ``out`` exists but is not a folder (checked before any training)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the bundle")
+
+
 def _check_options(args: argparse.Namespace) -> None:
     """``ValueError`` naming the first bad ``--sam-*`` option, or an ``--out`` that is a file."""
     if args.sam_steps < 1 or args.sam_batch_size < 1:
         raise ValueError(f"--sam-steps and --sam-batch-size must be >= 1, got {args.sam_steps}, {args.sam_batch_size}")
     if not args.sam_lr > 0:
         raise ValueError(f"--sam-lr must be > 0, got {args.sam_lr}")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a file; give the models folder")
+    check_out_folder(args.out)
 
 
 def _unmasked(clips: list[VideoClip]) -> list[str]:

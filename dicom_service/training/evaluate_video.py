@@ -71,6 +71,7 @@ import cv2
 import numpy as np
 import torch
 
+from dicom_service.json_values import finite_json
 from dicom_service.training.evaluate_stabilisation import stabilisation_record, stabilisation_summary
 from dicom_service.training.image_metrics import gain_corrected, mask_iou, psnr, ssim
 from dicom_service.training.train_interframe import evaluate_interframe
@@ -247,15 +248,7 @@ def strict_json(value: Any) -> Any:
 
     Strict JSON has no NaN; ``json.dumps(strict_json(report), allow_nan=False)`` then cannot fail on one.
     """
-    if isinstance(value, dict):
-        return {key: strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    return finite_json(value, lambda _: None)
 
 
 def evaluate_video(clips: Sequence[VideoClip], models_dir: Path, *, device: str = "cpu",
