@@ -21,7 +21,7 @@ install-test: $(BIN)/python
 
 system-deps:
 	@missing=""; \
-	for tool in Orthanc:orthanc storescu:dcmtk dciodvfy:dicom3tools g++:g++; do \
+	for tool in Orthanc:orthanc storescu:dcmtk dciodvfy:dicom3tools g++:g++ openssl:openssl; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from dicom_service import __version__
 from dicom_service.config import HttpSettings, Settings, apply_overrides, load_settings, make_folder
 from dicom_service.domain import ConfigError
+from dicom_service.tls import ServerTls
 from dicom_service.training.cli_eval import add_eval_parser
 from dicom_service.training.cli_train import add_train_parser
 
@@ -69,6 +71,19 @@ def _bind_http(http: HttpSettings) -> socket.socket:
     return sock
 
 
+def _uvicorn_tls(tls: ServerTls | None) -> dict[str, Any]:
+    """uvicorn's TLS arguments for ``http.tls`` (none for plain HTTP)."""
+    if tls is None:
+        return {}
+    return {
+        "ssl_certfile": str(tls.certificate), "ssl_keyfile": str(tls.private_key),
+        "ssl_keyfile_password": tls.private_key_password.get_secret_value() if tls.private_key_password else None,
+        "ssl_ca_certs": str(tls.ca_certificates) if tls.ca_certificates else None,
+        "ssl_cert_reqs": (ssl.CERT_NONE if tls.ca_certificates is None else
+                          ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL),
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the DICOM node, the HTTP API and the workers in one process until Ctrl-C or SIGTERM.
 
@@ -90,9 +105,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             service.start()
             server = uvicorn.Server(uvicorn.Config(create_app(service, manage_service=False),
-                                                   log_level=settings.log_level.lower(), access_log=False))
-            log.info("dicom-service %s: HTTP API on http://%s:%d (docs at /docs)", __version__,
-                     settings.http.bind_address, sock.getsockname()[1])
+                                                   log_level=settings.log_level.lower(), access_log=False,
+                                                   **_uvicorn_tls(settings.http.tls)))
+            log.info("dicom-service %s: HTTP API on %s://%s:%d (docs at /docs)", __version__,
+                     "https" if settings.http.tls else "http", settings.http.bind_address, sock.getsockname()[1])
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM while starting, or uvicorn passing on the one that stopped it
             pass
@@ -180,7 +196,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     for dest in settings.destinations:
         good = echo(dest, settings.dicom.ae_title)
         ok &= good
-        print(f"{dest.name}: {'ok' if good else 'FAILED'}")
+        print(f"{dest.name}: {'ok' if good else 'FAILED'}{' (TLS)' if dest.tls is not None else ''}")
     return 0 if ok else 1
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from dicom_service.domain import ConfigError, Precision, Workflow
+from dicom_service.tls import ClientTls, NodeTls, ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,20 @@ class DicomSettings(_Section):
     dimse_timeout: float = Field(30.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
     max_pdu: int = Field(0, ge=0, description="Largest PDU we accept; 0 means no limit.")
+    tls: NodeTls | None = Field(None, description="A DICOM TLS listener on tls.port beside the plain one "
+                                "(tls.py); null: no TLS.")
+    plain: bool = Field(True, description="Listen without TLS on port; false: TLS only (needs tls).")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> "DicomSettings":
+        if not self.plain and self.tls is None:
+            raise ValueError("dicom.plain is false (TLS only) but dicom.tls is not set")
+        if self.plain and self.tls is not None and self.tls.port == self.port != 0:
+            raise ValueError(f"dicom.tls.port and dicom.port are both {self.port}: the TLS listener needs a port "
+                             "of its own")
+        return self
 
     @field_validator("accepted_calling_aets")
     @classmethod
@@ -91,6 +104,7 @@ class HttpSettings(_Section):
     auth_disabled: bool = Field(
         False, description="Development switch: accept requests without a token (logged loudly)."
     )
+    tls: ServerTls | None = Field(None, description="Serve the API over HTTPS with this certificate; null: HTTP.")
 
     @model_validator(mode="after")
     def _needs_token(self) -> "HttpSettings":
@@ -161,6 +175,7 @@ class Destination(_Section):
     port: int = Field(ge=1, le=65535)
     workflows: list[Workflow] = Field(default_factory=lambda: [Workflow.VIDEO, Workflow.RADIOGRAPH])
     results: list[ResultKind] = Field(default_factory=lambda: list(ALL_RESULT_KINDS))
+    tls: ClientTls | None = Field(None, description="Associate over TLS (the peer's TLS port); null: plain.")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 

@@ -28,6 +28,7 @@ from dicom_service.pipelines.video import process_videos
 from dicom_service.pipelines.video_memory import video_budget_bytes
 from dicom_service.routing import Router
 from dicom_service.storage import InstanceStore
+from dicom_service.tls import check_tls_files
 from dicom_service.vision.registry import (
     build_radiograph_runtime,
     build_video_runtime,
@@ -117,6 +118,7 @@ class Service:
         check_precision(settings.models.precision, device)
         check_compile(settings.models.compile, device)
         make_folder(settings.storage.path, "storage.path")  # a file in the way is named now, not at start()
+        check_tls_files(settings.dicom.tls, settings.http.tls, ((d.name, d.tls) for d in settings.destinations))
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None
         self.queue: SQLiteJobQueue | None = None

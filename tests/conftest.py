@@ -9,6 +9,7 @@ import pydicom.config
 import pytest
 
 from dicom_service.config import Settings, load_settings
+from tests.tlscerts import Pki, make_pki
 
 TEST_TOKEN = "test-token-0123456789abcdef"
 
@@ -47,3 +48,9 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         return load_settings(None, **base)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test authority and certificates for TLS (``tests.tlscerts``), made once per run."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import tempfile
 from io import BytesIO
 from pathlib import Path
@@ -15,18 +16,23 @@ from pynetdicom.presentation import build_context
 VERIFICATION = "1.2.840.10008.1.1"
 
 
+TlsArgs = tuple[ssl.SSLContext, str]
+
+
 def associate(port: int, contexts: list[tuple[str, list[str]]], *, calling: str = "TESTSCU",
-              called: str = "DENTAL_AI") -> Association:
-    """Open an association proposing ``(sop_class, [transfer syntaxes])`` contexts."""
+              called: str = "DENTAL_AI", tls: TlsArgs | None = None) -> Association:
+    """Open an association proposing ``(sop_class, [transfer syntaxes])`` contexts
+    (over TLS with ``tls``: pynetdicom's ``(context, server host name)``)."""
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.connection_timeout = 10  # TCP connect and TLS handshake
     ae.requested_contexts = [build_context(VERIFICATION)] + [build_context(c, ts) for c, ts in contexts]
-    return ae.associate("127.0.0.1", port, ae_title=called)
+    return ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls)
 
 
-def echo_ok(port: int) -> bool:
+def echo_ok(port: int, *, tls: TlsArgs | None = None) -> bool:
     """True if the node answers C-ECHO with success."""
-    assoc = associate(port, [])
+    assoc = associate(port, [], tls=tls)
     if not assoc.is_established:
         return False
     try:
@@ -36,10 +42,10 @@ def echo_ok(port: int) -> bool:
         assoc.release()
 
 
-def store(port: int, ds: Dataset, *, calling: str = "TESTSCU") -> int:
+def store(port: int, ds: Dataset, *, calling: str = "TESTSCU", tls: TlsArgs | None = None) -> int:
     """C-STORE a data set in its own transfer syntax over a new association; return the status."""
     ts = str(ds.file_meta.TransferSyntaxUID)
-    assoc = associate(port, [(str(ds.SOPClassUID), [ts])], calling=calling)
+    assoc = associate(port, [(str(ds.SOPClassUID), [ts])], calling=calling, tls=tls)
     if not assoc.is_established:
         raise ConnectionError("association rejected")
     try:

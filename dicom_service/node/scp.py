@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -40,8 +41,9 @@ from dicom_service.node.contexts import (
     InputClass,
     input_class,
 )
-from dicom_service.node.transport import FastRequestHandler, part10_header
+from dicom_service.node.transport import FastRequestHandler, TlsAssociationServer, part10_header
 from dicom_service.storage import InstanceStore
+from dicom_service.tls import server_context
 from dicom_service.uids import validate_uid
 
 log = logging.getLogger(__name__)
@@ -255,29 +257,41 @@ class DicomNode:
         self.store = store
         self.ae = build_ae(settings, store.has_space)
         self._on_stored = on_stored
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: dict[str, ThreadedAssociationServer] = {}
         self._lock = threading.Lock()
 
     @property
     def listening(self) -> bool:
-        """True while the server socket is open."""
-        return self._server is not None
+        """True while a server socket is open."""
+        return bool(self._servers)
+
+    def _bound_port(self, kind: str) -> int:
+        server = self._servers.get(kind)
+        if server is None:
+            setting = "dicom.plain" if kind == "plain" else "dicom.tls"
+            raise RuntimeError(f"no {kind} listener: node not started, or {setting} not configured")
+        return int(server.server_address[1])
 
     @property
     def port(self) -> int:
-        """The bound port (useful when configured as 0)."""
-        if self._server is None:
-            raise RuntimeError("node not started")
-        return int(self._server.server_address[1])
+        """The bound plain port (useful when configured as 0)."""
+        return self._bound_port("plain")
+
+    @property
+    def tls_port(self) -> int:
+        """The bound TLS port (``dicom.tls.port``; useful when configured as 0)."""
+        return self._bound_port("tls")
 
     def start(self) -> None:
-        """Bind and serve in background threads.
+        """Bind and serve in background threads: the plain listener (``dicom.plain``) and
+        the TLS one (``dicom.tls``), with the same AE, contexts and handlers.
 
         Raises
         ------
         ConfigError
-            When the port cannot be bound (in use, or not ours to take), naming
-            ``dicom.port`` with the address.
+            When a port cannot be bound (in use, or not ours to take), naming
+            ``dicom.port`` or ``dicom.tls.port`` with the address, or when a TLS file
+            is missing or unusable (:func:`~dicom_service.tls.server_context`).
         """
         handlers = [
             (evt.EVT_C_ECHO, handle_echo),
@@ -285,30 +299,48 @@ class DicomNode:
             (evt.EVT_CONN_OPEN, _set_nodelay),
             (evt.EVT_REJECTED, _log_rejected),
         ]
-        address = (self.settings.bind_address, self.settings.port)
+        tls = self.settings.tls
+        listeners: list[tuple[str, str, int, ssl.SSLContext | None]] = []
+        if tls is not None:
+            listeners.append(("tls", "dicom.tls.port", tls.port, server_context(tls, "dicom.tls")))
+        if self.settings.plain:
+            listeners.insert(0, ("plain", "dicom.port", self.settings.port, None))
         with self._lock:
             try:
-                server = self.ae.make_server(
-                    address, evt_handlers=handlers,
-                    server_class=ThreadedAssociationServer, request_handler=FastRequestHandler,
-                )
-            except OSError as exc:
-                raise ConfigError(f"dicom.port: cannot listen on {address[0]}:{address[1]} "
-                                  f"(dicom.bind_address, dicom.port): {exc.strerror or exc}") from None
-            thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
-            thread.start()
-            self.ae._servers.append(server)  # so that AE.shutdown() also stops it
-            self._server = server
-        log.info("DICOM node %s listening on %s:%d", self.settings.ae_title,
-                 self.settings.bind_address, self.port)
+                for kind, key, port, context in listeners:
+                    self._servers[kind] = self._serve((self.settings.bind_address, port), key, context, handlers)
+            except ConfigError:
+                self._close_servers()
+                raise
+        for kind, server in self._servers.items():
+            log.info("DICOM node %s listening on %s:%d%s", self.settings.ae_title, self.settings.bind_address,
+                     server.server_address[1], " (TLS)" if kind == "tls" else "")
+
+    def _serve(self, address: tuple[str, int], key: str, context: ssl.SSLContext | None,
+               handlers: list) -> ThreadedAssociationServer:
+        try:
+            server = self.ae.make_server(
+                address, evt_handlers=handlers, ssl_context=context,
+                server_class=TlsAssociationServer, request_handler=FastRequestHandler,
+            )
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot listen on {address[0]}:{address[1]} "
+                              f"(dicom.bind_address, {key}): {exc.strerror or exc}") from None
+        name = "dicom-tls-acceptor" if context is not None else "dicom-acceptor"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        self.ae._servers.append(server)  # so that AE.shutdown() also stops it
+        return server
+
+    def _close_servers(self) -> None:
+        for server in self._servers.values():
+            server.shutdown()
+        self._servers.clear()
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop accepting, let in-flight associations finish, abort those still
         running after ``grace_seconds``, and close."""
         with self._lock:
-            if self._server is not None:
-                self._server.shutdown()
-                self._server = None
+            self._close_servers()
         deadline = time.monotonic() + grace_seconds
         for assoc in list(self.ae.active_associations):
             assoc.join(timeout=max(0.0, deadline - time.monotonic()))

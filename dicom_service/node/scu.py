@@ -9,11 +9,13 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE, _config
+from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
 from dicom_service.config import Destination
-from dicom_service.domain import DispatchError
+from dicom_service.domain import ConfigError, DispatchError
 from dicom_service.node.contexts import EXPLICIT_LE, IMPLICIT_LE, VERIFICATION
+from dicom_service.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,31 @@ def _ae(calling_ae: str, timeouts: SendTimeouts) -> AE:
     return ae
 
 
+def _associate(ae: AE, destination: Destination) -> Association:
+    """Request an association with ``destination``, over TLS when it has ``tls``.
+
+    Raises
+    ------
+    ConfigError
+        A TLS file of the destination is missing or unusable.
+    """
+    tls_args = None
+    if destination.tls is not None:
+        context = client_context(destination.tls, f"destinations[{destination.name}].tls")
+        tls_args = (context, destination.tls.server_name or destination.host)
+    return ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
+
+
+def _describe(destination: Destination) -> str:
+    over = " over TLS" if destination.tls is not None else ""
+    return f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port}{over})"
+
+
 def echo(destination: Destination, calling_ae: str, timeouts: SendTimeouts | None = None) -> bool:
-    """C-ECHO a destination; True if it answered success."""
+    """C-ECHO a destination (over TLS when it has ``tls``); True if it answered success."""
     ae = _ae(calling_ae, timeouts or SendTimeouts())
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = _associate(ae, destination)
     if not assoc.is_established:
         return False
     try:
@@ -57,7 +79,7 @@ def send_files(
     calling_ae: str,
     timeouts: SendTimeouts | None = None,
 ) -> None:
-    """C-STORE files to a destination over one association.
+    """C-STORE files to a destination over one association (TLS when it has ``tls``).
 
     Each file is proposed with its own transfer syntax and, as a fallback for
     uncompressed data, Explicit and Implicit VR Little Endian. Only the headers are read
@@ -91,12 +113,13 @@ def send_files(
     if len(contexts) > 128:
         raise DispatchError(f"too many presentation contexts ({len(contexts)}); split the batch")
     ae.requested_contexts = contexts
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    try:
+        assoc = _associate(ae, destination)
+    except ConfigError as exc:  # a certificate file removed or replaced since the start
+        raise DispatchError(str(exc)) from None
     if not assoc.is_established:
-        raise DispatchError(
-            f"association to {destination.name} ({destination.ae_title}@{destination.host}:"
-            f"{destination.port}) failed"
-        )
+        hint = " (TLS: the log says why the handshake failed)" if destination.tls is not None else ""
+        raise DispatchError(f"association to {_describe(destination)} failed{hint}")
     accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
     _config.STORE_SEND_CHUNKED_DATASET = True  # applies to paths only; datasets are sent as before
     failed: list[str] = []

@@ -8,16 +8,27 @@ idle, so idle associations cost no more CPU than before.
 
 The subclass is applied by :class:`FastRequestHandler` to each accepted association;
 everything else (negotiation, state machine, DIMSE) is pynetdicom's own code.
+
+For TLS, pynetdicom's server runs each handshake in its one accepting thread, with no
+time limit: a peer that connects and stays silent would stop every later association.
+:class:`TlsAssociationServer` defers the handshake to the association's own thread,
+where :class:`FastRequestHandler` runs it under the ACSE timeout and closes a
+connection whose handshake fails.
 """
 
 from __future__ import annotations
 
+import logging
+import socket
+import ssl
 import struct
 import time
 
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import RequestHandler
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+log = logging.getLogger(__name__)
 
 #: Poll interval while traffic flows, and how long "flowing" lasts after a PDU.
 BUSY_DELAY_S = 0.00005
@@ -40,8 +51,49 @@ class AdaptiveDUL(DULServiceProvider):
         self.__dict__["_run_loop_delay"] = value
 
 
+class TlsAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server whose TLS handshakes run in the association threads."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        if self.ssl_context is not None:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+
+def _tls_handshake(sock: ssl.SSLSocket, address: object, timeout: float) -> bool:
+    """Complete the server side of a TLS handshake within ``timeout`` seconds.
+
+    Returns False, with a log line naming the peer's address and the reason, and the
+    connection closed, when the handshake fails or times out.
+    """
+    previous = sock.gettimeout()
+    try:
+        sock.settimeout(timeout)
+        sock.do_handshake()
+    except (OSError, ValueError) as exc:  # ssl.SSLError and TimeoutError are OSErrors
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        log.warning("TLS handshake with %s failed: %s", address, reason)
+        try:
+            sock.close()
+        except OSError:
+            pass
+        return False
+    sock.settimeout(previous)
+    return True
+
+
 class FastRequestHandler(RequestHandler):
-    """pynetdicom's request handler, with :class:`AdaptiveDUL` for each association."""
+    """pynetdicom's request handler, with :class:`AdaptiveDUL` for each association;
+    on a TLS listener it first completes the handshake (:class:`TlsAssociationServer`)."""
+
+    def handle(self) -> None:
+        request = self.request
+        if isinstance(request, ssl.SSLSocket):
+            timeout = self.ae.acse_timeout if self.ae.acse_timeout is not None else 30.0
+            if not _tls_handshake(request, self.client_address, timeout):
+                return
+        super().handle()
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()

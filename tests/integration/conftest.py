@@ -35,16 +35,18 @@ def dcmtk_tools() -> dict[str, str]:
 def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancServer]]:
     """Start Orthanc servers on demand; all are stopped in teardown.
 
-    Call it as ``orthanc_factory(node_port=..., stable_age=1, dicom_port=0)``; the
-    returned server is running (REST and DICOM answer).
+    Call it as ``orthanc_factory(node_port=..., stable_age=1, dicom_port=0)`` (further
+    keywords go to :class:`OrthancServer`); the returned server is running (REST and
+    DICOM answer).
     """
     require_tool("Orthanc", "orthanc")
     started: list[OrthancServer] = []
 
-    def start(*, node_port: int, stable_age: int = 1, dicom_port: int = 0, name: str = "") -> OrthancServer:
+    def start(*, node_port: int, stable_age: int = 1, dicom_port: int = 0, name: str = "",
+              **kwargs: Any) -> OrthancServer:
         workdir = tmp_path / f"orthanc{name or len(started)}"
         server = OrthancServer(workdir, node_port=node_port, stable_age=stable_age,
-                               dicom_port=dicom_port)
+                               dicom_port=dicom_port, **kwargs)
         started.append(server)
         return server.start()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ class NodeProcess:
     settings : dict
         Top-level sections merged over the generated ones (e.g. ``{"storage":
         {"fsync": False}}``).
+    https_ca : Path or None
+        With ``http.tls`` in ``settings``: the authority that signed the API's
+        certificate (the client then speaks HTTPS and checks it).
     """
 
     workdir: Path
@@ -49,6 +53,7 @@ class NodeProcess:
     dicom_port: int = 0
     http_port: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    https_ca: Path | None = None
     token: str = field(default_factory=lambda: "itest-" + secrets.token_hex(16))
     proc: subprocess.Popen[bytes] | None = None
 
@@ -90,13 +95,14 @@ class NodeProcess:
     @property
     def url(self) -> str:
         """Base URL of the HTTP API."""
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.https_ca else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def client(self) -> httpx.Client:
         """An HTTP client with the bearer token."""
         if self._client is None:
-            self._client = httpx.Client(base_url=self.url, timeout=30.0,
+            verify = ssl.create_default_context(cafile=str(self.https_ca)) if self.https_ca else True
+            self._client = httpx.Client(base_url=self.url, timeout=30.0, verify=verify,
                                         headers={"Authorization": f"Bearer {self.token}"})
         return self._client
 

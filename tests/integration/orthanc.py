@@ -63,6 +63,7 @@ def render_orthanc_config(
     password: str = "",
     template: Path = ORTHANC_TEMPLATE,
     overrides: dict[str, Any] | None = None,
+    node_entry: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``orthanc.json`` for a test from the deployment template.
 
@@ -87,6 +88,8 @@ def render_orthanc_config(
         The JSON template.
     overrides : dict, optional
         Further top-level keys to replace.
+    node_entry : dict, optional
+        Further keys of the node's ``DicomModalities`` entry (``{"UseDicomTls": True}``).
 
     Returns
     -------
@@ -98,7 +101,7 @@ def render_orthanc_config(
     storage.mkdir(parents=True, exist_ok=True)
     modality = config["DentalAiRouting"]["Modality"]
     entry = dict(config["DicomModalities"][modality])
-    entry.update({"AET": node_aet, "Host": node_host, "Port": int(node_port)})
+    entry.update({"AET": node_aet, "Host": node_host, "Port": int(node_port), **(node_entry or {})})
     config.update({
         "StorageDirectory": str(storage),
         "IndexDirectory": str(storage),
@@ -133,6 +136,9 @@ class OrthancServer:
     http_port, dicom_port : int
         0 picks free ports; a fixed ``dicom_port`` lets a test start Orthanc later on a
         port the node already sends to.
+    overrides, node_entry : dict
+        As :func:`render_orthanc_config` (DICOM TLS: ``DicomTls*`` keys and
+        ``{"UseDicomTls": True}``).
     """
 
     workdir: Path
@@ -143,6 +149,8 @@ class OrthancServer:
     dicom_port: int = 0
     username: str = "tester"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    overrides: dict[str, Any] = field(default_factory=dict)
+    node_entry: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     config_path: Path | None = None
 
@@ -173,7 +181,8 @@ class OrthancServer:
         self.config_path = render_orthanc_config(
             self.workdir, http_port=self.http_port, dicom_port=self.dicom_port,
             node_host=self.node_host, node_port=self.node_port, stable_age=self.stable_age,
-            username=self.username, password=self.password,
+            username=self.username, password=self.password, overrides=self.overrides,
+            node_entry=self.node_entry,
         )
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([exe, "--verbose", str(self.config_path)], stdout=log,

@@ -73,6 +73,10 @@ def test_serve_then_ctrl_c_or_sigterm_shuts_down_cleanly(tmp_path: Path, stop: s
     ("dicom:\n  port: 99999\n", "dicom.port"),
     # a precision the device cannot run is refused before anything listens
     ("device: cpu\nmodels:\n  precision: float16\n", "models.precision: float16 needs a CUDA device"),
+    # TLS files are loaded before anything listens
+    ("dicom:\n  tls:\n    certificate: /nonexistent/node.pem\n    private_key: /nonexistent/node.key\n",
+     "dicom.tls.certificate: no such file: /nonexistent/node.pem"),
+    ("dicom:\n  plain: false\n", "dicom.plain is false (TLS only) but dicom.tls is not set"),
 ])
 def test_bad_config_names_the_key_and_exits_2(tmp_path: Path, yaml_text: str, message: str) -> None:
     config = tmp_path / "c.yaml"
