@@ -21,9 +21,10 @@ install-test: $(BIN)/python
 
 system-deps:
 	@missing=""; \
-	for tool in Orthanc:orthanc storescu:dcmtk dciodvfy:dicom3tools g++:g++ openssl:openssl; do \
+	for tool in Orthanc:orthanc storescu:dcmtk dciodvfy:dicom3tools g++:g++ openssl:openssl stunnel:stunnel4; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool##*:}"; \
 	done; \
+	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \

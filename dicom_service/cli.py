@@ -185,8 +185,9 @@ def _render_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    """C-ECHO each configured destination."""
-    from dicom_service.node.scu import echo
+    """C-ECHO each configured DIMSE destination; QIDO-RS each DICOMweb one."""
+    from dicom_service.config import DicomWebDestination
+    from dicom_service.node.destinations import verify
 
     settings = _settings(args)
     setup_logging(settings.log_level)
@@ -194,9 +195,10 @@ def cmd_echo(args: argparse.Namespace) -> int:
         print("no destinations configured (destinations: in the settings file): nothing to echo")
     ok = True
     for dest in settings.destinations:
-        good = echo(dest, settings.dicom.ae_title)
+        good = verify(dest, settings.dicom.ae_title)
         ok &= good
-        print(f"{dest.name}: {'ok' if good else 'FAILED'}{' (TLS)' if dest.tls is not None else ''}")
+        how = "QIDO-RS" if isinstance(dest, DicomWebDestination) else "C-ECHO"
+        print(f"{dest.name}: {'ok' if good else 'FAILED'} ({how}{', TLS' if dest.tls is not None else ''})")
     return 0 if ok else 1
 
 

@@ -17,10 +17,21 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from dicom_service.domain import ConfigError, Precision, Workflow
@@ -166,18 +177,69 @@ class RetrySettings(_Section):
     backoff_max: float = Field(300.0, gt=0)
 
 
-class Destination(_Section):
-    """A DICOM peer that receives results."""
-
+class _DestinationBase(_Section):
     name: str
+    workflows: list[Workflow] = Field(default_factory=lambda: [Workflow.VIDEO, Workflow.RADIOGRAPH])
+    results: list[ResultKind] = Field(default_factory=lambda: list(ALL_RESULT_KINDS))
+
+
+class Destination(_DestinationBase):
+    """A DICOM peer that receives results by C-STORE."""
+
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
-    workflows: list[Workflow] = Field(default_factory=lambda: [Workflow.VIDEO, Workflow.RADIOGRAPH])
-    results: list[ResultKind] = Field(default_factory=lambda: list(ALL_RESULT_KINDS))
     tls: ClientTls | None = Field(None, description="Associate over TLS (the peer's TLS port); null: plain.")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class DicomWebDestination(_DestinationBase):
+    """A DICOMweb service that receives results by STOW-RS (``node/stow.py``)."""
+
+    url: str = Field(description="Base URL of the DICOMweb service, e.g. https://pacs.example.org/dicom-web; "
+                     "results are POSTed to <url>/studies.")
+    username: str | None = Field(None, description="HTTP basic authentication (with password).")
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(None, description="Bearer token (instead of username and password).")
+    timeout: float = Field(300.0, gt=0, description="Seconds without progress before a request fails.")
+    tls: ClientTls | None = Field(None, description="For an https URL: the authorities to trust, a client "
+                                  "certificate; null: the system's trust store.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("url must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("url must not have a query or a fragment")
+        if parts.username or parts.password:
+            raise ValueError("credentials go in username and password, or token, not in url (it is logged)")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> "DicomWebDestination":
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.username is not None and self.token is not None:
+            raise ValueError("give username and password, or token, not both")
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("tls needs an https:// url")
+        return self
+
+
+def _destination_kind(value: Any) -> str:
+    if isinstance(value, DicomWebDestination) or (isinstance(value, Mapping) and "url" in value):
+        return "dicomweb"
+    return "dimse"
+
+
+#: A destination of either kind: one with ``url`` is DICOMweb, the others DIMSE.
+AnyDestination = Annotated[
+    Annotated[Destination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_destination_kind),
+]
 
 
 class WorkerSettings(_Section):
@@ -240,7 +302,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     routing: RoutingSettings = RoutingSettings()
     retry: RetrySettings = RetrySettings()
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: list[AnyDestination] = Field(default_factory=list)
     workers: WorkerSettings = WorkerSettings()
     models: ModelSettings = ModelSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -248,7 +310,7 @@ class Settings(BaseSettings):
 
     @field_validator("destinations")
     @classmethod
-    def _unique_names(cls, value: list[Destination]) -> list[Destination]:
+    def _unique_names(cls, value: list[Destination | DicomWebDestination]) -> list[Destination | DicomWebDestination]:
         names = [d.name for d in value]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -268,10 +330,14 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
+#: Tags of the destination union, which pydantic puts in error locations (not settings).
+_UNION_TAGS = frozenset({"dimse", "dicomweb"})
+
+
 def _format_errors(err: ValidationError, section: str = "") -> str:
     lines = []
     for item in err.errors():
-        path = ([section] if section else []) + [str(p) for p in item["loc"]]
+        path = ([section] if section else []) + [str(p) for p in item["loc"] if p not in _UNION_TAGS]
         key = ".".join(path) or "(top level)"
         lines.append(f"{key}: {item['msg']}")
     return "; ".join(lines)

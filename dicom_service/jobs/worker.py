@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_service.config import Destination, Settings
+from dicom_service.config import Destination, DicomWebDestination, Settings
 from dicom_service.domain import (
     DispatchError,
     InputError,
@@ -20,7 +20,8 @@ from dicom_service.domain import (
     Workflow,
 )
 from dicom_service.jobs.queue import CANCELLED_WHILE_RUNNING, JobQueue
-from dicom_service.node.scu import SendTimeouts, send_files
+from dicom_service.node.destinations import send_results
+from dicom_service.node.scu import SendTimeouts
 from dicom_service.pipelines.base import PipelineOutput, ResultObject
 from dicom_service.storage import InstanceStore
 
@@ -53,7 +54,7 @@ class WorkerContext:
     restore: CorrectFn | None = None
 
 
-def destinations_for(settings: Settings, workflow: Workflow) -> list[Destination]:
+def destinations_for(settings: Settings, workflow: Workflow) -> list[Destination | DicomWebDestination]:
     """Configured destinations that want results of ``workflow``."""
     return [d for d in settings.destinations if workflow in d.workflows]
 
@@ -153,7 +154,7 @@ def run_dispatch_job(ctx: WorkerContext, job: Job, progress: Callable[[str], Non
     timeouts = SendTimeouts(acse=dicom.acse_timeout, dimse=dicom.dimse_timeout,
                             network=dicom.network_timeout)
     progress(f"sending {len(paths)} objects to {dest.name}")
-    send_files(dest, paths, dicom.ae_title, timeouts)
+    send_results(dest, paths, dicom.ae_title, timeouts)
     return {"sent": len(paths), "destination": dest.name}
 
 

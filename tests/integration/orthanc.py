@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from tests.dicomcheck import in_ci
 from tests.integration.tools import (
     ProcessDied,
     free_port,
@@ -47,6 +50,23 @@ RESULT_KINDS: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.7": "sc",       # Secondary Capture
     "1.2.840.10008.5.1.4.1.1.77.1.4.1": "video",  # Video Photographic
 }
+
+
+#: Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def dicomweb_overrides() -> dict[str, Any]:
+    """Orthanc configuration keys that load the DICOMweb plugin at ``/dicom-web``.
+
+    Skips the test when the plugin is not installed, and fails it under ``CI=true``.
+    """
+    if not DICOMWEB_PLUGIN.is_file():
+        message = f"{DICOMWEB_PLUGIN} (Debian package orthanc-dicomweb) is not installed"
+        if in_ci():
+            pytest.fail(f"{message}; it is required when CI=true")
+        pytest.skip(message)
+    return {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
 
 
 # --------------------------------------------------------------------------- Orthanc
@@ -139,6 +159,9 @@ class OrthancServer:
     overrides, node_entry : dict
         As :func:`render_orthanc_config` (DICOM TLS: ``DicomTls*`` keys and
         ``{"UseDicomTls": True}``).
+    https_ca : Path or None
+        With ``SslEnabled`` in ``overrides``: the authority that signed Orthanc's
+        certificate (the REST client then speaks HTTPS and checks it).
     """
 
     workdir: Path
@@ -151,6 +174,7 @@ class OrthancServer:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     overrides: dict[str, Any] = field(default_factory=dict)
     node_entry: dict[str, Any] = field(default_factory=dict)
+    https_ca: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     config_path: Path | None = None
 
@@ -165,14 +189,15 @@ class OrthancServer:
     @property
     def url(self) -> str:
         """Base URL of the REST API."""
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.https_ca else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def client(self) -> httpx.Client:
         """An authenticated HTTP client (created on first use)."""
         if self._client is None:
+            verify = ssl.create_default_context(cafile=str(self.https_ca)) if self.https_ca else True
             self._client = httpx.Client(base_url=self.url, auth=(self.username, self.password),
-                                        timeout=30.0)
+                                        timeout=30.0, verify=verify)
         return self._client
 
     def start(self, timeout: float = 60.0) -> OrthancServer:

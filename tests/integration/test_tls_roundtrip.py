@@ -63,7 +63,7 @@ def test_pacs_to_node_and_back_over_tls(
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_SERVICE_")}
     echo = subprocess.run([sys.executable, "-m", "dicom_service", "echo", "--config", str(node.config_path)],
                           capture_output=True, text=True, timeout=120, env=env, check=False)
-    assert echo.returncode == 0 and "orthanc: ok (TLS)" in echo.stdout, echo.stdout + echo.stderr
+    assert echo.returncode == 0 and "orthanc: ok (C-ECHO, TLS)" in echo.stdout, echo.stdout + echo.stderr
     response = orthanc.client.post("/modalities/dental-ai/echo", json={})
     assert response.status_code == 200, response.text
 
