@@ -18,6 +18,9 @@ median wall time of ``storescu`` is reported. Targets:
     :class:`~dicom_service.storage.InstanceStore` alone, in this process.
 ``pynetdicom_noop``
     A bare pynetdicom AE with a do-nothing handler: the ceiling of pynetdicom itself.
+``dcmtk_storescp_tls`` / ``node_inprocess_tls_fsync``
+    The same two over DICOM TLS (mutual, certificates from ``tests.tlscerts``; storescu
+    ``+tls`` with DCMTK's default BCP 195 non-downgrading profile): what TLS costs.
 
 Before each run, ``os.sync()`` flushes the previous runs' dirty pages, and each run's
 storage is deleted after its count is checked.
@@ -46,10 +49,11 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/ingest.py): ma
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, median, timed_run, tool_version
+from tests.tlscerts import Pki, make_pki
 
 TARGETS: tuple[str, ...] = (
     "dcmtk_storescp", "service_fsync", "service_no_fsync", "node_inprocess_fsync",
-    "node_inprocess_no_fsync", "pynetdicom_noop",
+    "node_inprocess_no_fsync", "pynetdicom_noop", "dcmtk_storescp_tls", "node_inprocess_tls_fsync",
 )
 BASE_IMAGES = 8
 INSTANCES_PER_STUDY = 20
@@ -90,13 +94,21 @@ def build_corpus(folder: Path, count: int, rows: int, cols: int) -> tuple[list[P
     return files, sum(f.stat().st_size for f in files)
 
 
-def storescu_args(storescu: str, port: int, called_aet: str, folder: Path) -> list[str]:
+def tls_options(pki: Pki | None, *, server: bool) -> list[str]:
+    """DCMTK options for mutual TLS with the test certificates (none without ``pki``)."""
+    if pki is None:
+        return []
+    pair = pki.node if server else pki.peer
+    return ["+tls", str(pair.private_key), str(pair.certificate), "-pw", "+cf", str(pki.ca)]
+
+
+def storescu_args(storescu: str, port: int, called_aet: str, folder: Path, pki: Pki | None = None) -> list[str]:
     """``storescu`` over one association, only the needed contexts, whole folder."""
-    return [storescu, "-aet", "STORESCU", "-aec", called_aet, "-R", "+sd", "127.0.0.1", str(port),
-            str(folder)]
+    return [storescu, "-aet", "STORESCU", "-aec", called_aet, "-R", "+sd", *tls_options(pki, server=False),
+            "127.0.0.1", str(port), str(folder)]
 
 
-def send(storescu: str, port: int, called_aet: str, folder: Path) -> float:
+def send(storescu: str, port: int, called_aet: str, folder: Path, pki: Pki | None = None) -> float:
     """Send the corpus; return storescu's wall seconds (raises if any store failed).
 
     Dirty pages of earlier runs are flushed first (``os.sync``) so that their write-back
@@ -105,14 +117,14 @@ def send(storescu: str, port: int, called_aet: str, folder: Path) -> float:
     from tests.integration.tools import dcmtk_env
 
     os.sync()
-    seconds, proc = timed_run(storescu_args(storescu, port, called_aet, folder), dcmtk_env(), 600)
+    seconds, proc = timed_run(storescu_args(storescu, port, called_aet, folder, pki), dcmtk_env(), 600)
     if proc.returncode != 0:
         raise RuntimeError(f"storescu failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return seconds
 
 
-def run_dcmtk(storescu: str, corpus: Path, count: int, work: Path) -> float:
-    """One run into a fresh DCMTK ``storescp``."""
+def run_dcmtk(storescu: str, corpus: Path, count: int, work: Path, pki: Pki | None = None) -> float:
+    """One run into a fresh DCMTK ``storescp`` (over TLS with ``pki``)."""
     from tests.integration.tools import (
         dcmtk_env,
         free_port,
@@ -125,11 +137,11 @@ def run_dcmtk(storescu: str, corpus: Path, count: int, work: Path) -> float:
     out = Path(tempfile.mkdtemp(dir=work, prefix="storescp-"))
     port = free_port()
     proc = subprocess.Popen([storescp, "-aet", "STORESCP", "--max-pdu", "131072", "-od", str(out),
-                             str(port)], env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                             *tls_options(pki, server=True), str(port)], env=dcmtk_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: port_open("127.0.0.1", port), 30, what="storescp")
-        seconds = send(storescu, port, "STORESCP", corpus)
+        seconds = send(storescu, port, "STORESCP", corpus, pki)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -140,18 +152,24 @@ def run_dcmtk(storescu: str, corpus: Path, count: int, work: Path) -> float:
     return seconds
 
 
-def run_inprocess(storescu: str, corpus: Path, count: int, work: Path, fsync: bool) -> float:
-    """One run into a :class:`DicomNode` + :class:`InstanceStore` in this process."""
+def run_inprocess(storescu: str, corpus: Path, count: int, work: Path, fsync: bool,
+                  pki: Pki | None = None) -> float:
+    """One run into a :class:`DicomNode` + :class:`InstanceStore` in this process (its
+    TLS listener only, requiring client certificates, with ``pki``)."""
     from dicom_service.config import DicomSettings
     from dicom_service.node.scp import DicomNode
     from dicom_service.storage import InstanceStore
+    from dicom_service.tls import NodeTls
 
     root = Path(tempfile.mkdtemp(dir=work, prefix="inproc-"))
     store = InstanceStore(root, fsync=fsync)
-    node = DicomNode(DicomSettings(port=0, bind_address="127.0.0.1", max_pdu=0), store, lambda _e: None)
+    tls = None if pki is None else NodeTls(port=0, certificate=pki.node.certificate, private_key=pki.node.private_key,
+                                           ca_certificates=pki.ca, require_client_certificate=True)
+    settings = DicomSettings(port=0, bind_address="127.0.0.1", max_pdu=0, tls=tls, plain=tls is None)
+    node = DicomNode(settings, store, lambda _e: None)
     node.start()
     try:
-        seconds = send(storescu, node.port, "DENTAL_AI", corpus)
+        seconds = send(storescu, node.port if tls is None else node.tls_port, "DENTAL_AI", corpus, pki)
     finally:
         node.stop()
     stored = store.counts()["instances"]
@@ -239,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         corpus = work / "corpus"
         files, total_bytes = build_corpus(corpus, args.count, args.rows, args.cols)
         log(f"corpus: {len(files)} files, {total_bytes / 1e6:.1f} MB")
+        pki = make_pki(work / "pki") if any(name.endswith(("_tls", "_tls_fsync")) for name in args.targets) else None
         runners: dict[str, Callable[[], float]] = {
             "dcmtk_storescp": lambda: run_dcmtk(storescu, corpus, args.count, work),
             "service_fsync": lambda: run_service(storescu, corpus, args.count, work, True),
@@ -246,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "node_inprocess_fsync": lambda: run_inprocess(storescu, corpus, args.count, work, True),
             "node_inprocess_no_fsync": lambda: run_inprocess(storescu, corpus, args.count, work, False),
             "pynetdicom_noop": lambda: run_pynetdicom_noop(storescu, corpus, args.count),
+            "dcmtk_storescp_tls": lambda: run_dcmtk(storescu, corpus, args.count, work, pki),
+            "node_inprocess_tls_fsync": lambda: run_inprocess(storescu, corpus, args.count, work, True, pki),
         }
         results: dict[str, dict[str, Any]] = {}
         # Interleave targets within each repeat so drift (page cache, CPU boost) hits all alike.
@@ -263,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if name != "dcmtk_storescp":
                     summary["throughput_ratio_to_dcmtk"] = round(
                         reference["median_seconds"] / summary["median_seconds"], 3)
+    for tls_name, plain_name in (("dcmtk_storescp_tls", "dcmtk_storescp"),
+                                 ("node_inprocess_tls_fsync", "node_inprocess_fsync")):
+        if tls_name in results and plain_name in results:
+            results[tls_name]["throughput_ratio_to_plain"] = round(
+                results[plain_name]["median_seconds"] / results[tls_name]["median_seconds"], 3)
     primary = "service_fsync" if "service_fsync" in results else None
     report = {
         "benchmark": "ingest",
@@ -281,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              "(1.0 = as fast as DCMTK)"),
             ("pynetdicom_noop: a bare pynetdicom 3.0.4 AE whose handler does nothing: the ceiling "
              "of any node built on pynetdicom on this machine"),
+            ("*_tls: mutual DICOM TLS with 2048-bit RSA certificates, storescu +tls (BCP 195 "
+             "non-downgrading profile, TLS 1.2+); the node's TLS listener requires client certificates"),
         ],
         "targets": results,
         "primary": {

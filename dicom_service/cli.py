@@ -32,6 +32,8 @@ def setup_logging(level: str) -> None:
         force=True,
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # highdicom logs a line at INFO for every element it adds to every object it builds
+    logging.getLogger("highdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 def _flag_changes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
