@@ -136,6 +136,9 @@ class StorageSettings(_Section):
         description="fsync each received instance and index commit before answering success; "
         "false survives a killed process but not a power loss.",
     )
+    retention_days: float = Field(
+        0.0, ge=0, description="Remove a study's instances and results once it has been quiet this many days, its "
+        "jobs finished and its results delivered (retention.py); 0 keeps everything.")
 
 
 class RoutingMatch(_Section):

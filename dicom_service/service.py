@@ -26,6 +26,7 @@ from dicom_service.pipelines.base import PipelineOutput
 from dicom_service.pipelines.radiograph import process_radiographs
 from dicom_service.pipelines.video import process_videos
 from dicom_service.pipelines.video_memory import video_budget_bytes
+from dicom_service.retention import RetentionThread
 from dicom_service.routing import Router
 from dicom_service.storage import InstanceStore
 from dicom_service.tls import check_tls_files
@@ -126,6 +127,7 @@ class Service:
         self.node: DicomNode | None = None
         self.pools: list[WorkerPool] = []
         self.runtimes: Runtimes | None = None
+        self.retention: RetentionThread | None = None
         self._started = threading.Event()
 
     # ------------------------------------------------------------------ life cycle
@@ -154,6 +156,9 @@ class Service:
             WorkerPool(ctx, (JobKind.DISPATCH,), s.workers.dispatch, "dispatch"),
         ]
         self.node = DicomNode(s.dicom, self.store, self._on_stored)
+        if s.storage.retention_days > 0:
+            self.retention = RetentionThread(self.store, self.queue, s.storage.retention_days)
+            self.retention.start()
         self.router.start()
         for pool in self.pools:
             pool.start()
@@ -171,6 +176,8 @@ class Service:
             self.node.stop()
         if self.router is not None:
             self.router.stop()
+        if self.retention is not None:
+            self.retention.stop()
         for pool in self.pools:
             pool.stop()
         if self.queue is not None:

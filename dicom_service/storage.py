@@ -7,7 +7,10 @@ Layout under the storage root::
     tmp/                                   partial writes (same file system, renamed)
     index.sqlite3                          instance and study index
 
-Every UID is validated before it becomes a path component.
+Every UID is validated before it becomes a path component. A study's instances and its
+jobs' results leave only through :meth:`InstanceStore.purge_study` (retention, or a
+user's delete), which holds the study's lock as :meth:`InstanceStore.store` does, so
+an instance received while its study is purged is either purged with it or kept whole.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +58,43 @@ CREATE TABLE IF NOT EXISTS studies (
     last_received_at REAL NOT NULL,
     pending INTEGER NOT NULL DEFAULT 1
 );
+CREATE TABLE IF NOT EXISTS purged_studies (
+    study_uid TEXT PRIMARY KEY,
+    purged_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    instances INTEGER NOT NULL,
+    results INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
 """
+
+#: Stripes of the per-study locks (a study's stores and its purge exclude each other).
+_LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study held by the node: instance count and bytes, arrival times (epoch seconds),
+    and whether it still waits for routing."""
+
+    study_uid: str
+    instances: int
+    bytes: int
+    first_received_at: float
+    last_received_at: float
+    pending: bool
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    """What :meth:`InstanceStore.purge_study` removed."""
+
+    study_uid: str
+    reason: str
+    purged_at: float
+    instances: int
+    results: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -94,6 +134,7 @@ class InstanceStore:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.db = Database(self.root / "index.sqlite3", _SCHEMA, durable=fsync)
         self._known_dirs: set[Path] = set()
+        self._study_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._clean_tmp()
 
     # ------------------------------------------------------------------ space
@@ -164,6 +205,13 @@ class InstanceStore:
             Free space is below the floor.
         """
         path = self.instance_path(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+        with self._study_lock(meta.study_uid):
+            return self._store_locked(meta, path, chunks)
+
+    def _study_lock(self, study_uid: str) -> threading.Lock:
+        return self._study_locks[hash(study_uid) % _LOCK_STRIPES]
+
+    def _store_locked(self, meta: InstanceMeta, path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> StoreOutcome:
         known = self.db.query(
             "SELECT path FROM instances WHERE sop_instance_uid = ?1"
             " UNION ALL SELECT path FROM own_results WHERE sop_instance_uid = ?1",
@@ -267,6 +315,72 @@ class InstanceStore:
         inst = self.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
         studies = self.db.query("SELECT COUNT(*) AS n FROM studies")[0]["n"]
         return {"instances": int(inst), "studies": int(studies)}
+
+    # ------------------------------------------------------------------ studies and their removal
+    def studies(self, *, study_uid: str | None = None, limit: int = 100, offset: int = 0,
+                received_before: float | None = None, pending: bool | None = None) -> list[StudySummary]:
+        """Studies held, the most recently received first (filters: one study, last
+        received before an epoch time, pending or not)."""
+        clauses, params = [], []
+        for clause, value in (("s.study_uid = ?", study_uid), ("s.last_received_at <= ?", received_before),
+                              ("s.pending = ?", None if pending is None else int(pending))):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        rows = self.db.query(
+            "SELECT s.study_uid, s.first_received_at, s.last_received_at, s.pending,"
+            " COUNT(i.sop_instance_uid) AS n, COALESCE(SUM(i.size), 0) AS bytes"
+            " FROM studies s LEFT JOIN instances i ON i.study_uid = s.study_uid"
+            f" {'WHERE ' + ' AND '.join(clauses) if clauses else ''}"
+            " GROUP BY s.study_uid ORDER BY s.last_received_at DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset))
+        return [StudySummary(r["study_uid"], int(r["n"]), int(r["bytes"]), float(r["first_received_at"]),
+                             float(r["last_received_at"]), bool(r["pending"])) for r in rows]
+
+    def purged(self, study_uid: str) -> PurgeReport | None:
+        """The last purge of a study, or None if it was never purged."""
+        rows = self.db.query("SELECT * FROM purged_studies WHERE study_uid = ?", (study_uid,))
+        if not rows:
+            return None
+        r = rows[0]
+        return PurgeReport(r["study_uid"], r["reason"], float(r["purged_at"]), int(r["instances"]),
+                           int(r["results"]), int(r["bytes"]))
+
+    def purge_study(self, study_uid: str, job_ids: list[int], reason: str) -> PurgeReport:
+        """Delete a study's instances and the results of ``job_ids`` (its jobs), files and
+        index rows, and record the purge (:meth:`purged`).
+
+        Files go first, then the rows, so a purge that a kill interrupts is finished by
+        the next one (missing files are skipped). The caller decides that the study may
+        go (no job of it queued or running: ``retention.py``).
+        """
+        with self._study_lock(study_uid):
+            instances = self.db.query("SELECT path, size FROM instances WHERE study_uid = ?", (study_uid,))
+            marks = ",".join("?" * len(job_ids))
+            results = self.db.query(f"SELECT path FROM own_results WHERE job_id IN ({marks})",
+                                    tuple(job_ids)) if job_ids else []
+            removed = 0
+            for row in [*instances, *results]:
+                path = Path(row["path"])
+                removed += path.stat().st_size if path.is_file() else 0
+                path.unlink(missing_ok=True)
+            for job_id in job_ids:
+                shutil.rmtree(self.root / "results" / str(int(job_id)), ignore_errors=True)
+                self._known_dirs.discard(self.root / "results" / str(int(job_id)))
+            study_dir = self.root / "instances" / validate_uid(study_uid, "StudyInstanceUID")
+            shutil.rmtree(study_dir, ignore_errors=True)
+            for known in list(self._known_dirs):  # list() copies in one step; other studies' stores add to it
+                if study_dir in known.parents:
+                    self._known_dirs.discard(known)
+            report = PurgeReport(study_uid, reason, time.time(), len(instances), len(results), removed)
+            with self.db.transaction() as conn:
+                conn.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+                conn.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
+                if job_ids:
+                    conn.execute(f"DELETE FROM own_results WHERE job_id IN ({marks})", tuple(job_ids))
+                conn.execute("INSERT OR REPLACE INTO purged_studies VALUES (?,?,?,?,?,?)",
+                             (study_uid, report.purged_at, reason, report.instances, report.results, report.bytes))
+        return report
 
     # ------------------------------------------------------------------ housekeeping
     def _clean_tmp(self) -> None:

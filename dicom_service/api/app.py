@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from dicom_service import __version__
 from dicom_service.api.errors import validation_error
-from dicom_service.api.routers import corrections, health, jobs
+from dicom_service.api.routers import corrections, health, jobs, studies
 
 log = logging.getLogger(__name__)
 
@@ -64,4 +64,5 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(corrections.router)
+    app.include_router(studies.router)
     return app

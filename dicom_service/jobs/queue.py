@@ -91,6 +91,11 @@ class JobQueue(Protocol):
         """Cancel a queued or running job (a running one stops at its next progress line)."""
         ...
 
+    def retire_study(self, study_uid: str, removed_at: float) -> int:
+        """After a study's files were removed: keep its jobs as records, free their keys (the
+        same instances sent again make new jobs) and refuse their retry; returns how many."""
+        ...
+
     def release(self, job_id: int, reason: str) -> bool:
         """Return a running job to the queue without counting the attempt (shutdown)."""
         ...

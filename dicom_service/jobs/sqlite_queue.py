@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 _MAX_LOG_CHARS = 64_000
+#: Appended (with the time) to the keys of the jobs of a removed study (``retire_study``).
+RETIRED_KEY = "#removed@"
 #: The error of an attempt that the service's death (or a kill) ended.
 _INTERRUPTED = "interrupted (service stopped)"
 #: The error of a job whose last two attempts both ended that way.
@@ -285,7 +287,18 @@ class SQLiteJobQueue:
             raise JobNotFound(job_id)
         return job
 
+    def retire_study(self, study_uid: str, removed_at: float) -> int:
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET key = key || '{RETIRED_KEY}' || ? WHERE study_uid = ?"
+                f" AND instr(key, '{RETIRED_KEY}') = 0", (f"{removed_at:.6f}", study_uid))
+            return cur.rowcount
+
     def retry(self, job_id: int) -> Job:
+        job = self.get(job_id)
+        if job is not None and RETIRED_KEY in job.key:
+            raise JobStateConflict(f"job {job_id}: its study's files were removed (retention or a delete); "
+                                   "send the study again to process it again")
         return self._set_state(
             job_id, {JobState.FAILED, JobState.DEAD, JobState.CANCELLED}, JobState.QUEUED, reset=True
         )

@@ -8,14 +8,13 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel
 
 from dicom_service.api.auth import Authenticated
+from dicom_service.api.params import SQLITE_MAX_INT, Limit, Offset
 from dicom_service.domain import Job, JobKind, JobState
 from dicom_service.jobs.queue import JobNotFound, JobStateConflict
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated])
 
-#: The largest integer SQLite stores (job ids and offsets beyond it are a 422, not a 500).
-_SQLITE_MAX_INT = 2**63 - 1
-JobId = Annotated[int, Path(ge=1, le=_SQLITE_MAX_INT, description="The job's id.")]
+JobId = Annotated[int, Path(ge=1, le=SQLITE_MAX_INT, description="The job's id.")]
 
 
 class AttemptOut(BaseModel):
@@ -61,8 +60,8 @@ def list_jobs(
     state: JobState | None = None,
     kind: JobKind | None = None,
     study_uid: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9.]+$")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=_SQLITE_MAX_INT)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[JobOut]:
     queue = request.app.state.service.queue
     return [_out(j) for j in queue.list(state=state, kind=kind, study_uid=study_uid,

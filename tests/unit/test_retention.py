@@ -1,0 +1,183 @@
+"""Retention and removal of studies: the store's purge, the retention rules with a real
+job queue, retired jobs, and the /studies API on a running service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dicom_service.api.app import create_app
+from dicom_service.domain import InstanceMeta, JobKind, JobState, Workflow
+from dicom_service.jobs.queue import JobStateConflict
+from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
+from dicom_service.retention import RetentionThread, StudyBusy, expire, remove_study
+from dicom_service.routing import Router, job_key
+from dicom_service.service import Service
+from dicom_service.storage import InstanceStore
+from dicom_service.uids import new_uid
+from tests import builders
+from tests.conftest import TEST_TOKEN
+from tests.dicomnet import store as c_store
+from tests.integration.tools import free_port, wait_until
+from tests.receiver import running_receiver
+
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
+DAY = 86_400.0
+IO = "1.2.840.10008.5.1.4.1.1.1.3"
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[tuple[InstanceStore, SQLiteJobQueue]]:
+    store = InstanceStore(tmp_path / "var")
+    queue = SQLiteJobQueue(tmp_path / "var" / "jobs.sqlite3")
+    yield store, queue
+    queue.close()
+    store.close()
+
+
+def _receive(store: InstanceStore, study: str, count: int = 2) -> list[InstanceMeta]:
+    """``count`` instances of a study, stored and marked routed."""
+    metas = []
+    for _ in range(count):
+        meta = InstanceMeta(study, f"{study}.1", new_uid(), IO, "1.2.840.10008.1.2.1", "IO", "", "TESTSCU",
+                            Path())
+        metas.append(store.store(meta, [b"\0" * 128, b"DICM", b"payload"]).meta)
+    store.mark_routed(study, [m.sop_instance_uid for m in metas], up_to=time.time())
+    return metas
+
+
+def _job(queue: SQLiteJobQueue, store: InstanceStore, study: str, kind: JobKind, state: JobState,
+         sop: str) -> int:
+    job = queue.enqueue(kind, f"{kind.value}/{study}/{sop}", study_uid=study, workflow=Workflow.RADIOGRAPH,
+                        payload={"sop_instance_uids": [sop]}, max_attempts=1)
+    assert job is not None
+    if state is not JobState.QUEUED:
+        claimed = queue.claim((kind,), "test")
+        assert claimed is not None and claimed.id == job.id
+        if state is JobState.SUCCEEDED:
+            store.write_result(job.id, new_uid(), b"\0" * 128 + b"DICMresult")
+            queue.complete(job.id)
+        elif state is JobState.DEAD:
+            assert queue.fail(job.id, "destination down") is JobState.DEAD
+    return job.id
+
+
+def test_purge_removes_files_and_rows_of_one_study_only(parts) -> None:
+    store, queue = parts
+    gone, kept = new_uid(), new_uid()
+    gone_metas, kept_metas = _receive(store, gone), _receive(store, kept)
+    job = _job(queue, store, gone, JobKind.PROCESS, JobState.SUCCEEDED, gone_metas[0].sop_instance_uid)
+    result_dir = store.root / "results" / str(job)
+    assert any(result_dir.iterdir())
+    report = store.purge_study(gone, [job], "test")
+    assert (report.instances, report.results) == (2, 1) and report.bytes > 0
+    assert not any(m.path.exists() for m in gone_metas) and not result_dir.exists()
+    assert all(m.path.exists() for m in kept_metas)
+    assert [s.study_uid for s in store.studies()] == [kept]
+    assert store.purged(gone) == report and store.purged(kept) is None
+    assert store.instance(gone_metas[0].sop_instance_uid) is None
+    # a purge a kill interrupted is finished by the next one (missing files skipped)
+    assert store.purge_study(gone, [job], "again").instances == 0
+    # the study received again afterwards is new and kept whole
+    again = store.store(gone_metas[0], [b"\0" * 128, b"DICM", b"payload"])
+    assert again.new and again.meta.path.exists()
+
+
+def test_retention_removes_only_finished_delivered_quiet_studies(parts) -> None:
+    store, queue = parts
+    done, undelivered, busy, pending = new_uid(), new_uid(), new_uid(), new_uid()
+    for study in (done, undelivered, busy):
+        sop = _receive(store, study)[0].sop_instance_uid
+        _job(queue, store, study, JobKind.PROCESS, JobState.SUCCEEDED, sop)
+    _job(queue, store, done, JobKind.DISPATCH, JobState.SUCCEEDED, "d")
+    dead = _job(queue, store, undelivered, JobKind.DISPATCH, JobState.DEAD, "d")
+    _job(queue, store, busy, JobKind.DISPATCH, JobState.QUEUED, "d")
+    store.store(InstanceMeta(pending, f"{pending}.1", new_uid(), IO, "1.2.840.10008.1.2.1", "IO", "", "X", Path()),
+                [b"x"])  # received, not yet routed
+    assert expire(store, queue, retention_days=30) == []  # nothing is 30 days old yet
+    removed = expire(store, queue, retention_days=30, now=time.time() + 31 * DAY)
+    assert [r.study_uid for r in removed] == [done]
+    assert {s.study_uid for s in store.studies()} == {undelivered, busy, pending}
+    # once the undelivered results are dealt with (here: cancelled), the study goes too
+    queue.retry(dead)
+    queue.cancel(dead)
+    assert [r.study_uid for r in expire(store, queue, 30, now=time.time() + 31 * DAY)] == [undelivered]
+
+
+def test_removed_study_jobs_are_records_and_the_study_can_come_back(parts, make_settings) -> None:
+    store, queue = parts
+    study = new_uid()
+    sop = _receive(store, study, count=1)[0].sop_instance_uid
+    key = job_key(study, Workflow.RADIOGRAPH, [sop])
+    job = queue.enqueue(JobKind.PROCESS, key, study_uid=study, workflow=Workflow.RADIOGRAPH,
+                        payload={"sop_instance_uids": [sop]}, max_attempts=1)
+    queue.claim((JobKind.PROCESS,), "t")
+    queue.fail(job.id, "bad input", permanent=True)
+    waiting = _job(queue, store, study, JobKind.DISPATCH, JobState.QUEUED, "x")
+    with pytest.raises(StudyBusy, match=f"job\\(s\\) {waiting} \\(queued\\).*cancel them first"):
+        remove_study(store, queue, study, reason="test")
+    queue.cancel(waiting)
+    remove_study(store, queue, study, reason="test")
+    assert queue.get(job.id).state is JobState.FAILED  # kept as a record
+    with pytest.raises(JobStateConflict, match="files were removed"):
+        queue.retry(job.id)
+    # the same instance sent again is processed again: a new job, the old key was freed
+    settings = make_settings()
+    store.store(InstanceMeta(study, f"{study}.1", sop, IO, "1.2.840.10008.1.2.1", "IO", "", "X", Path()), [b"x"])
+    router = Router(settings.routing, settings.retry, store, queue)
+    assert router.route_stable(time.time() + 60) == 1
+    assert queue.by_key(key).id != job.id
+
+
+def test_retention_thread_runs_passes(parts) -> None:
+    store, queue = parts
+    study = new_uid()
+    _job(queue, store, study, JobKind.PROCESS, JobState.SUCCEEDED, _receive(store, study)[0].sop_instance_uid)
+    thread = RetentionThread(store, queue, retention_days=0.5 / DAY, interval=0.05)
+    thread.start()
+    try:
+        wait_until(lambda: store.purged(study) is not None, 20.0, interval=0.05, what="the retention pass")
+    finally:
+        thread.stop()
+    assert store.studies() == []
+
+
+def test_studies_api_lists_and_removes(make_settings) -> None:
+    with running_receiver() as pacs:
+        settings = make_settings(
+            models={"radiograph": "baseline"}, retry={"dispatch_max_attempts": 1},
+            destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port},
+                          {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port()}])
+        with TestClient(create_app(Service(settings))) as client:
+            ds = builders.make_intraoral_radiograph()
+            study = str(ds.StudyInstanceUID)
+            assert c_store(client.app.state.service.node.port, ds) == 0
+
+            def dispatches_done() -> bool:
+                jobs = client.get("/jobs", params={"kind": "dispatch"}, headers=AUTH).json()
+                return len(jobs) == 2 and all(j["state"] in ("succeeded", "dead") for j in jobs)
+
+            wait_until(dispatches_done, 60.0, interval=0.1, what="both dispatch jobs to end")
+            listed = client.get("/studies", headers=AUTH).json()
+            assert [s["study_uid"] for s in listed] == [study] and listed[0]["instances"] == 1
+            detail = client.get(f"/studies/{study}", headers=AUTH).json()
+            assert detail["jobs"] == {"succeeded": 2, "dead": 1}
+            refused = client.delete(f"/studies/{study}", headers=AUTH)
+            assert refused.status_code == 409 and "never delivered" in refused.json()["detail"]
+            removed = client.delete(f"/studies/{study}", params={"discard_undelivered": True}, headers=AUTH)
+            assert removed.status_code == 200, removed.text
+            assert removed.json()["instances"] == 1 and removed.json()["results"] >= 4
+            assert client.get(f"/studies/{study}", headers=AUTH).status_code == 410
+            assert client.delete(f"/studies/{study}", headers=AUTH).status_code == 410
+            assert client.get("/studies", headers=AUTH).json() == []
+            assert client.get(f"/studies/{new_uid()}", headers=AUTH).status_code == 404
+            assert client.get("/studies/1.2.x", headers=AUTH).status_code == 422
+            assert client.delete(f"/studies/{study}").status_code == 401
+            dead = client.get("/jobs", params={"state": "dead"}, headers=AUTH).json()[0]
+            retried = client.post(f"/jobs/{dead['id']}/retry", headers=AUTH)
+            assert retried.status_code == 409 and "files were removed" in retried.json()["detail"]
+            assert not any(client.app.state.service.store.root.joinpath("instances").iterdir())
