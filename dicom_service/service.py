@@ -128,6 +128,9 @@ class Service:
         self.pools: list[WorkerPool] = []
         self.runtimes: Runtimes | None = None
         self.retention: RetentionThread | None = None
+        #: Instances stored since the start: new ones, and re-sent ones acknowledged without storing.
+        self.received = {"new": 0, "duplicate": 0}
+        self._counter_lock = threading.Lock()
         self._started = threading.Event()
 
     # ------------------------------------------------------------------ life cycle
@@ -167,6 +170,8 @@ class Service:
         log.info("service started (storage %s)", root.resolve())
 
     def _on_stored(self, event: StoredEvent) -> None:
+        with self._counter_lock:
+            self.received["new" if event.new else "duplicate"] += 1
         if event.new and self.router is not None:
             self.router.notify()
 
@@ -188,6 +193,11 @@ class Service:
         log.info("service stopped")
 
     # ------------------------------------------------------------------ status
+    def received_counts(self) -> dict[str, int]:
+        """Instances stored since the start: ``new``, and ``duplicate`` (re-sent, acknowledged)."""
+        with self._counter_lock:
+            return dict(self.received)
+
     def readiness(self) -> dict[str, bool]:
         """Named readiness checks (all True when ready)."""
         started = self._started.is_set()

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from dicom_service import __version__
 from dicom_service.api.errors import validation_error
-from dicom_service.api.routers import corrections, health, jobs, studies
+from dicom_service.api.routers import corrections, health, jobs, metrics, studies
 
 log = logging.getLogger(__name__)
 
@@ -65,4 +65,5 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     app.include_router(jobs.router)
     app.include_router(corrections.router)
     app.include_router(studies.router)
+    app.include_router(metrics.router)
     return app

@@ -123,6 +123,14 @@ class JobQueue(Protocol):
         """Number of jobs in each state."""
         ...
 
+    def kind_counts(self) -> dict[tuple[str, str], int]:
+        """Number of jobs of each (kind, state) that has any."""
+        ...
+
+    def attempt_seconds(self) -> dict[tuple[str, bool], tuple[int, float]]:
+        """Finished attempts by (kind, ok): their number and their total seconds."""
+        ...
+
     def seconds_until_due(self, kinds: tuple[JobKind, ...]) -> float | None:
         """Seconds until the next queued job of these kinds is due, or None if none."""
         ...

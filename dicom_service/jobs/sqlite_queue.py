@@ -356,6 +356,17 @@ class SQLiteJobQueue:
         out.update({r["state"]: int(r["n"]) for r in rows})
         return out
 
+    def kind_counts(self) -> dict[tuple[str, str], int]:
+        rows = self.db.query("SELECT kind, state, COUNT(*) AS n FROM jobs GROUP BY kind, state")
+        return {(r["kind"], r["state"]): int(r["n"]) for r in rows}
+
+    def attempt_seconds(self) -> dict[tuple[str, bool], tuple[int, float]]:
+        rows = self.db.query(
+            "SELECT j.kind AS kind, a.ok AS ok, COUNT(*) AS n, SUM(a.finished_at - a.started_at) AS s"
+            " FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.finished_at IS NOT NULL"
+            " GROUP BY j.kind, a.ok")
+        return {(r["kind"], bool(r["ok"])): (int(r["n"]), float(r["s"] or 0.0)) for r in rows}
+
     def seconds_until_due(self, kinds: tuple[JobKind, ...]) -> float | None:
         marks = ",".join("?" for _ in kinds)
         rows = self.db.query(
