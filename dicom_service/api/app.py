@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
 
 from dicom_service import __version__
 from dicom_service.api.errors import validation_error
-from dicom_service.api.routers import corrections, health, jobs, metrics, studies
+from dicom_service.api.routers import corrections, frames, health, jobs, metrics, studies, ui
 
 log = logging.getLogger(__name__)
 
@@ -66,4 +67,7 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     app.include_router(corrections.router)
     app.include_router(studies.router)
     app.include_router(metrics.router)
+    app.include_router(frames.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     return app

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from pydicom import dcmread
 
 from dicom_service.api.app import create_app
-from dicom_service.api.routers.corrections import _processing_job, _requeued
+from dicom_service.api.routers.corrections import _requeued, processing_job
 from dicom_service.domain import InputError, JobKind, Workflow
 from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
 from dicom_service.media.video import open_frames
@@ -188,7 +188,7 @@ def test_bad_corrections_get_clear_http_errors(make_settings) -> None:
         assert client.get("/healthz").status_code == 200  # still serving
 
 
-def test_the_processing_job_of_an_instance(tmp_path) -> None:
+def test_theprocessing_job_of_an_instance(tmp_path) -> None:
     """The newest succeeded video job that processed the instance; a 409 naming the state
     of a job not yet succeeded, or saying that none processed it (a queue without workers)."""
     from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
@@ -199,22 +199,22 @@ def test_the_processing_job_of_an_instance(tmp_path) -> None:
                           payload=payload, max_attempts=1)
     assert first is not None
     with pytest.raises(HTTPException) as pending:
-        _processing_job(queue, "1.2.9", "1.2.9.1")
+        processing_job(queue, "1.2.9", "1.2.9.1")
     assert pending.value.status_code == 409 and f"job {first.id} is queued" in pending.value.detail
     with pytest.raises(HTTPException) as never:
-        _processing_job(queue, "1.2.9", "1.2.9.2")
+        processing_job(queue, "1.2.9", "1.2.9.2")
     assert never.value.status_code == 409 and "not been processed" in never.value.detail
     claimed = queue.claim((JobKind.PROCESS,), "test")
     assert claimed is not None and claimed.id == first.id and queue.complete(first.id, result={})
     newer = queue.enqueue(JobKind.PROCESS, "manual/2", study_uid="1.2.9", workflow=Workflow.VIDEO,
                           payload=payload, max_attempts=1)
     assert newer is not None and newer.id != first.id
-    assert _processing_job(queue, "1.2.9", "1.2.9.1").id == first.id  # a newer queued job does not hide it
+    assert processing_job(queue, "1.2.9", "1.2.9.1").id == first.id  # a newer queued job does not hide it
     radiograph = queue.enqueue(JobKind.PROCESS, "manual/3", study_uid="1.2.9", workflow=Workflow.RADIOGRAPH,
                                payload={"sop_instance_uids": ["1.2.9.3"]}, max_attempts=1)
     assert radiograph is not None
     with pytest.raises(HTTPException, match="409"):
-        _processing_job(queue, "1.2.9", "1.2.9.3")
+        processing_job(queue, "1.2.9", "1.2.9.3")
 
 
 def test_two_requests_putting_a_failed_job_back_both_get_it(tmp_path) -> None:

@@ -132,7 +132,7 @@ class ToothCorrectionAccepted(BaseModel):
     detail: str
 
 
-def _processing_job(queue, study_uid: str, sop: str) -> Job:  # noqa: ANN001 - JobQueue
+def processing_job(queue, study_uid: str, sop: str) -> Job:  # noqa: ANN001 - JobQueue
     """The newest succeeded video job that processed instance ``sop``; 409 if there is none
     (naming the state of the newest such job, if one is queued, running or failed)."""
     jobs = [job for job in queue.list(kind=JobKind.PROCESS, study_uid=study_uid, limit=1000)
@@ -200,7 +200,7 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
     meta = service.store.instance(body.sop_instance_uid)
     if meta is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {body.sop_instance_uid} is not stored here")
-    process_job = _processing_job(service.queue, meta.study_uid, body.sop_instance_uid)
+    process_job = processing_job(service.queue, meta.study_uid, body.sop_instance_uid)
     runtime = service.runtimes.video
     segmenter = getattr(runtime, "segmenter", None)
     if not isinstance(segmenter, ToothSegmenter):
@@ -266,6 +266,6 @@ def list_tooth_mask_corrections(
     meta = service.store.instance(sop_instance_uid)
     if meta is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {sop_instance_uid} is not stored here")
-    process_job = _processing_job(service.queue, meta.study_uid, sop_instance_uid)
+    process_job = processing_job(service.queue, meta.study_uid, sop_instance_uid)
     return [ToothCorrectionOut(correction_job=job.id, **reply)
             for job, reply in corrections_of(service.queue, process_job, sop_instance_uid)]

@@ -1,0 +1,72 @@
+"""Frames of stored photos and videos as PNG, with the tooth mask the node holds for them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+
+from dicom_service.api.auth import Authenticated
+from dicom_service.api.routers.corrections import processing_job
+from dicom_service.domain import InputError, MediaError
+from dicom_service.jobs.correction import ai_masks, corrections_of
+from dicom_service.media.frame_preview import decode_frame, overlay_mask, png_bytes
+from dicom_service.media.seg_frames import SEGMENTATION_READ_ERRORS, segmentation_frames
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Authenticated])
+
+SopUid = Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$",
+                             description="SOP Instance UID of a stored photo or video.")]
+FrameIndex = Annotated[int, Path(ge=0, le=10_000_000, description="Frame number, 0 = the first.")]
+
+
+def _mask(service, sop: str, study_uid: str, frame: int, which: str) -> tuple[np.ndarray, str]:  # noqa: ANN001
+    """Frame ``frame``'s tooth mask: the newest correction's (``latest``) or the AI's, and
+    which one it is; 409 when the instance has no readable tooth Segmentation."""
+    job = processing_job(service.queue, study_uid, sop)
+    masks, source = None, "ai"
+    if which == "latest":
+        for _, reply in corrections_of(service.queue, job, sop):
+            try:
+                masks = segmentation_frames(reply["path"], sop)
+            except SEGMENTATION_READ_ERRORS as error:
+                log.warning("corrected Segmentation of job %d does not read (%s)", job.id, type(error).__name__)
+            if masks is not None:
+                source = f"correction {reply['sop_instance_uid']}"
+                break
+    if masks is None:
+        masks = ai_masks(service.queue, job, sop)
+    if masks is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"instance {sop}: no readable tooth Segmentation")
+    if frame >= masks.shape[0]:
+        raise HTTPException(422, f"frame {frame} is not a frame of this instance (0 to {masks.shape[0] - 1})")
+    return np.asarray(masks[frame], dtype=bool), source
+
+
+@router.get("/{sop_instance_uid}/frames/{frame}", response_class=Response,
+            summary="One frame as PNG, with the tooth mask the node holds for it drawn over it",
+            responses={200: {"content": {"image/png": {}}, "description": "The frame (headers X-Mask-Source: "
+                             "'ai', 'correction <SEG UID>' or 'none'; X-Frame-Count)"},
+                       404: {"description": "Instance not stored here"},
+                       409: {"description": "Masks asked of an instance without a tooth Segmentation"},
+                       422: {"description": "No such frame, or the pixel data does not decode"}})
+def frame_png(request: Request, sop_instance_uid: SopUid, frame: FrameIndex,
+              masks: Literal["latest", "ai", "none"] = "latest") -> Response:
+    """``masks``: ``latest`` (the newest correction's, else the AI's), ``ai``, or ``none``."""
+    service = request.app.state.service
+    meta = service.store.instance(sop_instance_uid)
+    if meta is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {sop_instance_uid} is not stored here")
+    mask, source = (None, "none") if masks == "none" else _mask(service, sop_instance_uid, meta.study_uid,
+                                                                 frame, masks)
+    try:
+        rgb, count = decode_frame(str(meta.path), frame)
+        image = overlay_mask(rgb, mask)
+    except (InputError, MediaError) as error:
+        raise HTTPException(422, str(error)) from error
+    return Response(png_bytes(image), media_type="image/png",
+                    headers={"X-Mask-Source": source, "X-Frame-Count": str(count), "Cache-Control": "no-store"})

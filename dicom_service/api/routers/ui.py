@@ -1,0 +1,31 @@
+"""The correction page: a dentist's clicks and boxes on a frame, in a browser.
+
+The page itself holds no data and needs no token; everything it shows or sends goes
+through the authenticated API (the dentist types the token in, kept for the browser
+tab's session only). Static files: ``api/static``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+#: The page's HTML and scripts.
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
+#: Only this server's scripts, images from this server or the page's own blobs, no framing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+router = APIRouter(tags=["correction page"])
+
+
+@router.get("/ui/correct", response_class=FileResponse, summary="The correction page (HTML)")
+def correction_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "correct.html", media_type="text/html; charset=utf-8",
+                        headers=SECURITY_HEADERS)

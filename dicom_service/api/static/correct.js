@@ -1,0 +1,160 @@
+// The correction page's wiring: fetch frames with the token, collect clicks and a box
+// on the canvas, post the correction, follow its job, show the amended mask.
+// The logic it relies on is in correct_logic.js (tested with node: tests/js/).
+(function () {
+  "use strict";
+  const L = window.CorrectLogic;
+  const $ = (id) => document.getElementById(id);
+  const img = $("frame");
+  const canvas = $("marks");
+  const prompts = { points: [], labels: [], box: null };
+  let pressed = null;
+  let shownUrl = null;
+
+  $("token").value = sessionStorage.getItem("dental-ai-token") || "";
+  $("token").addEventListener("change", () => sessionStorage.setItem("dental-ai-token", $("token").value.trim()));
+
+  function status(text, isError) {
+    $("status").textContent = text;
+    $("status").className = isError ? "error" : "";
+  }
+
+  function headers(extra) {
+    return Object.assign({ Authorization: `Bearer ${$("token").value.trim()}` }, extra || {});
+  }
+
+  async function problem(response) {
+    try {
+      const body = await response.json();
+      return `${response.status}: ${typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)}`;
+    } catch (e) {
+      return `${response.status} ${response.statusText}`;
+    }
+  }
+
+  function draw() {
+    canvas.width = img.naturalWidth || 1;
+    canvas.height = img.naturalHeight || 1;
+    const g = canvas.getContext("2d");
+    g.clearRect(0, 0, canvas.width, canvas.height);
+    const size = Math.max(2, canvas.width / 160);
+    prompts.points.forEach((p, i) => {
+      g.fillStyle = prompts.labels[i] ? "#1e90ff" : "#ff3030";
+      g.beginPath();
+      g.arc(p[0], p[1], size, 0, 2 * Math.PI);
+      g.fill();
+    });
+    if (prompts.box) {
+      const [x0, y0, x1, y1] = prompts.box;
+      g.strokeStyle = "#ffd700";
+      g.lineWidth = Math.max(1, size / 2);
+      g.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    }
+  }
+
+  async function load() {
+    let url;
+    try {
+      url = L.frameUrl($("sop").value.trim(), $("frameNumber").value, $("masks").value);
+    } catch (e) {
+      status(e.message, true);
+      return;
+    }
+    status("loading…");
+    const response = await fetch(url, { headers: headers() });
+    if (!response.ok) {
+      status(await problem(response), true);
+      return;
+    }
+    if (shownUrl) URL.revokeObjectURL(shownUrl);
+    shownUrl = URL.createObjectURL(await response.blob());
+    img.onload = draw;
+    img.src = shownUrl;
+    const count = response.headers.get("X-Frame-Count");
+    $("frameCount").textContent = count ? `of ${count} (0 to ${count - 1})` : "";
+    if (count) $("frameNumber").max = count - 1;
+    status(`masks shown: ${response.headers.get("X-Mask-Source")}`);
+  }
+
+  function point(event) {
+    const rect = img.getBoundingClientRect();
+    return L.imagePoint(event.clientX, event.clientY, rect, img.naturalWidth, img.naturalHeight);
+  }
+
+  canvas.addEventListener("pointerdown", (event) => {
+    if (!img.naturalWidth) return;
+    pressed = point(event);
+  });
+  canvas.addEventListener("pointerup", (event) => {
+    if (!pressed) return;
+    const released = point(event);
+    if (L.isDrag(pressed, released)) {
+      prompts.box = L.boxFrom(pressed, released);
+    } else {
+      prompts.points.push(released);
+      prompts.labels.push(event.shiftKey || $("negative").checked ? 0 : 1);
+    }
+    pressed = null;
+    draw();
+  });
+
+  async function follow(jobId) {
+    for (;;) {
+      const response = await fetch(`/jobs/${jobId}`, { headers: headers() });
+      if (!response.ok) return status(await problem(response), true);
+      const job = await response.json();
+      if (job.state === "succeeded") return true;
+      if (!["queued", "running"].includes(job.state)) {
+        status(`correction job ${jobId} ${job.state}: ${job.error || ""}`, true);
+        return false;
+      }
+      status(`correction job ${jobId} ${job.state}…`);
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+
+  async function send() {
+    let body;
+    try {
+      body = L.correctionBody($("sop").value.trim(), $("frameNumber").value, prompts,
+        { radius: $("radius").value, restore: $("restore").checked });
+    } catch (e) {
+      status(e.message, true);
+      return;
+    }
+    status("correcting…");
+    const response = await fetch("/corrections/tooth-masks?wait=30", {
+      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
+    });
+    if (response.status === 202) {
+      const accepted = await response.json();
+      if (!(await follow(accepted.correction_job))) return;
+    } else if (!response.ok) {
+      status(await problem(response), true);
+      return;
+    }
+    prompts.points = [];
+    prompts.labels = [];
+    prompts.box = null;
+    $("masks").value = "latest";
+    await load();
+    status(`${$("status").textContent}\namended Segmentation made; it goes to the destinations that receive seg results`);
+  }
+
+  $("load").addEventListener("click", load);
+  $("send").addEventListener("click", send);
+  $("clear").addEventListener("click", () => {
+    prompts.points = [];
+    prompts.labels = [];
+    prompts.box = null;
+    draw();
+  });
+  $("prev").addEventListener("click", () => {
+    $("frameNumber").value = Math.max(0, Number($("frameNumber").value) - 1);
+    load();
+  });
+  $("next").addEventListener("click", () => {
+    $("frameNumber").value = Number($("frameNumber").value) + 1;
+    load();
+  });
+})();

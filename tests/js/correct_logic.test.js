@@ -1,0 +1,56 @@
+// Tests of the correction page's logic (dicom_service/api/static/correct_logic.js), run by
+// tests/unit/test_correction_page.py with `node --test`.
+"use strict";
+const test = require("node:test");
+const assert = require("node:assert/strict");
+const path = require("node:path");
+const L = require(path.join(__dirname, "..", "..", "dicom_service", "api", "static", "correct_logic.js"));
+
+test("a click on a scaled image lands on the frame's pixels", () => {
+  // a 640x480 frame drawn at 320x240 from (100, 50) on the page
+  const rect = { left: 100, top: 50, width: 320, height: 240 };
+  assert.deepEqual(L.imagePoint(100, 50, rect, 640, 480), [0, 0]);
+  assert.deepEqual(L.imagePoint(260, 170, rect, 640, 480), [320, 240]);
+  assert.deepEqual(L.imagePoint(420, 290, rect, 640, 480), [640, 480]);
+  assert.deepEqual(L.imagePoint(100.33, 50, rect, 640, 480), [0.7, 0]);
+  // a pointer just past the edge stays on the frame (the API refuses points off it)
+  assert.deepEqual(L.imagePoint(90, 300, rect, 640, 480), [0, 480]);
+  assert.throws(() => L.imagePoint(0, 0, { left: 0, top: 0, width: 0, height: 0 }, 640, 480), /not shown/);
+});
+
+test("a drag in any direction is a box with ordered corners; a short one is a click", () => {
+  assert.deepEqual(L.boxFrom([70, 60], [10, 8]), [10, 8, 70, 60]);
+  assert.deepEqual(L.boxFrom([10, 60], [70, 8]), [10, 8, 70, 60]);
+  assert.equal(L.isDrag([10, 10], [12, 13]), false);
+  assert.equal(L.isDrag([10, 10], [40, 12]), false); // a thin line is not a box
+  assert.equal(L.isDrag([10, 10], [40, 40]), true);
+});
+
+test("the request body has the API's field names and types", () => {
+  const clicks = { points: [[12.5, 30], [50, 40]], labels: [1, 0], box: null };
+  assert.deepEqual(L.correctionBody("1.2.3", "4", clicks, { radius: "15" }), {
+    sop_instance_uid: "1.2.3", frame: 4, points: [[12.5, 30], [50, 40]], labels: [1, 0], radius: 15,
+  });
+  const box = { points: [], labels: [], box: [10, 8, 70, 60] };
+  assert.deepEqual(L.correctionBody("1.2.3", 0, box, { radius: "", restore: true }), {
+    sop_instance_uid: "1.2.3", frame: 0, box: [10, 8, 70, 60], restore: true,
+  });
+  assert.deepEqual(L.correctionBody("1.2.3", 0, box, { basedOn: "1.2.9" }).based_on, "1.2.9");
+});
+
+test("what the API would refuse is refused before sending", () => {
+  const box = { points: [], labels: [], box: [10, 8, 70, 60] };
+  assert.throws(() => L.correctionBody("", 0, box), /SOP Instance UID/);
+  assert.throws(() => L.correctionBody("1.2.x", 0, box), /SOP Instance UID/);
+  assert.throws(() => L.correctionBody("1.2.3", -1, box), /frame must be a whole number/);
+  assert.throws(() => L.correctionBody("1.2.3", 1.5, box), /frame must be a whole number/);
+  assert.throws(() => L.correctionBody("1.2.3", 0, { points: [], labels: [], box: null }), /click on the frame/);
+  assert.throws(() => L.correctionBody("1.2.3", 0, { points: [[1, 2]], labels: [], box: null }), /label/);
+  assert.throws(() => L.correctionBody("1.2.3", 0, box, { radius: "-2" }), /radius/);
+});
+
+test("frame URLs", () => {
+  assert.equal(L.frameUrl("1.2.3", "7", "ai"), "/instances/1.2.3/frames/7?masks=ai");
+  assert.equal(L.frameUrl("1.2.3", 0), "/instances/1.2.3/frames/0?masks=latest");
+  assert.throws(() => L.frameUrl("1.2.3", "x"), /frame/);
+});
