@@ -23,6 +23,13 @@ from dicom_service.training.cli_train import add_train_parser
 log = logging.getLogger("dicom_service")
 
 
+def _without_library_tracebacks(record: logging.LogRecord) -> bool:
+    """Keep pynetdicom's line, drop the traceback it attaches (its message says enough)."""
+    if record.name.startswith("pynetdicom") and record.exc_info:
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
 def setup_logging(level: str) -> None:
     """Log lines with time, level and module; never patient data (by convention)."""
     logging.basicConfig(
@@ -32,6 +39,9 @@ def setup_logging(level: str) -> None:
         force=True,
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if level != "DEBUG":  # pynetdicom logs a traceback for every refused TLS handshake or connection
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_without_library_tracebacks)
     # highdicom logs a line at INFO for every element it adds to every object it builds
     logging.getLogger("highdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
@@ -197,10 +207,13 @@ def cmd_echo(args: argparse.Namespace) -> int:
         print("no destinations configured (destinations: in the settings file): nothing to echo")
     ok = True
     for dest in settings.destinations:
-        good = verify(dest, settings.dicom.ae_title)
-        ok &= good
         how = "QIDO-RS" if isinstance(dest, DicomWebDestination) else "C-ECHO"
-        print(f"{dest.name}: {'ok' if good else 'FAILED'} ({how}{', TLS' if dest.tls is not None else ''})")
+        try:
+            good, why = verify(dest, settings.dicom.ae_title), ""
+        except ConfigError as exc:  # a TLS file of this destination: report it, check the others
+            good, why = False, f": {exc}"
+        ok &= good
+        print(f"{dest.name}: {'ok' if good else 'FAILED'} ({how}{', TLS' if dest.tls is not None else ''}){why}")
     return 0 if ok else 1
 
 

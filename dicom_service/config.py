@@ -17,43 +17,38 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    SecretStr,
-    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from dicom_service.destination_settings import (
+    ALL_RESULT_KINDS,
+    AnyDestination,
+    Destination,
+    DicomWebDestination,
+    ResultKind,
+    check_ae_title,
+)
 from dicom_service.domain import ConfigError, Precision, Workflow
-from dicom_service.tls import ClientTls, NodeTls, ServerTls
+from dicom_service.tls import NodeTls, ServerTls
+
+__all__ = ["ALL_RESULT_KINDS", "AnyDestination", "DicomWebDestination", "Destination", "ResultKind", "Settings",
+           "apply_overrides", "load_settings", "make_folder"]
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "DICOM_SERVICE_"
 ENV_CONFIG_FILE = "DICOM_SERVICE_CONFIG"
 
-ResultKind = Literal["video", "sc", "seg", "sr", "pr"]
-ALL_RESULT_KINDS: tuple[str, ...] = ("video", "sc", "seg", "sr", "pr")
-
-
-def _check_ae_title(value: str) -> str:
-    """Validate an AE title (PS3.5: 1–16 chars of the default repertoire, no backslash)."""
-    text = value.strip()
-    if not 1 <= len(text) <= 16:
-        raise ValueError("an AE title has 1 to 16 characters")
-    if "\\" in text or any(ord(c) < 0x20 or ord(c) > 0x7E for c in text):
-        raise ValueError("an AE title may not contain control characters or backslashes")
-    return text
 
 
 class _Section(BaseModel):
@@ -79,7 +74,7 @@ class DicomSettings(_Section):
                                 "(tls.py); null: no TLS.")
     plain: bool = Field(True, description="Listen without TLS on port; false: TLS only (needs tls).")
 
-    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
 
     @model_validator(mode="after")
     def _some_listener(self) -> "DicomSettings":
@@ -93,7 +88,7 @@ class DicomSettings(_Section):
     @field_validator("accepted_calling_aets")
     @classmethod
     def _aets(cls, value: list[str]) -> list[str]:
-        return [_check_ae_title(v) for v in value]
+        return [check_ae_title(v) for v in value]
 
     @field_validator("max_pdu")
     @classmethod
@@ -180,71 +175,6 @@ class RetrySettings(_Section):
     backoff_max: float = Field(300.0, gt=0)
 
 
-class _DestinationBase(_Section):
-    name: str
-    workflows: list[Workflow] = Field(default_factory=lambda: [Workflow.VIDEO, Workflow.RADIOGRAPH])
-    results: list[ResultKind] = Field(default_factory=lambda: list(ALL_RESULT_KINDS))
-
-
-class Destination(_DestinationBase):
-    """A DICOM peer that receives results by C-STORE."""
-
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
-    tls: ClientTls | None = Field(None, description="Associate over TLS (the peer's TLS port); null: plain.")
-
-    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
-
-
-class DicomWebDestination(_DestinationBase):
-    """A DICOMweb service that receives results by STOW-RS (``node/stow.py``)."""
-
-    url: str = Field(description="Base URL of the DICOMweb service, e.g. https://pacs.example.org/dicom-web; "
-                     "results are POSTed to <url>/studies.")
-    username: str | None = Field(None, description="HTTP basic authentication (with password).")
-    password: SecretStr | None = None
-    token: SecretStr | None = Field(None, description="Bearer token (instead of username and password).")
-    timeout: float = Field(300.0, gt=0, description="Seconds without progress before a request fails.")
-    tls: ClientTls | None = Field(None, description="For an https URL: the authorities to trust, a client "
-                                  "certificate; null: the system's trust store.")
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("url must be an http:// or https:// URL with a host")
-        if parts.query or parts.fragment:
-            raise ValueError("url must not have a query or a fragment")
-        if parts.username or parts.password:
-            raise ValueError("credentials go in username and password, or token, not in url (it is logged)")
-        return value.strip().rstrip("/")
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> "DicomWebDestination":
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together")
-        if self.username is not None and self.token is not None:
-            raise ValueError("give username and password, or token, not both")
-        if self.tls is not None and not self.url.startswith("https://"):
-            raise ValueError("tls needs an https:// url")
-        return self
-
-
-def _destination_kind(value: Any) -> str:
-    if isinstance(value, DicomWebDestination) or (isinstance(value, Mapping) and "url" in value):
-        return "dicomweb"
-    return "dimse"
-
-
-#: A destination of either kind: one with ``url`` is DICOMweb, the others DIMSE.
-AnyDestination = Annotated[
-    Annotated[Destination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
-    Discriminator(_destination_kind),
-]
-
-
 class WorkerSettings(_Section):
     """In-process workers."""
 
@@ -319,6 +249,18 @@ class Settings(BaseSettings):
         if dupes:
             raise ValueError(f"destination names must be unique; repeated: {', '.join(dupes)}")
         return value
+
+    @model_validator(mode="after")
+    def _one_port_per_listener(self) -> "Settings":
+        ports = {"dicom.port": self.dicom.port if self.dicom.plain else 0,
+                 "dicom.tls.port": self.dicom.tls.port if self.dicom.tls is not None else 0,
+                 "http.port": self.http.port}
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port and port in seen:
+                raise ValueError(f"{seen[port]} and {key} are both {port}: each listener needs a port of its own")
+            seen[port] = key
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -21,6 +21,7 @@ from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
 from dicom_service.jobs.worker import WorkerContext, WorkerPool
 from dicom_service.malloc_tuning import set_mmap_threshold
 from dicom_service.media.pixel_file import DEFER_BYTES
+from dicom_service.node.destinations import plain_credentials_warnings
 from dicom_service.node.scp import DicomNode, StoredEvent
 from dicom_service.pipelines.base import PipelineOutput
 from dicom_service.pipelines.radiograph import process_radiographs
@@ -120,6 +121,7 @@ class Service:
         check_compile(settings.models.compile, device)
         make_folder(settings.storage.path, "storage.path")  # a file in the way is named now, not at start()
         check_tls_files(settings.dicom.tls, settings.http.tls, ((d.name, d.tls) for d in settings.destinations))
+        plain_credentials_warnings(settings.destinations)
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None
         self.queue: SQLiteJobQueue | None = None

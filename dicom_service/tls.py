@@ -21,7 +21,9 @@ destination (the listener on the next start). Every problem with a file is a
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,8 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from dicom_service.domain import ConfigError
 
+log = logging.getLogger(__name__)
+
 #: The TLS port DICOM registered with IANA ("dicom-tls").
 DICOM_TLS_PORT = 2762
+#: A certificate that ends sooner than this (seconds) is announced at start.
+EXPIRY_WARNING_SECONDS = 30 * 86_400
 
 
 class _TlsSection(BaseModel):
@@ -185,8 +191,34 @@ def check_tls_files(node: ServerTls | None, http: ServerTls | None,
     """
     if node is not None:
         server_context(node, "dicom.tls")
+        warn_if_expiring(node.certificate, "dicom.tls.certificate")
     if http is not None:
         server_context(http, "http.tls")
+        warn_if_expiring(http.certificate, "http.tls.certificate")
     for name, tls in destinations:
         if tls is not None:
             client_context(tls, f"destinations[{name}].tls")
+            if tls.certificate is not None:
+                warn_if_expiring(tls.certificate, f"destinations[{name}].tls.certificate")
+
+
+def warn_if_expiring(certificate: Path, key: str, now: float | None = None) -> str | None:
+    """Log (and return) a warning when the first certificate of a PEM file is not valid yet,
+    has expired, or expires within :data:`EXPIRY_WARNING_SECONDS`: peers would refuse it."""
+    try:
+        decoded = ssl._ssl._test_decode_cert(str(certificate))  # type: ignore[attr-defined]  # noqa: SLF001
+        not_before = ssl.cert_time_to_seconds(decoded["notBefore"])
+        not_after = ssl.cert_time_to_seconds(decoded["notAfter"])
+    except (AttributeError, KeyError, ValueError, OSError, ssl.SSLError):
+        return None  # dates not readable here: the handshake will tell
+    now = time.time() if now is None else now
+    if now < not_before:
+        message = f"{key}: {certificate} is not valid before {decoded['notBefore']}: peers will refuse it"
+    elif now > not_after:
+        message = f"{key}: {certificate} EXPIRED on {decoded['notAfter']}: peers will refuse it"
+    elif not_after - now < EXPIRY_WARNING_SECONDS:
+        message = f"{key}: {certificate} expires on {decoded['notAfter']}: renew it"
+    else:
+        return None
+    log.warning("%s", message)
+    return message

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from dicom_service.config import Destination, DicomWebDestination
 from dicom_service.node import scu, stow
 from dicom_service.node.scu import SendTimeouts
+
+log = logging.getLogger(__name__)
 
 
 def send_results(destination: Destination | DicomWebDestination, paths: Sequence[Path], calling_ae: str,
@@ -40,3 +43,17 @@ def verify(destination: Destination | DicomWebDestination, calling_ae: str) -> b
     if isinstance(destination, DicomWebDestination):
         return stow.reachable(destination)
     return scu.echo(destination, calling_ae)
+
+
+def plain_credentials_warnings(destinations: Sequence[Destination | DicomWebDestination]) -> list[str]:
+    """Log (and return) a warning for each DICOMweb destination that would send its token
+    or password over plain ``http://``: anyone on the network path can read them."""
+    warnings = []
+    for destination in destinations:
+        if (isinstance(destination, DicomWebDestination) and destination.url.startswith("http://")
+                and (destination.token is not None or destination.password is not None)):
+            warnings.append(f"destinations[{destination.name}]: credentials are sent over plain http:// "
+                            f"({destination.url}); use https:// where the network is not trusted")
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings

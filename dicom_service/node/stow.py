@@ -6,16 +6,20 @@ its own transfer syntax). The body is streamed from the files with a Content-Len
 computed up front, so a long video's result is never held in memory and servers that
 do not take chunked uploads accept it.
 
-The reply decides (PS3.18 table 10.5.3-1): 200 is stored; 202 (some stored, or
-warnings) and 409 (none stored) list the failures in the Failed SOP Sequence
-(0008,1198) of the ``application/dicom+json`` body, each with its Failure Reason
-(0008,1197). Every instance the reply lists as failed, and any other status, is a
-:class:`~dicom_service.domain.DispatchError`, so the dispatch job is retried; a STOW
-of an instance the server already holds is harmless.
+The reply decides (PS3.18 table 10.5.3-1). Delivered means HTTP 200 or 202 with an
+``application/dicom+json`` response data set whose Referenced SOP Sequence (0008,1199)
+lists every instance sent and whose Failed SOP Sequence (0008,1198) is empty: a 200
+without that confirmation (a proxy's page, a wrong path, an empty body) is not taken
+for success. Failures are named with their Failure Reason (0008,1197). Anything else is
+a :class:`~dicom_service.domain.DispatchError`, so the dispatch job is retried; a STOW
+of an instance the server already holds is harmless. The reply is read up to 16 MiB;
+messages never quote the destination's token or password.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import secrets
 from collections.abc import Iterator, Sequence
@@ -23,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from dicom_service.config import DicomWebDestination
 from dicom_service.domain import ConfigError, DispatchError
+from dicom_service.media.pixels import DECODE_ERRORS
 from dicom_service.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,8 @@ FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
 REFERENCED_SOP_SEQUENCE = "00081199"
+#: The most of a STOW reply read (a JSON data set listing the instances; a few kB each).
+MAX_REPLY_BYTES = 16 * 2**20
 
 
 def _client(destination: DicomWebDestination) -> httpx.Client:
@@ -61,6 +70,35 @@ def _client(destination: DicomWebDestination) -> httpx.Client:
     return httpx.Client(headers=headers, auth=auth, verify=verify, timeout=destination.timeout)
 
 
+def _extensions(destination: DicomWebDestination) -> dict[str, Any]:
+    """``tls.server_name``: the name the server's certificate must carry (and the SNI sent)."""
+    if destination.tls is not None and destination.tls.server_name:
+        return {"sni_hostname": destination.tls.server_name}
+    return {}
+
+
+def _secrets(destination: DicomWebDestination) -> list[str]:
+    """What must never appear in a message: the token, the password and the basic
+    credentials as sent."""
+    found = []
+    if destination.token is not None:
+        found.append(destination.token.get_secret_value())
+    if destination.username is not None and destination.password is not None:
+        password = destination.password.get_secret_value()
+        pair = f"{destination.username}:{password}".encode()
+        found += [password, base64.b64encode(pair).decode("ascii")]
+    return [value for value in found if value]
+
+
+def _failure(destination: DicomWebDestination, what: str, exc: Exception) -> DispatchError:
+    """A DispatchError for a request that failed, the exception's text with every secret
+    of the destination masked (an HTTP library may quote a header it refused)."""
+    text = f"{type(exc).__name__}: {exc}"
+    for secret in _secrets(destination):
+        text = text.replace(secret, "***")
+    return DispatchError(f"{what} to {describe(destination)} failed: {text}")
+
+
 def _parts(paths: Sequence[Path], boundary: str) -> tuple[int, Iterator[bytes]]:
     """The multipart body's length in bytes and a generator of its pieces."""
     heads = [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii") for _ in paths]
@@ -79,11 +117,11 @@ def _parts(paths: Sequence[Path], boundary: str) -> tuple[int, Iterator[bytes]]:
     return length, pieces()
 
 
-def _reply(response: httpx.Response) -> dict[str, Any]:
+def _reply(raw: bytes) -> dict[str, Any]:
     """The STOW-RS response data set (DICOM JSON), or {} when the body is not one."""
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(raw)
+    except ValueError:  # also UnicodeDecodeError
         return {}
     if isinstance(body, list):  # a few servers answer a list holding the one response data set
         body = body[0] if body else {}
@@ -135,24 +173,54 @@ def store_files(destination: DicomWebDestination, paths: Sequence[Path]) -> None
                "Content-Length": str(length)}
     url = f"{destination.url}/studies"
     try:
-        with _client(destination) as client:
-            response = client.post(url, content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise DispatchError(f"STOW-RS to {describe(destination)} failed: {type(exc).__name__}: {exc}") from None
-    reply = _reply(response)
+        with _client(destination) as client, client.stream(
+                "POST", url, content=body, headers=headers, extensions=_extensions(destination)) as response:
+            raw = _read_capped(response)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _failure(destination, "STOW-RS", exc) from None
+    reply = _reply(raw)
     failed = failed_instances(reply)
-    if response.status_code in (200, 202) and not failed:
-        log.info("sent %d objects to %s by STOW-RS (HTTP %d)", len(paths), destination.name, response.status_code)
-        return
-    if response.status_code in (401, 403):
-        raise DispatchError(f"STOW-RS to {describe(destination)}: HTTP {response.status_code}, the credentials "
+    status = response.status_code
+    if status in (401, 403):
+        raise DispatchError(f"STOW-RS to {describe(destination)}: HTTP {status}, the credentials "
                             "were refused (username/password or token)")
     if failed:
-        raise DispatchError(f"{destination.name} did not store (STOW-RS, HTTP {response.status_code}): "
-                            f"{', '.join(failed)}")
-    stored = len(_items(reply, REFERENCED_SOP_SEQUENCE))
-    raise DispatchError(f"STOW-RS to {describe(destination)}: HTTP {response.status_code} "
-                        f"{response.reason_phrase}".rstrip() + f" ({stored} of {len(paths)} stored, by the reply)")
+        raise DispatchError(f"{destination.name} did not store (STOW-RS, HTTP {status}): {', '.join(failed)}")
+    confirmed = {uid for item in _items(reply, REFERENCED_SOP_SEQUENCE)
+                 for uid in _values(item, REFERENCED_SOP_INSTANCE_UID)}
+    sent = _sop_instance_uids(paths)
+    if status in (200, 202) and not set(sent) - confirmed:
+        log.info("sent %d objects to %s by STOW-RS (HTTP %d)", len(paths), destination.name, status)
+        return
+    location = response.headers.get("Location") if 300 <= status < 400 else None
+    where = f", redirected to {location} (is the URL's scheme or path right?)" if location else ""
+    unconfirmed = len(set(sent) - confirmed)
+    raise DispatchError(f"STOW-RS to {describe(destination)}: HTTP {status} {response.reason_phrase}".rstrip()
+                        + where + f" ({len(sent) - unconfirmed} of {len(sent)} instances confirmed stored by the "
+                        "reply's Referenced SOP Sequence)")
+
+
+def _read_capped(response: httpx.Response) -> bytes:
+    """The reply's body, read up to :data:`MAX_REPLY_BYTES` (a STOW reply is a small JSON
+    data set; whatever follows is not read)."""
+    raw = bytearray()
+    for chunk in response.iter_bytes():
+        raw += chunk[:MAX_REPLY_BYTES - len(raw)]
+        if len(raw) >= MAX_REPLY_BYTES:
+            break
+    return bytes(raw)
+
+
+def _sop_instance_uids(paths: Sequence[Path]) -> list[str]:
+    """The SOP Instance UIDs of the files sent (their headers only; a file whose UID does
+    not read stands for one no reply can confirm)."""
+    uids = []
+    for path in paths:
+        try:
+            uids.append(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+        except (*DECODE_ERRORS, OSError, InvalidDicomError) as exc:
+            uids.append(f"unreadable {path.name} ({type(exc).__name__})")
+    return uids
 
 
 def reachable(destination: DicomWebDestination) -> bool:
@@ -160,12 +228,19 @@ def reachable(destination: DicomWebDestination) -> bool:
     with 200 or 204: reachable, TLS accepted, credentials accepted."""
     try:
         with _client(destination) as client:
-            response = client.get(f"{destination.url}/studies", params={"limit": 1})
-    except (httpx.HTTPError, DispatchError) as exc:
-        log.warning("QIDO-RS to %s failed: %s", describe(destination), exc)
+            response = client.get(f"{destination.url}/studies", params={"limit": 1},
+                                  extensions=_extensions(destination))
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        log.warning("%s", _failure(destination, "QIDO-RS", exc))
+        return False
+    except DispatchError as exc:
+        log.warning("QIDO-RS to %s: %s", describe(destination), exc)
+        return False
+    if response.status_code in (401, 403):
+        log.warning("QIDO-RS to %s: HTTP %d, the credentials were refused (username/password or token)",
+                    describe(destination), response.status_code)
         return False
     if response.status_code not in (200, 204):
         log.warning("QIDO-RS to %s: HTTP %d", describe(destination), response.status_code)
         return False
     return True
-

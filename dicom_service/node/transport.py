@@ -22,6 +22,7 @@ import logging
 import socket
 import ssl
 import struct
+import threading
 import time
 
 from pynetdicom.association import Association
@@ -51,8 +52,50 @@ class AdaptiveDUL(DULServiceProvider):
         self.__dict__["_run_loop_delay"] = value
 
 
+class FailureLog:
+    """Log lines for failed handshakes, at most ``burst`` per ``window`` seconds; the rest
+    are counted and summed up in the next line allowed (a port scan or a flood of
+    silent connections must not bury the log)."""
+
+    def __init__(self, burst: int = 10, window: float = 60.0) -> None:
+        self.burst = burst
+        self.window = window
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._lines = 0
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._start >= self.window:
+                self._start, self._lines = now, 0
+            if self._lines >= self.burst:
+                self._held += 1
+                return
+            self._lines += 1
+            held, self._held = self._held, 0
+        if held:
+            message += f" ({held} more such failures were not logged)"
+        log.warning(message, *args)
+
+
 class TlsAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server whose TLS handshakes run in the association threads."""
+    """pynetdicom's threaded server whose TLS handshakes run in the association threads.
+
+    Its handler threads are daemons that shutdown does not wait for (a handshake still
+    pending at a stop would otherwise hold it for the ACSE timeout), and it queues up to
+    128 connections not yet accepted (the standard library's 5 made
+    bursts of new associations wait for TCP retransmits). Used for the plain listener too.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.handshake_failures = FailureLog()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()  # type: ignore[union-attr]
@@ -61,10 +104,11 @@ class TlsAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
-def _tls_handshake(sock: ssl.SSLSocket, address: object, timeout: float) -> bool:
+def _tls_handshake(sock: ssl.SSLSocket, address: object, timeout: float, failures: FailureLog) -> bool:
     """Complete the server side of a TLS handshake within ``timeout`` seconds.
 
-    Returns False, with a log line naming the peer's address and the reason, and the
+    Returns False, with a log line naming the peer's address and the reason (for a
+    refused certificate, why: expired, unknown authority, wrong key usage, ...), and the
     connection closed, when the handshake fails or times out.
     """
     previous = sock.gettimeout()
@@ -73,7 +117,8 @@ def _tls_handshake(sock: ssl.SSLSocket, address: object, timeout: float) -> bool
         sock.do_handshake()
     except (OSError, ValueError) as exc:  # ssl.SSLError and TimeoutError are OSErrors
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        log.warning("TLS handshake with %s failed: %s", address, reason)
+        detail = getattr(exc, "verify_message", None)
+        failures.warning("TLS handshake with %s failed: %s%s", address, reason, f" ({detail})" if detail else "")
         try:
             sock.close()
         except OSError:
@@ -91,7 +136,8 @@ class FastRequestHandler(RequestHandler):
         request = self.request
         if isinstance(request, ssl.SSLSocket):
             timeout = self.ae.acse_timeout if self.ae.acse_timeout is not None else 30.0
-            if not _tls_handshake(request, self.client_address, timeout):
+            failures = getattr(self.server, "handshake_failures", None) or FailureLog()
+            if not _tls_handshake(request, self.client_address, timeout, failures):
                 return
         super().handle()
 

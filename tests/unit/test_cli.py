@@ -238,6 +238,27 @@ def test_echo_without_destinations_says_so(tmp_path: Path) -> None:
     assert "no destinations configured" in proc.stdout
 
 
+def test_echo_reports_every_destination_even_after_a_bad_one(tmp_path: Path) -> None:
+    """A destination whose TLS file is missing is one FAILED line; the others are still checked."""
+    from tests.integration.tools import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("DICOM_SERVICE_")}
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "destinations:\n"
+        f"  - {{name: broken, ae_title: PACS, host: 127.0.0.1, port: {free_port()},"
+        f" tls: {{ca_certificates: {tmp_path / 'missing.pem'}}}}}\n"
+        f"  - {{name: down, ae_title: PACS, host: 127.0.0.1, port: {free_port()}}}\n"
+        f"  - {{name: web, url: 'http://127.0.0.1:{free_port()}/dicom-web', token: tok-0123456789}}\n")
+    proc = subprocess.run([sys.executable, "-m", "dicom_service", "echo", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("broken: FAILED (C-ECHO, TLS): destinations[broken].tls.ca_certificates: no such file")
+    assert lines[1:] == ["down: FAILED (C-ECHO)", "web: FAILED (QIDO-RS)"]
+    assert "Traceback" not in proc.stderr and "tok-0123456789" not in proc.stderr + proc.stdout
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["implants", "--periapical", "-1"], "scene counts must be >= 0"),
     (["implants", "--panoramic", "-2"], "scene counts must be >= 0"),

@@ -120,7 +120,10 @@ def test_untrusted_or_missing_client_certificates_are_refused(tls_node, pki: Pki
         assert not echo_ok(node.tls_port, tls=_client(pki, None))
         assert not echo_ok(node.tls_port, tls=_client(pki, pki.rogue))
         assert not echo_ok(node.tls_port)  # plain DICOM on the TLS port
-    assert sum("TLS handshake with" in r.getMessage() for r in caplog.records) >= 2
+    failures = [r.getMessage() for r in caplog.records if "TLS handshake with" in r.getMessage()]
+    assert len(failures) >= 2
+    # a refused certificate says why (OpenSSL's verify message)
+    assert any("CERTIFICATE_VERIFY_FAILED (unable to get local issuer certificate)" in m for m in failures), failures
     assert echo_ok(node.tls_port, tls=_client(pki, pki.peer))  # still serving
 
 
@@ -208,3 +211,35 @@ def test_destination_certificate_is_checked(tls_node, pki: Pki, tmp_path: Path) 
     assert node.store.instance(str(ds.SOPInstanceUID)) is not None
     with pytest.raises(DispatchError, match="over TLS.*failed"):  # no client certificate: the node refuses
         send_files(_destination(node.tls_port, ca_certificates=pki.ca), [path], "DENTAL_AI")
+
+
+def test_stop_does_not_wait_for_pending_handshakes(tmp_path: Path, pki: Pki) -> None:
+    """A stop used to wait, in pynetdicom's server shutdown, for every handler thread: a
+    silent TLS peer held it for the whole ACSE timeout (30 s here)."""
+    store_ = InstanceStore(tmp_path / "var")
+    node = DicomNode(DicomSettings(port=0, bind_address="127.0.0.1", acse_timeout=30.0, tls=_node_tls(pki)),
+                     store_, lambda _e: None)
+    node.start()
+    silent = [socket.create_connection(("127.0.0.1", node.tls_port), timeout=10) for _ in range(3)]
+    try:
+        assert echo_ok(node.tls_port, tls=_client(pki, pki.peer))  # the handshakes are pending behind it
+        started = time.monotonic()
+        node.stop()
+        assert time.monotonic() - started < 10.0
+    finally:
+        for sock in silent:
+            sock.close()
+        store_.close()
+
+
+def test_expiring_certificates_are_announced(pki: Pki, caplog) -> None:
+    from dicom_service.tls import warn_if_expiring
+
+    with caplog.at_level(logging.WARNING, logger="dicom_service.tls"):
+        soon = warn_if_expiring(pki.node.certificate, "dicom.tls.certificate")  # valid two days
+        late = warn_if_expiring(pki.node.certificate, "http.tls.certificate", now=time.time() + 3 * 86_400)
+        early = warn_if_expiring(pki.node.certificate, "http.tls.certificate", now=time.time() - 86_400)
+    assert soon is not None and "expires on" in soon and "renew it" in soon
+    assert late is not None and "EXPIRED" in late
+    assert early is not None and "not valid before" in early
+    assert [r.getMessage() for r in caplog.records] == [soon, late, early]
