@@ -22,13 +22,14 @@ import time
 from dataclasses import dataclass
 
 from dicom_service.domain import Job, JobKind, JobState
-from dicom_service.jobs.queue import JobQueue
+from dicom_service.jobs.queue import JobQueue, is_retired
 from dicom_service.storage import InstanceStore, PurgeReport
 
 log = logging.getLogger(__name__)
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
-UNDELIVERED = (JobState.DEAD, JobState.FAILED)
+#: A dispatch job in these states never delivered its results (a cancelled one can be retried).
+UNDELIVERED = (JobState.DEAD, JobState.FAILED, JobState.CANCELLED)
 #: Jobs of one study looked at, at most (a study has a few per instance).
 MAX_STUDY_JOBS = 100_000
 #: Seconds between two retention passes.
@@ -41,9 +42,12 @@ class StudyBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class StudyJobs:
-    """A study's jobs, sorted into what blocks its removal."""
+    """A study's jobs, sorted into what blocks its removal. ``jobs`` leaves out those of
+    an earlier copy of the study that was removed (retired, records only); ``all_ids``
+    holds them too."""
 
     jobs: list[Job]
+    all_ids: list[int]
 
     @property
     def active(self) -> list[Job]:
@@ -59,8 +63,9 @@ class StudyJobs:
 
 
 def study_jobs(queue: JobQueue, study_uid: str) -> StudyJobs:
-    """Every job of a study."""
-    return StudyJobs(queue.list(study_uid=study_uid, limit=MAX_STUDY_JOBS))
+    """The jobs of a study."""
+    jobs = queue.list(study_uid=study_uid, limit=MAX_STUDY_JOBS)
+    return StudyJobs([j for j in jobs if not is_retired(j)], [j.id for j in jobs])
 
 
 def remove_study(store: InstanceStore, queue: JobQueue, study_uid: str, *, reason: str,
@@ -70,9 +75,14 @@ def remove_study(store: InstanceStore, queue: JobQueue, study_uid: str, *, reaso
     Raises
     ------
     StudyBusy
-        A job of the study is queued or running (cancel it first), or results are
-        undelivered and ``discard_undelivered`` is False.
+        Instances of it still wait for routing, a job of it is queued or running (cancel
+        it first), or results are undelivered (dispatch dead, failed or cancelled) and
+        ``discard_undelivered`` is False.
     """
+    held = store.studies(study_uid=study_uid, limit=1)
+    if held and held[0].pending:
+        raise StudyBusy("instances of the study are still arriving or wait for routing "
+                        "(routing.stability_seconds): try again once it is routed")
     jobs = study_jobs(queue, study_uid)
     if jobs.active:
         raise StudyBusy("job(s) " + ", ".join(f"{j.id} ({j.state.value})" for j in jobs.active)
@@ -80,8 +90,11 @@ def remove_study(store: InstanceStore, queue: JobQueue, study_uid: str, *, reaso
     if jobs.undelivered and not discard_undelivered:
         raise StudyBusy("the results of dispatch job(s) " + ", ".join(str(j.id) for j in jobs.undelivered)
                         + " were never delivered: retry them, or delete with discard_undelivered=true")
-    report = store.purge_study(study_uid, [j.id for j in jobs.jobs], reason)
-    retired = queue.retire_study(study_uid, report.purged_at)
+    # Retired first: a kill between the two leaves the study held with its jobs as records,
+    # and the next DELETE or retention pass removes it; the other way round, the same
+    # instances sent again would find their old jobs and never be processed again.
+    retired = queue.retire_study(study_uid, time.time())
+    report = store.purge_study(study_uid, jobs.all_ids, reason)
     log.info("study %s removed (%s): %d instances, %d results, %.1f MB; %d jobs kept as records", study_uid,
              reason, report.instances, report.results, report.bytes / 1e6, retired)
     return report

@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS studies (
     last_received_at REAL NOT NULL,
     pending INTEGER NOT NULL DEFAULT 1
 );
+CREATE TABLE IF NOT EXISTS purge_files (
+    path TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS purged_studies (
     study_uid TEXT PRIMARY KEY,
     purged_at REAL NOT NULL,
@@ -136,6 +139,7 @@ class InstanceStore:
         self._known_dirs: set[Path] = set()
         self._study_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._clean_tmp()
+        self._finish_purges()  # one a kill interrupted
 
     # ------------------------------------------------------------------ space
     def free_bytes(self) -> int:
@@ -217,10 +221,12 @@ class InstanceStore:
             " UNION ALL SELECT path FROM own_results WHERE sop_instance_uid = ?1",
             (meta.sop_instance_uid,),
         )
-        if known:
+        if known and (known[0]["path"] != str(path) or Path(known[0]["path"]).is_file()):
             # Already stored, or one of our own results sent back to us (e.g. by a PACS
             # routing rule): acknowledge it, but never store or process it again.
             return StoreOutcome(_replace_path(meta, Path(known[0]["path"])), new=False)
+        if known:  # indexed, but its file is gone (removed by hand?): store it again, as it was
+            log.warning("instance %s was indexed without its file: stored again", meta.sop_instance_uid)
         if not self.has_space():
             raise StorageFullError("storage is below its free-space floor")
         size = self._write_file(path, chunks)
@@ -347,40 +353,52 @@ class InstanceStore:
                            int(r["results"]), int(r["bytes"]))
 
     def purge_study(self, study_uid: str, job_ids: list[int], reason: str) -> PurgeReport:
-        """Delete a study's instances and the results of ``job_ids`` (its jobs), files and
-        index rows, and record the purge (:meth:`purged`).
+        """Delete a study's instances and the results of ``job_ids`` (its jobs), and record
+        the purge (:meth:`purged`).
 
-        Files go first, then the rows, so a purge that a kill interrupts is finished by
-        the next one (missing files are skipped). The caller decides that the study may
-        go (no job of it queued or running: ``retention.py``).
+        One transaction removes the index rows and journals the files to delete
+        (``purge_files``); the files go after it, and the journal with them. A purge that a
+        kill interrupts is finished when the store opens next (:meth:`_finish_purges`),
+        before anything is received, so the index never names a file that is gone. The
+        UIDs of our own results stay known (``own_results``), so a PACS that sends them
+        back is still acknowledged without processing them. The caller decides that the
+        study may go (``retention.py``).
         """
+        study_dir = self.root / "instances" / validate_uid(study_uid, "StudyInstanceUID")
         with self._study_lock(study_uid):
             instances = self.db.query("SELECT path, size FROM instances WHERE study_uid = ?", (study_uid,))
             marks = ",".join("?" * len(job_ids))
             results = self.db.query(f"SELECT path FROM own_results WHERE job_id IN ({marks})",
                                     tuple(job_ids)) if job_ids else []
-            removed = 0
-            for row in [*instances, *results]:
-                path = Path(row["path"])
-                removed += path.stat().st_size if path.is_file() else 0
-                path.unlink(missing_ok=True)
-            for job_id in job_ids:
-                shutil.rmtree(self.root / "results" / str(int(job_id)), ignore_errors=True)
-                self._known_dirs.discard(self.root / "results" / str(int(job_id)))
-            study_dir = self.root / "instances" / validate_uid(study_uid, "StudyInstanceUID")
-            shutil.rmtree(study_dir, ignore_errors=True)
-            for known in list(self._known_dirs):  # list() copies in one step; other studies' stores add to it
-                if study_dir in known.parents:
-                    self._known_dirs.discard(known)
+            paths = [Path(row["path"]) for row in [*instances, *results]]
+            folders = [study_dir, *(self.root / "results" / str(int(j)) for j in job_ids)]
+            removed = sum(p.stat().st_size for p in paths if p.is_file())
             report = PurgeReport(study_uid, reason, time.time(), len(instances), len(results), removed)
             with self.db.transaction() as conn:
                 conn.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
                 conn.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
-                if job_ids:
-                    conn.execute(f"DELETE FROM own_results WHERE job_id IN ({marks})", tuple(job_ids))
+                conn.executemany("INSERT INTO purge_files VALUES (?)", [(str(p),) for p in [*paths, *folders]])
                 conn.execute("INSERT OR REPLACE INTO purged_studies VALUES (?,?,?,?,?,?)",
                              (study_uid, report.purged_at, reason, report.instances, report.results, report.bytes))
+            self._finish_purges()
         return report
+
+    def _finish_purges(self) -> None:
+        """Delete the files and folders the purge journal lists, then the journal."""
+        rows = self.db.query("SELECT path FROM purge_files")
+        for row in rows:
+            path = Path(row["path"])
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            self._known_dirs.discard(path)
+            for known in list(self._known_dirs):  # list() copies in one step; other studies' stores add to it
+                if path in known.parents:
+                    self._known_dirs.discard(known)
+        if rows:
+            with self.db.transaction() as conn:
+                conn.executemany("DELETE FROM purge_files WHERE path = ?", [(r["path"],) for r in rows])
 
     # ------------------------------------------------------------------ housekeeping
     def _clean_tmp(self) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.staticfiles import StaticFiles
 
 from dicom_service import __version__
 from dicom_service.api.errors import validation_error
@@ -57,6 +57,7 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     )
     http = service.settings.http
     app.state.service = service
+    app.state.frame_slots = threading.BoundedSemaphore(frames.FRAME_SLOTS)
     app.state.auth = AuthConfig(tokens=tuple(service.api_tokens), disabled=http.auth_disabled)
     if http.auth_disabled:
         log.warning("HTTP AUTHENTICATION IS DISABLED (http.auth_disabled): anyone who can reach "
@@ -69,5 +70,4 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     app.include_router(metrics.router)
     app.include_router(frames.router)
     app.include_router(ui.router)
-    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     return app

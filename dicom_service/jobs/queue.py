@@ -136,6 +136,15 @@ class JobQueue(Protocol):
         ...
 
 
+#: Appended (with the time) to the keys of the jobs of a removed study (``retire_study``).
+RETIRED_KEY = "#removed@"
+
+
+def is_retired(job: Job) -> bool:
+    """True for a job of a study whose files were removed (kept as a record only)."""
+    return RETIRED_KEY in job.key
+
+
 class JobNotFound(LookupError):
     """No job with that id."""
 

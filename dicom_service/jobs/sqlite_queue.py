@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from dicom_service.domain import Attempt, Job, JobKind, JobState, Workflow
-from dicom_service.jobs.queue import CANCELLED_WHILE_RUNNING, Backoff, JobNotFound, JobStateConflict
+from dicom_service.jobs.queue import CANCELLED_WHILE_RUNNING, RETIRED_KEY, Backoff, JobNotFound, JobStateConflict
 from dicom_service.sqlite_db import Database
 
 _SCHEMA = """
@@ -43,8 +43,6 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 _MAX_LOG_CHARS = 64_000
-#: Appended (with the time) to the keys of the jobs of a removed study (``retire_study``).
-RETIRED_KEY = "#removed@"
 #: The error of an attempt that the service's death (or a kill) ended.
 _INTERRUPTED = "interrupted (service stopped)"
 #: The error of a job whose last two attempts both ended that way.

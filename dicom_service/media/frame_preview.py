@@ -10,9 +10,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from pydicom import dcmread
+from pydicom.pixels import iter_pixels
 
-from dicom_service.domain import InputError
-from dicom_service.media.video import open_frames
+from dicom_service.domain import InputError, MediaError
+from dicom_service.media.pixel_file import DEFER_BYTES
+from dicom_service.media.pixels import DECODE_ERRORS, decode_error
+from dicom_service.media.video import MPEG_TRANSFER_SYNTAXES, open_frames, to_rgb_uint8
 
 #: Overlay colour (RGB) and opacity of the tooth mask; the outline is drawn opaque.
 MASK_RGB = (40, 220, 90)
@@ -23,8 +26,9 @@ def decode_frame(path: str, index: int) -> tuple[np.ndarray, int]:
     """Frame ``index`` of the instance at ``path``, ``(H, W, 3)`` uint8 RGB, and the
     instance's number of frames.
 
-    Decodes from the start up to that frame (a video's frames before it are decoded and
-    dropped one at a time).
+    An MPEG video is decoded from its start up to that frame, one frame at a time, its
+    bitstream read from the file; other pixel data gives just that frame, read from the
+    file (pydicom's ``iter_pixels`` on the path), so memory stays about one frame.
 
     Raises
     ------
@@ -33,7 +37,20 @@ def decode_frame(path: str, index: int) -> tuple[np.ndarray, int]:
     MediaError
         The pixel data does not decode.
     """
-    stream = open_frames(dcmread(path))
+    ds = dcmread(path, defer_size=DEFER_BYTES)
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    if syntax not in MPEG_TRANSFER_SYNTAXES:
+        count = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        if not 0 <= index < count:
+            raise InputError(f"frame {index} is not a frame of this instance (0 to {count - 1})")
+        if "PixelData" not in ds:
+            raise MediaError("the instance has no pixel data")
+        try:
+            decoded = next(iter_pixels(path, indices=[index], as_rgb=True))
+        except DECODE_ERRORS as exc:
+            raise decode_error(exc) from exc
+        return to_rgb_uint8(np.asarray(decoded)[None], ds)[0], count
+    stream = open_frames(ds)
     if not 0 <= index < stream.count:
         raise InputError(f"frame {index} is not a frame of this instance (0 to {stream.count - 1})")
     for number, frame in enumerate(stream.frames):

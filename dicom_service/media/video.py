@@ -286,7 +286,7 @@ def _palette_to_rgb_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def _to_rgb_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+def to_rgb_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """Convert decoded pixels ``(T, H, W)`` or ``(T, H, W, 3)`` to uint8 RGB (PALETTE COLOR
     through its palette)."""
     if arr.ndim == 3 and str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
@@ -317,7 +317,7 @@ def _iter_with_pydicom(ds: Dataset, count: int) -> Iterator[np.ndarray]:
             return
         except DECODE_ERRORS as exc:
             raise decode_error(exc) from exc
-        yield _to_rgb_uint8(arr[None], ds)[0]
+        yield to_rgb_uint8(arr[None], ds)[0]
 
 
 @dataclass

@@ -102,9 +102,18 @@ def test_retention_removes_only_finished_delivered_quiet_studies(parts) -> None:
     removed = expire(store, queue, retention_days=30, now=time.time() + 31 * DAY)
     assert [r.study_uid for r in removed] == [done]
     assert {s.study_uid for s in store.studies()} == {undelivered, busy, pending}
-    # once the undelivered results are dealt with (here: cancelled), the study goes too
+    # a cancelled delivery is still undelivered (it can be retried): the study stays
     queue.retry(dead)
     queue.cancel(dead)
+    assert expire(store, queue, 30, now=time.time() + 31 * DAY) == []
+    # once delivered, the study goes too
+    queue.retry(dead)
+    claimed = [queue.claim((JobKind.DISPATCH,), "test") for _ in range(2)]  # the busy study's too
+    assert dead in [j.id for j in claimed]
+    queue.complete(dead)
+    for job in claimed:
+        if job.id != dead:
+            queue.release(job.id, "test")  # back to queued: that study stays busy
     assert [r.study_uid for r in expire(store, queue, 30, now=time.time() + 31 * DAY)] == [undelivered]
 
 
@@ -121,7 +130,9 @@ def test_removed_study_jobs_are_records_and_the_study_can_come_back(parts, make_
     with pytest.raises(StudyBusy, match=f"job\\(s\\) {waiting} \\(queued\\).*cancel them first"):
         remove_study(store, queue, study, reason="test")
     queue.cancel(waiting)
-    remove_study(store, queue, study, reason="test")
+    with pytest.raises(StudyBusy, match="never delivered"):  # a cancelled delivery can still be retried
+        remove_study(store, queue, study, reason="test")
+    remove_study(store, queue, study, reason="test", discard_undelivered=True)
     assert queue.get(job.id).state is JobState.FAILED  # kept as a record
     with pytest.raises(JobStateConflict, match="files were removed"):
         queue.retry(job.id)
@@ -181,3 +192,70 @@ def test_studies_api_lists_and_removes(make_settings) -> None:
             retried = client.post(f"/jobs/{dead['id']}/retry", headers=AUTH)
             assert retried.status_code == 409 and "files were removed" in retried.json()["detail"]
             assert not any(client.app.state.service.store.root.joinpath("instances").iterdir())
+
+
+class _KilledAfterCommit(InstanceStore):
+    """A store whose purge stops where a kill after its transaction would stop it."""
+
+    def _finish_purges(self) -> None:
+        if getattr(self, "killed", False):
+            return
+        super()._finish_purges()
+
+
+def test_a_purge_killed_after_its_transaction_is_finished_at_the_next_start(tmp_path: Path) -> None:
+    root = tmp_path / "var"
+    store = _KilledAfterCommit(root)
+    study = new_uid()
+    metas = _receive(store, study)
+    store.killed = True
+    store.purge_study(study, [], "test")
+    assert all(m.path.exists() for m in metas)  # the files outlived the "kill"...
+    assert store.studies() == [] and store.instance(metas[0].sop_instance_uid) is None  # ...the rows did not
+    store.close()
+    reopened = InstanceStore(root)  # the next start
+    try:
+        assert not any(m.path.exists() for m in metas)
+        assert reopened.db.query("SELECT COUNT(*) AS n FROM purge_files")[0]["n"] == 0
+        # the same instance sent again is a new one, stored whole
+        again = reopened.store(metas[0], [b"\0" * 128, b"DICM", b"payload"])
+        assert again.new and again.meta.path.exists()
+    finally:
+        reopened.close()
+
+
+def test_an_indexed_instance_whose_file_is_gone_is_stored_again(parts) -> None:
+    store, _ = parts
+    meta = _receive(store, new_uid(), count=1)[0]
+    meta.path.unlink()
+    outcome = store.store(meta, [b"\0" * 128, b"DICM", b"payload"])
+    assert not outcome.new and outcome.meta.path.exists()  # acknowledged, and kept this time
+
+
+def test_removal_refuses_a_study_still_arriving_and_keeps_knowing_our_results(parts) -> None:
+    store, queue = parts
+    arriving = new_uid()
+    store.store(InstanceMeta(arriving, f"{arriving}.1", new_uid(), IO, "1.2.840.10008.1.2.1", "IO", "", "X",
+                             Path()), [b"x"])
+    with pytest.raises(StudyBusy, match="still arriving or wait for routing"):
+        remove_study(store, queue, arriving, reason="test")
+    # our results sent back after their study was removed are still ours: never processed
+    study = new_uid()
+    job = _job(queue, store, study, JobKind.PROCESS, JobState.SUCCEEDED, _receive(store, study)[0].sop_instance_uid)
+    result_uid = store.db.query("SELECT sop_instance_uid FROM own_results WHERE job_id = ?", (job,))[0][0]
+    remove_study(store, queue, study, reason="test")
+    back = store.store(InstanceMeta(study, f"{study}.9", result_uid, IO, "1.2.840.10008.1.2.1", "IO", "", "PACS",
+                                    Path()), [b"x"])
+    assert not back.new and store.studies() == [s for s in store.studies() if s.study_uid != study]
+
+
+def test_a_removal_killed_between_its_two_databases_is_finished_later(parts) -> None:
+    store, queue = parts
+    study = new_uid()
+    sop = _receive(store, study, count=1)[0].sop_instance_uid
+    job = _job(queue, store, study, JobKind.PROCESS, JobState.SUCCEEDED, sop)
+    queue.retire_study(study, time.time())  # the kill came after this, before the purge
+    with pytest.raises(JobStateConflict):
+        queue.retry(job)
+    assert [r.study_uid for r in expire(store, queue, 30, now=time.time() + 31 * DAY)] == [study]
+    assert store.purged(study) is not None

@@ -17,6 +17,10 @@ from dicom_service.media.seg_frames import SEGMENTATION_READ_ERRORS, segmentatio
 
 log = logging.getLogger(__name__)
 
+#: Frames decoded at once (``app.state.frame_slots``); a request waits this long for a turn, then 503.
+FRAME_SLOTS = 2
+SLOT_WAIT_SECONDS = 30.0
+
 router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Authenticated])
 
 SopUid = Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$",
@@ -53,6 +57,7 @@ def _mask(service, sop: str, study_uid: str, frame: int, which: str) -> tuple[np
                              "'ai', 'correction <SEG UID>' or 'none'; X-Frame-Count)"},
                        404: {"description": "Instance not stored here"},
                        409: {"description": "Masks asked of an instance without a tooth Segmentation"},
+                       503: {"description": "Two frames are being decoded already and no turn came in 30 s"},
                        422: {"description": "No such frame, or the pixel data does not decode"}})
 def frame_png(request: Request, sop_instance_uid: SopUid, frame: FrameIndex,
               masks: Literal["latest", "ai", "none"] = "latest") -> Response:
@@ -63,10 +68,16 @@ def frame_png(request: Request, sop_instance_uid: SopUid, frame: FrameIndex,
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {sop_instance_uid} is not stored here")
     mask, source = (None, "none") if masks == "none" else _mask(service, sop_instance_uid, meta.study_uid,
                                                                  frame, masks)
+    slots = request.app.state.frame_slots
+    if not slots.acquire(timeout=SLOT_WAIT_SECONDS):
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "busy decoding other frames: try again",
+                            headers={"Retry-After": "5"})
     try:
         rgb, count = decode_frame(str(meta.path), frame)
         image = overlay_mask(rgb, mask)
     except (InputError, MediaError) as error:
         raise HTTPException(422, str(error)) from error
+    finally:
+        slots.release()
     return Response(png_bytes(image), media_type="image/png",
                     headers={"X-Mask-Source": source, "X-Frame-Count": str(count), "Cache-Control": "no-store"})

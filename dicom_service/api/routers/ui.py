@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
 
 #: The page's HTML and scripts.
@@ -29,3 +29,15 @@ router = APIRouter(tags=["correction page"])
 def correction_page() -> FileResponse:
     return FileResponse(STATIC_DIR / "correct.html", media_type="text/html; charset=utf-8",
                         headers=SECURITY_HEADERS)
+
+
+#: The scripts the page loads; nothing else under ``static`` is served.
+SCRIPTS = ("correct.js", "correct_logic.js")
+
+
+@router.get("/ui/static/{name}", response_class=FileResponse, summary="A script of the correction page",
+            responses={404: {"description": "Not one of the page's scripts"}})
+def page_script(name: str) -> FileResponse:
+    if name not in SCRIPTS:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such script")
+    return FileResponse(STATIC_DIR / name, media_type="text/javascript; charset=utf-8", headers=SECURITY_HEADERS)

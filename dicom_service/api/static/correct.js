@@ -10,6 +10,9 @@
   const prompts = { points: [], labels: [], box: null };
   let pressed = null;
   let shownUrl = null;
+  let request = 0; // the newest frame request; replies to older ones are dropped
+  let shown = null; // {sop, frame} of the image on screen: the prompts belong to it
+  let frameCount = null;
 
   $("token").value = sessionStorage.getItem("dental-ai-token") || "";
   $("token").addEventListener("change", () => sessionStorage.setItem("dental-ai-token", $("token").value.trim()));
@@ -52,28 +55,43 @@
     }
   }
 
+  function clearPrompts() {
+    prompts.points = [];
+    prompts.labels = [];
+    prompts.box = null;
+    draw();
+  }
+
   async function load() {
+    const sop = $("sop").value.trim();
+    const frame = Number($("frameNumber").value);
     let url;
     try {
-      url = L.frameUrl($("sop").value.trim(), $("frameNumber").value, $("masks").value);
+      url = L.frameUrl(sop, frame, $("masks").value);
     } catch (e) {
       status(e.message, true);
       return;
     }
+    const mine = ++request;
     status("loading…");
     const response = await fetch(url, { headers: headers() });
+    const blob = response.ok ? await response.blob() : null;
+    if (mine !== request) return; // a later frame was asked for meanwhile
     if (!response.ok) {
       status(await problem(response), true);
       return;
     }
+    if (!shown || shown.sop !== sop || shown.frame !== frame) clearPrompts(); // prompts belong to a frame
+    shown = { sop, frame };
     if (shownUrl) URL.revokeObjectURL(shownUrl);
-    shownUrl = URL.createObjectURL(await response.blob());
+    shownUrl = URL.createObjectURL(blob);
     img.onload = draw;
     img.src = shownUrl;
-    const count = response.headers.get("X-Frame-Count");
-    $("frameCount").textContent = count ? `of ${count} (0 to ${count - 1})` : "";
-    if (count) $("frameNumber").max = count - 1;
-    status(`masks shown: ${response.headers.get("X-Mask-Source")}`);
+    const count = Number(response.headers.get("X-Frame-Count"));
+    frameCount = count > 0 ? count : null;
+    $("frameCount").textContent = frameCount ? `of ${frameCount} (0 to ${frameCount - 1})` : "";
+    if (frameCount) $("frameNumber").max = frameCount - 1;
+    status(`frame ${frame}; masks shown: ${response.headers.get("X-Mask-Source")}`);
   }
 
   function point(event) {
@@ -116,7 +134,9 @@
   async function send() {
     let body;
     try {
-      body = L.correctionBody($("sop").value.trim(), $("frameNumber").value, prompts,
+      if (!shown) throw new Error("show a frame first");
+      // the frame on screen, whatever the inputs say now: the clicks were made on it
+      body = L.correctionBody(shown.sop, shown.frame, prompts,
         { radius: $("radius").value, restore: $("restore").checked });
     } catch (e) {
       status(e.message, true);
@@ -133,9 +153,9 @@
       status(await problem(response), true);
       return;
     }
-    prompts.points = [];
-    prompts.labels = [];
-    prompts.box = null;
+    clearPrompts();
+    $("sop").value = shown.sop;
+    $("frameNumber").value = shown.frame;
     $("masks").value = "latest";
     await load();
     status(`${$("status").textContent}\namended Segmentation made; it goes to the destinations that receive seg results`);
@@ -143,18 +163,14 @@
 
   $("load").addEventListener("click", load);
   $("send").addEventListener("click", send);
-  $("clear").addEventListener("click", () => {
-    prompts.points = [];
-    prompts.labels = [];
-    prompts.box = null;
-    draw();
-  });
+  $("clear").addEventListener("click", clearPrompts);
   $("prev").addEventListener("click", () => {
     $("frameNumber").value = Math.max(0, Number($("frameNumber").value) - 1);
     load();
   });
   $("next").addEventListener("click", () => {
-    $("frameNumber").value = Number($("frameNumber").value) + 1;
+    const last = frameCount ? frameCount - 1 : Infinity;
+    $("frameNumber").value = Math.min(last, Number($("frameNumber").value) + 1);
     load();
   });
 })();
