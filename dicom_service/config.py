@@ -251,15 +251,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _one_port_per_listener(self) -> "Settings":
-        ports = {"dicom.port": self.dicom.port if self.dicom.plain else 0,
-                 "dicom.tls.port": self.dicom.tls.port if self.dicom.tls is not None else 0,
-                 "http.port": self.http.port}
-        seen: dict[int, str] = {}
-        for key, port in ports.items():
-            if port and port in seen:
-                raise ValueError(f"{seen[port]} and {key} are both {port}: each listener needs a port of its own")
-            seen[port] = key
+    def _http_port_of_its_own(self) -> "Settings":
+        # the two DICOM listeners' ports are checked by DicomSettings
+        dicom = {"dicom.port": self.dicom.port if self.dicom.plain else 0,
+                 "dicom.tls.port": self.dicom.tls.port if self.dicom.tls is not None else 0}
+        for key, port in dicom.items():
+            if port and port == self.http.port:
+                raise ValueError(f"{key} and http.port are both {port}: each listener needs a port of its own")
         return self
 
     @classmethod

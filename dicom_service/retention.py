@@ -69,8 +69,9 @@ def study_jobs(queue: JobQueue, study_uid: str) -> StudyJobs:
 
 
 def remove_study(store: InstanceStore, queue: JobQueue, study_uid: str, *, reason: str,
-                 discard_undelivered: bool = False) -> PurgeReport:
-    """Remove a study's instances and results now.
+                 discard_undelivered: bool = False, jobs: StudyJobs | None = None) -> PurgeReport:
+    """Remove a study's instances and results now (``jobs``: its jobs, if the caller
+    has just read them).
 
     Raises
     ------
@@ -83,7 +84,7 @@ def remove_study(store: InstanceStore, queue: JobQueue, study_uid: str, *, reaso
     if held and held[0].pending:
         raise StudyBusy("instances of the study are still arriving or wait for routing "
                         "(routing.stability_seconds): try again once it is routed")
-    jobs = study_jobs(queue, study_uid)
+    jobs = study_jobs(queue, study_uid) if jobs is None else jobs
     if jobs.active:
         raise StudyBusy("job(s) " + ", ".join(f"{j.id} ({j.state.value})" for j in jobs.active)
                         + " of the study are not finished: cancel them first")
@@ -115,13 +116,12 @@ def expire(store: InstanceStore, queue: JobQueue, retention_days: float, now: fl
         kept = 0
         for study in batch:
             jobs = study_jobs(queue, study.study_uid)
-            if jobs.active or jobs.undelivered or jobs.last_change > cutoff:
-                kept += 1
-                continue
             try:
-                removed.append(remove_study(store, queue, study.study_uid,
+                if jobs.last_change > cutoff:
+                    raise StudyBusy("a job of it changed within the retention time")
+                removed.append(remove_study(store, queue, study.study_uid, jobs=jobs,
                                             reason=f"retention ({retention_days:g} days)"))
-            except StudyBusy:  # a job appeared since the check above
+            except StudyBusy:  # a job not finished, results undelivered, or recent: kept
                 kept += 1
         offset += kept
 

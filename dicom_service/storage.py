@@ -356,8 +356,9 @@ class InstanceStore:
         """Delete a study's instances and the results of ``job_ids`` (its jobs), and record
         the purge (:meth:`purged`).
 
-        One transaction removes the index rows and journals the files to delete
-        (``purge_files``); the files go after it, and the journal with them. A purge that a
+        One transaction removes the index rows and journals the folders to delete
+        (``purge_files``: the study's, and each job's results); they go after it, and the
+        journal with them. A purge that a
         kill interrupts is finished when the store opens next (:meth:`_finish_purges`),
         before anything is received, so the index never names a file that is gone. The
         UIDs of our own results stay known (``own_results``), so a PACS that sends them
@@ -366,32 +367,30 @@ class InstanceStore:
         """
         study_dir = self.root / "instances" / validate_uid(study_uid, "StudyInstanceUID")
         with self._study_lock(study_uid):
-            instances = self.db.query("SELECT path, size FROM instances WHERE study_uid = ?", (study_uid,))
+            instances = self.db.query("SELECT size FROM instances WHERE study_uid = ?", (study_uid,))
             marks = ",".join("?" * len(job_ids))
             results = self.db.query(f"SELECT path FROM own_results WHERE job_id IN ({marks})",
                                     tuple(job_ids)) if job_ids else []
-            paths = [Path(row["path"]) for row in [*instances, *results]]
+            # every instance lies under the study's folder, every result under its job's
             folders = [study_dir, *(self.root / "results" / str(int(j)) for j in job_ids)]
-            removed = sum(p.stat().st_size for p in paths if p.is_file())
+            removed = sum(int(row["size"]) for row in instances) + sum(
+                p.stat().st_size for p in (Path(row["path"]) for row in results) if p.is_file())
             report = PurgeReport(study_uid, reason, time.time(), len(instances), len(results), removed)
             with self.db.transaction() as conn:
                 conn.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
                 conn.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
-                conn.executemany("INSERT INTO purge_files VALUES (?)", [(str(p),) for p in [*paths, *folders]])
+                conn.executemany("INSERT INTO purge_files VALUES (?)", [(str(f),) for f in folders])
                 conn.execute("INSERT OR REPLACE INTO purged_studies VALUES (?,?,?,?,?,?)",
                              (study_uid, report.purged_at, reason, report.instances, report.results, report.bytes))
             self._finish_purges()
         return report
 
     def _finish_purges(self) -> None:
-        """Delete the files and folders the purge journal lists, then the journal."""
+        """Delete the folders the purge journal lists, then the journal."""
         rows = self.db.query("SELECT path FROM purge_files")
         for row in rows:
             path = Path(row["path"])
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
             self._known_dirs.discard(path)
             for known in list(self._known_dirs):  # list() copies in one step; other studies' stores add to it
                 if path in known.parents:

@@ -119,22 +119,38 @@ def corrected_segmentation(queue: JobQueue, process_job: Job, sop: str, uid: str
     return None
 
 
+def _readable_masks(path: str, sop: str, job: Job) -> MaskFrames | None:
+    """The tooth masks of instance ``sop`` in the Segmentation at ``path``, read frame by
+    frame; None (logged) when the file does not read or is not about ``sop``."""
+    try:
+        return segmentation_frames(path, sop)
+    except SEGMENTATION_READ_ERRORS as error:
+        log.warning("job %d: its Segmentation %s does not read (%s)", job.id, path, type(error).__name__)
+        return None
+
+
 def ai_masks(queue: JobQueue, job: Job, sop: str) -> MaskFrames | None:
     """The tooth masks the processing ``job``'s own Segmentation of instance ``sop`` holds,
     read frame by frame from its file (None if it cannot be read: the correction then
     segments the other frames again)."""
     result = queue.result(job.id) or {}
     for kind, path in result.get("results", []):
-        if kind != "seg":
-            continue
-        try:
-            masks = segmentation_frames(path, sop)
-        except SEGMENTATION_READ_ERRORS as error:
-            log.warning("job %d: its Segmentation %s does not read (%s)", job.id, path, type(error).__name__)
-            continue
+        masks = _readable_masks(path, sop, job) if kind == "seg" else None
         if masks is not None:
             return masks
     return None
+
+
+def latest_masks(queue: JobQueue, job: Job, sop: str) -> tuple[MaskFrames, str] | None:
+    """The tooth masks of instance ``sop`` the node holds now, and whose they are: the
+    newest readable corrected Segmentation of ``job``'s results (``"correction <UID>"``),
+    else the AI's own (``"ai"``); None if neither reads."""
+    for correction_job, reply in corrections_of(queue, job, sop):
+        masks = _readable_masks(str(reply["path"]), sop, correction_job)
+        if masks is not None:
+            return masks, f"correction {reply['sop_instance_uid']}"
+    masks = ai_masks(queue, job, sop)
+    return (masks, "ai") if masks is not None else None
 
 
 def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue, runtime: VideoRuntime,

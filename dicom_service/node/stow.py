@@ -32,7 +32,6 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_service.config import DicomWebDestination
 from dicom_service.domain import ConfigError, DispatchError
-from dicom_service.media.pixels import DECODE_ERRORS
 from dicom_service.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
 REFERENCED_SOP_SEQUENCE = "00081199"
+CREDENTIALS_REFUSED = "the credentials were refused (username/password or token)"
 #: The most of a STOW reply read (a JSON data set listing the instances; a few kB each).
 MAX_REPLY_BYTES = 16 * 2**20
 
@@ -101,12 +101,12 @@ def _failure(destination: DicomWebDestination, what: str, exc: Exception) -> Dis
 
 def _parts(paths: Sequence[Path], boundary: str) -> tuple[int, Iterator[bytes]]:
     """The multipart body's length in bytes and a generator of its pieces."""
-    heads = [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii") for _ in paths]
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
     tail = f"--{boundary}--\r\n".encode("ascii")
-    length = sum(len(h) + p.stat().st_size + 2 for h, p in zip(heads, paths, strict=True)) + len(tail)
+    length = sum(p.stat().st_size for p in paths) + len(paths) * (len(head) + 2) + len(tail)
 
     def pieces() -> Iterator[bytes]:
-        for head, path in zip(heads, paths, strict=True):
+        for path in paths:
             yield head
             with open(path, "rb") as handle:
                 while chunk := handle.read(CHUNK_BYTES):
@@ -182,21 +182,20 @@ def store_files(destination: DicomWebDestination, paths: Sequence[Path]) -> None
     failed = failed_instances(reply)
     status = response.status_code
     if status in (401, 403):
-        raise DispatchError(f"STOW-RS to {describe(destination)}: HTTP {status}, the credentials "
-                            "were refused (username/password or token)")
+        raise DispatchError(f"STOW-RS to {describe(destination)}: HTTP {status}, {CREDENTIALS_REFUSED}")
     if failed:
         raise DispatchError(f"{destination.name} did not store (STOW-RS, HTTP {status}): {', '.join(failed)}")
     confirmed = {uid for item in _items(reply, REFERENCED_SOP_SEQUENCE)
                  for uid in _values(item, REFERENCED_SOP_INSTANCE_UID)}
-    sent = _sop_instance_uids(paths)
-    if status in (200, 202) and not set(sent) - confirmed:
+    sent = set(_sop_instance_uids(paths))
+    missing = sent - confirmed
+    if status in (200, 202) and not missing:
         log.info("sent %d objects to %s by STOW-RS (HTTP %d)", len(paths), destination.name, status)
         return
     location = response.headers.get("Location") if 300 <= status < 400 else None
     where = f", redirected to {location} (is the URL's scheme or path right?)" if location else ""
-    unconfirmed = len(set(sent) - confirmed)
     raise DispatchError(f"STOW-RS to {describe(destination)}: HTTP {status} {response.reason_phrase}".rstrip()
-                        + where + f" ({len(sent) - unconfirmed} of {len(sent)} instances confirmed stored by the "
+                        + where + f" ({len(sent) - len(missing)} of {len(sent)} instances confirmed stored by the "
                         "reply's Referenced SOP Sequence)")
 
 
@@ -218,7 +217,7 @@ def _sop_instance_uids(paths: Sequence[Path]) -> list[str]:
     for path in paths:
         try:
             uids.append(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
-        except (*DECODE_ERRORS, OSError, InvalidDicomError) as exc:
+        except (OSError, InvalidDicomError, AttributeError) as exc:  # unreadable, not DICOM, no UID
             uids.append(f"unreadable {path.name} ({type(exc).__name__})")
     return uids
 
@@ -237,8 +236,7 @@ def reachable(destination: DicomWebDestination) -> bool:
         log.warning("QIDO-RS to %s: %s", describe(destination), exc)
         return False
     if response.status_code in (401, 403):
-        log.warning("QIDO-RS to %s: HTTP %d, the credentials were refused (username/password or token)",
-                    describe(destination), response.status_code)
+        log.warning("QIDO-RS to %s: HTTP %d, %s", describe(destination), response.status_code, CREDENTIALS_REFUSED)
         return False
     if response.status_code not in (200, 204):
         log.warning("QIDO-RS to %s: HTTP %d", describe(destination), response.status_code)

@@ -136,8 +136,7 @@ class FastRequestHandler(RequestHandler):
         request = self.request
         if isinstance(request, ssl.SSLSocket):
             timeout = self.ae.acse_timeout if self.ae.acse_timeout is not None else 30.0
-            failures = getattr(self.server, "handshake_failures", None) or FailureLog()
-            if not _tls_handshake(request, self.client_address, timeout, failures):
+            if not _tls_handshake(request, self.client_address, timeout, self.server.handshake_failures):
                 return
         super().handle()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Literal
 
 import numpy as np
@@ -11,11 +10,8 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from dicom_service.api.auth import Authenticated
 from dicom_service.api.routers.corrections import processing_job
 from dicom_service.domain import InputError, MediaError
-from dicom_service.jobs.correction import ai_masks, corrections_of
+from dicom_service.jobs.correction import ai_masks, latest_masks
 from dicom_service.media.frame_preview import decode_frame, overlay_mask, png_bytes
-from dicom_service.media.seg_frames import SEGMENTATION_READ_ERRORS, segmentation_frames
-
-log = logging.getLogger(__name__)
 
 #: Frames decoded at once (``app.state.frame_slots``); a request waits this long for a turn, then 503.
 FRAME_SLOTS = 2
@@ -32,20 +28,14 @@ def _mask(service, sop: str, study_uid: str, frame: int, which: str) -> tuple[np
     """Frame ``frame``'s tooth mask: the newest correction's (``latest``) or the AI's, and
     which one it is; 409 when the instance has no readable tooth Segmentation."""
     job = processing_job(service.queue, study_uid, sop)
-    masks, source = None, "ai"
     if which == "latest":
-        for _, reply in corrections_of(service.queue, job, sop):
-            try:
-                masks = segmentation_frames(reply["path"], sop)
-            except SEGMENTATION_READ_ERRORS as error:
-                log.warning("corrected Segmentation of job %d does not read (%s)", job.id, type(error).__name__)
-            if masks is not None:
-                source = f"correction {reply['sop_instance_uid']}"
-                break
-    if masks is None:
-        masks = ai_masks(service.queue, job, sop)
-    if masks is None:
+        found = latest_masks(service.queue, job, sop)
+    else:
+        ai = ai_masks(service.queue, job, sop)
+        found = (ai, "ai") if ai is not None else None
+    if found is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"instance {sop}: no readable tooth Segmentation")
+    masks, source = found
     if frame >= masks.shape[0]:
         raise HTTPException(422, f"frame {frame} is not a frame of this instance (0 to {masks.shape[0] - 1})")
     return np.asarray(masks[frame], dtype=bool), source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated, NoReturn
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
@@ -18,14 +19,11 @@ router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[Authentica
 StudyUid = Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$", description="Study Instance UID.")]
 
 
-class StudyOut(BaseModel):
-    study_uid: str
-    instances: int
-    bytes: int
-    first_received_at: float
-    last_received_at: float
-    pending: bool
-    jobs: dict[JobState, int] = {}
+@dataclass(frozen=True)
+class StudyOut(StudySummary):
+    """A study as the API shows it: :class:`StudySummary` with its jobs counted by state."""
+
+    jobs: dict[JobState, int] = field(default_factory=dict)
 
 
 class RemovedOut(BaseModel):
