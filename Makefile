@@ -21,7 +21,7 @@ install-test: $(BIN)/python
 
 system-deps:
 	@missing=""; \
-	for tool in Orthanc:orthanc storescu:dcmtk dciodvfy:dicom3tools g++:g++ openssl:openssl stunnel:stunnel4 node:nodejs; do \
+	for tool in Orthanc:orthanc storescu:dcmtk dciodvfy:dicom3tools g++:g++ openssl:openssl stunnel:stunnel4 node:nodejs chromium:chromium chromedriver:chromium-driver; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool##*:}"; \
 	done; \
 	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 
 #: The page's HTML and scripts.
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
@@ -29,6 +29,14 @@ router = APIRouter(tags=["correction page"])
 def correction_page() -> FileResponse:
     return FileResponse(STATIC_DIR / "correct.html", media_type="text/html; charset=utf-8",
                         headers=SECURITY_HEADERS)
+
+
+@router.get("/ui/correct/", include_in_schema=False)
+def correction_page_slash() -> RedirectResponse:
+    """``/ui/correct/`` → the page, by a relative redirect: the page's scripts are relative
+    (``static/…``) and must resolve under ``/ui/``, and a relative ``Location`` stays right
+    behind a reverse proxy that changes the scheme, host or path prefix."""
+    return RedirectResponse("../correct", status_code=status.HTTP_308_PERMANENT_REDIRECT)
 
 
 #: The scripts the page loads; nothing else under ``static`` is served.
