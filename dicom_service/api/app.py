@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 
 from dicom_service import __version__
 from dicom_service.api.errors import validation_error
-from dicom_service.api.routers import corrections, frames, health, jobs, metrics, studies, ui
+from dicom_service.api.routers import corrections, frames, health, instances, jobs, metrics, studies, ui
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     app.include_router(corrections.router)
     app.include_router(studies.router)
     app.include_router(metrics.router)
+    app.include_router(instances.router)
     app.include_router(frames.router)
     app.include_router(ui.router)
     return app

@@ -73,28 +73,40 @@ def processed_video_node(node_factory: Callable[..., NodeProcess]) -> tuple[Node
 def test_a_dentist_corrects_a_frame_in_the_browser(processed_video_node) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.select import Select
 
     node, sop = processed_video_node
     with headless_chromium(*WINDOW) as driver:
         driver.get(f"{node.url}/ui/correct")
         field = driver.find_element
-        # a wrong token first: the page says 401 and shows nothing
-        field("id", "token").send_keys("not-the-token")
+        # a wrong token first: the list and the frame are refused (401), nothing is shown
+        field("id", "token").send_keys("not-the-token", Keys.TAB)
+        _wait_status(driver, lambda t, c: t.startswith("listing the processed photos and videos: 401"), 30,
+                     "the list refused")
         field("id", "sop").send_keys(sop)
         field("id", "frameNumber").clear()
         field("id", "frameNumber").send_keys("2")
         field("id", "load").click()
-        text, css = _wait_status(driver, lambda t, c: c == "error", 30, "the page's 401 message")
-        assert text.startswith("401"), text
+        text, css = _wait_status(driver, lambda t, c: t.startswith("401"), 30, "the page's 401 message")
+        assert css == "error" and field("id", "patient").text == ""
         assert driver.execute_script("return document.getElementById('frame').naturalWidth") == 0
-        console_errors(driver)  # the failed fetch logs its 401; what follows must log nothing
+        console_errors(driver)  # the failed fetches log their 401; what follows must log nothing
 
         field("id", "token").clear()
-        field("id", "token").send_keys(node.token)
+        field("id", "token").send_keys(node.token, Keys.TAB)
+        wait_until(lambda: len(Select(field("id", "recent")).options) == 2, 30, what="the list of processed videos")
+        option = Select(field("id", "recent")).options[1]
+        assert option.get_attribute("value") == sop
+        label = f"2024-01-02 · PHANTOM, IMPLANT (PH0001) · XC video, {FRAMES} frames"
+        assert option.text.startswith(label), option.text
         field("id", "load").click()
         text, css = _wait_status(driver, lambda t, c: t.startswith("frame 2"), 60, "frame 2 shown")
         assert css == "" and text == "frame 2; masks shown: ai", text
         assert field("id", "frameCount").text == f"of {FRAMES} (0 to {FRAMES - 1})"
+        # whose images these are, before any click; and a link to this frame
+        assert field("id", "patient").text.startswith(
+            "Patient: PHANTOM, IMPLANT · ID PH0001 · born 1970-01-01 · "), field("id", "patient").text
+        assert driver.execute_script("return location.hash") == f"#sop={sop}&frame=2"
         wait_until(lambda: _frame_geometry(driver)["naturalWidth"] == COLS, 30, what="the frame image decoded")
         geometry = _frame_geometry(driver)
         assert geometry["naturalHeight"] == ROWS
@@ -141,6 +153,8 @@ def test_a_dentist_corrects_a_frame_in_the_browser(processed_video_node) -> None
         text, css = _wait_status(driver, lambda t, c: "amended Segmentation made" in t or c == "error", 120,
                                  "the correction to finish")
         assert css == "" and text.startswith("frame 2; masks shown: correction "), text
+        wait_until(lambda: Select(field("id", "recent")).options[1].text.endswith("corrected 1×"), 30,
+                   what="the list to count the correction")
         assert console_errors(driver) == []
 
     corrections = node.jobs(kind="correct")
@@ -160,23 +174,33 @@ def test_a_dentist_corrects_a_frame_in_the_browser(processed_video_node) -> None
 
 
 def test_the_page_reports_bad_input_and_takes_a_box_drawn_by_touch(processed_video_node) -> None:
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.select import Select
+
     node, sop = processed_video_node
     with headless_chromium(*WINDOW) as driver:
-        driver.get(f"{node.url}/ui/correct/")  # the trailing slash redirects to the page
-        assert driver.current_url == f"{node.url}/ui/correct"
+        # a link to frame 1, through the trailing-slash redirect: the fragment survives it
+        driver.get(f"{node.url}/ui/correct/#sop={sop}&frame=1")
+        assert driver.current_url == f"{node.url}/ui/correct#sop={sop}&frame=1"
         field = driver.find_element
-        field("id", "token").send_keys(node.token)
+        assert field("id", "sop").get_attribute("value") == sop
+        assert field("id", "frameNumber").get_attribute("value") == "1"
         field("id", "send").click()  # nothing shown yet
         text, css = _wait_status(driver, lambda t, c: c == "error", 10, "the page's refusal")
         assert text == "show a frame first", text
+        field("id", "token").send_keys(node.token, Keys.TAB)  # the linked frame loads once the token is in
+        _wait_status(driver, lambda t, c: t.startswith("frame 1; masks shown: ai"), 60, "the linked frame shown")
+        patient = field("id", "patient").text
+        assert patient.startswith("Patient: PHANTOM, IMPLANT · ID PH0001"), patient
+        field("id", "sop").clear()
         field("id", "sop").send_keys("1.2.3.999")
         field("id", "load").click()
         text, css = _wait_status(driver, lambda t, c: t.startswith("404"), 30, "the 404 for an unknown instance")
         assert css == "error", text
-        field("id", "sop").clear()
-        field("id", "sop").send_keys(sop)
-        field("id", "load").click()
+        assert field("id", "patient").text == patient  # the frame on screen is still that patient's
+        Select(field("id", "recent")).select_by_value(sop)
         _wait_status(driver, lambda t, c: t.startswith("frame 0"), 60, "frame 0 shown")
+        assert field("id", "sop").get_attribute("value") == sop
         field("id", "send").click()  # no click, no box
         text, css = _wait_status(driver, lambda t, c: c == "error", 10, "the page's refusal")
         assert "click" in text or "box" in text, text

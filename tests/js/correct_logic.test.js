@@ -54,3 +54,33 @@ test("frame URLs", () => {
   assert.equal(L.frameUrl("1.2.3", 0), "/instances/1.2.3/frames/0?masks=latest");
   assert.throws(() => L.frameUrl("1.2.3", "x"), /frame/);
 });
+
+test("patient names and dates read as people write them", () => {
+  assert.equal(L.personName("Doe^John"), "Doe, John");
+  assert.equal(L.personName("Doe^John^Q^Dr^Jr"), "Doe, Dr John Q Jr");
+  assert.equal(L.personName("Doe"), "Doe");
+  assert.equal(L.personName("Yamada^Tarou=山田^太郎"), "Yamada, Tarou");
+  assert.equal(L.personName(""), "");
+  assert.equal(L.dicomDate("20261207"), "2026-12-07");
+  assert.equal(L.dicomDate("2026"), "2026");
+});
+
+test("a processed instance is labelled with date, patient, kind and corrections", () => {
+  const video = { patient_name: "Doe^Jane", patient_id: "P-7", study_date: "20261207", modality: "XC", frames: 300,
+    series_description: "Intraoral camera", study_description: "", corrections: 2 };
+  assert.equal(L.instanceLabel(video), "2026-12-07 · Doe, Jane (P-7) · XC video, 300 frames · Intraoral camera · corrected 2×");
+  const photo = { patient_name: "", patient_id: "", study_date: "", modality: "", frames: 1, corrections: 0 };
+  assert.equal(L.instanceLabel(photo), "(no date) · (no name) · ? photo");
+  assert.equal(L.patientLine({ ...video, patient_birth_date: "19800102", patient_sex: "F", accession_number: "A1" }),
+    "Patient: Doe, Jane · ID P-7 · born 1980-01-02 · F · study 2026-12-07 · accession A1 · Intraoral camera");
+});
+
+test("the address fragment names a frame and reads back; a bad one names none", () => {
+  assert.equal(L.hashFor("1.2.3", 4), "#sop=1.2.3&frame=4");
+  assert.deepEqual(L.parseHash("#sop=1.2.3&frame=4"), { sop: "1.2.3", frame: 4 });
+  assert.deepEqual(L.parseHash("#sop=1.2.3"), { sop: "1.2.3", frame: 0 });
+  assert.deepEqual(L.parseHash("#sop=1.2.3&frame=-1"), { sop: "1.2.3", frame: 0 });
+  assert.equal(L.parseHash("#sop=<script>"), null);
+  assert.equal(L.parseHash(""), null);
+  assert.throws(() => L.hashFor("1.2.3", -1), /frame/);
+});

@@ -15,7 +15,6 @@
   let frameCount = null;
 
   $("token").value = sessionStorage.getItem("dental-ai-token") || "";
-  $("token").addEventListener("change", () => sessionStorage.setItem("dental-ai-token", $("token").value.trim()));
 
   function status(text, isError) {
     $("status").textContent = text;
@@ -62,6 +61,28 @@
     draw();
   }
 
+  // The processed photos and videos, newest first, into the "Processed" list.
+  async function listRecent() {
+    if (!$("token").value.trim()) return;
+    const response = await fetch("/instances?limit=100", { headers: headers() });
+    if (!response.ok) {
+      status(`listing the processed photos and videos: ${await problem(response)}`, true);
+      return;
+    }
+    const items = await response.json();
+    const select = $("recent");
+    select.replaceChildren(new Option(items.length ? "(pick one)" : "(none processed yet)", ""));
+    for (const item of items) select.add(new Option(L.instanceLabel(item), item.sop_instance_uid));
+    select.value = shown && items.some((item) => item.sop_instance_uid === shown.sop) ? shown.sop : "";
+  }
+
+  // Who the frame on screen belongs to; "" while unknown.
+  async function patientOf(sop) {
+    const response = await fetch(`/instances/${encodeURIComponent(sop)}`, { headers: headers() });
+    if (!response.ok) return `Patient: unknown (${await problem(response)})`;
+    return L.patientLine(await response.json());
+  }
+
   async function load() {
     const sop = $("sop").value.trim();
     const frame = Number($("frameNumber").value);
@@ -74,15 +95,19 @@
     }
     const mine = ++request;
     status("loading…");
-    const response = await fetch(url, { headers: headers() });
+    const newInstance = !shown || shown.sop !== sop;
+    const [response, patient] = await Promise.all([fetch(url, { headers: headers() }),
+      newInstance ? patientOf(sop) : Promise.resolve(null)]);
     const blob = response.ok ? await response.blob() : null;
     if (mine !== request) return; // a later frame was asked for meanwhile
     if (!response.ok) {
       status(await problem(response), true);
-      return;
+      return; // the frame on screen, its prompts and its patient line stay as they were
     }
     if (!shown || shown.sop !== sop || shown.frame !== frame) clearPrompts(); // prompts belong to a frame
     shown = { sop, frame };
+    if (patient !== null) $("patient").textContent = patient;
+    history.replaceState(null, "", L.hashFor(sop, frame)); // a link to this frame
     if (shownUrl) URL.revokeObjectURL(shownUrl);
     shownUrl = URL.createObjectURL(blob);
     img.onload = draw;
@@ -159,18 +184,57 @@
     $("masks").value = "latest";
     await load();
     status(`${$("status").textContent}\namended Segmentation made; it goes to the destinations that receive seg results`);
+    await listRecent(); // its count of corrections changed
   }
 
-  $("load").addEventListener("click", load);
-  $("send").addEventListener("click", send);
+  // A link to a frame (#sop=…&frame=…) opens it: at once with the token of this tab's
+  // session, else once the token is typed.
+  const linked = L.parseHash(window.location.hash);
+
+  // A handler whose failure to reach the node (network down, node stopped) is shown, not lost.
+  function guarded(handler) {
+    return async (event) => {
+      try {
+        await handler(event);
+      } catch (e) {
+        status(`the node did not answer: ${e.message}`, true);
+      }
+    };
+  }
+
+  $("token").addEventListener("change", guarded(async () => {
+    sessionStorage.setItem("dental-ai-token", $("token").value.trim());
+    await listRecent();
+    if (linked && !shown) await load(); // a link opened before the token was typed
+  }));
+  $("refresh").addEventListener("click", guarded(listRecent));
+  $("recent").addEventListener("change", guarded(async () => {
+    if (!$("recent").value) return;
+    $("sop").value = $("recent").value;
+    $("frameNumber").value = 0;
+    await load();
+  }));
+  $("load").addEventListener("click", guarded(load));
+  $("send").addEventListener("click", guarded(send));
   $("clear").addEventListener("click", clearPrompts);
-  $("prev").addEventListener("click", () => {
+  $("prev").addEventListener("click", guarded(async () => {
     $("frameNumber").value = Math.max(0, Number($("frameNumber").value) - 1);
-    load();
-  });
-  $("next").addEventListener("click", () => {
+    await load();
+  }));
+  $("next").addEventListener("click", guarded(async () => {
     const last = frameCount ? frameCount - 1 : Infinity;
     $("frameNumber").value = Math.min(last, Number($("frameNumber").value) + 1);
-    load();
-  });
+    await load();
+  }));
+
+  if (linked) {
+    $("sop").value = linked.sop;
+    $("frameNumber").value = linked.frame;
+  }
+  if ($("token").value.trim()) {
+    guarded(async () => {
+      await listRecent();
+      if (linked) await load();
+    })();
+  }
 })();

@@ -81,7 +81,63 @@
     return `/instances/${encodeURIComponent(sop)}/frames/${wholeNumber(frame, "frame", 0)}?masks=${encodeURIComponent(masks || "latest")}`;
   }
 
-  const api = { imagePoint, boxFrom, isDrag, correctionBody, frameUrl };
+  // A DICOM person name ("Family^Given^Middle^Prefix^Suffix", the alphabetic group before
+  // any "=") as people write it: "Family, Given Middle".
+  function personName(value) {
+    const parts = String(value || "").split("=")[0].split("^").map((p) => p.trim());
+    const family = parts[0] || "";
+    const given = [parts[3], parts[1], parts[2], parts[4]].filter(Boolean).join(" ");
+    return family && given ? `${family}, ${given}` : family || given;
+  }
+
+  // A DICOM date (YYYYMMDD) as YYYY-MM-DD; anything else as it is.
+  function dicomDate(value) {
+    const text = String(value || "").trim();
+    return /^[0-9]{8}$/.test(text) ? `${text.slice(0, 4)}-${text.slice(4, 6)}-${text.slice(6, 8)}` : text;
+  }
+
+  // One line for a processed photo or video of GET /instances, to pick it from a list.
+  function instanceLabel(item) {
+    const who = personName(item.patient_name) || "(no name)";
+    const what = item.frames > 1 ? `video, ${item.frames} frames` : "photo";
+    const parts = [dicomDate(item.study_date) || "(no date)", `${who}${item.patient_id ? ` (${item.patient_id})` : ""}`,
+      `${item.modality || "?"} ${what}`];
+    if (item.series_description || item.study_description) parts.push(item.series_description || item.study_description);
+    if (item.corrections > 0) parts.push(`corrected ${item.corrections}×`);
+    return parts.join(" · ");
+  }
+
+  // Who and what the frame on screen shows, to be read before correcting it.
+  function patientLine(item) {
+    const parts = [`Patient: ${personName(item.patient_name) || "(no name)"}`];
+    if (item.patient_id) parts.push(`ID ${item.patient_id}`);
+    if (item.patient_birth_date) parts.push(`born ${dicomDate(item.patient_birth_date)}`);
+    if (item.patient_sex) parts.push(item.patient_sex);
+    parts.push(`study ${dicomDate(item.study_date) || "(no date)"}`);
+    if (item.accession_number) parts.push(`accession ${item.accession_number}`);
+    if (item.study_description) parts.push(item.study_description);
+    if (item.series_description) parts.push(item.series_description);
+    return parts.join(" · ");
+  }
+
+  // The page's address fragment for a frame ("#sop=…&frame=…"), and back; null when the
+  // fragment names no valid instance (a link to the page may carry one).
+  function hashFor(sop, frame) {
+    return `#sop=${encodeURIComponent(sop)}&frame=${wholeNumber(frame, "frame", 0)}`;
+  }
+
+  function parseHash(hash) {
+    const params = new URLSearchParams(String(hash || "").replace(/^#/, ""));
+    const sop = params.get("sop") || "";
+    if (!/^[0-9]+(\.[0-9]+)*$/.test(sop) || sop.length > 64) return null;
+    const frame = params.has("frame") ? Number(params.get("frame")) : 0;
+    return { sop, frame: Number.isInteger(frame) && frame >= 0 ? frame : 0 };
+  }
+
+  const api = {
+    imagePoint, boxFrom, isDrag, correctionBody, frameUrl, personName, dicomDate, instanceLabel, patientLine,
+    hashFor, parseHash,
+  };
   if (typeof module !== "undefined" && module.exports) {
     module.exports = api;
   } else {

@@ -1,0 +1,94 @@
+"""Processed photos and videos, with the patient and study they belong to: what the
+correction page lists, and what it shows above a frame so that the dentist corrects the
+right patient's images.
+
+These replies carry patient data (name, ID, birth date): they go only to an
+authenticated client, are marked ``Cache-Control: no-store``, and are never logged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from pydantic import BaseModel
+
+from dicom_service.api.auth import Authenticated
+from dicom_service.api.params import Offset
+from dicom_service.domain import MediaError
+from dicom_service.jobs.processed import ProcessedInstance, processed_instance, processed_instances
+from dicom_service.media.instance_header import read_instance_header
+
+router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Authenticated])
+
+SopUid = Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$",
+                             description="SOP Instance UID of a stored photo or video.")]
+#: Instances listed at most per request: each costs one header read.
+PageSize = Annotated[int, Query(ge=1, le=200)]
+
+
+class InstanceOut(BaseModel):
+    """A processed photo or video (``frames`` 1 for a photo)."""
+
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    modality: str
+    frames: int
+    rows: int
+    columns: int
+    process_job: int
+    processed_at: float
+    corrections: int
+    patient_name: str
+    patient_id: str
+    patient_birth_date: str
+    patient_sex: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_description: str
+    series_description: str
+    readable: bool
+
+
+def _out(item: ProcessedInstance) -> InstanceOut:
+    """``item`` with its header; an unreadable header gives ``readable: false`` and empty fields."""
+    meta = item.meta
+    fields = dict.fromkeys(("patient_name", "patient_id", "patient_birth_date", "patient_sex", "study_date",
+                            "study_time", "accession_number", "study_description", "series_description"), "")
+    frames = rows = columns = 0
+    readable = True
+    try:
+        header = read_instance_header(meta.path)
+    except MediaError:
+        readable = False
+    else:
+        fields.update({key: getattr(header, key) for key in fields})
+        frames, rows, columns = header.frames, header.rows, header.columns
+    return InstanceOut(sop_instance_uid=meta.sop_instance_uid, study_uid=meta.study_uid, series_uid=meta.series_uid,
+                       sop_class_uid=meta.sop_class_uid, modality=meta.modality, frames=frames, rows=rows,
+                       columns=columns, process_job=item.process_job.id, processed_at=item.process_job.updated_at,
+                       corrections=item.corrections, readable=readable, **fields)
+
+
+@router.get("", response_model=list[InstanceOut],
+            summary="Photos and videos the video workflow has processed, the newest first, with patient and study")
+def list_instances(request: Request, response: Response, limit: PageSize = 50, offset: Offset = 0) -> list[InstanceOut]:
+    service = request.app.state.service
+    response.headers["Cache-Control"] = "no-store"
+    return [_out(item) for item in processed_instances(service.queue, service.store, limit=limit, offset=offset)]
+
+
+@router.get("/{sop_instance_uid}", response_model=InstanceOut,
+            summary="One processed photo or video, with patient and study",
+            responses={404: {"description": "Not stored here, or not processed by the video workflow"}})
+def get_instance(request: Request, response: Response, sop_instance_uid: SopUid) -> InstanceOut:
+    service = request.app.state.service
+    item = processed_instance(service.queue, service.store, sop_instance_uid)
+    if item is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"instance {sop_instance_uid} is not a processed photo or video held here")
+    response.headers["Cache-Control"] = "no-store"
+    return _out(item)

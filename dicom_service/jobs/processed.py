@@ -1,0 +1,88 @@
+"""The photos and videos the video workflow has processed, newest first: what a dentist
+can open on the correction page (``GET /instances``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicom_service.domain import InstanceMeta, Job, JobKind, JobState, Workflow
+from dicom_service.jobs.queue import JobQueue, is_retired
+from dicom_service.storage import InstanceStore
+
+#: Processing jobs read per query of the queue, and at most in all for one listing (a
+#: bound on the work of one request on a node that has processed many thousands).
+JOB_PAGE = 200
+MAX_JOBS_SCANNED = 20_000
+
+
+@dataclass(frozen=True)
+class ProcessedInstance:
+    """A stored photo or video, the newest succeeded video job that processed it, and how
+    many corrections of its tooth masks have succeeded since."""
+
+    meta: InstanceMeta
+    process_job: Job
+    corrections: int
+
+
+def _corrections_by_instance(queue: JobQueue, process_job: Job) -> dict[str, int]:
+    """Succeeded ``correct`` jobs on ``process_job``'s results, counted by SOP Instance UID."""
+    counts: dict[str, int] = {}
+    for job in queue.list(kind=JobKind.CORRECT, state=JobState.SUCCEEDED, study_uid=process_job.study_uid,
+                          limit=10_000):
+        if job.payload.get("process_job") == process_job.id:
+            sop = str(job.payload.get("sop_instance_uid", ""))
+            counts[sop] = counts.get(sop, 0) + 1
+    return counts
+
+
+def processed_instances(queue: JobQueue, store: InstanceStore, *, limit: int,
+                        offset: int = 0) -> list[ProcessedInstance]:
+    """Instances still stored that a video job processed successfully, the newest such job
+    first (the job a correction applies to: ``api.routers.corrections.processing_job``).
+
+    Parameters
+    ----------
+    limit, offset : int
+        The page of the listing (instances, not jobs).
+
+    Notes
+    -----
+    Jobs of removed studies (retired) are skipped; an instance that several video jobs
+    processed is listed once, with the newest. At most
+    :data:`MAX_JOBS_SCANNED` processing jobs are read.
+    """
+    found: list[ProcessedInstance] = []
+    seen: set[str] = set()
+    wanted = offset + limit
+    for start in range(0, MAX_JOBS_SCANNED, JOB_PAGE):
+        jobs = queue.list(kind=JobKind.PROCESS, state=JobState.SUCCEEDED, limit=JOB_PAGE, offset=start)
+        for job in jobs:
+            if job.workflow is not Workflow.VIDEO or is_retired(job):
+                continue
+            sops = [str(s) for s in job.payload.get("sop_instance_uids", []) if str(s) not in seen]
+            seen.update(sops)
+            if not sops:
+                continue
+            counts = _corrections_by_instance(queue, job)
+            for sop in sops:
+                meta = store.instance(sop)
+                if meta is not None:
+                    found.append(ProcessedInstance(meta, job, counts.get(sop, 0)))
+            if len(found) >= wanted:
+                return found[offset:wanted]
+        if len(jobs) < JOB_PAGE:
+            break
+    return found[offset:wanted]
+
+
+def processed_instance(queue: JobQueue, store: InstanceStore, sop: str) -> ProcessedInstance | None:
+    """One stored instance with its newest succeeded video job; None when it is not stored
+    or no video job has processed it successfully."""
+    meta = store.instance(sop)
+    if meta is None:
+        return None
+    for job in queue.list(kind=JobKind.PROCESS, state=JobState.SUCCEEDED, study_uid=meta.study_uid, limit=1000):
+        if job.workflow is Workflow.VIDEO and not is_retired(job) and sop in job.payload.get("sop_instance_uids", []):
+            return ProcessedInstance(meta, job, _corrections_by_instance(queue, job).get(sop, 0))
+    return None
