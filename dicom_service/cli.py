@@ -7,7 +7,6 @@ import json
 import logging
 import signal
 import socket
-import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from dicom_service import __version__
 from dicom_service.config import HttpSettings, Settings, apply_overrides, load_settings, make_folder
 from dicom_service.domain import ConfigError
-from dicom_service.tls import ServerTls
+from dicom_service.tls_reload import ReloadingServerContext
 from dicom_service.training.cli_eval import add_eval_parser
 from dicom_service.training.cli_train import add_train_parser
 
@@ -83,17 +82,17 @@ def _bind_http(http: HttpSettings) -> socket.socket:
     return sock
 
 
-def _uvicorn_tls(tls: ServerTls | None) -> dict[str, Any]:
-    """uvicorn's TLS arguments for ``http.tls`` (none for plain HTTP)."""
-    if tls is None:
+def _uvicorn_tls(contexts: ReloadingServerContext | None) -> dict[str, Any]:
+    """uvicorn's TLS arguments for ``http.tls`` (none for plain HTTP).
+
+    uvicorn takes our own context (:func:`~dicom_service.tls.server_context`: TLS 1.2+,
+    ``crl``) through its ``ssl_context_factory``; asyncio keeps that one context for the
+    server's life, and its SNI callback swaps in renewed files for each new connection
+    (:meth:`~dicom_service.tls_reload.ReloadingServerContext.sni_context`).
+    """
+    if contexts is None:
         return {}
-    return {
-        "ssl_certfile": str(tls.certificate), "ssl_keyfile": str(tls.private_key),
-        "ssl_keyfile_password": tls.private_key_password.get_secret_value() if tls.private_key_password else None,
-        "ssl_ca_certs": str(tls.ca_certificates) if tls.ca_certificates else None,
-        "ssl_cert_reqs": (ssl.CERT_NONE if tls.ca_certificates is None else
-                          ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL),
-    }
+    return {"ssl_context_factory": lambda _config, _default: contexts.sni_context()}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -112,13 +111,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level)
     service = Service(settings)
+    https = ReloadingServerContext(settings.http.tls, "http.tls") if settings.http.tls is not None else None
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwind through service.stop(), as Ctrl-C does
     with _bind_http(settings.http) as sock:
         try:
             service.start()
             server = uvicorn.Server(uvicorn.Config(create_app(service, manage_service=False),
                                                    log_level=settings.log_level.lower(), access_log=False,
-                                                   **_uvicorn_tls(settings.http.tls)))
+                                                   **_uvicorn_tls(https)))
             log.info("dicom-service %s: HTTP API on %s://%s:%d (docs at /docs)", __version__,
                      "https" if settings.http.tls else "http", settings.http.bind_address, sock.getsockname()[1])
             server.run(sockets=[sock])

@@ -12,11 +12,14 @@ suites (forward secrecy, no RC4/3DES/export suites), certificates in PEM files.
   ``ca_certificates`` (the system's trust store when null) and its host name, and
   presents a client certificate when one is configured.
 - ``http.tls`` serves the API over HTTPS with the same server settings.
+- ``crl`` (either side) names a PEM file of certificate revocation lists: a peer
+  certificate that one of them revokes is refused (OpenSSL's ``CRL_CHECK`` on the
+  peer's own certificate, ``ssl.VERIFY_CRL_CHECK_LEAF``).
 
-Contexts are built from the files each time a listener starts or a destination is
-contacted, so renewed certificates are picked up by the next association of a
-destination (the listener on the next start). Every problem with a file is a
-:class:`~dicom_service.domain.ConfigError` that names the setting.
+A destination's context is built from the files each time it is contacted, so renewed
+files are used by its next association. A listener's context is built at start and
+rebuilt when its files change (:mod:`dicom_service.tls_reload`). Every problem with a
+file is a :class:`~dicom_service.domain.ConfigError` that names the setting.
 """
 
 from __future__ import annotations
@@ -55,12 +58,22 @@ class ServerTls(_TlsSection):
         "certificates are not asked for.")
     require_client_certificate: bool = Field(
         False, description="Refuse a peer without a client certificate signed by ca_certificates (mutual TLS).")
+    crl: Path | None = Field(
+        None, description="PEM file of certificate revocation lists, one from each authority in "
+        "ca_certificates: a client certificate they revoke is refused; null: no revocation check.")
 
     @model_validator(mode="after")
     def _client_certificates_need_authorities(self) -> ServerTls:
         if self.require_client_certificate and self.ca_certificates is None:
             raise ValueError("require_client_certificate needs ca_certificates (the authorities to trust)")
+        if self.crl is not None and self.ca_certificates is None:
+            raise ValueError("crl needs ca_certificates (without them no client certificate is asked for)")
         return self
+
+    def files(self) -> tuple[Path, ...]:
+        """The PEM files this server reads: certificate, private key, then the optional ones."""
+        return tuple(p for p in (self.certificate, self.private_key, self.ca_certificates, self.crl)
+                     if p is not None)
 
 
 class NodeTls(ServerTls):
@@ -84,6 +97,9 @@ class ClientTls(_TlsSection):
     check_hostname: bool = Field(
         True, description="Check that name against the certificate (the certificate's signature is always "
         "checked).")
+    crl: Path | None = Field(
+        None, description="PEM file of certificate revocation lists, one from the authority that signs the "
+        "destination's certificate: a certificate they revoke is refused; null: no revocation check.")
 
     @model_validator(mode="after")
     def _certificate_with_key(self) -> ClientTls:
@@ -123,6 +139,29 @@ def _load_authorities(context: ssl.SSLContext, path: Path, key: str) -> None:
                           f"{getattr(exc, 'reason', None) or exc}") from None
 
 
+def _load_crl(context: ssl.SSLContext, path: Path, key: str) -> None:
+    """Add the revocation lists of ``path`` to the context's store and check the peer's
+    certificate against them. A file that also holds a certificate is refused: through
+    ``load_verify_locations`` that certificate would become a trusted authority."""
+    if not path.is_file():
+        raise ConfigError(f"{key}.crl: no such file: {path}")
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"{key}.crl: cannot read {path}: {exc.strerror or exc}") from None
+    if "-----BEGIN X509 CRL-----" not in text:
+        raise ConfigError(f"{key}.crl: {path} holds no PEM revocation list (-----BEGIN X509 CRL-----; "
+                          f"a DER file converts with: openssl crl -inform DER -in FILE -out FILE.pem)")
+    if "CERTIFICATE-----" in text:
+        raise ConfigError(f"{key}.crl: {path} also holds a certificate; it must hold revocation lists only")
+    try:
+        context.load_verify_locations(cafile=path)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"{key}.crl: {path} holds no usable PEM revocation list: "
+                          f"{getattr(exc, 'reason', None) or exc}") from None
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
 def server_context(tls: ServerTls, key: str) -> ssl.SSLContext:
     """An SSL context for a TLS listener.
 
@@ -135,8 +174,8 @@ def server_context(tls: ServerTls, key: str) -> ssl.SSLContext:
     Raises
     ------
     ConfigError
-        A file is missing or unreadable, the key does not match the certificate, or
-        the authorities file holds no certificate.
+        A file is missing or unreadable, the key does not match the certificate, the
+        authorities file holds no certificate, or the ``crl`` file no revocation list.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -144,6 +183,8 @@ def server_context(tls: ServerTls, key: str) -> ssl.SSLContext:
     if tls.ca_certificates is not None:
         _load_authorities(context, tls.ca_certificates, key)
         context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+    if tls.crl is not None:
+        _load_crl(context, tls.crl, key)
     return context
 
 
@@ -168,6 +209,8 @@ def client_context(tls: ClientTls, key: str) -> ssl.SSLContext:
     else:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     context.check_hostname = tls.check_hostname
+    if tls.crl is not None:
+        _load_crl(context, tls.crl, key)
     if tls.certificate is not None and tls.private_key is not None:
         _load_chain(context, tls.certificate, tls.private_key, tls.private_key_password, key)
     return context

@@ -2,8 +2,11 @@
 
 :func:`make_pki` writes, in a folder: a test authority; a certificate for
 ``localhost``/``127.0.0.1`` signed by it, usable as server and as client; a second
-such certificate for a peer (Orthanc, a client); and a certificate signed by another
-authority, which the first one does not trust. RSA 2048 keys, valid two days.
+such certificate for a peer (Orthanc, a client); a certificate signed by another
+authority, which the first one does not trust; a renewed node certificate (same names,
+new key and serial); a certificate the authority has revoked, and the authority's
+revocation list (``openssl ca -gencrl``, with the small database it needs). RSA 2048
+keys, valid two days.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ class Pki:
     peer: KeyPair
     rogue: KeyPair
     rogue_ca: Path
+    #: The node's certificate as a renewal would bring it: another key, serial and subject CN.
+    renewed: KeyPair
+    #: Signed by ``ca`` like ``peer``, and revoked in ``crl``.
+    revoked: KeyPair
+    #: ``ca``'s revocation list (PEM), which revokes ``revoked`` only.
+    crl: Path
 
 
 def _openssl(exe: str, *args: str) -> None:
@@ -69,6 +78,35 @@ def _leaf(exe: str, folder: Path, name: str, authority: KeyPair) -> KeyPair:
     return pair
 
 
+_CA_CONFIG = """[ca]
+default_ca = test_ca
+
+[test_ca]
+database = {folder}/index.txt
+crlnumber = {folder}/crlnumber
+certificate = {certificate}
+private_key = {private_key}
+default_md = sha256
+default_crl_days = 2
+"""
+
+
+def _revocation_list(exe: str, folder: Path, authority: KeyPair, revoked: list[KeyPair]) -> Path:
+    """``authority``'s CRL (PEM) revoking ``revoked``, made by ``openssl ca``."""
+    database = folder / "ca-db"
+    database.mkdir(exist_ok=True)
+    (database / "index.txt").write_text("", encoding="ascii")
+    (database / "crlnumber").write_text("01\n", encoding="ascii")
+    config = database / "ca.cnf"
+    config.write_text(_CA_CONFIG.format(folder=database, certificate=authority.certificate,
+                                        private_key=authority.private_key), encoding="ascii")
+    for pair in revoked:
+        _openssl(exe, "ca", "-config", str(config), "-revoke", str(pair.certificate), "-batch")
+    crl = folder / "ca-crl.pem"
+    _openssl(exe, "ca", "-config", str(config), "-gencrl", "-batch", "-out", str(crl))
+    return crl
+
+
 def make_pki(folder: Path) -> Pki:
     """Write the test authority and certificates under ``folder`` (skips without openssl,
     fails under ``CI=true``)."""
@@ -76,10 +114,14 @@ def make_pki(folder: Path) -> Pki:
     folder.mkdir(parents=True, exist_ok=True)
     ca = _authority(exe, folder, "ca")
     rogue_ca = _authority(exe, folder, "rogue-ca")
+    revoked = _leaf(exe, folder, "revoked", ca)
     return Pki(
         ca=ca.certificate,
         node=_leaf(exe, folder, "node", ca),
         peer=_leaf(exe, folder, "peer", ca),
         rogue=_leaf(exe, folder, "rogue", rogue_ca),
         rogue_ca=rogue_ca.certificate,
+        renewed=_leaf(exe, folder, "renewed", ca),
+        revoked=revoked,
+        crl=_revocation_list(exe, folder, ca, [revoked]),
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from dicom_service.node.contexts import (
 )
 from dicom_service.node.transport import FastRequestHandler, TlsAssociationServer, part10_header
 from dicom_service.storage import InstanceStore
-from dicom_service.tls import server_context
+from dicom_service.tls_reload import ReloadingServerContext
 from dicom_service.uids import validate_uid
 
 log = logging.getLogger(__name__)
@@ -292,6 +291,11 @@ class DicomNode:
             When a port cannot be bound (in use, or not ours to take), naming
             ``dicom.port`` or ``dicom.tls.port`` with the address, or when a TLS file
             is missing or unusable (:func:`~dicom_service.tls.server_context`).
+
+        Notes
+        -----
+        The TLS listener follows renewed files of ``dicom.tls`` without a restart
+        (:class:`~dicom_service.tls_reload.ReloadingServerContext`).
         """
         handlers = [
             (evt.EVT_C_ECHO, handle_echo),
@@ -300,15 +304,15 @@ class DicomNode:
             (evt.EVT_REJECTED, _log_rejected),
         ]
         tls = self.settings.tls
-        listeners: list[tuple[str, str, int, ssl.SSLContext | None]] = []
+        listeners: list[tuple[str, str, int, ReloadingServerContext | None]] = []
         if tls is not None:
-            listeners.append(("tls", "dicom.tls.port", tls.port, server_context(tls, "dicom.tls")))
+            listeners.append(("tls", "dicom.tls.port", tls.port, ReloadingServerContext(tls, "dicom.tls")))
         if self.settings.plain:
             listeners.insert(0, ("plain", "dicom.port", self.settings.port, None))
         with self._lock:
             try:
-                for kind, key, port, context in listeners:
-                    self._servers[kind] = self._serve((self.settings.bind_address, port), key, context, handlers)
+                for kind, key, port, contexts in listeners:
+                    self._servers[kind] = self._serve((self.settings.bind_address, port), key, contexts, handlers)
             except ConfigError:
                 self._close_servers()
                 raise
@@ -316,17 +320,19 @@ class DicomNode:
             log.info("DICOM node %s listening on %s:%d%s", self.settings.ae_title, self.settings.bind_address,
                      server.server_address[1], " (TLS)" if kind == "tls" else "")
 
-    def _serve(self, address: tuple[str, int], key: str, context: ssl.SSLContext | None,
+    def _serve(self, address: tuple[str, int], key: str, contexts: ReloadingServerContext | None,
                handlers: list) -> ThreadedAssociationServer:
         try:
             server = self.ae.make_server(
-                address, evt_handlers=handlers, ssl_context=context,
+                address, evt_handlers=handlers, ssl_context=contexts.current() if contexts is not None else None,
                 server_class=TlsAssociationServer, request_handler=FastRequestHandler,
             )
         except OSError as exc:
             raise ConfigError(f"{key}: cannot listen on {address[0]}:{address[1]} "
                               f"(dicom.bind_address, {key}): {exc.strerror or exc}") from None
-        name = "dicom-tls-acceptor" if context is not None else "dicom-acceptor"
+        if contexts is not None:
+            server.context_source = contexts.current  # type: ignore[attr-defined]
+        name = "dicom-tls-acceptor" if contexts is not None else "dicom-acceptor"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         self.ae._servers.append(server)  # so that AE.shutdown() also stops it
         return server

@@ -13,7 +13,10 @@ For TLS, pynetdicom's server runs each handshake in its one accepting thread, wi
 time limit: a peer that connects and stays silent would stop every later association.
 :class:`TlsAssociationServer` defers the handshake to the association's own thread,
 where :class:`FastRequestHandler` runs it under the ACSE timeout and closes a
-connection whose handshake fails.
+connection whose handshake fails. Each accepted connection is wrapped with the context
+its ``context_source`` gives at that moment (a
+:class:`~dicom_service.tls_reload.ReloadingServerContext`), so renewed certificate files
+serve the next association while those already open keep theirs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 #: Poll interval while traffic flows, and how long "flowing" lasts after a PDU.
 BUSY_DELAY_S = 0.00005
 BUSY_WINDOW_S = 0.02
+#: How often a wait for the peer's next request looks whether the connection has closed.
+CLOSED_CHECK_S = 0.05
 
 
 class AdaptiveDUL(DULServiceProvider):
@@ -50,6 +56,43 @@ class AdaptiveDUL(DULServiceProvider):
     @_run_loop_delay.setter
     def _run_loop_delay(self, value: float) -> None:
         self.__dict__["_run_loop_delay"] = value
+
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None):  # noqa: ANN201 - pynetdicom's
+        """pynetdicom's :meth:`~pynetdicom.dul.DULServiceProvider.receive_pdu`, except that a
+        wait with a timeout ends (returning None, as a timeout does) as soon as the peer
+        has closed the connection.
+
+        pynetdicom's acceptor waits ``acse_timeout`` for the A-ASSOCIATE-RQ, and a connection
+        closed before it (a TCP health check, a port scan, a TLS probe) queues nothing to
+        wake it: each such connection kept an association slot (``max_associations``) for
+        that long, and twenty quick probes turned real peers away with "local limit
+        exceeded". The wait is cut into :data:`CLOSED_CHECK_S` slices to look at the socket.
+        """
+        if not wait or timeout is None:
+            return super().receive_pdu(wait=wait, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            primitive = super().receive_pdu(wait=True, timeout=max(0.0, min(CLOSED_CHECK_S, remaining)))
+            if primitive is not None or remaining <= CLOSED_CHECK_S:
+                return primitive
+            if self._connection_gone():
+                return None  # the peer closed the connection: nothing more will come
+
+    def _connection_gone(self) -> bool:
+        """True once the connection has closed: back in Sta1 (idle, no connection) with no
+        transport-connect event (Evt5) still to be handled and nothing for the user.
+
+        A peer's close before its A-ASSOCIATE-RQ leaves pynetdicom's DUL in Sta1 reading
+        end-of-file again and again (a "transport closed" event each pass) until the
+        acceptor's wait ends; it is never in Sta1 between accepting the connection
+        (Evt5, queued before the DUL starts) and the association's end.
+        """
+        if self.state_machine.current_state != "Sta1" or not self.to_user_queue.empty():
+            return False
+        with self.event_queue.mutex:
+            pending = list(self.event_queue.queue)
+        return "Evt5" not in pending
 
 
 class FailureLog:
@@ -87,11 +130,15 @@ class TlsAssociationServer(ThreadedAssociationServer):
     pending at a stop would otherwise hold it for the ACSE timeout), and it queues up to
     128 connections not yet accepted (the standard library's 5 made
     bursts of new associations wait for TCP retransmits). Used for the plain listener too.
+
+    ``context_source``, when set, gives the SSL context for each new connection (in place
+    of the fixed ``ssl_context``, which then only marks the listener as a TLS one).
     """
 
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128
+    context_source: Callable[[], ssl.SSLContext] | None = None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -99,8 +146,11 @@ class TlsAssociationServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()  # type: ignore[union-attr]
-        if self.ssl_context is not None:
-            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        context = self.ssl_context
+        if context is not None:
+            if self.context_source is not None:
+                context = self.context_source()
+            client = context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
 

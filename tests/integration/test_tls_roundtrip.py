@@ -2,8 +2,9 @@
 
 Orthanc (Debian package) runs with DICOM TLS on, trusting the test authority; the node
 runs as ``python -m dicom_service serve`` with a TLS-only DICOM listener that requires
-client certificates, a destination reached over TLS with its own client certificate, and
-the API on HTTPS. A radiograph uploaded to Orthanc is auto-routed to the node over TLS,
+client certificates, a destination reached over TLS with its own client certificate (both
+checking the authority's revocation list, which does not revoke Orthanc's certificate),
+and the API on HTTPS. A radiograph uploaded to Orthanc is auto-routed to the node over TLS,
 and the node's results come back over TLS.
 """
 
@@ -40,12 +41,12 @@ def test_pacs_to_node_and_back_over_tls(
             "dicom": {"plain": False, "tls": {
                 "port": node_tls_port, "certificate": str(pki.node.certificate),
                 "private_key": str(pki.node.private_key), "ca_certificates": str(pki.ca),
-                "require_client_certificate": True}},
+                "require_client_certificate": True, "crl": str(pki.crl)}},
             "http": {"tls": {"certificate": str(pki.node.certificate), "private_key": str(pki.node.private_key)}},
             "destinations": [{
                 "name": "orthanc", "ae_title": ORTHANC_AET, "host": "127.0.0.1", "port": orthanc_port,
                 "tls": {"ca_certificates": str(pki.ca), "certificate": str(pki.node.certificate),
-                        "private_key": str(pki.node.private_key)}}],
+                        "private_key": str(pki.node.private_key), "crl": str(pki.crl)}}],
         })
     orthanc = orthanc_factory(
         node_port=node_tls_port, dicom_port=orthanc_port, stable_age=1, node_entry={"UseDicomTls": True},

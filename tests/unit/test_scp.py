@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from dicom_service.storage import InstanceStore
 from tests import builders
 from tests.dicomcheck import require_tool
 from tests.dicomnet import associate, echo_ok, store, store_raw
+from tests.integration.tools import wait_until
 
 IO = "1.2.840.10008.5.1.4.1.1.1.3"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -178,3 +180,33 @@ def test_frame_counts_that_do_not_fit_the_sop_class_are_refused(node, caplog) ->
     assert store(n.port, video) == 0 and store(n.port, one) == 0
     assert n.store.counts()["instances"] == 2
     assert echo_ok(n.port)
+
+
+def test_connections_closed_before_associating_free_their_slots_at_once(tmp_path: Path) -> None:
+    """A TCP health check or a port scan opens and closes connections without a word.
+    pynetdicom's acceptor waited the whole ACSE timeout for each one's A-ASSOCIATE-RQ
+    (and its DUL read end-of-file in a loop meanwhile): a dozen such probes filled
+    ``max_associations`` and real peers were refused ("local limit exceeded") for that long."""
+    store_ = InstanceStore(tmp_path / "var")
+    settings = DicomSettings(port=0, bind_address="127.0.0.1", max_associations=3, acse_timeout=60.0,
+                             accepted_calling_aets=["TESTSCU"])
+    node = DicomNode(settings, store_, lambda _event: None)
+    node.start()
+    try:
+        for _ in range(12):
+            socket.create_connection(("127.0.0.1", node.port), timeout=10).close()
+        # each probe's slot is free within a fraction of a second, not after 60 s
+        wait_until(lambda: echo_ok(node.port), 5.0, what="an association after the probes")
+        wait_until(lambda: not node.ae.active_associations, 5.0, what="the probes' associations to end")
+        # a connection that stays open without a word still holds its slot until the timeout
+        quiet = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        try:
+            wait_until(lambda: len(node.ae.active_associations) == 1, 5.0, what="the quiet connection's association")
+            assert echo_ok(node.port)
+            assert len(node.ae.active_associations) == 1
+        finally:
+            quiet.close()
+        wait_until(lambda: not node.ae.active_associations, 5.0, what="the quiet connection's end once closed")
+    finally:
+        node.stop()
+        store_.close()

@@ -26,7 +26,7 @@ from dicom_service.tls import ClientTls, NodeTls, ServerTls, check_tls_files, cl
 from tests import builders
 from tests.dicomcheck import require_tool
 from tests.dicomnet import echo_ok, store
-from tests.integration.tools import dcmtk_env
+from tests.integration.tools import dcmtk_env, wait_until
 from tests.tlscerts import KeyPair, Pki
 
 
@@ -243,3 +243,25 @@ def test_expiring_certificates_are_announced(pki: Pki, caplog) -> None:
     assert late is not None and "EXPIRED" in late
     assert early is not None and "not valid before" in early
     assert [r.getMessage() for r in caplog.records] == [soon, late, early]
+
+
+def test_tls_probes_that_close_after_the_handshake_free_their_slots(tmp_path: Path, pki: Pki) -> None:
+    """A TLS health check handshakes and closes: its association slot is free at once,
+    not after the ACSE timeout (60 s here), so a burst of probes turns no peer away."""
+    store_ = InstanceStore(tmp_path / "var")
+    settings = DicomSettings(port=0, bind_address="127.0.0.1", acse_timeout=60.0, max_associations=3,
+                             tls=_node_tls(pki), accepted_calling_aets=["TESTSCU"])
+    node = DicomNode(settings, store_, lambda _event: None)
+    node.start()
+    try:
+        context, server_name = _client(pki, pki.peer)
+        for _ in range(12):
+            with socket.create_connection(("127.0.0.1", node.tls_port), timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname=server_name):
+                pass  # handshake done, then closed
+        wait_until(lambda: echo_ok(node.tls_port, tls=_client(pki, pki.peer)), 5.0,
+                   what="an association after the probes")
+        wait_until(lambda: not node.ae.active_associations, 5.0, what="the probes' associations to end")
+    finally:
+        node.stop()
+        store_.close()
