@@ -43,6 +43,7 @@ bench: install-test
 	$(BIN)/python -m benchmarks.implants
 	$(BIN)/python -m benchmarks.video --ten-second
 	$(BIN)/python -m benchmarks.video_memory
+	$(BIN)/python -m benchmarks.frame_preview
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

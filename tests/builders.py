@@ -488,6 +488,29 @@ def make_hevc_video_photographic(frames: Iterable[np.ndarray], *, count: int, ro
     return ds
 
 
+def h264_stream(frames: Iterable[np.ndarray], *, rows: int, cols: int, keyint: int, fps: float = 30.0,
+                container: str = "mp4", x264_params: str = "") -> bytes:
+    """``(rows, cols, 3)`` uint8 RGB frames encoded by libx264 (B-frames on) with an IDR
+    picture every ``keyint`` frames and no others (scene cuts off), in ``container``:
+    ``"mp4"``, ``"mpegts"``, ``"matroska"``, or ``"h264"`` (a raw elementary stream,
+    without timestamps). ``x264_params``: more ``key=value`` x264 options, ``:``-separated
+    (e.g. ``"open-gop=1"``: later keyframes are not IDR pictures)."""
+    import av
+
+    params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0" + (f":{x264_params}" if x264_params else "")
+    out = io.BytesIO()
+    with av.open(out, "w", format=container) as muxer:
+        video = muxer.add_stream("libx264", rate=round(fps))
+        video.width, video.height, video.pix_fmt = cols, rows, "yuv420p"
+        video.options = {"preset": "veryfast", "crf": "20", "x264-params": params}
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                muxer.mux(packet)
+        for packet in video.encode():
+            muxer.mux(packet)
+    return out.getvalue()
+
+
 def _jpeg_dataset(rgb: np.ndarray, sop_class: str, modality: str, *, study_uid: str | None,
                   series_uid: str | None, description: str) -> Dataset:
     params = [cv2.IMWRITE_JPEG_QUALITY, 92,

@@ -7,28 +7,59 @@ pixels) and the tooth mask the node holds for it, the AI's or the newest correct
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from pydicom import dcmread
 from pydicom.pixels import iter_pixels
 
 from dicom_service.domain import InputError, MediaError
+from dicom_service.media.frame_seek import seek_frame
 from dicom_service.media.pixel_file import DEFER_BYTES
 from dicom_service.media.pixels import DECODE_ERRORS, decode_error
-from dicom_service.media.video import MPEG_TRANSFER_SYNTAXES, open_frames, to_rgb_uint8
+from dicom_service.media.video import MPEG_TRANSFER_SYNTAXES, bitstream_source, open_frames, to_rgb_uint8
 
 #: Overlay colour (RGB) and opacity of the tooth mask; the outline is drawn opaque.
 MASK_RGB = (40, 220, 90)
 MASK_ALPHA = 0.35
 
 
-def decode_frame(path: str, index: int) -> tuple[np.ndarray, int]:
-    """Frame ``index`` of the instance at ``path``, ``(H, W, 3)`` uint8 RGB, and the
-    instance's number of frames.
+@dataclass(frozen=True)
+class DecodedFrame:
+    """One frame of an instance and what it cost (:func:`read_frame`).
 
-    An MPEG video is decoded from its start up to that frame, one frame at a time, its
-    bitstream read from the file; other pixel data gives just that frame, read from the
-    file (pydicom's ``iter_pixels`` on the path), so memory stays about one frame.
+    Attributes
+    ----------
+    rgb : np.ndarray
+        ``(H, W, 3)`` uint8 RGB.
+    count : int
+        The instance's number of frames.
+    start : int
+        The frame decoding started at: the IDR picture before it (an H.264 video that
+        can be entered there), 0 (decoded from the start of the clip), or the frame
+        itself (pixel data whose frames are read one by one).
+    decoded : int
+        Frames decoded to get it.
+    """
+
+    rgb: np.ndarray
+    count: int
+    start: int
+    decoded: int
+
+
+def read_frame(path: str, index: int) -> DecodedFrame:
+    """Frame ``index`` of the instance at ``path``, as :func:`decode_frame` gives it, and
+    where its decoding started.
+
+    An MPEG video's bitstream is read from the file. An H.264 video is decoded from the
+    last IDR picture at or before the frame (:func:`dicom_service.media.frame_seek.seek_frame`)
+    where its packets show that this gives the very frame the decode from the start
+    gives; other MPEG video (and H.264 that does not show it: a raw elementary stream
+    without timestamps, NumberOfFrames unlike the packets, ...) is decoded from its start,
+    one frame at a time. Other pixel data gives just that frame, read from the file
+    (pydicom's ``iter_pixels`` on the path). Memory stays about one frame.
 
     Raises
     ------
@@ -49,14 +80,36 @@ def decode_frame(path: str, index: int) -> tuple[np.ndarray, int]:
             decoded = next(iter_pixels(path, indices=[index], as_rgb=True))
         except DECODE_ERRORS as exc:
             raise decode_error(exc) from exc
-        return to_rgb_uint8(np.asarray(decoded)[None], ds)[0], count
+        return DecodedFrame(to_rgb_uint8(np.asarray(decoded)[None], ds)[0], count, index, 1)
     stream = open_frames(ds)
     if not 0 <= index < stream.count:
         raise InputError(f"frame {index} is not a frame of this instance (0 to {stream.count - 1})")
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    size = (rows, columns) if rows > 0 and columns > 0 else None
+    sought = seek_frame(bitstream_source(ds), index, stream.count, size) if index > 0 else None
+    if sought is not None:
+        stream.frames.close()  # not started: nothing was decoded from the start
+        return DecodedFrame(sought.rgb, stream.count, sought.entry, sought.decoded)
     for number, frame in enumerate(stream.frames):
         if number == index:
-            return np.ascontiguousarray(frame), stream.count
+            return DecodedFrame(np.ascontiguousarray(frame), stream.count, 0, number + 1)
     raise InputError(f"frame {index}: the stream ended before it")
+
+
+def decode_frame(path: str, index: int) -> tuple[np.ndarray, int]:
+    """Frame ``index`` of the instance at ``path``, ``(H, W, 3)`` uint8 RGB (the frame
+    :func:`dicom_service.media.video.open_frames` yields as frame ``index``), and the
+    instance's number of frames (:func:`read_frame`).
+
+    Raises
+    ------
+    InputError
+        ``index`` is not a frame of the instance.
+    MediaError
+        The pixel data does not decode.
+    """
+    found = read_frame(path, index)
+    return found.rgb, found.count
 
 
 def overlay_mask(frame: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -187,7 +187,7 @@ def dataset_fps(ds: Dataset) -> float | None:
     return None
 
 
-def _bitstream_source(ds: Dataset) -> Callable[[], BinaryIO]:
+def bitstream_source(ds: Dataset) -> Callable[[], BinaryIO]:
     """Opens the MPEG bitstream of ``ds`` for the decoder: read from the file where the
     Pixel Data was left there (:mod:`dicom_service.media.pixel_file`), else from memory."""
     fragments = file_fragments(ds)
@@ -216,7 +216,7 @@ def _stream_rate(source: Callable[[], BinaryIO]) -> float | None:
 MACROBLOCK_PADDING = 15
 
 
-def _header_sized(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+def header_sized(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """A decoded frame ``(h, w, 3)`` at the header's ``size`` ``(Rows, Columns)`` (None: as
     decoded): cropped where the decoder's frame only adds macroblock padding.
 
@@ -239,7 +239,7 @@ def _iter_bitstream(source: Callable[[], BinaryIO], limit: int | None, expected:
     """Decode a container/bitstream (``source()`` opens it) with PyAV, one ``(H, W, 3)``
     uint8 RGB frame at a time: at most ``limit`` frames (None: all); fewer than ``expected``
     is a truncated stream. ``size``: the header's ``(Rows, Columns)`` the frames must have
-    (:func:`_header_sized`; None: not checked)."""
+    (:func:`header_sized`; None: not checked)."""
     decoded = 0
     first: tuple[int, ...] | None = None
     try:
@@ -256,7 +256,7 @@ def _iter_bitstream(source: Callable[[], BinaryIO], limit: int | None, expected:
                                      f"then {image.shape[1]}x{image.shape[0]} at frame {decoded + 1}); such "
                                      "streams are not supported")
                 decoded += 1
-                yield _header_sized(image, size)
+                yield header_sized(image, size)
                 if limit is not None and decoded >= limit:
                     break
     except av.FFmpegError as exc:
@@ -364,7 +364,7 @@ def open_frames(ds: Dataset, *, max_frames: int | None = None) -> FrameStream:
     An MPEG stream is decoded up to NumberOfFrames (frames beyond it are ignored; fewer is
     a truncated stream); one whose header has no NumberOfFrames is decoded once first, to
     count its frames (no frame is kept). Its frames must have the header's Rows and Columns,
-    but for an encoder's macroblock padding, which is cropped (:func:`_header_sized`).
+    but for an encoder's macroblock padding, which is cropped (:func:`header_sized`).
 
     Parameters
     ----------
@@ -384,7 +384,7 @@ def open_frames(ds: Dataset, *, max_frames: int | None = None) -> FrameStream:
     ts = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
     declared = int(ds.get("NumberOfFrames", 0) or 0)
     if ts in MPEG_TRANSFER_SYNTAXES:
-        source = _bitstream_source(ds)
+        source = bitstream_source(ds)
         fps = dataset_fps(ds) or _stream_rate(source) or 1.0
         rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         size = (rows, columns) if rows > 0 and columns > 0 else None

@@ -3,14 +3,24 @@ newest correction's tooth mask drawn over it (what the correction page shows).""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
+import av
 import cv2
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
+from pydicom import dcmread
 
 from dicom_service.api.app import create_app
-from dicom_service.media.frame_preview import MASK_ALPHA, MASK_RGB, overlay_mask
+from dicom_service.domain import InputError, MediaError
+from dicom_service.media import frame_seek
+from dicom_service.media.frame_preview import MASK_ALPHA, MASK_RGB, decode_frame, overlay_mask, read_frame
+from dicom_service.media.frame_seek import index_packets
+from dicom_service.media.pixel_file import DEFER_BYTES
 from dicom_service.media.seg_frames import segmentation_frames
-from dicom_service.media.video import open_frames
+from dicom_service.media.video import bitstream_source, open_frames
 from dicom_service.service import Service
 from tests import builders
 from tests.conftest import TEST_TOKEN
@@ -83,3 +93,153 @@ def test_frames_with_ai_and_corrected_masks(make_settings) -> None:
         other = str(radiograph.SOPInstanceUID)  # not processed by the video workflow: no tooth masks
         assert client.get(f"/instances/{other}/frames/0", headers=AUTH).status_code == 409
         assert client.get(f"/instances/{other}/frames/0", params={"masks": "none"}, headers=AUTH).status_code == 200
+
+
+# --- frame n of an H.264 video, decoded from the IDR picture before it ---------------------------
+
+KEYINT = 10  # the GOP of the test clips: IDR pictures at frames 0, 10, ..., 80 of 90
+
+
+@pytest.fixture(scope="module")
+def gop_clip() -> np.ndarray:
+    """90 phantom frames ``(90, 64, 96, 3)`` uint8 RGB."""
+    return builders.make_intraoral_scene(frames=90, rows=64, cols=96, seed=3)[0]
+
+
+def _stored(folder: Path, clip: np.ndarray, *, frames: int | None = None, size: tuple[int, int] | None = None,
+            container: str = "mp4", x264_params: str = "", name: str = "clip.dcm") -> Path:
+    """``clip`` as an H.264 Video Photographic instance saved in ``folder`` (``frames``: its
+    NumberOfFrames, default the clip's; ``size``: its ``(Rows, Columns)``, default the clip's)."""
+    template = builders.make_video_photographic(frames=1, rows=64, cols=96)
+    data = builders.h264_stream(clip, rows=clip.shape[1], cols=clip.shape[2], keyint=KEYINT,
+                                container=container, x264_params=x264_params)
+    ds = builders.with_pixel_stream(template, data, frames=frames or len(clip), size=size)
+    return builders.save(ds, folder / name)
+
+
+def _sequential(path: Path) -> list[np.ndarray]:
+    """The frames the node numbers, decoded from the start (what the workflow's masks refer to)."""
+    return list(open_frames(dcmread(path, defer_size=DEFER_BYTES)).frames)
+
+
+@pytest.mark.parametrize("container", ["mp4", "mpegts", "matroska"])
+def test_h264_frames_are_decoded_from_the_idr_before_them(tmp_path: Path, gop_clip: np.ndarray,
+                                                          container: str) -> None:
+    path = _stored(tmp_path, gop_clip, container=container)
+    expected = _sequential(path)
+    assert len(expected) == 90
+    source = bitstream_source(dcmread(path, defer_size=DEFER_BYTES))
+    assert index_packets(source, 90).entries == tuple(range(0, 90, KEYINT))
+    # the first frame, inside the first GOP, on an IDR, inside a later GOP, its last frame, the last frame
+    for index in (0, 7, 10, 43, 49, 50, 80, 89):
+        found = read_frame(str(path), index)
+        assert np.array_equal(found.rgb, expected[index]), index
+        assert found.count == 90
+        start = index // KEYINT * KEYINT  # the seek path is taken from the second GOP on
+        assert (found.start, found.decoded) == (start, index - start + 1), index
+        rgb, count = decode_frame(str(path), index)
+        assert np.array_equal(rgb, expected[index]) and count == 90
+
+
+def test_every_frame_of_a_pyramid_b_frame_clip_with_a_cropped_header_size(tmp_path: Path,
+                                                                          gop_clip: np.ndarray) -> None:
+    """B-pyramids reorder deeply; the header's 58x90 crops the stream's 64x96 (macroblock
+    padding): every one of the 90 frames is the sequential decode's, cropped alike."""
+    path = _stored(tmp_path, gop_clip, size=(58, 90), x264_params="bframes=3:b-pyramid=normal")
+    expected = _sequential(path)
+    assert expected[0].shape == (58, 90, 3)
+    for index in range(90):
+        found = read_frame(str(path), index)
+        assert np.array_equal(found.rgb, expected[index]), index
+        assert found.start == index // KEYINT * KEYINT
+
+
+def test_seeking_and_reading_to_the_entry_give_the_same_frame(tmp_path: Path, gop_clip: np.ndarray) -> None:
+    """Where a seek lands off the entry the packets are read from the start instead (not decoded)."""
+    path = _stored(tmp_path, gop_clip)
+    source = bitstream_source(dcmread(path, defer_size=DEFER_BYTES))
+    index = index_packets(source, 90)
+    sought = frame_seek._decode_from(source, index, 60, 64, None, seek=True)
+    read = frame_seek._decode_from(source, index, 60, 64, None, seek=False)
+    assert sought is not None and read is not None
+    assert np.array_equal(sought.rgb, read.rgb) and np.array_equal(read.rgb, _sequential(path)[64])
+    assert (read.entry, read.decoded) == (60, 5)
+
+
+@pytest.mark.parametrize("case", ["raw elementary stream", "open GOP", "fewer frames in the header",
+                                  "more frames in the header"])
+def test_streams_that_cannot_be_entered_are_decoded_from_the_start(tmp_path: Path, gop_clip: np.ndarray,
+                                                                   case: str) -> None:
+    """No timestamps (raw H.264), keyframes that are not IDR pictures (open GOP), or a
+    NumberOfFrames unlike the packets: the frame comes from the start, the same frame."""
+    frames = {"fewer frames in the header": 80, "more frames in the header": 95}.get(case, 90)
+    path = _stored(tmp_path, gop_clip, frames=frames, container="h264" if case == "raw elementary stream" else "mp4",
+                   x264_params="open-gop=1" if case == "open GOP" else "")
+    expected = _sequential(path) if frames <= 90 else list(open_frames(dcmread(path), max_frames=90).frames)
+    index = index_packets(bitstream_source(dcmread(path, defer_size=DEFER_BYTES)), frames)
+    assert index is None or index.entries == (0,)  # open GOP: only the first picture is an IDR
+    for index in (0, 10, 43, 79):
+        found = read_frame(str(path), index)
+        assert np.array_equal(found.rgb, expected[index]), index
+        assert (found.start, found.decoded, found.count) == (0, index + 1, frames)
+    if frames > 90:  # as before: the stream ends before the frame
+        with pytest.raises(MediaError, match="truncated: decoded 90 of 95"):
+            read_frame(str(path), 92)
+
+
+def _back_to_back(first: bytes, second: bytes) -> bytes:
+    """Two MPEG-TS H.264 streams remuxed into one, the second's timestamps after the first's."""
+    out = io.BytesIO()
+    with av.open(io.BytesIO(first)) as one, av.open(io.BytesIO(second)) as two, \
+            av.open(out, "w", format="mpegts") as muxer:
+        stream = muxer.add_stream_from_template(one.streams.video[0])
+        offset = 0
+        for source in (one, two):
+            last = 0
+            for packet in source.demux(video=0):
+                if packet.size:
+                    packet.pts, packet.dts = packet.pts + offset, packet.dts + offset
+                    last = max(last, packet.pts)
+                    packet.stream = stream
+                    muxer.mux(packet)
+            offset = last + 3000
+    return out.getvalue()
+
+
+def test_a_stream_whose_frame_size_changes_is_refused_as_before(tmp_path: Path, gop_clip: np.ndarray) -> None:
+    """A 96x64 clip, then a 128x96 one, in one MPEG-TS (timestamps in order, two sequence
+    parameter sets): no seeking, so frame 50 gives the sequential decode's error, not a
+    frame of the second clip."""
+    small = builders.h264_stream(gop_clip[:30], rows=64, cols=96, keyint=KEYINT, container="mpegts")
+    large = builders.h264_stream(np.stack([np.pad(f, ((0, 32), (0, 32), (0, 0))) for f in gop_clip[30:]]),
+                                 rows=96, cols=128, keyint=KEYINT, container="mpegts")
+    ds = builders.with_pixel_stream(builders.make_video_photographic(frames=1, rows=64, cols=96),
+                                    _back_to_back(small, large), frames=90)
+    path = builders.save(ds, tmp_path / "two.dcm")
+    assert index_packets(bitstream_source(dcmread(path, defer_size=DEFER_BYTES)), 90) is None
+    assert np.array_equal(read_frame(str(path), 12).rgb, _sequential_prefix(path, 13)[12])
+    with pytest.raises(MediaError, match=r"size changes within the video stream \(96x64, then 128x96 at frame 31\)"):
+        read_frame(str(path), 50)
+
+
+def _sequential_prefix(path: Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of the sequential decode."""
+    frames = open_frames(dcmread(path, defer_size=DEFER_BYTES)).frames
+    return [next(frames) for _ in range(count)]
+
+
+def test_other_mpeg_video_is_decoded_from_the_start(tmp_path: Path, gop_clip: np.ndarray) -> None:
+    """HEVC (here a raw elementary stream) is not entered at keyframes."""
+    ds = builders.make_hevc_video_photographic(iter(gop_clip[:20]), count=20, rows=64, cols=96)
+    path = builders.save(ds, tmp_path / "hevc.dcm")
+    found = read_frame(str(path), 15)
+    assert np.array_equal(found.rgb, _sequential(path)[15])
+    assert (found.start, found.decoded) == (0, 16)
+
+
+@pytest.mark.parametrize("index", [90, 91, -1])
+def test_bad_frame_numbers_are_input_errors(tmp_path: Path, gop_clip: np.ndarray, index: int) -> None:
+    path = _stored(tmp_path, gop_clip)
+    for decode in (read_frame, decode_frame):
+        with pytest.raises(InputError, match=rf"^frame {index} is not a frame of this instance \(0 to 89\)$"):
+            decode(str(path), index)
