@@ -59,6 +59,11 @@ class DicomWebDestination(_DestinationBase):
     password: SecretStr | None = None
     token: SecretStr | None = Field(None, description="Bearer token (instead of username and password).")
     timeout: float = Field(300.0, gt=0, description="Seconds without progress before a request fails.")
+    min_rate_kib_per_s: float = Field(
+        16.0, ge=0, description="Minimum average rate of a request, upload and reply together, in KiB/s: after a "
+        "grace of `timeout` seconds a request fails (and is retried) once it has taken longer than grace + bytes "
+        "moved / this rate, so a server that trickles its reply frees the dispatch worker; a big video that moves "
+        "at least this fast takes as long as it needs. 0: no minimum.")
     tls: ClientTls | None = Field(None, description="For an https URL: the authorities to trust, a client "
                                   "certificate; null: the system's trust store.")
 

@@ -14,6 +14,11 @@ for success. Failures are named with their Failure Reason (0008,1197). Anything 
 a :class:`~dicom_service.domain.DispatchError`, so the dispatch job is retried; a STOW
 of an instance the server already holds is harmless. The reply is read up to 16 MiB;
 messages never quote the destination's token or password.
+
+``timeout`` bounds each read and write; the whole request is bounded by a minimum
+average rate (``min_rate_kib_per_s``, after a grace of ``timeout`` seconds: see
+:mod:`~dicom_service.node.transfer_rate`), so a server that trickles its reply cannot
+hold a dispatch worker while a big video that keeps moving takes as long as it needs.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_service.config import DicomWebDestination
 from dicom_service.domain import ConfigError, DispatchError
+from dicom_service.node.transfer_rate import RateGuardedTransport, TransferBudget, TransferTooSlow
 from dicom_service.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -47,7 +53,8 @@ MAX_REPLY_BYTES = 16 * 2**20
 
 
 def _client(destination: DicomWebDestination) -> httpx.Client:
-    """An HTTP client with the destination's credentials and TLS settings.
+    """An HTTP client for one request, with the destination's credentials, TLS settings and
+    minimum transfer rate (its budget starts now).
 
     Raises
     ------
@@ -67,7 +74,11 @@ def _client(destination: DicomWebDestination) -> httpx.Client:
             verify = client_context(destination.tls, f"destinations[{destination.name}].tls")
         except ConfigError as exc:
             raise DispatchError(str(exc)) from None
-    return httpx.Client(headers=headers, auth=auth, verify=verify, timeout=destination.timeout)
+    if destination.min_rate_kib_per_s == 0:
+        return httpx.Client(headers=headers, auth=auth, verify=verify, timeout=destination.timeout)
+    budget = TransferBudget(destination.timeout, destination.min_rate_kib_per_s * 1024)
+    return httpx.Client(headers=headers, auth=auth, timeout=destination.timeout,
+                        transport=RateGuardedTransport(verify, budget))
 
 
 def _extensions(destination: DicomWebDestination) -> dict[str, Any]:
@@ -161,7 +172,8 @@ def store_files(destination: DicomWebDestination, paths: Sequence[Path]) -> None
     Raises
     ------
     DispatchError
-        The request failed (connection, TLS, timeout), the server refused it (an HTTP
+        The request failed (connection, TLS, timeout, slower on average than the
+        destination's ``min_rate_kib_per_s`` after its grace), the server refused it (an HTTP
         error status, credentials refused), or it reported instances it did not store;
         the message names them and the reasons.
     """
@@ -178,6 +190,10 @@ def store_files(destination: DicomWebDestination, paths: Sequence[Path]) -> None
             raw = _read_capped(response)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _failure(destination, "STOW-RS", exc) from None
+    except TransferTooSlow as exc:
+        log.warning("STOW-RS of %d objects to %s aborted: %s (the server trickles or stalls; retried)",
+                    len(paths), describe(destination), exc)
+        raise DispatchError(f"STOW-RS to {describe(destination)} aborted, too slow: {exc}") from None
     reply = _reply(raw)
     failed = failed_instances(reply)
     status = response.status_code
@@ -231,6 +247,9 @@ def reachable(destination: DicomWebDestination) -> bool:
                                   extensions=_extensions(destination))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         log.warning("%s", _failure(destination, "QIDO-RS", exc))
+        return False
+    except TransferTooSlow as exc:
+        log.warning("QIDO-RS to %s aborted, too slow: %s", describe(destination), exc)
         return False
     except DispatchError as exc:
         log.warning("QIDO-RS to %s: %s", describe(destination), exc)

@@ -44,11 +44,17 @@ def _add_implant_eval(p: argparse.ArgumentParser) -> None:
 
 
 def metrics_table(report: dict[str, Any]) -> str:
-    """A plain-text table of an ``eval implants`` report."""
+    """A plain-text table of an ``eval implants`` report; an undefined metric (None) reads ``n/a``."""
     lines = [f"split {report['split']}: {report['images']} images, {report['ms_per_image']} ms/image "
-             f"on {report['device']}", "", f"{'metric':<34}{'value':>10}"]
+             f"on {report['device']}"]
+    op = report["operating_point"]
+    if op["true_positives"] + op["false_negatives"] == 0:
+        lines.append("no annotated implant in this split: AP, recall and system accuracy are undefined (n/a)")
+    lines += ["", f"{'metric':<34}{'value':>10}"]
 
     def add(name: str, value: Any) -> None:
+        if value is None:
+            value = "n/a"
         lines.append(f"{name:<34}{value:>10.3f}" if isinstance(value, float) else f"{name:<34}{value!s:>10}")
 
     for key in ("ap", "ap50", "ap75"):
@@ -57,9 +63,10 @@ def metrics_table(report: dict[str, Any]) -> str:
         add(f"part {key.upper()}", report["parts"][key])
     for name, values in report["parts"]["per_class"].items():
         add(f"  {name} AP50", values.get("ap50", float("nan")))
-    op = report["operating_point"]
     add(f"precision @ thresholds {op['part_threshold']}/{op['finding_threshold']}", op["precision"])
     add("recall @ thresholds", op["recall"])
+    add("false positives per image", op["false_positives_per_image"])
+    add("images with a finding", f"{op['images_with_findings']}/{report['images']}")
     add("implant-free images with a finding", f"{op['of_which_with_findings']}/{op['images_without_implants']}")
     systems = report.get("systems")
     if systems:
@@ -98,7 +105,8 @@ def _eval_bundle(args: argparse.Namespace, device: str) -> int:
     model = args.model or default_models_dir() / "implants"
     report = evaluate_bundle(model, args.coco, split=args.split, device=device, out_dir=args.out, limit=args.limit)
     print(metrics_table(report))
-    print(json.dumps({k: report[k] for k in ("implants", "parts", "systems", "ms_per_image") if k in report}))
+    keys = ("implants", "parts", "operating_point", "systems", "ms_per_image")
+    print(json.dumps({k: report[k] for k in keys if k in report}))
     return 0
 
 

@@ -126,6 +126,26 @@ def coco_ap(dets: Sequence[ImageDetections], truth: Sequence[ImageTruth],
                     ap75=float(rows[:, IOU_THRESHOLDS.index(0.75)].mean()), per_class=per_class)
 
 
+def coco_ap_if_defined(dets: Sequence[ImageDetections], truth: Sequence[ImageTruth],
+                       class_names: Sequence[str]) -> APResult | None:
+    """:func:`coco_ap`, or None where it is undefined: no image has ground truth of any class.
+
+    An all-negative split (e.g. implant-free radiographs kept to count false positives)
+    has no recall axis, so AP is neither 0 nor 1; callers report it as undefined.
+
+    Raises
+    ------
+    ValueError
+        ``dets`` and ``truth`` differ in length.
+    """
+    if len(dets) != len(truth):
+        raise ValueError(f"{len(dets)} detection lists for {len(truth)} images")
+    known = np.arange(len(class_names))
+    if not any(np.isin(t.labels, known).any() for t in truth):
+        return None
+    return coco_ap(dets, truth, class_names)
+
+
 def topk_accuracy(probabilities: np.ndarray, targets: np.ndarray, k: int) -> float:
     """Fraction of rows whose target is among the ``k`` most probable classes.
 

@@ -7,11 +7,17 @@ Reports (JSON, plus PNG figures):
 * identification: system top-1 and top-3 accuracy over ground-truth implants matched by
   a predicted implant (IoU ≥ 0.5; unmatched implants count as wrong), the confusion
   matrix and the reliability diagram (ECE) of the calibrated system probabilities;
-* the operating point (the node's default thresholds): precision, recall, and how many
-  implant-free images got a finding;
+* the operating point (the node's default thresholds): precision, recall, false
+  positives per image, how many images got a finding and how many implant-free images
+  did;
 * identification alone: system top-1 / top-3 of the identifier on the true implant
   boxes (as if detection were perfect);
 * speed: mean milliseconds per image on the device used.
+
+A split without any annotated implant (implant-free radiographs, kept to count false
+positives) is measured too: AP, recall and the system metrics are undefined there and
+reported as ``None`` (JSON null), never as a made-up 0 or 1; precision is 0 when
+something was reported (every finding is false) and ``None`` when nothing was.
 
 :func:`evaluate_one_stage` measures the one-stage ablation detector (implant AP only).
 """
@@ -28,9 +34,10 @@ import numpy as np
 
 from dicom_service.training.coco import CocoDataset, load_coco
 from dicom_service.training.detection_metrics import (
+    APResult,
     ImageDetections,
     ImageTruth,
-    coco_ap,
+    coco_ap_if_defined,
     confusion_matrix,
     iou_matrix,
     reliability,
@@ -58,7 +65,7 @@ def operating_counts(truth: np.ndarray, found: list) -> dict[str, int]:
             matched_truth.add(max(candidates)[1])
             tp += 1
     return {"true_positives": tp, "false_positives": len(found) - tp, "false_negatives": len(truth) - tp,
-            "images_without_implants": int(len(truth) == 0),
+            "images_with_findings": int(len(found) > 0), "images_without_implants": int(len(truth) == 0),
             "of_which_with_findings": int(len(truth) == 0 and len(found) > 0)}
 
 
@@ -78,10 +85,25 @@ def precision_recall(totals: dict[str, int]) -> tuple[float, float]:
     return tp / (tp + fp) if tp + fp else 1.0, tp / (tp + fn) if tp + fn else 1.0
 
 
-def _operating_summary(totals: dict[str, int], runtime: LearnedImplantRuntime) -> dict:
-    """Precision and recall of what the node reports (its operating point), IoU ≥ 0.5."""
-    precision, recall = precision_recall(totals)
-    return {**asdict(runtime.operating_point), "precision": precision, "recall": recall, **totals}
+def operating_summary(totals: dict[str, int], images: int) -> dict[str, float | int | None]:
+    """Rates of summed :func:`operating_counts` over ``images`` images, None where undefined.
+
+    Precision is None when nothing was reported, recall None when the images hold no
+    implant (unlike :func:`precision_recall`, whose 1.0 suits a threshold search, not a
+    report). ``false_positives_per_image`` is always defined (``images`` > 0).
+    """
+    if images < 1:
+        raise ValueError("an operating point needs at least one image")
+    tp, fp, fn = totals["true_positives"], totals["false_positives"], totals["false_negatives"]
+    return {"precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+            "false_positives_per_image": fp / images, **totals}
+
+
+def ap_summary(result: APResult | None) -> dict[str, float | None]:
+    """``{"ap", "ap50", "ap75"}`` of a :func:`coco_ap_if_defined` result; None values when undefined."""
+    if result is None:
+        return {"ap": None, "ap50": None, "ap75": None}
+    return {"ap": result.ap, "ap50": result.ap50, "ap75": result.ap75}
 
 
 def image_truth(coco: CocoDataset, image_id: int, names: tuple[str, ...]) -> ImageTruth:
@@ -136,7 +158,7 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
     systems = list(runtime.identifier.systems)
     implant_dets, implant_truth, part_dets, part_truth = [], [], [], []
     probabilities, targets, truth_box_probabilities = [], [], []
-    operating_totals = {"true_positives": 0, "false_positives": 0, "false_negatives": 0,
+    operating_totals = {"true_positives": 0, "false_positives": 0, "false_negatives": 0, "images_with_findings": 0,
                         "images_without_implants": 0, "of_which_with_findings": 0}
     seconds = 0.0
     for image_info in images:
@@ -171,14 +193,13 @@ def evaluate_runtime(runtime: LearnedImplantRuntime, coco: CocoDataset, *, split
                     row[systems.index(name)] = p
             probabilities.append(row)
             targets.append(systems.index(ann.system))
-    implants = coco_ap(implant_dets, implant_truth, ["implant"])
-    part_ap = coco_ap(part_dets, part_truth, list(PART_NAMES))
+    part_ap = coco_ap_if_defined(part_dets, part_truth, list(PART_NAMES))
     report: dict = {
         "split": split, "images": len(images),
         "device": device, "ms_per_image": round(1000 * seconds / len(images), 1),
-        "implants": {"ap": implants.ap, "ap50": implants.ap50, "ap75": implants.ap75},
-        "parts": {"ap": part_ap.ap, "ap50": part_ap.ap50, "ap75": part_ap.ap75, "per_class": part_ap.per_class},
-        "operating_point": _operating_summary(operating_totals, runtime),
+        "implants": ap_summary(coco_ap_if_defined(implant_dets, implant_truth, ["implant"])),
+        "parts": {**ap_summary(part_ap), "per_class": part_ap.per_class if part_ap is not None else {}},
+        "operating_point": {**asdict(runtime.operating_point), **operating_summary(operating_totals, len(images))},
     }
     if targets:
         probs, y = np.array(probabilities), np.array(targets)
@@ -255,6 +276,5 @@ def evaluate_one_stage(detector: torch.nn.Module, img_size: int, coco: CocoDatas
         seconds += time.perf_counter() - start
         dets.append(ImageDetections(boxes, scores, np.zeros(len(boxes), dtype=int)))
         truth.append(image_truth(coco, info.id, ("implant",)))
-    result = coco_ap(dets, truth, ["implant"])
     return {"split": split, "images": len(images), "ms_per_image": round(1000 * seconds / max(1, len(images)), 1),
-            "implants": {"ap": result.ap, "ap50": result.ap50, "ap75": result.ap75}}
+            "implants": ap_summary(coco_ap_if_defined(dets, truth, ["implant"]))}

@@ -9,6 +9,7 @@ from dicom_service.training.detection_metrics import (
     ImageDetections,
     ImageTruth,
     coco_ap,
+    coco_ap_if_defined,
     confusion_matrix,
     iou_matrix,
     reliability,
@@ -63,6 +64,18 @@ def test_duplicates_are_false_positives_and_classes_without_truth_are_skipped() 
     assert r.ap50 == 1.0 and "never-seen" not in r.per_class
     with pytest.raises(ValueError):
         coco_ap(dets, truth + truth, ["implant"])
+
+
+def test_ap_is_undefined_without_any_ground_truth() -> None:
+    negatives = [_t(np.zeros((0, 4)), []), _t(np.zeros((0, 4)), [])]
+    dets = [_d([[0, 0, 10, 10]], [0.9], [0]), _d(np.zeros((0, 4)), [], [])]
+    with pytest.raises(ValueError, match="no ground truth"):
+        coco_ap(dets, negatives, ["implant"])
+    assert coco_ap_if_defined(dets, negatives, ["implant"]) is None
+    truth = [_t([[0, 0, 10, 10]], [0]), _t(np.zeros((0, 4)), [])]
+    assert coco_ap_if_defined(dets, truth, ["implant"]).ap50 == 1.0
+    with pytest.raises(ValueError):
+        coco_ap_if_defined(dets, negatives[:1], ["implant"])
 
 
 def test_topk_confusion_and_reliability() -> None:

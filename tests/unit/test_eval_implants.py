@@ -64,7 +64,8 @@ def test_eval_prints_table_and_writes_json_and_figures(data: Path, bundle: Path,
     op = report["operating_point"]
     assert op["true_positives"] + op["false_negatives"] == report["systems"]["implants"]
     chosen = json.loads((bundle / "config.json").read_text())["thresholds"]
-    assert 0.0 <= op["precision"] <= 1.0 and 0.0 <= op["recall"] <= 1.0
+    assert op["precision"] is None or 0.0 <= op["precision"] <= 1.0  # None: nothing reported
+    assert 0.0 <= op["recall"] <= 1.0 and op["false_positives_per_image"] >= 0.0
     assert (op["part_threshold"], op["group_nms_iou"]) == (chosen["part_threshold"], chosen["group_nms_iou"])
     systems = report["systems"]
     assert systems["implants"] >= 1 and 0.0 <= systems["top1"] <= systems["top3"] <= 1.0
@@ -183,3 +184,61 @@ def test_operating_point_from_config_and_overrides(bundle: Path) -> None:
     runtime = LearnedImplantRuntime(bundle, "cpu", finding_threshold=0.75)
     assert runtime.finding_threshold == 0.75
     assert runtime.part_threshold == runtime.config["thresholds"]["part_threshold"]
+
+
+def _implant_free_coco(folder: Path, *, images: int, seed: int) -> Path:
+    """A COCO file of ``images`` periapical phantoms without any implant, all in ``test``
+    (a clinic's implant-free radiographs, to measure false positives)."""
+    from dicom_service.training.coco import scene_seed, write_coco
+    from dicom_service.training.radiograph_phantoms import render_periapical
+
+    scenes = (render_periapical(scene_seed(seed, "periapical", i), implants=0) for i in range(images))
+    path = write_coco(scenes, folder, total=images)
+    doc = json.loads(path.read_text())
+    assert doc["images"] and not doc["annotations"]
+    for image in doc["images"]:
+        image["split"] = "test"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_eval_on_a_split_without_implants_reports_false_positives(bundle: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    clean = _implant_free_coco(tmp_path / "clean", images=2, seed=5)
+    out = tmp_path / "eval"
+    assert main(["eval", "implants", "--coco", str(clean), "--model", str(bundle), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    *table, last_line = printed.strip().splitlines()
+    text, last = "\n".join(table), json.loads(last_line)
+    assert "no annotated implant" in text and "n/a" in text
+    assert "false positives per image" in text and "images with a finding" in text
+    report = json.loads((out / "eval_implants.json").read_text())
+    assert report["images"] == 2 and "systems" not in report
+    assert report["implants"] == {"ap": None, "ap50": None, "ap75": None}  # undefined, not a fake 0 or 1
+    assert report["parts"]["ap"] is None and report["parts"]["per_class"] == {}
+    op = report["operating_point"]
+    assert op["recall"] is None and op["true_positives"] == op["false_negatives"] == 0
+    assert op["images_without_implants"] == 2 and op["of_which_with_findings"] == op["images_with_findings"]
+    assert 0 <= op["images_with_findings"] <= 2
+    assert op["false_positives_per_image"] == pytest.approx(op["false_positives"] / 2)
+    # precision is 0 when something was reported (every finding is false), undefined when nothing was
+    assert op["precision"] == (0.0 if op["false_positives"] else None)
+    assert last["operating_point"] == op and last["implants"]["ap50"] is None
+
+
+def test_operating_summary_counts_false_positives_on_negative_images() -> None:
+    from dicom_service.training.evaluate_implants import operating_counts, operating_summary
+
+    totals: dict[str, int] = {}
+    for found in ([[0, 0, 10, 10], [20, 20, 30, 30]], [], [[5, 5, 9, 9]], []):  # 4 implant-free images
+        for key, value in operating_counts(np.zeros((0, 4)), found).items():
+            totals[key] = totals.get(key, 0) + value
+    summary = operating_summary(totals, 4)
+    assert summary["false_positives"] == 3 and summary["false_positives_per_image"] == 0.75
+    assert summary["images_with_findings"] == summary["of_which_with_findings"] == 2
+    assert summary["precision"] == 0.0 and summary["recall"] is None
+    nothing = operating_summary({"true_positives": 0, "false_positives": 0, "false_negatives": 2}, 1)
+    assert nothing["precision"] is None and nothing["recall"] == 0.0
+    with pytest.raises(ValueError):
+        operating_summary(totals, 0)

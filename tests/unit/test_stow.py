@@ -9,7 +9,10 @@ import email
 import http.server
 import io
 import json
+import logging
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pytest
 from dicom_service.config import Destination, DicomWebDestination, load_settings
 from dicom_service.domain import ConfigError, DispatchError
 from dicom_service.node.stow import _failure, _parts, failed_instances, store_files
+from dicom_service.node.transfer_rate import TransferBudget, TransferTooSlow
 from tests import builders
 
 
@@ -62,6 +66,7 @@ def test_failed_sop_sequence_is_read_and_malformed_replies_are_tolerated() -> No
     ({"url": "https://pacs/dicom-web", "token": "T\u00f6k\u00e9n"}, "printable ASCII"),
     ({"url": "https://pacs/dicom-web", "username": "u", "password": "p\r\n"}, "control characters"),
     ({"url": "https://pacs/dicom-web", "username": "a:b", "password": "p"}, "must not contain ':'"),
+    ({"url": "https://pacs/dicom-web", "min_rate_kib_per_s": -1}, "greater than or equal to 0"),
 ])
 def test_destination_settings_are_checked(entry: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
@@ -81,17 +86,68 @@ def test_destination_kind_follows_url() -> None:
 # --------------------------------------------------------------------------- servers that misbehave
 class _Misbehaving(http.server.BaseHTTPRequestHandler):
     """An HTTP server answering STOW-RS as a misconfigured or broken one might (a proxy's
-    page, a reply that confirms only part, a redirect); it records what it received."""
+    page, a reply that confirms only part, a redirect, a reply trickled one byte at a
+    time) or a slow but healthy one does (``steady``: reads the upload at a steady pace,
+    then confirms ``confirm``); it records what it received and how much of a trickled
+    reply it sent. ``stop`` ends any pacing at teardown."""
 
     mode = "text"
     received: list[dict] = []
+    confirm: list[str] = []
+    trickled: list[int] = []
+    stop = threading.Event()
+    pause = 0.02  # seconds between two trickled bytes or two steady reads
+    steady_read = 256 * 1024
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
 
+    def _read_body(self) -> bytes:
+        length = int(self.headers["Content-Length"])
+        if self.mode != "steady":
+            return self.rfile.read(length)
+        body = bytearray()
+        while len(body) < length and not self.stop.is_set():
+            body += self.rfile.read(min(self.steady_read, length - len(body)))
+            self.stop.wait(self.pause)  # the server's pace, not a test waiting for it
+        return bytes(body)
+
+    def _confirmation(self) -> bytes:
+        return json.dumps({"00081199": {"vr": "SQ", "Value": [
+            {"00081155": {"vr": "UI", "Value": [uid]}} for uid in self.confirm]}}).encode()
+
+    def _trickle(self) -> None:
+        """A complete, valid reply (status line and headers too), one byte at a time, each
+        well within the client's per-read timeout: it would take minutes."""
+        payload = self._confirmation() + b" " * 4000
+        reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\n"
+                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        sent = 0
+        try:
+            for byte in reply:
+                if self.stop.wait(self.pause):
+                    break
+                self.wfile.write(bytes([byte]))
+                sent += 1
+        except OSError:  # the client gave up and closed
+            pass
+        type(self).trickled.append(sent)
+        self.close_connection = True
+
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers["Content-Length"]))
+        body = self._read_body()
         type(self).received.append({"headers": dict(self.headers), "length": len(body)})
+        if self.mode == "trickle":
+            self._trickle()
+            return
+        if self.mode == "steady":
+            payload = self._confirmation()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         if self.mode == "redirect":
             self.send_response(307)
             self.send_header("Location", "https://pacs.example.org/dicom-web/studies")
@@ -114,11 +170,17 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def misbehaving() -> Iterator[tuple[type[_Misbehaving], str]]:
-    handler = type("Handler", (_Misbehaving,), {"received": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler = type("Handler", (_Misbehaving,), {"received": [], "trickled": [], "stop": threading.Event()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
+    # a small fixed receive buffer: what the server has not read stays with the client, so
+    # its pace is the upload's pace (an auto-tuned buffer could take a whole test file at once)
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    server.server_bind()
+    server.server_activate()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield handler, f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    handler.stop.set()
     server.shutdown()
     server.server_close()
 
@@ -170,3 +232,75 @@ def test_credentials_over_plain_http_are_announced() -> None:
         Destination(name="dimse", ae_title="PACS", host="pacs", port=104)])
     assert len(warnings) == 1 and warnings[0].startswith("destinations[lan]: credentials are sent over plain http://")
     assert "tok-123456789" not in warnings[0]
+
+
+# --------------------------------------------------------------------------- minimum transfer rate
+def _uids(paths: list[Path]) -> list[str]:
+    return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
+
+
+def test_a_server_that_trickles_its_reply_is_dropped_in_bounded_time(misbehaving, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    handler, url = misbehaving
+    files = _two_files(tmp_path)
+    handler.mode, handler.confirm = "trickle", _uids(files)
+    # each trickled byte comes well within `timeout`: only the rate guard ends the request, after
+    # grace (1 s) + bytes moved (about 0.7 MB) / 1 MiB/s; the whole reply would take over 80 s
+    destination = DicomWebDestination(name="web", url=url, timeout=1.0, min_rate_kib_per_s=1024)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="dicom_service.node.stow"), \
+            pytest.raises(DispatchError, match=r"aborted, too slow: \d+ bytes moved in [\d.]+ s, below the minimum "
+                                               r"average rate of 1024 KiB/s after a grace of 1 s"):
+        store_files(destination, files)
+    elapsed = time.monotonic() - start
+    assert 1.0 <= elapsed < 15.0
+    assert handler.received[0]["length"] == int(handler.received[0]["headers"]["Content-Length"])
+    deadline = time.monotonic() + 10.0  # the server notices the closed connection at its next byte
+    while not handler.trickled and time.monotonic() < deadline:
+        handler.stop.wait(0.01)
+    assert handler.trickled and 0 < handler.trickled[0] < 1000  # it had started its reply, far from done
+    logged = [r.getMessage() for r in caplog.records if "aborted" in r.getMessage()]
+    assert logged and "STOW-RS of 2 objects to web (http://127.0.0.1:" in logged[0]
+    assert all(uid not in logged[0] for uid in handler.confirm)
+
+
+def test_a_slow_but_steady_upload_longer_than_the_grace_is_delivered(misbehaving, tmp_path: Path) -> None:
+    handler, url = misbehaving
+    big = builders.save(builders.make_intraoral_radiograph(rows=2048, cols=3072, implants=0), tmp_path / "big.dcm")
+    handler.mode, handler.confirm = "steady", _uids([big])
+    handler.pause, handler.steady_read = 0.05, 200 * 1024  # about 4 MiB/s: 3 s for 12 MB
+    # timeout (the grace, and the longest wait for one read or write) outlasts what the sockets
+    # buffer at that pace, not the whole upload; the rate (1 MiB/s) is well below the pace
+    destination = DicomWebDestination(name="web", url=url, timeout=2.0, min_rate_kib_per_s=1024)
+    start = time.monotonic()
+    store_files(destination, [big])
+    assert time.monotonic() - start > destination.timeout  # longer than the grace: the bytes moved bought time
+    assert handler.received[0]["length"] > 12_000_000
+
+
+def test_transfer_budget_allows_grace_plus_bytes_at_the_minimum_rate() -> None:
+    now = [100.0]
+    budget = TransferBudget(10.0, 1000.0, clock=lambda: now[0])
+    assert budget.timeout(None) == 10.0 and budget.timeout(3.0) == 3.0
+    now[0] += 9.5
+    assert budget.timeout(3.0) == pytest.approx(0.5)  # a read may not outlast the request's time
+    budget.add(2000)  # two more seconds bought
+    assert budget.remaining() == pytest.approx(2.5)
+    now[0] += 2.5
+    with pytest.raises(TransferTooSlow, match=r"2000 bytes moved in 12\.0 s, below the minimum average rate of "
+                                              r"0\.976562 KiB/s after a grace of 10 s"):
+        budget.timeout(3.0)
+    with pytest.raises(ValueError):
+        TransferBudget(10.0, 0.0)
+
+
+def test_min_rate_zero_turns_the_guard_off() -> None:
+    from dicom_service.node.stow import _client
+    from dicom_service.node.transfer_rate import RateGuardedTransport
+
+    off = DicomWebDestination(name="web", url="http://pacs/dicom-web", min_rate_kib_per_s=0)
+    on = DicomWebDestination(name="web", url="http://pacs/dicom-web")
+    assert on.min_rate_kib_per_s == 16.0
+    with _client(off) as plain, _client(on) as guarded:
+        assert not isinstance(plain._transport, RateGuardedTransport)
+        assert isinstance(guarded._transport, RateGuardedTransport)
