@@ -132,6 +132,14 @@ def test_a_dentist_corrects_a_frame_in_the_browser(processed_video_node) -> None
         actions.perform()
         # Shift held from press to release (the page reads it on release)
         ActionChains(driver).key_down(Keys.SHIFT).click().key_up(Keys.SHIFT).perform()
+        # a click by mistake, taken back with Ctrl+Z
+        actions = _pointer(driver)
+        actions.pointer_action.move_to_location(*screen(600, 40)).click()
+        actions.perform()
+        mark = "return document.getElementById('marks').getContext('2d').getImageData(600, 40, 1, 1).data[3];"
+        assert driver.execute_script(mark) > 0
+        ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+        assert driver.execute_script(mark) == 0
 
         # the marks are drawn over the frame, in its pixels: a gold box, a blue and a red dot
         top_edge = int(image(corner_b)[1])
@@ -174,6 +182,7 @@ def test_a_dentist_corrects_a_frame_in_the_browser(processed_video_node) -> None
 
 
 def test_the_page_reports_bad_input_and_takes_a_box_drawn_by_touch(processed_video_node) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.select import Select
 
@@ -201,6 +210,13 @@ def test_the_page_reports_bad_input_and_takes_a_box_drawn_by_touch(processed_vid
         Select(field("id", "recent")).select_by_value(sop)
         _wait_status(driver, lambda t, c: t.startswith("frame 0"), 60, "frame 0 shown")
         assert field("id", "sop").get_attribute("value") == sop
+        # the arrow keys step through the frames (outside the page's fields)
+        field("id", "patient").click()
+        ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+        _wait_status(driver, lambda t, c: t.startswith("frame 1"), 60, "frame 1 shown by →")
+        assert field("id", "frameSlider").get_attribute("value") == "1"
+        ActionChains(driver).send_keys(Keys.ARROW_LEFT).perform()
+        _wait_status(driver, lambda t, c: t.startswith("frame 0"), 60, "frame 0 shown by ←")
         field("id", "send").click()  # no click, no box
         text, css = _wait_status(driver, lambda t, c: c == "error", 10, "the page's refusal")
         assert "click" in text or "box" in text, text

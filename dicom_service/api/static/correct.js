@@ -13,6 +13,7 @@
   let request = 0; // the newest frame request; replies to older ones are dropped
   let shown = null; // {sop, frame} of the image on screen: the prompts belong to it
   let frameCount = null;
+  let undoStack = []; // earlier states of `prompts` on the frame on screen, the newest last
 
   $("token").value = sessionStorage.getItem("dental-ai-token") || "";
 
@@ -52,6 +53,30 @@
       g.lineWidth = Math.max(1, size / 2);
       g.strokeRect(x0, y0, x1 - x0, y1 - y0);
     }
+  }
+
+  function snapshot() {
+    return { points: prompts.points.map((p) => p.slice()), labels: prompts.labels.slice(),
+      box: prompts.box ? prompts.box.slice() : null };
+  }
+
+  // Before each change of the prompts: what "Undo" (or Ctrl+Z) brings back.
+  function remember() {
+    undoStack.push(snapshot());
+    if (undoStack.length > 200) undoStack.shift();
+  }
+
+  function undo() {
+    const earlier = undoStack.pop();
+    if (!earlier) return;
+    Object.assign(prompts, earlier);
+    draw();
+  }
+
+  // "Clear prompts" (undoable); a new frame or a sent correction starts afresh.
+  function clearByUser() {
+    if (prompts.points.length || prompts.box) remember();
+    clearPrompts();
   }
 
   function clearPrompts() {
@@ -104,7 +129,10 @@
       status(await problem(response), true);
       return; // the frame on screen, its prompts and its patient line stay as they were
     }
-    if (!shown || shown.sop !== sop || shown.frame !== frame) clearPrompts(); // prompts belong to a frame
+    if (!shown || shown.sop !== sop || shown.frame !== frame) { // prompts belong to a frame
+      clearPrompts();
+      undoStack = [];
+    }
     shown = { sop, frame };
     if (patient !== null) $("patient").textContent = patient;
     history.replaceState(null, "", L.hashFor(sop, frame)); // a link to this frame
@@ -116,6 +144,8 @@
     frameCount = count > 0 ? count : null;
     $("frameCount").textContent = frameCount ? `of ${frameCount} (0 to ${frameCount - 1})` : "";
     if (frameCount) $("frameNumber").max = frameCount - 1;
+    $("frameSlider").max = frameCount ? frameCount - 1 : 0;
+    $("frameSlider").value = frame;
     status(`frame ${frame}; masks shown: ${response.headers.get("X-Mask-Source")}`);
   }
 
@@ -131,6 +161,7 @@
   canvas.addEventListener("pointerup", (event) => {
     if (!pressed) return;
     const released = point(event);
+    remember();
     if (L.isDrag(pressed, released)) {
       prompts.box = L.boxFrom(pressed, released);
     } else {
@@ -179,6 +210,7 @@
       return;
     }
     clearPrompts();
+    undoStack = [];
     $("sop").value = shown.sop;
     $("frameNumber").value = shown.frame;
     $("masks").value = "latest";
@@ -216,7 +248,24 @@
   }));
   $("load").addEventListener("click", guarded(load));
   $("send").addEventListener("click", guarded(send));
-  $("clear").addEventListener("click", clearPrompts);
+  $("clear").addEventListener("click", clearByUser);
+  $("undo").addEventListener("click", undo);
+  // the slider shows the number while it moves and loads the frame where it is let go
+  $("frameSlider").addEventListener("input", () => { $("frameNumber").value = $("frameSlider").value; });
+  $("frameSlider").addEventListener("change", guarded(load));
+  // ← and → step through the frames, Ctrl+Z (⌘Z) undoes the last prompt; not while typing
+  document.addEventListener("keydown", (event) => {
+    const typing = ["INPUT", "SELECT", "TEXTAREA"].includes(event.target.tagName)
+      && event.target.type !== "range" && event.target.type !== "checkbox";
+    if (typing || event.altKey) return;
+    if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z") {
+      event.preventDefault();
+      undo();
+    } else if (!event.ctrlKey && !event.metaKey && (event.key === "ArrowLeft" || event.key === "ArrowRight")) {
+      event.preventDefault();
+      $(event.key === "ArrowLeft" ? "prev" : "next").click();
+    }
+  });
   $("prev").addEventListener("click", guarded(async () => {
     $("frameNumber").value = Math.max(0, Number($("frameNumber").value) - 1);
     await load();
