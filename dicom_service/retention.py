@@ -69,33 +69,40 @@ def study_jobs(queue: JobQueue, study_uid: str) -> StudyJobs:
 
 
 def remove_study(store: InstanceStore, queue: JobQueue, study_uid: str, *, reason: str,
-                 discard_undelivered: bool = False, jobs: StudyJobs | None = None) -> PurgeReport:
-    """Remove a study's instances and results now (``jobs``: its jobs, if the caller
-    has just read them).
+                 discard_undelivered: bool = False, changed_before: float | None = None) -> PurgeReport:
+    """Remove a study's instances and results now.
+
+    The checks, the retirement of its jobs and the purge hold the study's lock
+    (``InstanceStore.study_lock``), as its stores and its routing do: no instance of it is
+    stored and no job made for it between the checks and the purge.
 
     Raises
     ------
     StudyBusy
         Instances of it still wait for routing, a job of it is queued or running (cancel
-        it first), or results are undelivered (dispatch dead, failed or cancelled) and
-        ``discard_undelivered`` is False.
+        it first), results are undelivered (dispatch dead, failed or cancelled) and
+        ``discard_undelivered`` is False, or a job of it changed after ``changed_before``
+        (epoch seconds; None: not checked).
     """
-    held = store.studies(study_uid=study_uid, limit=1)
-    if held and held[0].pending:
-        raise StudyBusy("instances of the study are still arriving or wait for routing "
-                        "(routing.stability_seconds): try again once it is routed")
-    jobs = study_jobs(queue, study_uid) if jobs is None else jobs
-    if jobs.active:
-        raise StudyBusy("job(s) " + ", ".join(f"{j.id} ({j.state.value})" for j in jobs.active)
-                        + " of the study are not finished: cancel them first")
-    if jobs.undelivered and not discard_undelivered:
-        raise StudyBusy("the results of dispatch job(s) " + ", ".join(str(j.id) for j in jobs.undelivered)
-                        + " were never delivered: retry them, or delete with discard_undelivered=true")
-    # Retired first: a kill between the two leaves the study held with its jobs as records,
-    # and the next DELETE or retention pass removes it; the other way round, the same
-    # instances sent again would find their old jobs and never be processed again.
-    retired = queue.retire_study(study_uid, time.time())
-    report = store.purge_study(study_uid, jobs.all_ids, reason)
+    with store.study_lock(study_uid):
+        held = store.studies(study_uid=study_uid, limit=1)
+        if held and held[0].pending:
+            raise StudyBusy("instances of the study are still arriving or wait for routing "
+                            "(routing.stability_seconds): try again once it is routed")
+        jobs = study_jobs(queue, study_uid)
+        if jobs.active:
+            raise StudyBusy("job(s) " + ", ".join(f"{j.id} ({j.state.value})" for j in jobs.active)
+                            + " of the study are not finished: cancel them first")
+        if jobs.undelivered and not discard_undelivered:
+            raise StudyBusy("the results of dispatch job(s) " + ", ".join(str(j.id) for j in jobs.undelivered)
+                            + " were never delivered: retry them, or delete with discard_undelivered=true")
+        if changed_before is not None and jobs.last_change > changed_before:
+            raise StudyBusy("a job of it changed within the retention time")
+        # Retired first: a kill between the two leaves the study held with its jobs as records,
+        # and the next DELETE or retention pass removes it; the other way round, the same
+        # instances sent again would find their old jobs and never be processed again.
+        retired = queue.retire_study(study_uid, time.time())
+        report = store.purge_study(study_uid, jobs.all_ids, reason)
     log.info("study %s removed (%s): %d instances, %d results, %.1f MB; %d jobs kept as records", study_uid,
              reason, report.instances, report.results, report.bytes / 1e6, retired)
     return report
@@ -115,11 +122,8 @@ def expire(store: InstanceStore, queue: JobQueue, retention_days: float, now: fl
             return removed
         kept = 0
         for study in batch:
-            jobs = study_jobs(queue, study.study_uid)
             try:
-                if jobs.last_change > cutoff:
-                    raise StudyBusy("a job of it changed within the retention time")
-                removed.append(remove_study(store, queue, study.study_uid, jobs=jobs,
+                removed.append(remove_study(store, queue, study.study_uid, changed_before=cutoff,
                                             reason=f"retention ({retention_days:g} days)"))
             except StudyBusy:  # a job not finished, results undelivered, or recent: kept
                 kept += 1

@@ -113,6 +113,12 @@ class Router:
         return created
 
     def _route_study(self, study_uid: str, now: float) -> int:
+        # under the study's lock, as its stores and its removal (retention.remove_study):
+        # a job is never made for an instance that a removal is purging
+        with self.store.study_lock(study_uid):
+            return self._route_study_locked(study_uid, now)
+
+    def _route_study_locked(self, study_uid: str, now: float) -> int:
         sops, created, ignored = [], 0, 0
         for meta in self.store.unrouted_instances(study_uid):
             sop = meta.sop_instance_uid

@@ -9,8 +9,9 @@ Layout under the storage root::
 
 Every UID is validated before it becomes a path component. A study's instances and its
 jobs' results leave only through :meth:`InstanceStore.purge_study` (retention, or a
-user's delete), which holds the study's lock as :meth:`InstanceStore.store` does, so
-an instance received while its study is purged is either purged with it or kept whole.
+user's delete), which holds the study's lock (:meth:`InstanceStore.study_lock`) as
+:meth:`InstanceStore.store` does, so an instance received while its study is purged is
+either purged with it or kept whole. Routing and the checks before a removal hold it too.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ CREATE TABLE IF NOT EXISTS purged_studies (
 );
 """
 
-#: Stripes of the per-study locks (a study's stores and its purge exclude each other).
+#: Stripes of the per-study locks (a study's stores, its routing and its removal exclude each other).
 _LOCK_STRIPES = 64
 
 
@@ -137,7 +138,7 @@ class InstanceStore:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.db = Database(self.root / "index.sqlite3", _SCHEMA, durable=fsync)
         self._known_dirs: set[Path] = set()
-        self._study_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._study_locks = [threading.RLock() for _ in range(_LOCK_STRIPES)]
         self._clean_tmp()
         self._finish_purges()  # one a kill interrupted
 
@@ -209,10 +210,12 @@ class InstanceStore:
             Free space is below the floor.
         """
         path = self.instance_path(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-        with self._study_lock(meta.study_uid):
+        with self.study_lock(meta.study_uid):
             return self._store_locked(meta, path, chunks)
 
-    def _study_lock(self, study_uid: str) -> threading.Lock:
+    def study_lock(self, study_uid: str) -> threading.RLock:
+        """The (reentrant) lock a study's stores and its purge hold: hold it to check and
+        remove a study, or to route it, as one step that no store of it interleaves."""
         return self._study_locks[hash(study_uid) % _LOCK_STRIPES]
 
     def _store_locked(self, meta: InstanceMeta, path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> StoreOutcome:
@@ -363,10 +366,10 @@ class InstanceStore:
         before anything is received, so the index never names a file that is gone. The
         UIDs of our own results stay known (``own_results``), so a PACS that sends them
         back is still acknowledged without processing them. The caller decides that the
-        study may go (``retention.py``).
+        study may go (``retention.py``), holding :meth:`study_lock` from its checks to here.
         """
         study_dir = self.root / "instances" / validate_uid(study_uid, "StudyInstanceUID")
-        with self._study_lock(study_uid):
+        with self.study_lock(study_uid):
             instances = self.db.query("SELECT size FROM instances WHERE study_uid = ?", (study_uid,))
             marks = ",".join("?" * len(job_ids))
             results = self.db.query(f"SELECT path FROM own_results WHERE job_id IN ({marks})",
@@ -382,22 +385,25 @@ class InstanceStore:
                 conn.executemany("INSERT INTO purge_files VALUES (?)", [(str(f),) for f in folders])
                 conn.execute("INSERT OR REPLACE INTO purged_studies VALUES (?,?,?,?,?,?)",
                              (study_uid, report.purged_at, reason, report.instances, report.results, report.bytes))
-            self._finish_purges()
+            self._finish_purges(folders)
         return report
 
-    def _finish_purges(self) -> None:
-        """Delete the folders the purge journal lists, then the journal."""
-        rows = self.db.query("SELECT path FROM purge_files")
-        for row in rows:
-            path = Path(row["path"])
+    def _finish_purges(self, folders: list[Path] | None = None) -> None:
+        """Delete folders the purge journal lists, then their rows: ``folders`` (one purge's
+        own), or all of them (at open, after a kill). A purge never finishes another's: that
+        one holds another study's lock, and once it is released, a store may put a new copy
+        of its study in the same folder."""
+        if folders is None:
+            folders = [Path(row["path"]) for row in self.db.query("SELECT path FROM purge_files")]
+        for path in folders:
             shutil.rmtree(path, ignore_errors=True)
             self._known_dirs.discard(path)
             for known in list(self._known_dirs):  # list() copies in one step; other studies' stores add to it
                 if path in known.parents:
                     self._known_dirs.discard(known)
-        if rows:
+        if folders:
             with self.db.transaction() as conn:
-                conn.executemany("DELETE FROM purge_files WHERE path = ?", [(r["path"],) for r in rows])
+                conn.executemany("DELETE FROM purge_files WHERE path = ?", [(str(f),) for f in folders])
 
     # ------------------------------------------------------------------ housekeeping
     def _clean_tmp(self) -> None:

@@ -3,6 +3,7 @@ job queue, retired jobs, and the /studies API on a running service."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dicom_service.api.app import create_app
+from dicom_service.config import RetrySettings, RoutingSettings
 from dicom_service.domain import InstanceMeta, JobKind, JobState, Workflow
-from dicom_service.jobs.queue import JobStateConflict
+from dicom_service.jobs.queue import JobStateConflict, is_retired
 from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
 from dicom_service.retention import RetentionThread, StudyBusy, expire, remove_study
 from dicom_service.routing import Router, job_key
@@ -197,10 +199,10 @@ def test_studies_api_lists_and_removes(make_settings) -> None:
 class _KilledAfterCommit(InstanceStore):
     """A store whose purge stops where a kill after its transaction would stop it."""
 
-    def _finish_purges(self) -> None:
+    def _finish_purges(self, folders: list[Path] | None = None) -> None:
         if getattr(self, "killed", False):
             return
-        super()._finish_purges()
+        super()._finish_purges(folders)
 
 
 def test_a_purge_killed_after_its_transaction_is_finished_at_the_next_start(tmp_path: Path) -> None:
@@ -222,6 +224,54 @@ def test_a_purge_killed_after_its_transaction_is_finished_at_the_next_start(tmp_
         assert again.new and again.meta.path.exists()
     finally:
         reopened.close()
+
+
+def test_a_purge_deletes_only_its_own_folders(parts) -> None:
+    """Another study's purge runs beside this one (its journal rows are there, under its
+    own lock) and a new copy of that study was stored in the folder since: not ours to delete."""
+    store, _ = parts
+    gone, other = new_uid(), new_uid()
+    _receive(store, gone)
+    kept = _receive(store, other, count=1)[0]
+    with store.db.transaction() as conn:  # as the other purge left it between its commit and its rmtree
+        conn.execute("INSERT INTO purge_files VALUES (?)", (str(store.root / "instances" / other),))
+    store.purge_study(gone, [], "test")
+    assert kept.path.is_file() and store.instance(kept.sop_instance_uid) is not None
+    assert store.db.query("SELECT COUNT(*) AS n FROM purge_files")[0]["n"] == 1  # the other's to finish
+
+
+def test_a_removal_holds_the_study_so_no_store_or_routing_comes_between(parts) -> None:
+    """A store and the routing of the study wait for a removal that has begun its checks; the
+    instance they bring is a new copy of the study, its job not retired, nothing purged."""
+    store, queue = parts
+    study = new_uid()
+    _receive(store, study, count=1)
+    router = Router(RoutingSettings(stability_seconds=0, rules=[], default_workflow=Workflow.RADIOGRAPH),
+                    RetrySettings(), store, queue)
+    late = InstanceMeta(study, f"{study}.2", new_uid(), IO, "1.2.840.10008.1.2.1", "IO", "", "TESTSCU", Path())
+    arrived = threading.Event()
+
+    def arrive() -> None:
+        store.store(late, [b"\0" * 128, b"DICM", b"late"])
+        router.route_stable()
+        arrived.set()
+
+    retire = queue.retire_study
+
+    def retire_while_one_arrives(study_uid: str, removed_at: float) -> int:
+        threading.Thread(target=arrive).start()
+        assert not arrived.wait(0.3)  # blocked by the removal's lock
+        return retire(study_uid, removed_at)
+
+    queue.retire_study = retire_while_one_arrives  # type: ignore[method-assign]
+    report = remove_study(store, queue, study, reason="test")
+    assert report.instances == 1
+    assert arrived.wait(10)
+    kept = store.instance(late.sop_instance_uid)
+    assert kept is not None and kept.path.is_file()
+    jobs = queue.list(study_uid=study)
+    assert [j.payload["sop_instance_uids"] for j in jobs] == [[late.sop_instance_uid]]
+    assert not is_retired(jobs[0])
 
 
 def test_an_indexed_instance_whose_file_is_gone_is_stored_again(parts) -> None:
