@@ -146,7 +146,7 @@ class ReloadingServerContext:
             return
         try:
             context = server_context(self.tls, self.key)
-        except ConfigError as exc:
+        except (ConfigError, OSError) as exc:  # OSError: a file's folder not searchable (is_file raises)
             if states != self._failed or now - self._warned_at >= REPEAT_WARNING_SECONDS:
                 self._warned_at = now
                 log.warning("%s: changed files not used yet, the previous certificate serves new connections "

@@ -19,7 +19,11 @@ when
   in separate packets, or frames the header does not count, fall back) and the first is
   an IDR;
 - the container header and the stream carry one sequence parameter set only, so the
-  frame size cannot change within the stream (which the sequential decode refuses);
+  frame size cannot change within the stream (which the sequential decode refuses), and
+  one picture parameter set only: one sent in the stream once, after the header's, would
+  be known to the sequential decode but not to a decode entered after it;
+- every packet holds a slice of a picture (a packet of only SEI or delimiter units stops
+  the sequential decode);
 - the entry packet ``p`` holds an IDR and every packet before it (in the file) is
   presented earlier, every packet after it later: the decoder then outputs the ``p``
   pictures before it first, and the entry is frame ``p``.
@@ -47,7 +51,7 @@ from dicom_service.media.video import header_sized
 
 log = logging.getLogger(__name__)
 
-_IDR, _SPS = 5, 7  # H.264 NAL unit types (ITU-T H.264 Table 7-1)
+_SLICE, _IDR, _SPS, _PPS = 1, 5, 7, 8  # H.264 NAL unit types (ITU-T H.264 Table 7-1)
 _START_CODE = b"\x00\x00\x01"
 
 
@@ -136,22 +140,31 @@ def _nal_units(data: bytes, length_size: int | None) -> Iterator[tuple[int, int,
         raise _Unusable("no NAL unit")
 
 
-def _parameter_sets(extradata: bytes) -> tuple[int | None, set[bytes]]:
-    """The NAL length size (None: Annex B) and the sequence parameter sets of a stream's
-    ``extradata`` (an ``avcC`` record, Annex B units, or nothing)."""
+def _parameter_sets(extradata: bytes) -> tuple[int | None, dict[int, set[bytes]]]:
+    """The NAL length size (None: Annex B) and the sequence and picture parameter sets of a
+    stream's ``extradata`` (an ``avcC`` record, Annex B units, or nothing), by NAL unit type."""
+    sets: dict[int, set[bytes]] = {_SPS: set(), _PPS: set()}
     if not extradata:
-        return None, set()
+        return None, sets
     if extradata[0] != 1:
-        return None, {extradata[s:e] for kind, s, e in _nal_units(extradata, None) if kind == _SPS}
+        for kind, s, e in _nal_units(extradata, None):
+            if kind in sets:
+                sets[kind].add(extradata[s:e])
+        return None, sets
     if len(extradata) < 6:
         raise _Unusable("short avcC record")
-    sets, at = set(), 6
-    for _ in range(extradata[5] & 0x1F):
-        length = int.from_bytes(extradata[at:at + 2], "big")
-        if length < 1 or at + 2 + length > len(extradata):
-            raise _Unusable("malformed avcC record")
-        sets.add(extradata[at + 2:at + 2 + length])
-        at += 2 + length
+    at, count = 6, extradata[5] & 0x1F
+    for kind in (_SPS, _PPS):
+        for _ in range(count):
+            length = int.from_bytes(extradata[at:at + 2], "big")
+            if length < 1 or at + 2 + length > len(extradata):
+                raise _Unusable("malformed avcC record")
+            sets[kind].add(extradata[at + 2:at + 2 + length])
+            at += 2 + length
+        if kind == _SPS:
+            if at >= len(extradata):
+                raise _Unusable("malformed avcC record")
+            at, count = at + 1, extradata[at]
     return (extradata[4] & 3) + 1, sets
 
 
@@ -204,8 +217,12 @@ def index_packets(source: Callable[[], BinaryIO], count: int) -> PacketIndex | N
                     return None
                 data = bytes(packet)
                 units = list(_nal_units(data, length_size))
-                sets.update(data[s:e] for kind, s, e in units if kind == _SPS)
-                if len(sets) > 1:
+                for kind, s, e in units:
+                    if kind in sets:
+                        sets[kind].add(data[s:e])
+                if any(len(found) > 1 for found in sets.values()):
+                    return None
+                if not any(_SLICE <= kind <= _IDR for kind, _, _ in units):
                     return None
                 pts.append(packet.pts)
                 dts.append(packet.dts)

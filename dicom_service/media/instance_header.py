@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from dicom_service.domain import MediaError
+from dicom_service.media.pixels import DECODE_ERRORS
 
 #: The header attributes read; nothing else of the file is parsed.
 _TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -56,12 +57,17 @@ def read_instance_header(path: str | Path) -> InstanceHeader:
     Raises
     ------
     MediaError
-        The file is gone or does not read as DICOM.
+        The file is gone, does not read as DICOM, or an attribute read is damaged (pydicom
+        converts values only when they are asked for).
     """
     try:
         ds = dcmread(path, stop_before_pixels=True, specific_tags=list(_TAGS))
-    except (OSError, InvalidDicomError, ValueError) as exc:
+        return _header(ds)
+    except (OSError, InvalidDicomError, BytesLengthException, *DECODE_ERRORS) as exc:
         raise MediaError(f"the stored instance's header does not read: {type(exc).__name__}") from exc
+
+
+def _header(ds) -> InstanceHeader:  # noqa: ANN001 - pydicom Dataset
     return InstanceHeader(
         patient_name=_text(ds, "PatientName"), patient_id=_text(ds, "PatientID"),
         patient_birth_date=_text(ds, "PatientBirthDate"), patient_sex=_text(ds, "PatientSex"),

@@ -80,19 +80,16 @@ class AdaptiveDUL(DULServiceProvider):
                 return None  # the peer closed the connection: nothing more will come
 
     def _connection_gone(self) -> bool:
-        """True once the connection has closed: back in Sta1 (idle, no connection) with no
-        transport-connect event (Evt5) still to be handled and nothing for the user.
+        """True once this DUL's thread has ended with nothing left for the user: no
+        primitive can come any more.
 
-        A peer's close before its A-ASSOCIATE-RQ leaves pynetdicom's DUL in Sta1 reading
-        end-of-file again and again (a "transport closed" event each pass) until the
-        acceptor's wait ends; it is never in Sta1 between accepting the connection
-        (Evt5, queued before the DUL starts) and the association's end.
+        A peer's close before its A-ASSOCIATE-RQ ends pynetdicom's DUL thread (its state
+        machine meets "transport closed" in Sta1), while the acceptor went on waiting.
+        Only the thread's end is looked at, not the state: between taking the
+        transport-connect event off its queue and acting on it, a live DUL is briefly in
+        Sta1 too.
         """
-        if self.state_machine.current_state != "Sta1" or not self.to_user_queue.empty():
-            return False
-        with self.event_queue.mutex:
-            pending = list(self.event_queue.queue)
-        return "Evt5" not in pending
+        return not self.is_alive() and self.to_user_queue.empty()
 
 
 class FailureLog:

@@ -243,3 +243,68 @@ def test_bad_frame_numbers_are_input_errors(tmp_path: Path, gop_clip: np.ndarray
     for decode in (read_frame, decode_frame):
         with pytest.raises(InputError, match=rf"^frame {index} is not a frame of this instance \(0 to 89\)$"):
             decode(str(path), index)
+
+
+def _remuxed_mp4(first: bytes, second: bytes | None = None, *, insert: tuple[int, bytes] | None = None) -> bytes:
+    """MP4 H.264 streams ``first`` then ``second`` in one MP4 under ``first``'s ``avcC`` record,
+    the second's parameter sets sent once, in its first packet; ``insert``: ``(position,
+    NAL unit)``, one more packet holding just that unit, presented just after the packets
+    before it."""
+    out = io.BytesIO()
+    with av.open(io.BytesIO(first)) as one, av.open(out, "w", format="mp4") as muxer:
+        template = one.streams.video[0]
+        stream = muxer.add_stream_from_template(template)
+        packets = [(bytes(p), p.pts, p.dts) for p in one.demux(template) if p.size]
+        if second is not None:
+            with av.open(io.BytesIO(second)) as two:
+                record = bytes(two.streams.video[0].codec_context.extradata)
+                offset = max(pts for _, pts, _ in packets) + 512
+                later = [(bytes(p), p.pts + offset, p.dts + offset) for p in two.demux(video=0) if p.size]
+            sps_length = int.from_bytes(record[6:8], "big")
+            sps, at = record[8:8 + sps_length], 8 + sps_length + 1
+            pps = record[at + 2:at + 2 + int.from_bytes(record[at:at + 2], "big")]
+            header = b"".join(len(unit).to_bytes(4, "big") + unit for unit in (sps, pps))
+            packets += [(header + later[0][0], *later[0][1:])] + later[1:]
+        if insert is not None:
+            position, unit = insert
+            stamp = max(pts for _, pts, _ in packets[:position]) + 1
+            packets.insert(position, (len(unit).to_bytes(4, "big") + unit, stamp, packets[position - 1][2] + 1))
+        for data, pts, dts in packets:
+            packet = av.Packet(data)
+            packet.pts, packet.dts, packet.time_base, packet.stream = pts, dts, template.time_base, stream
+            muxer.mux(packet)
+    return out.getvalue()
+
+
+def test_a_picture_parameter_set_sent_once_in_the_stream_is_not_skipped(tmp_path: Path,
+                                                                      gop_clip: np.ndarray) -> None:
+    """Two recordings back to back under one sequence parameter set, the second with its own
+    picture parameter set (CAVLC) sent once, at its start: a decode entered at a later IDR
+    would not know it (and put out garbage), so every frame comes from the start."""
+    first = builders.h264_stream(gop_clip[:40], rows=64, cols=96, keyint=KEYINT, x264_params="weightp=0")
+    second = builders.h264_stream(gop_clip[40:], rows=64, cols=96, keyint=KEYINT, x264_params="weightp=0:cabac=0")
+    ds = builders.with_pixel_stream(builders.make_video_photographic(frames=1, rows=64, cols=96),
+                                    _remuxed_mp4(first, second), frames=90)
+    path = builders.save(ds, tmp_path / "two_pps.dcm")
+    assert index_packets(bitstream_source(dcmread(path, defer_size=DEFER_BYTES)), 90) is None
+    expected = _sequential(path)
+    for index in (30, 45, 50, 60, 89):
+        found = read_frame(str(path), index)
+        assert np.array_equal(found.rgb, expected[index]), index
+        assert found.start == 0
+
+
+def test_a_packet_without_a_picture_gives_the_sequential_decodes_error(tmp_path: Path,
+                                                                       gop_clip: np.ndarray) -> None:
+    """A packet holding only an SEI unit stops the sequential decode (no frame after it); a
+    decode entered after it must not give a frame either."""
+    sei = bytes([0x06, 0x05, 0x01, 0x00, 0x80])
+    data = _remuxed_mp4(builders.h264_stream(gop_clip, rows=64, cols=96, keyint=KEYINT), insert=(4, sei))
+    ds = builders.with_pixel_stream(builders.make_video_photographic(frames=1, rows=64, cols=96), data, frames=91)
+    path = builders.save(ds, tmp_path / "sei_packet.dcm")
+    assert index_packets(bitstream_source(dcmread(path, defer_size=DEFER_BYTES)), 91) is None
+    with pytest.raises(MediaError, match="cannot be decoded"):
+        _sequential(path)
+    for index in (45, 90):
+        with pytest.raises(MediaError, match="cannot be decoded"):
+            read_frame(str(path), index)

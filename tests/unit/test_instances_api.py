@@ -3,9 +3,14 @@ can open on the correction page, with the patient and study they belong to."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from fastapi.testclient import TestClient
 
 from dicom_service.api.app import create_app
+from dicom_service.domain import MediaError
+from dicom_service.media.instance_header import read_instance_header
 from dicom_service.service import Service
 from tests import builders
 from tests.conftest import TEST_TOKEN
@@ -83,3 +88,20 @@ def test_bad_requests_are_refused(make_settings) -> None:
         assert client.get("/instances/not-a-uid", headers=AUTH).status_code == 422
         assert client.get("/instances/1.2.3", headers=AUTH).status_code == 404
         assert client.get("/instances", headers=AUTH).json() == []
+
+
+@pytest.mark.parametrize("damage", [
+    (b"\x08\x00\x30\x10LO", b"\x08\x00\x30\x10ZZ"),  # StudyDescription with an unknown VR
+    (b"\x28\x00\x10\x00US\x02\x00", b"\x28\x00\x10\x00US\x03\x00"),  # Rows 3 bytes long
+])
+def test_a_header_damaged_in_an_attribute_read_is_unreadable_not_an_error(tmp_path: Path,
+                                                                          damage: tuple[bytes, bytes]) -> None:
+    """pydicom converts a value only when it is asked for: a damaged attribute must give
+    MediaError (listed as ``readable: false``), not fail the whole list with a 500."""
+    path = builders.save(builders.make_vl_photographic_jpeg(rows=16, cols=16), tmp_path / "photo.dcm")
+    raw = path.read_bytes()
+    old, new = damage
+    assert raw.count(old) == 1
+    path.write_bytes(raw.replace(old, new))
+    with pytest.raises(MediaError, match="the stored instance's header does not read"):
+        read_instance_header(path)

@@ -299,3 +299,29 @@ def test_https_follows_renewed_files_and_checks_the_crl(tmp_path: Path, pki: Pki
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def test_files_that_cannot_be_looked_at_keep_the_context_in_use(tmp_path: Path, pki: Pki, monkeypatch,
+                                                                 caplog) -> None:
+    """A renewal that leaves the key's folder unsearchable for this user (``Path.is_file``
+    then raises PermissionError: simulated, the tests may run as root) keeps the context in
+    use, with one warning, instead of failing the connection."""
+    files = KeyPair(tmp_path / "node.pem", tmp_path / "node.key")
+    shutil.copyfile(pki.node.certificate, files.certificate)
+    shutil.copyfile(pki.node.private_key, files.private_key)
+    contexts = ReloadingServerContext(ServerTls(certificate=files.certificate, private_key=files.private_key),
+                                      "dicom.tls", check_seconds=0.0)
+    first = contexts.current()
+    shutil.copyfile(pki.renewed.private_key, files.private_key)  # the files change...
+    real_is_file = Path.is_file
+
+    def is_file(path: Path) -> bool:
+        if path == files.private_key:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)  # ...and cannot be looked at
+    with caplog.at_level(logging.WARNING, logger="dicom_service.tls_reload"):
+        assert contexts.current() is first and contexts.current() is first
+    assert len([r for r in caplog.records if "changed files not used yet" in r.getMessage()]) == 1
+    assert contexts.reloads == 0
