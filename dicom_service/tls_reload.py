@@ -21,7 +21,11 @@ parses); until then the context in use keeps serving, and one WARNING line per f
 set of files (repeated every :data:`REPEAT_WARNING_SECONDS` while it lasts) says why. A
 set that failed is loaded again when its files change, or after
 :data:`RETRY_SECONDS` (a file system whose timestamps are coarser than the writes could
-otherwise hide the last step of a replacement).
+otherwise hide the last step of a replacement). A set whose ``crl`` holds a revocation
+list past its next update (or not valid yet) loads, but OpenSSL would refuse every
+client certificate of that authority with it ("CRL has expired"), so it fails the same
+way: a stale copy of the list must not lock the peers out while the list in use is
+still current.
 
 Only the files change: the settings (which files, ``require_client_certificate``) are
 read once, at start.
@@ -29,8 +33,12 @@ read once, at start.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import calendar
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -85,6 +93,83 @@ def certificate_summary(certificate: Path) -> str:
         return ""
     subject = ", ".join(f"{k}={v}" for rdn in decoded.get("subject", ()) for k, v in rdn)
     return f"subject {subject}, serial {decoded.get('serialNumber', '?')}, valid until {decoded.get('notAfter', '?')}"
+
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----(.*?)-----END X509 CRL-----", re.S)
+
+
+def _der(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Tag, content start and content end of the DER element at ``pos``."""
+    tag, length, pos = data[pos], data[pos + 1], pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, pos = int.from_bytes(data[pos:pos + count], "big"), pos + count
+    if pos + length > len(data):
+        raise ValueError("DER element runs past the data")
+    return tag, pos, pos + length
+
+
+def _der_time(tag: int, value: bytes) -> float:
+    """Seconds since the epoch of a UTCTime (0x17) or GeneralizedTime (0x18) ending in Z."""
+    text = value.decode("ascii").rstrip("Z")
+    if tag == 0x17:
+        text = ("19" if int(text[:2]) >= 50 else "20") + text  # RFC 5280: YY >= 50 is 19YY
+    return float(calendar.timegm(time.strptime(text[:14], "%Y%m%d%H%M%S")))
+
+
+def crl_updates(path: Path) -> list[tuple[bytes, float, float | None]]:
+    """Issuer (DER), thisUpdate and nextUpdate (seconds since the epoch; None when the
+    list has none) of each PEM revocation list in ``path``; lists that do not decode here
+    are left out (OpenSSL, which loaded them, has the last word)."""
+    found: list[tuple[bytes, float, float | None]] = []
+    try:
+        blocks = _PEM_CRL.findall(path.read_bytes())
+    except OSError:
+        return found
+    for block in blocks:
+        try:
+            der = base64.b64decode(b"".join(block.split()), validate=True)
+            _, pos, _ = _der(der, 0)  # CertificateList
+            _, pos, end = _der(der, pos)  # TBSCertList
+            tag, start, stop = _der(der, pos)  # version (optional) or signature algorithm
+            if tag == 0x02:
+                tag, start, stop = _der(der, stop)  # signature algorithm
+            tag, start, stop = _der(der, stop)  # issuer
+            issuer = der[start:stop]
+            tag, start, stop = _der(der, stop)  # thisUpdate
+            this_update = _der_time(tag, der[start:stop])
+            next_update = None
+            if stop < end and der[stop] in (0x17, 0x18):
+                tag, start, stop = _der(der, stop)
+                next_update = _der_time(tag, der[start:stop])
+            found.append((issuer, this_update, next_update))
+        except (binascii.Error, IndexError, ValueError, UnicodeDecodeError):
+            continue
+    return found
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def check_crl_current(path: Path, key: str, now: float | None = None) -> None:
+    """Raise :class:`ConfigError` when an authority's revocation lists in ``path`` are all
+    past their next update or not valid yet: OpenSSL would refuse every client
+    certificate of that authority ("CRL has expired")."""
+    now = time.time() if now is None else now
+    problems: dict[bytes, str] = {}
+    current: set[bytes] = set()
+    for issuer, this_update, next_update in crl_updates(path):
+        if next_update is not None and now > next_update:
+            problems.setdefault(issuer, f"past its next update ({_utc(next_update)})")
+        elif now < this_update:
+            problems.setdefault(issuer, f"not valid before {_utc(this_update)}")
+        else:
+            current.add(issuer)
+    stale = [problem for issuer, problem in problems.items() if issuer not in current]
+    if stale:
+        raise ConfigError(f"{key}: {path} holds a revocation list {stale[0]}: every client certificate of its "
+                          "authority would be refused")
 
 
 class ReloadingServerContext:
@@ -146,6 +231,8 @@ class ReloadingServerContext:
             return
         try:
             context = server_context(self.tls, self.key)
+            if self.tls.crl is not None:
+                check_crl_current(self.tls.crl, f"{self.key}.crl")
         except (ConfigError, OSError) as exc:  # OSError: a file's folder not searchable (is_file raises)
             if states != self._failed or now - self._warned_at >= REPEAT_WARNING_SECONDS:
                 self._warned_at = now

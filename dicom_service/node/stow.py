@@ -37,7 +37,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_service.config import DicomWebDestination
 from dicom_service.domain import ConfigError, DispatchError
-from dicom_service.node.transfer_rate import RateGuardedTransport, TransferBudget, TransferTooSlow
+from dicom_service.node.transfer_rate import RateGuardedTransport, TransferBudget, TransferTooSlow, proxy_mounts
 from dicom_service.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _client(destination: DicomWebDestination) -> httpx.Client:
         return httpx.Client(headers=headers, auth=auth, verify=verify, timeout=destination.timeout)
     budget = TransferBudget(destination.timeout, destination.min_rate_kib_per_s * 1024)
     return httpx.Client(headers=headers, auth=auth, timeout=destination.timeout,
-                        transport=RateGuardedTransport(verify, budget))
+                        transport=RateGuardedTransport(verify, budget), mounts=proxy_mounts(verify, budget))
 
 
 def _extensions(destination: DicomWebDestination) -> dict[str, Any]:

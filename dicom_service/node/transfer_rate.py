@@ -14,6 +14,11 @@ aborts it with :class:`TransferTooSlow`. Each socket operation's timeout is clam
 the time left, so a request stuck in one read or write is aborted when its time runs
 out, not one per-operation timeout later. No thread is started: the check runs in the
 network stream that ``httpcore`` (``httpx``'s engine) reads and writes through.
+
+A client given its own transport ignores the proxies of the environment (``HTTP_PROXY``,
+``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``); :func:`proxy_mounts` mounts them as
+``httpx`` would, each through a guarded transport, so a request still takes the proxy
+and the guard counts the bytes to and from it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable, Iterable
 
 import httpcore
 import httpx
+from httpx._utils import get_environment_proxies
 
 _T = typing.TypeVar("_T")
 
@@ -165,6 +171,9 @@ class RateGuardedTransport(httpx.HTTPTransport):
         As for :class:`httpx.HTTPTransport`.
     budget : TransferBudget
         The request's time allowance.
+    proxy : str, optional
+        A proxy's URL, as for :class:`httpx.HTTPTransport` (its connections honour the
+        budget too).
 
     Raises
     ------
@@ -173,9 +182,17 @@ class RateGuardedTransport(httpx.HTTPTransport):
         (its internals changed): better than a silently missing guard.
     """
 
-    def __init__(self, verify: ssl.SSLContext | bool, budget: TransferBudget) -> None:
-        super().__init__(verify=verify)
-        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
+    def __init__(self, verify: ssl.SSLContext | bool, budget: TransferBudget, proxy: str | None = None) -> None:
+        super().__init__(verify=verify, proxy=proxy)
+        pool = getattr(self, "_pool", None)
+        if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
             raise RuntimeError(f"httpx {httpx.__version__}: HTTPTransport has no httpcore connection pool to guard")
-        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(verify=verify),
-                                             network_backend=_GuardedBackend(budget))
+        pool._network_backend = _GuardedBackend(budget)  # noqa: SLF001 - the pool's connections and proxy tunnels
+
+
+def proxy_mounts(verify: ssl.SSLContext | bool, budget: TransferBudget) -> dict[str, httpx.BaseTransport | None]:
+    """The ``mounts`` of a client with a :class:`RateGuardedTransport`: the environment's
+    proxies as ``httpx`` would mount them (None where ``NO_PROXY`` says none), each
+    through a :class:`RateGuardedTransport` with ``budget``."""
+    return {pattern: None if url is None else RateGuardedTransport(verify, budget, proxy=url)
+            for pattern, url in get_environment_proxies().items()}

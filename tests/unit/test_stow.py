@@ -136,7 +136,7 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = self._read_body()
-        type(self).received.append({"headers": dict(self.headers), "length": len(body)})
+        type(self).received.append({"headers": dict(self.headers), "length": len(body), "path": self.path})
         if self.mode == "trickle":
             self._trickle()
             return
@@ -304,3 +304,35 @@ def test_min_rate_zero_turns_the_guard_off() -> None:
     with _client(off) as plain, _client(on) as guarded:
         assert not isinstance(plain._transport, RateGuardedTransport)
         assert isinstance(guarded._transport, RateGuardedTransport)
+
+
+def test_the_environment_s_proxies_are_taken_with_the_guard_on(misbehaving, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client given its own transport ignores HTTP_PROXY: the guard must not silently
+    send the request around the site's proxy (min_rate 0 took it). The misbehaving server
+    plays the proxy of a PACS this machine cannot resolve."""
+    handler, proxy_url = misbehaving
+    proxy = proxy_url.removesuffix("/dicom-web")
+    files = _two_files(tmp_path)
+    handler.mode, handler.confirm = "steady", _uids(files)
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
+                     "all_proxy", "no_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    for rate in (16.0, 0.0):
+        store_files(DicomWebDestination(name="web", url="http://pacs.invalid/dicom-web",
+                                        min_rate_kib_per_s=rate), files)
+    assert [r["path"] for r in handler.received] == ["http://pacs.invalid/dicom-web/studies"] * 2
+
+    handler.mode = "trickle"  # the guard holds through the proxy
+    with pytest.raises(DispatchError, match="aborted, too slow"):
+        store_files(DicomWebDestination(name="web", url="http://pacs.invalid/dicom-web", timeout=1.0,
+                                        min_rate_kib_per_s=1024), files)
+
+    handler.mode = "steady"  # NO_PROXY: straight to the server, the proxy (a closed port) not asked
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        store_files(DicomWebDestination(name="web", url=proxy_url), files)
+    assert handler.received[-1]["path"] == "/dicom-web/studies"

@@ -29,7 +29,7 @@ from dicom_service.node.scp import DicomNode
 from dicom_service.node.scu import echo, send_files
 from dicom_service.storage import InstanceStore
 from dicom_service.tls import ClientTls, NodeTls, ServerTls, check_tls_files, client_context, server_context
-from dicom_service.tls_reload import ReloadingServerContext
+from dicom_service.tls_reload import ReloadingServerContext, check_crl_current, crl_updates
 from tests import builders
 from tests.dicomnet import associate, echo_ok
 from tests.integration.tools import wait_until
@@ -86,6 +86,7 @@ def _replace(source: Path, target: Path, *, in_place: bool) -> None:
 class Listener:
     node: DicomNode
     files: KeyPair  # the files dicom.tls names, which a test replaces
+    crl: Path  # the revocation list dicom.tls names (a copy of the authority's)
 
 
 @pytest.fixture
@@ -96,13 +97,14 @@ def listener(tmp_path: Path, pki: Pki) -> Iterator[Listener]:
     files.certificate.parent.mkdir()
     shutil.copyfile(pki.node.certificate, files.certificate)
     shutil.copyfile(pki.node.private_key, files.private_key)
+    crl = shutil.copyfile(pki.crl, tmp_path / "site" / "ca-crl.pem")
     store_ = InstanceStore(tmp_path / "var")
     tls = NodeTls(port=0, certificate=files.certificate, private_key=files.private_key, ca_certificates=pki.ca,
-                  require_client_certificate=True, crl=pki.crl)
+                  require_client_certificate=True, crl=crl)
     node = DicomNode(DicomSettings(port=0, bind_address="127.0.0.1", acse_timeout=4.0, tls=tls,
                                    accepted_calling_aets=["TESTSCU", "DENTAL_AI"]), store_, lambda _e: None)
     node.start()
-    yield Listener(node, files)
+    yield Listener(node, files, crl)
     node.stop()
     store_.close()
 
@@ -227,6 +229,52 @@ def test_half_replaced_set_keeps_the_previous_certificate(listener: Listener, pk
     _replace(pki.renewed.private_key, listener.files.private_key, in_place=True)  # the set is whole again
     wait_until(lambda: _served(port, pki)["serialNumber"] == _serial(pki.renewed), 10.0, interval=0.05,
                what="the renewed certificate once its key arrived")
+
+
+def _stale_crl(pki: Pki, out: Path) -> Path:
+    """The authority's revocation list as an old copy would be: past its next update (2020)."""
+    subprocess.run(["openssl", "ca", "-config", str(pki.crl.parent / "ca-db" / "ca.cnf"), "-gencrl", "-batch",
+                    "-crl_lastupdate", "200101000000Z", "-crl_nextupdate", "200102000000Z", "-out", str(out)],
+                   check=True, capture_output=True, timeout=60)
+    return out
+
+
+def test_a_crl_past_its_next_update_keeps_the_current_one(listener: Listener, pki: Pki, tmp_path: Path,
+                                                          caplog) -> None:
+    """An old copy of the list loads, but with it OpenSSL refuses every peer ("CRL has
+    expired"): the list in use stays until a current one comes."""
+    port = listener.node.tls_port
+    with caplog.at_level(logging.WARNING, logger=RELOAD_LOGGER):
+        _replace(_stale_crl(pki, tmp_path / "stale.crl"), listener.crl, in_place=False)
+
+        def warned() -> bool:
+            assert echo_ok(port, tls=_client(pki, pki.peer))  # still served, with the current list
+            return any(r.name == RELOAD_LOGGER for r in caplog.records)
+
+        wait_until(warned, 10.0, interval=0.05, what="the warning about the stale revocation list")
+    message = next(r.getMessage() for r in caplog.records if r.name == RELOAD_LOGGER)
+    assert "dicom.tls.crl: " in message and "past its next update (2020-01-02 00:00:00 UTC)" in message
+    assert not echo_ok(port, tls=_client(pki, pki.revoked))  # the current list still revokes
+    with caplog.at_level(logging.INFO, logger=RELOAD_LOGGER):
+        _replace(pki.crl, listener.crl, in_place=True)  # a current list again: adopted
+        wait_until(lambda: echo_ok(port, tls=_client(pki, pki.peer)) and "renewed files in use" in caplog.text,
+                   10.0, interval=0.05, what="the current list to be adopted")
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING and r.name == RELOAD_LOGGER]) == 1
+
+
+def test_crl_dates_are_read_per_authority(pki: Pki, tmp_path: Path) -> None:
+    [(issuer, this_update, next_update)] = crl_updates(pki.crl)
+    assert next_update is not None and next_update - this_update == 2 * 86_400  # default_crl_days = 2
+    check_crl_current(pki.crl, "http.tls.crl", now=this_update + 1)
+    with pytest.raises(ConfigError, match=r"^http\.tls\.crl: .* not valid before "):
+        check_crl_current(pki.crl, "http.tls.crl", now=this_update - 60)  # a clock behind the authority's
+    with pytest.raises(ConfigError, match=r"past its next update"):
+        check_crl_current(pki.crl, "http.tls.crl", now=next_update + 1)
+    both = tmp_path / "both.crl"  # an old list beside the current one of the same authority: OpenSSL takes the latter
+    both.write_bytes(_stale_crl(pki, tmp_path / "stale.crl").read_bytes() + pki.crl.read_bytes()
+                     + b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")  # and one not decoded here
+    check_crl_current(both, "http.tls.crl", now=this_update + 1)
+    assert [i for i, _, _ in crl_updates(both)] == [issuer, issuer]
 
 
 def test_renewed_crl_is_picked_up_with_the_files(tmp_path: Path, pki: Pki) -> None:
