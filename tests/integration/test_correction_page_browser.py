@@ -235,10 +235,31 @@ def test_the_page_reports_bad_input_and_takes_a_box_drawn_by_touch(processed_vid
                                                   start[1] + (end[1] - start[1]) * step // 5)
         touch.pointer_action.pointer_up()
         touch.perform()
+        # the correction's reply is held back while the dentist moves on to frame 1 and
+        # clicks there: when it comes, frame 1 and its click stay on screen
+        driver.execute_script(
+            "const real = window.fetch; window.releaseCorrection = null;"
+            "window.fetch = (url, options) => String(url).startsWith('/corrections')"
+            "  ? new Promise((resolve) => { window.releaseCorrection = () => resolve(real(url, options)); })"
+            "  : real(url, options);")
         field("id", "send").click()
-        text, css = _wait_status(driver, lambda t, c: "amended Segmentation made" in t or c == "error", 120,
-                                 "the touch correction to finish")
-        assert css == "", text
+        wait_until(lambda: driver.execute_script("return window.releaseCorrection !== null"), 10,
+                   what="the correction request held")
+        assert field("id", "send").get_attribute("disabled") is not None  # one at a time
+        field("id", "patient").click()
+        ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+        _wait_status(driver, lambda t, c: t.startswith("frame 1"), 60, "frame 1 shown while the correction runs")
+        actions = _pointer(driver)
+        actions.pointer_action.move_to_location(*start).click()
+        actions.perform()
+        driver.execute_script("window.releaseCorrection();")
+        text, css = _wait_status(driver, lambda t, c: "is done" in t or c == "error", 120,
+                                 "the held correction to finish")
+        assert css == "" and text.startswith(f"the correction of frame 0 of {sop} is done"), text
+        assert field("id", "frameNumber").get_attribute("value") == "1"
+        dot = "return document.getElementById('marks').getContext('2d').getImageData(100, 80, 1, 1).data[3];"
+        assert driver.execute_script(dot) > 0  # the click on frame 1 is still there
+        assert field("id", "send").get_attribute("disabled") is None
     corrections = node.jobs(kind="correct")
     assert len(corrections) == 1, corrections
     sent = corrections[0]["payload"]["correction"]

@@ -198,25 +198,37 @@
       status(e.message, true);
       return;
     }
-    status("correcting…");
-    const response = await fetch("/corrections/tooth-masks?wait=30", {
-      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
-    });
-    if (response.status === 202) {
-      const accepted = await response.json();
-      if (!(await follow(accepted.correction_job))) return;
-    } else if (!response.ok) {
-      status(await problem(response), true);
-      return;
+    const target = { sop: shown.sop, frame: shown.frame };
+    $("send").disabled = true; // one correction at a time from this page
+    try {
+      status("correcting…");
+      const response = await fetch("/corrections/tooth-masks?wait=30", {
+        method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
+      });
+      if (response.status === 202) {
+        const accepted = await response.json();
+        if (!(await follow(accepted.correction_job))) return;
+      } else if (!response.ok) {
+        status(await problem(response), true);
+        return;
+      }
+      const done = "amended Segmentation made; it goes to the destinations that receive seg results";
+      if (!shown || shown.sop !== target.sop || shown.frame !== target.frame) {
+        // the dentist moved on meanwhile: keep what is on screen and its prompts
+        status(`the correction of frame ${target.frame} of ${target.sop} is done: ${done}`);
+      } else {
+        clearPrompts();
+        undoStack = [];
+        $("sop").value = target.sop;
+        $("frameNumber").value = target.frame;
+        $("masks").value = "latest";
+        await load();
+        status(`${$("status").textContent}\n${done}`);
+      }
+      await listRecent(); // its count of corrections changed
+    } finally {
+      $("send").disabled = false;
     }
-    clearPrompts();
-    undoStack = [];
-    $("sop").value = shown.sop;
-    $("frameNumber").value = shown.frame;
-    $("masks").value = "latest";
-    await load();
-    status(`${$("status").textContent}\namended Segmentation made; it goes to the destinations that receive seg results`);
-    await listRecent(); // its count of corrections changed
   }
 
   // A link to a frame (#sop=…&frame=…) opens it: at once with the token of this tab's
