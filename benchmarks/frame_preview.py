@@ -12,7 +12,10 @@ before: :func:`sequential_frame`) and :func:`dicom_service.media.frame_preview.r
 index pass alone (demuxing, no decoding), part of every seek.
 
 Prints one JSON object: per clip and frame, ``sequential_ms``, ``seek_ms``, the frame
-decoding started at (``start``) and the frames decoded (``decoded``).
+decoding started at (``start``) and the frames decoded (``decoded``); and ``encode``: what
+sending a frame costs as PNG and as JPEG
+(:func:`dicom_service.media.frame_preview.preview_bytes`) at 640x480, 1920x1080 and
+3840x2160, milliseconds and bytes, on a phantom frame rendered at each size.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 from pydicom import dcmread
 
 from benchmarks.common import hardware, median
-from dicom_service.media.frame_preview import read_frame
+from dicom_service.media.frame_preview import preview_bytes, read_frame
 from dicom_service.media.frame_seek import index_packets
 from dicom_service.media.pixel_file import DEFER_BYTES
 from dicom_service.media.video import bitstream_source, open_frames
@@ -93,6 +96,19 @@ def measure(frames: int, rows: int, cols: int, fps: float, repeats: int) -> dict
     return out
 
 
+def measure_encoding(repeats: int) -> list[dict[str, Any]]:
+    """Milliseconds and bytes of one frame as PNG and as JPEG, by frame size."""
+    rows_out = []
+    for cols, rows in ((640, 480), (1920, 1080), (3840, 2160)):
+        frame = np.ascontiguousarray(builders.make_intraoral_scene(frames=1, rows=rows, cols=cols, seed=5)[0][0])
+        row: dict[str, Any] = {"size": f"{cols}x{rows}"}
+        for image_format in ("png", "jpeg"):
+            ms, (encoded, _) = _timed(lambda: preview_bytes(frame, image_format), repeats)  # noqa: B023
+            row[f"{image_format}_ms"], row[f"{image_format}_bytes"] = ms, len(encoded)
+        rows_out.append(row)
+    return rows_out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
@@ -104,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = round(args.seconds * args.fps)
     result = {"benchmark": "frame_preview", "hardware": hardware(), "clip": {
         "frames": frames, "size": f"{cols}x{rows}", "fps": args.fps}, "repeats": args.repeats,
-        "clips": measure(frames, rows, cols, args.fps, args.repeats)}
+        "clips": measure(frames, rows, cols, args.fps, args.repeats), "encode": measure_encoding(args.repeats)}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -50,8 +50,8 @@ test("what the API would refuse is refused before sending", () => {
 });
 
 test("frame URLs", () => {
-  assert.equal(L.frameUrl("1.2.3", "7", "ai"), "/instances/1.2.3/frames/7?masks=ai");
-  assert.equal(L.frameUrl("1.2.3", 0), "/instances/1.2.3/frames/0?masks=latest");
+  assert.equal(L.frameUrl("1.2.3", "7", "ai"), "/instances/1.2.3/frames/7?masks=ai&format=auto");
+  assert.equal(L.frameUrl("1.2.3", 0), "/instances/1.2.3/frames/0?masks=latest&format=auto");
   assert.throws(() => L.frameUrl("1.2.3", "x"), /frame/);
 });
 

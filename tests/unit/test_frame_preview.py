@@ -16,7 +16,14 @@ from pydicom import dcmread
 from dicom_service.api.app import create_app
 from dicom_service.domain import InputError, MediaError
 from dicom_service.media import frame_seek
-from dicom_service.media.frame_preview import MASK_ALPHA, MASK_RGB, decode_frame, overlay_mask, read_frame
+from dicom_service.media.frame_preview import (
+    MASK_ALPHA,
+    MASK_RGB,
+    decode_frame,
+    overlay_mask,
+    preview_bytes,
+    read_frame,
+)
 from dicom_service.media.frame_seek import index_packets
 from dicom_service.media.pixel_file import DEFER_BYTES
 from dicom_service.media.seg_frames import segmentation_frames
@@ -83,7 +90,17 @@ def test_frames_with_ai_and_corrected_masks(make_settings) -> None:
         assert np.array_equal(_png(latest), overlay_mask(decoded[3], corrected))
         assert not np.array_equal(corrected, np.asarray(segmentation_frames(seg_path, sop)[3], bool))
 
+        # a small frame is PNG with format=auto too; JPEG when asked, at the frame's size
+        auto = client.get(f"/instances/{sop}/frames/2", params={"masks": "none", "format": "auto"}, headers=AUTH)
+        assert np.array_equal(_png(auto), decoded[2])
+        jpeg = client.get(f"/instances/{sop}/frames/2", params={"masks": "none", "format": "jpeg"}, headers=AUTH)
+        assert jpeg.headers["content-type"] == "image/jpeg"
+        shown = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert shown.shape == decoded[2].shape
+        assert np.abs(shown.astype(int) - decoded[2]).mean() < 3.0
+
         # bad requests
+        assert client.get(f"/instances/{sop}/frames/2", params={"format": "gif"}, headers=AUTH).status_code == 422
         assert client.get(f"/instances/{sop}/frames/6", headers=AUTH).status_code == 422
         assert client.get(f"/instances/{sop}/frames/6", params={"masks": "none"}, headers=AUTH).status_code == 422
         assert client.get(f"/instances/{sop}/frames/-1", headers=AUTH).status_code == 422
@@ -93,6 +110,18 @@ def test_frames_with_ai_and_corrected_masks(make_settings) -> None:
         other = str(radiograph.SOPInstanceUID)  # not processed by the video workflow: no tooth masks
         assert client.get(f"/instances/{other}/frames/0", headers=AUTH).status_code == 409
         assert client.get(f"/instances/{other}/frames/0", params={"masks": "none"}, headers=AUTH).status_code == 200
+
+
+def test_auto_sends_frames_above_720p_as_jpeg_at_their_own_size() -> None:
+    rng = np.random.default_rng(0)
+    for rows, cols, expected in ((720, 1280, "image/png"), (1080, 1920, "image/jpeg"), (2160, 3840, "image/jpeg")):
+        frame = cv2.GaussianBlur(rng.integers(0, 256, (rows, cols, 3), dtype=np.uint8), (0, 0), 2)
+        encoded, media_type = preview_bytes(frame, "auto")
+        assert media_type == expected
+        back = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+        assert back.shape == (rows, cols, 3)  # the page's clicks are in the frame's pixels
+    with pytest.raises(InputError, match="unknown image format"):
+        preview_bytes(frame, "gif")
 
 
 # --- frame n of an H.264 video, decoded from the IDR picture before it ---------------------------

@@ -11,7 +11,7 @@ from dicom_service.api.auth import Authenticated
 from dicom_service.api.routers.corrections import processing_job
 from dicom_service.domain import InputError, MediaError
 from dicom_service.jobs.correction import ai_masks, latest_masks
-from dicom_service.media.frame_preview import decode_frame, overlay_mask, png_bytes
+from dicom_service.media.frame_preview import decode_frame, overlay_mask, preview_bytes
 
 #: Frames decoded at once (``app.state.frame_slots``); a request waits this long for a turn, then 503.
 FRAME_SLOTS = 2
@@ -42,16 +42,20 @@ def _mask(service, sop: str, study_uid: str, frame: int, which: str) -> tuple[np
 
 
 @router.get("/{sop_instance_uid}/frames/{frame}", response_class=Response,
-            summary="One frame as PNG, with the tooth mask the node holds for it drawn over it",
-            responses={200: {"content": {"image/png": {}}, "description": "The frame (headers X-Mask-Source: "
+            summary="One frame as PNG or JPEG, with the tooth mask the node holds for it drawn over it",
+            responses={200: {"content": {"image/png": {}, "image/jpeg": {}},
+                             "description": "The frame, at its own size (headers X-Mask-Source: "
                              "'ai', 'correction <SEG UID>' or 'none'; X-Frame-Count)"},
                        404: {"description": "Instance not stored here"},
                        409: {"description": "Masks asked of an instance without a tooth Segmentation"},
                        503: {"description": "Two frames are being decoded already and no turn came in 30 s"},
                        422: {"description": "No such frame, or the pixel data does not decode"}})
 def frame_png(request: Request, sop_instance_uid: SopUid, frame: FrameIndex,
-              masks: Literal["latest", "ai", "none"] = "latest") -> Response:
-    """``masks``: ``latest`` (the newest correction's, else the AI's), ``ai``, or ``none``."""
+              masks: Literal["latest", "ai", "none"] = "latest",
+              format: Literal["png", "jpeg", "auto"] = "png") -> Response:  # noqa: A002 - the query's name
+    """``masks``: ``latest`` (the newest correction's, else the AI's), ``ai``, or ``none``.
+    ``format``: ``png`` (lossless), ``jpeg``, or ``auto`` (PNG up to 1280×720, JPEG above:
+    the correction page's choice)."""
     service = request.app.state.service
     meta = service.store.instance(sop_instance_uid)
     if meta is None:
@@ -64,10 +68,10 @@ def frame_png(request: Request, sop_instance_uid: SopUid, frame: FrameIndex,
                             headers={"Retry-After": "5"})
     try:
         rgb, count = decode_frame(str(meta.path), frame)
-        image = overlay_mask(rgb, mask)
+        encoded, media_type = preview_bytes(overlay_mask(rgb, mask), format)
     except (InputError, MediaError) as error:
         raise HTTPException(422, str(error)) from error
     finally:
         slots.release()
-    return Response(png_bytes(image), media_type="image/png",
+    return Response(encoded, media_type=media_type,
                     headers={"X-Mask-Source": source, "X-Frame-Count": str(count), "Cache-Control": "no-store"})

@@ -76,9 +76,11 @@
     return body;
   }
 
-  // The URL of a frame's PNG (masks: "latest", "ai" or "none").
+  // The URL of a frame's image (masks: "latest", "ai" or "none"): PNG, or JPEG for a frame
+  // larger than 1280x720 ("auto"), at the frame's own size.
   function frameUrl(sop, frame, masks) {
-    return `/instances/${encodeURIComponent(sop)}/frames/${wholeNumber(frame, "frame", 0)}?masks=${encodeURIComponent(masks || "latest")}`;
+    return `/instances/${encodeURIComponent(sop)}/frames/${wholeNumber(frame, "frame", 0)}`
+      + `?masks=${encodeURIComponent(masks || "latest")}&format=auto`;
   }
 
   // A DICOM person name ("Family^Given^Middle^Prefix^Suffix", the alphabetic group before
