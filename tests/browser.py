@@ -8,8 +8,12 @@ Debian one, named by path, so Selenium Manager never runs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +34,9 @@ def _selenium() -> Any:
 
 
 @contextmanager
-def headless_chromium(width: int, height: int) -> Iterator[Any]:
-    """A headless Chromium window of ``width`` x ``height`` CSS pixels.
+def headless_chromium(width: int, height: int, *, arguments: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A headless Chromium window of ``width`` x ``height`` CSS pixels (``arguments``:
+    further command-line switches).
 
     Yields
     ------
@@ -48,7 +53,7 @@ def headless_chromium(width: int, height: int) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--disable-extensions", "--no-first-run", f"--window-size={width},{height}"):
+                     "--disable-extensions", "--no-first-run", f"--window-size={width},{height}", *arguments):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=DriverService(driver_path), options=options)
@@ -56,6 +61,17 @@ def headless_chromium(width: int, height: int) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+def spki_pin(certificate: Path) -> str:
+    """The base64 SHA-256 of a PEM certificate's public key, for Chromium's
+    ``--ignore-certificate-errors-spki-list`` (trust that one certificate and no other)."""
+    openssl = require_tool("openssl", "openssl")
+    public = subprocess.run([openssl, "x509", "-in", str(certificate), "-pubkey", "-noout"],
+                            capture_output=True, check=True, timeout=30).stdout
+    der = subprocess.run([openssl, "pkey", "-pubin", "-outform", "der"], input=public,
+                         capture_output=True, check=True, timeout=30).stdout
+    return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
 
 
 def console_errors(driver: Any) -> list[str]:

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from tests import builders
-from tests.browser import console_errors, headless_chromium
+from tests.browser import console_errors, headless_chromium, spki_pin
 from tests.dicomnet import store
 from tests.integration.node import NodeProcess
 from tests.integration.tools import wait_until
+from tests.tlscerts import Pki
 
 ROWS, COLS, FRAMES = 480, 640, 6
 #: A window smaller than the frame: the page scales the frame down (70 % of the height),
@@ -59,15 +60,20 @@ def _pointer(driver: Any, *, touch: bool = False) -> Any:
     return ActionBuilder(driver, mouse=PointerInput(interaction.POINTER_TOUCH, "finger"))
 
 
-@pytest.fixture
-def processed_video_node(node_factory: Callable[..., NodeProcess]) -> tuple[NodeProcess, str]:
-    """A running node that has processed one 640x480 video; its SOP Instance UID."""
-    node = node_factory().start()
+def _processed_video(node: NodeProcess) -> str:
+    """Store one 640x480 video in the running ``node``, wait for its processing; its SOP Instance UID."""
     video = builders.make_video_photographic(frames=FRAMES, rows=ROWS, cols=COLS, seed=3)
     assert store(node.dicom_port, video) == 0
     wait_until(lambda: any(j["state"] == "succeeded" for j in node.jobs(kind="process")), 180,
                interval=0.2, what="the video's processing job", alive=node.check_alive)
-    return node, str(video.SOPInstanceUID)
+    return str(video.SOPInstanceUID)
+
+
+@pytest.fixture
+def processed_video_node(node_factory: Callable[..., NodeProcess]) -> tuple[NodeProcess, str]:
+    """A running node that has processed one 640x480 video; its SOP Instance UID."""
+    node = node_factory().start()
+    return node, _processed_video(node)
 
 
 def test_a_dentist_corrects_a_frame_in_the_browser(processed_video_node) -> None:
@@ -265,3 +271,33 @@ def test_the_page_reports_bad_input_and_takes_a_box_drawn_by_touch(processed_vid
     sent = corrections[0]["payload"]["correction"]
     assert sent["frame"] == 0 and sent["points"] is None
     assert sent["box"] == pytest.approx([100, 80, 400, 300], abs=scale + 1.0)
+
+
+def test_the_page_works_over_https(node_factory: Callable[..., NodeProcess], pki: Pki) -> None:
+    """``http.tls``: the page, its scripts, the list, a frame and a correction over HTTPS
+    (Chromium trusts exactly the node's certificate, by its public key)."""
+    node = node_factory(https_ca=pki.ca, settings={"http": {"tls": {
+        "certificate": str(pki.node.certificate), "private_key": str(pki.node.private_key)}}}).start()
+    sop = _processed_video(node)
+    assert node.url.startswith("https://")
+    pin = f"--ignore-certificate-errors-spki-list={spki_pin(pki.node.certificate)}"
+    with headless_chromium(*WINDOW, arguments=(pin,)) as driver:
+        driver.get(f"{node.url}/ui/correct#sop={sop}&frame=3")
+        field = driver.find_element
+        field("id", "token").send_keys(node.token, "\t")
+        _wait_status(driver, lambda t, c: t.startswith("frame 3; masks shown: ai") or c == "error", 60,
+                     "frame 3 over HTTPS")
+        assert field("id", "patient").text.startswith("Patient: PHANTOM, IMPLANT")
+        geometry = _frame_geometry(driver)
+        scale = COLS / geometry["width"]
+        actions = _pointer(driver)
+        actions.pointer_action.move_to_location(round(geometry["left"] + 320 / scale),
+                                                round(geometry["top"] + 240 / scale)).click()
+        actions.perform()
+        field("id", "send").click()
+        text, css = _wait_status(driver, lambda t, c: "amended Segmentation made" in t or c == "error", 120,
+                                 "the correction over HTTPS")
+        assert css == "", text
+        assert console_errors(driver) == []
+    corrections = node.jobs(kind="correct")
+    assert len(corrections) == 1 and corrections[0]["payload"]["correction"]["frame"] == 3

@@ -38,6 +38,9 @@ def test_page_and_scripts_are_served(make_settings) -> None:
             served = client.get(f"/ui/static/{script}")
             assert served.status_code == 200 and served.text == (STATIC_DIR / script).read_text(encoding="utf-8")
             assert served.headers["x-content-type-options"] == "nosniff"
+        icon = client.get("/ui/static/favicon.svg")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+        assert 'href="static/favicon.svg"' in page.text
         slash = client.get("/ui/correct/", follow_redirects=False)
         assert slash.status_code == 308 and slash.headers["location"] == "../correct"  # relative: proxy-proof
         assert client.get("/ui/correct/").url.path == "/ui/correct"

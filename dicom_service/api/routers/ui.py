@@ -39,13 +39,16 @@ def correction_page_slash() -> RedirectResponse:
     return RedirectResponse("../correct", status_code=status.HTTP_308_PERMANENT_REDIRECT)
 
 
-#: The scripts the page loads; nothing else under ``static`` is served.
+#: The scripts the page loads and its icon; nothing else under ``static`` is served.
 SCRIPTS = ("correct.js", "correct_logic.js")
+ICON = "favicon.svg"
 
 
-@router.get("/ui/static/{name}", response_class=FileResponse, summary="A script of the correction page",
+@router.get("/ui/static/{name}", response_class=FileResponse, summary="A script (or the icon) of the correction page",
             responses={404: {"description": "Not one of the page's scripts"}})
 def page_script(name: str) -> FileResponse:
+    if name == ICON:
+        return FileResponse(STATIC_DIR / name, media_type="image/svg+xml", headers=SECURITY_HEADERS)
     if name not in SCRIPTS:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such script")
     return FileResponse(STATIC_DIR / name, media_type="text/javascript; charset=utf-8", headers=SECURITY_HEADERS)
