@@ -245,14 +245,26 @@ def check_tls_files(node: ServerTls | None, http: ServerTls | None,
                 warn_if_expiring(tls.certificate, f"destinations[{name}].tls.certificate")
 
 
+def decoded_certificate(certificate: Path) -> dict | None:
+    """The first certificate of a PEM file as :meth:`ssl.SSLSocket.getpeercert` gives one
+    (``subject``, ``serialNumber``, ``notBefore``, ``notAfter``, ...); None when it cannot
+    be decoded here (CPython's only decoder for a file is a private one)."""
+    try:
+        return ssl._ssl._test_decode_cert(str(certificate))  # type: ignore[attr-defined]  # noqa: SLF001
+    except (AttributeError, OSError, ssl.SSLError, ValueError):
+        return None
+
+
 def warn_if_expiring(certificate: Path, key: str, now: float | None = None) -> str | None:
     """Log (and return) a warning when the first certificate of a PEM file is not valid yet,
     has expired, or expires within :data:`EXPIRY_WARNING_SECONDS`: peers would refuse it."""
+    decoded = decoded_certificate(certificate)
+    if decoded is None:
+        return None
     try:
-        decoded = ssl._ssl._test_decode_cert(str(certificate))  # type: ignore[attr-defined]  # noqa: SLF001
         not_before = ssl.cert_time_to_seconds(decoded["notBefore"])
         not_after = ssl.cert_time_to_seconds(decoded["notAfter"])
-    except (AttributeError, KeyError, ValueError, OSError, ssl.SSLError):
+    except (KeyError, ValueError):
         return None  # dates not readable here: the handshake will tell
     now = time.time() if now is None else now
     if now < not_before:

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dicom_service.domain import ConfigError
-from dicom_service.tls import ServerTls, server_context, warn_if_expiring
+from dicom_service.tls import ServerTls, decoded_certificate, server_context, warn_if_expiring
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,8 @@ def file_states(paths: tuple[Path, ...]) -> tuple[FileState, ...]:
 def certificate_summary(certificate: Path) -> str:
     """``subject ..., serial ..., valid until ...`` of the first certificate of a PEM file
     (empty when it cannot be decoded here). A server certificate carries no patient data."""
-    try:
-        decoded = ssl._ssl._test_decode_cert(str(certificate))  # type: ignore[attr-defined]  # noqa: SLF001
-    except (AttributeError, OSError, ssl.SSLError, ValueError):
+    decoded = decoded_certificate(certificate)
+    if decoded is None:
         return ""
     subject = ", ".join(f"{k}={v}" for rdn in decoded.get("subject", ()) for k, v in rdn)
     return f"subject {subject}, serial {decoded.get('serialNumber', '?')}, valid until {decoded.get('notAfter', '?')}"

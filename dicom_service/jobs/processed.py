@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicom_service.domain import InstanceMeta, Job, JobKind, JobState, Workflow
+from dicom_service.jobs.correction import corrections_of
 from dicom_service.jobs.queue import JobQueue, is_retired
 from dicom_service.storage import InstanceStore
 
@@ -18,22 +19,20 @@ MAX_JOBS_SCANNED = 20_000
 @dataclass(frozen=True)
 class ProcessedInstance:
     """A stored photo or video, the newest succeeded video job that processed it, and how
-    many corrections of its tooth masks have succeeded since."""
+    many corrected tooth Segmentations have been made of it since
+    (:func:`~dicom_service.jobs.correction.corrections_of`)."""
 
     meta: InstanceMeta
     process_job: Job
     corrections: int
 
 
-def _corrections_by_instance(queue: JobQueue, process_job: Job) -> dict[str, int]:
-    """Succeeded ``correct`` jobs on ``process_job``'s results, counted by SOP Instance UID."""
-    counts: dict[str, int] = {}
-    for job in queue.list(kind=JobKind.CORRECT, state=JobState.SUCCEEDED, study_uid=process_job.study_uid,
-                          limit=10_000):
-        if job.payload.get("process_job") == process_job.id:
-            sop = str(job.payload.get("sop_instance_uid", ""))
-            counts[sop] = counts.get(sop, 0) + 1
-    return counts
+def video_jobs(queue: JobQueue, study_uid: str, sop: str) -> list[Job]:
+    """The video jobs of study ``study_uid`` that processed instance ``sop``, in any state,
+    newest first; jobs of an earlier, removed copy of the study (retired) left out."""
+    return [job for job in queue.list(kind=JobKind.PROCESS, study_uid=study_uid, limit=1000)
+            if job.workflow is Workflow.VIDEO and not is_retired(job)
+            and sop in job.payload.get("sop_instance_uids", [])]
 
 
 def processed_instances(queue: JobQueue, store: InstanceStore, *, limit: int,
@@ -64,11 +63,10 @@ def processed_instances(queue: JobQueue, store: InstanceStore, *, limit: int,
             seen.update(sops)
             if not sops:
                 continue
-            counts = _corrections_by_instance(queue, job)
             for sop in sops:
                 meta = store.instance(sop)
                 if meta is not None:
-                    found.append(ProcessedInstance(meta, job, counts.get(sop, 0)))
+                    found.append(ProcessedInstance(meta, job, len(corrections_of(queue, job, sop))))
             if len(found) >= wanted:
                 return found[offset:wanted]
         if len(jobs) < JOB_PAGE:
@@ -82,7 +80,5 @@ def processed_instance(queue: JobQueue, store: InstanceStore, sop: str) -> Proce
     meta = store.instance(sop)
     if meta is None:
         return None
-    for job in queue.list(kind=JobKind.PROCESS, state=JobState.SUCCEEDED, study_uid=meta.study_uid, limit=1000):
-        if job.workflow is Workflow.VIDEO and not is_retired(job) and sop in job.payload.get("sop_instance_uids", []):
-            return ProcessedInstance(meta, job, _corrections_by_instance(queue, job).get(sop, 0))
-    return None
+    job = next((j for j in video_jobs(queue, meta.study_uid, sop) if j.state is JobState.SUCCEEDED), None)
+    return None if job is None else ProcessedInstance(meta, job, len(corrections_of(queue, job, sop)))

@@ -1,4 +1,4 @@
-"""One frame of a stored photo or video, with its tooth mask drawn over it, as a PNG.
+"""One frame of a stored photo or video, with its tooth mask drawn over it, as PNG or JPEG.
 
 What the correction page (``api/static/correct.html``) shows a dentist before a click:
 the frame as the node decoded it (the coordinates of the page's clicks are this frame's
@@ -136,9 +136,9 @@ def preview_bytes(rgb: np.ndarray, image_format: str) -> tuple[bytes, str]:
     """``(H, W, 3)`` uint8 RGB encoded for the browser, and its media type.
 
     ``image_format``: ``png`` (lossless), ``jpeg`` (quality :data:`JPEG_QUALITY`), or
-    ``auto``: PNG up to :data:`AUTO_PNG_MAX_PIXELS`, JPEG above (a 4K frame is about
-    9 MB and most of a second as PNG here, 1.5 MB and 20 ms as JPEG). The image keeps the
-    frame's size either way: the page's clicks are in its pixels.
+    ``auto``: PNG up to :data:`AUTO_PNG_MAX_PIXELS`, JPEG above (a 4K phantom frame took
+    224 ms and 13.9 MB as PNG, 25 ms and 2.4 MB as JPEG: ``benchmarks/frame_preview.py``).
+    The image keeps the frame's size either way: the page's clicks are in its pixels.
     """
     if image_format == "auto":
         image_format = "png" if rgb.shape[0] * rgb.shape[1] <= AUTO_PNG_MAX_PIXELS else "jpeg"
@@ -146,15 +146,17 @@ def preview_bytes(rgb: np.ndarray, image_format: str) -> tuple[bytes, str]:
         return png_bytes(rgb), "image/png"
     if image_format != "jpeg":
         raise InputError(f"unknown image format {image_format!r} (png, jpeg or auto)")
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise InputError("the frame could not be encoded as JPEG")
-    return encoded.tobytes(), "image/jpeg"
+    return _encoded(rgb, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]), "image/jpeg"
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
     """``(H, W, 3)`` uint8 RGB as PNG bytes."""
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return _encoded(rgb, ".png", [])
+
+
+def _encoded(rgb: np.ndarray, extension: str, params: list[int]) -> bytes:
+    """``(H, W, 3)`` uint8 RGB encoded by OpenCV as ``extension`` (``.png``, ``.jpg``)."""
+    ok, encoded = cv2.imencode(extension, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
-        raise InputError("the frame could not be encoded as PNG")
+        raise InputError(f"the frame could not be encoded as {extension[1:].upper()}")
     return encoded.tobytes()

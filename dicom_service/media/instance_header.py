@@ -39,6 +39,10 @@ class InstanceHeader:
     columns: int
 
 
+#: What an instance whose header does not read shows: every field empty, no frames.
+UNREADABLE = InstanceHeader(*([""] * 10), frames=0, rows=0, columns=0)
+
+
 def _text(ds, keyword: str) -> str:  # noqa: ANN001 - pydicom Dataset
     value = ds.get(keyword)
     return "" if value is None else str(value).strip()

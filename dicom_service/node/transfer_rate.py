@@ -38,6 +38,7 @@ _T = typing.TypeVar("_T")
 #: once per piece (at 16 KiB/s a piece earns 4 s).
 WRITE_PIECE_BYTES = 64 * 1024
 
+
 class TransferTooSlow(Exception):  # noqa: N818 - reads as what happened, like httpx's ReadTimeout
     """A request moved too few bytes for its elapsed time; the message gives the numbers."""
 

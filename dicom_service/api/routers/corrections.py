@@ -41,6 +41,7 @@ from dicom_service.jobs.correction import (
     correction_payload,
     corrections_of,
 )
+from dicom_service.jobs.processed import video_jobs
 from dicom_service.jobs.queue import JobStateConflict, enqueued_or_existing
 from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
@@ -135,8 +136,7 @@ class ToothCorrectionAccepted(BaseModel):
 def processing_job(queue, study_uid: str, sop: str) -> Job:  # noqa: ANN001 - JobQueue
     """The newest succeeded video job that processed instance ``sop``; 409 if there is none
     (naming the state of the newest such job, if one is queued, running or failed)."""
-    jobs = [job for job in queue.list(kind=JobKind.PROCESS, study_uid=study_uid, limit=1000)
-            if job.workflow is Workflow.VIDEO and sop in job.payload.get("sop_instance_uids", [])]
+    jobs = video_jobs(queue, study_uid, sop)
     for job in jobs:  # newest first
         if job.state is JobState.SUCCEEDED:
             return job

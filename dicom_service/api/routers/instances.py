@@ -8,16 +8,16 @@ authenticated client, are marked ``Cache-Control: no-store``, and are never logg
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
-from pydantic import BaseModel
 
 from dicom_service.api.auth import Authenticated
 from dicom_service.api.params import Offset
 from dicom_service.domain import MediaError
 from dicom_service.jobs.processed import ProcessedInstance, processed_instance, processed_instances
-from dicom_service.media.instance_header import read_instance_header
+from dicom_service.media.instance_header import UNREADABLE, InstanceHeader, read_instance_header
 
 router = APIRouter(prefix="/instances", tags=["instances"], dependencies=[Authenticated])
 
@@ -27,50 +27,33 @@ SopUid = Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$",
 PageSize = Annotated[int, Query(ge=1, le=200)]
 
 
-class InstanceOut(BaseModel):
-    """A processed photo or video (``frames`` 1 for a photo)."""
+@dataclass(frozen=True)
+class InstanceOut(InstanceHeader):
+    """A processed photo or video as the API shows it: its header (:class:`InstanceHeader`,
+    ``frames`` 1 for a photo; empty when ``readable`` is false) with the index's UIDs and
+    its processing job."""
 
     sop_instance_uid: str
     study_uid: str
     series_uid: str
     sop_class_uid: str
-    modality: str
-    frames: int
-    rows: int
-    columns: int
     process_job: int
     processed_at: float
     corrections: int
-    patient_name: str
-    patient_id: str
-    patient_birth_date: str
-    patient_sex: str
-    study_date: str
-    study_time: str
-    accession_number: str
-    study_description: str
-    series_description: str
     readable: bool
 
 
 def _out(item: ProcessedInstance) -> InstanceOut:
     """``item`` with its header; an unreadable header gives ``readable: false`` and empty fields."""
     meta = item.meta
-    fields = dict.fromkeys(("patient_name", "patient_id", "patient_birth_date", "patient_sex", "study_date",
-                            "study_time", "accession_number", "study_description", "series_description"), "")
-    frames = rows = columns = 0
-    readable = True
     try:
-        header = read_instance_header(meta.path)
+        header, readable = read_instance_header(meta.path), True
     except MediaError:
-        readable = False
-    else:
-        fields.update({key: getattr(header, key) for key in fields})
-        frames, rows, columns = header.frames, header.rows, header.columns
-    return InstanceOut(sop_instance_uid=meta.sop_instance_uid, study_uid=meta.study_uid, series_uid=meta.series_uid,
-                       sop_class_uid=meta.sop_class_uid, modality=meta.modality, frames=frames, rows=rows,
-                       columns=columns, process_job=item.process_job.id, processed_at=item.process_job.updated_at,
-                       corrections=item.corrections, readable=readable, **fields)
+        header, readable = UNREADABLE, False
+    return InstanceOut(**{**vars(header), "modality": meta.modality},
+                       sop_instance_uid=meta.sop_instance_uid, study_uid=meta.study_uid, series_uid=meta.series_uid,
+                       sop_class_uid=meta.sop_class_uid, process_job=item.process_job.id,
+                       processed_at=item.process_job.updated_at, corrections=item.corrections, readable=readable)
 
 
 @router.get("", response_model=list[InstanceOut],
