@@ -1,4 +1,4 @@
-"""Command line: ``dicom-service serve | process | conformance | phantoms | train | eval | echo``."""
+"""Command line: ``dicom-service serve | process | conformance | phantoms | train | eval | audit | echo``."""
 
 from __future__ import annotations
 
@@ -217,6 +217,38 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _utc_time(text: str) -> str:
+    """An ISO 8601 date or time as the audit trail writes times (UTC, milliseconds, ``Z``);
+    a time without a zone is UTC. Anything else is a usage error (exit 2)."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time (e.g. 2026-12-07 or "
+                                         "2026-12-07T14:30:00+01:00)") from None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Print the audit trail (:mod:`dicom_service.audit`): JSON lines, or a table."""
+    from dicom_service.audit import AUDIT_FILE, read_events
+
+    settings = _settings(args)
+    rows = read_events(Path(settings.storage.path) / AUDIT_FILE, since=args.since, until=args.until,
+                       actor=args.actor, study_uid=args.study, kind=args.kind, limit=args.limit)
+    if args.format == "jsonl":
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False, sort_keys=True))
+        return 0
+    for row in rows:
+        subject = row["study_uid"] or row["sop_instance_uid"] or ""
+        print(f"{row['time']}  {row['kind']:<17} {row['actor']:<24} {row['client']:<21} {row['action']:<44} "
+              f"{row['outcome']:<9} {subject}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="dicom-service", description=__doc__)
@@ -263,6 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_eval_parser(sub)
+
+    from dicom_service.audit import KINDS
+
+    audit = sub.add_parser("audit", help="print the audit trail: who did what with which study")
+    common(audit)
+    audit.add_argument("--since", type=_utc_time, help="rows at or after this ISO 8601 date or time (UTC)")
+    audit.add_argument("--until", type=_utc_time, help="rows before this ISO 8601 date or time (UTC)")
+    audit.add_argument("--actor", help="rows of this actor only: a person's name as configured (Family^Given...), "
+                                       "'service token N', 'unauthenticated', or a calling AE title")
+    audit.add_argument("--study", help="rows about this Study Instance UID only")
+    audit.add_argument("--kind", choices=KINDS, help="rows of this kind only")
+    audit.add_argument("--limit", type=int, default=1000, help="at most this many rows, the newest (default 1000)")
+    audit.add_argument("--format", choices=["jsonl", "table"], default="jsonl",
+                       help="one JSON object per line (default), or a table")
+    audit.set_defaults(func=cmd_audit)
 
     echo = sub.add_parser("echo", help="C-ECHO the configured destinations")
     common(echo)

@@ -98,6 +98,42 @@ class DicomSettings(_Section):
         return value
 
 
+#: Characters a person's name may not hold (PS3.5 6.2: PN has no backslash and no control
+#: characters but ESC, which the node never writes itself).
+_PN_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
+def check_person_name(value: str) -> str:
+    """Validate a person's name as a DICOM PN value of one component group: at most five
+    ``^``-separated components (family, given, middle, prefix, suffix), 1 to 64
+    characters, no backslash or control character, not only carets or spaces."""
+    text = value.strip()
+    if not 1 <= len(text) <= 64:
+        raise ValueError("a person's name (DICOM PN) has 1 to 64 characters")
+    if _PN_FORBIDDEN.search(text) or "=" in text:
+        raise ValueError("a person's name may not contain '\\', '=' or control characters")
+    if text.count("^") > 4:
+        raise ValueError("a person's name has at most 5 components: Family^Given^Middle^Prefix^Suffix")
+    if not text.replace("^", "").strip():
+        raise ValueError("a person's name needs at least one non-empty component")
+    return text
+
+
+class HttpUser(_Section):
+    """A person who uses the API (a dentist): what they correct carries their name, and the
+    audit trail says what they did."""
+
+    name: str = Field(description="The person's name as DICOM writes it: Family^Given^Middle^Prefix^Suffix, "
+                                  "e.g. 'Smith^Anna^^Dr'; recorded as the Content Creator's Name of their "
+                                  "corrections and in the audit trail.")
+    token: str = Field(description="Their own bearer token (at least 16 characters).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_person_name(value)
+
+
 class HttpSettings(_Section):
     """The HTTP API."""
 
@@ -105,7 +141,12 @@ class HttpSettings(_Section):
     port: int = Field(8000, ge=0, le=65535)
     tokens: list[str] = Field(
         default_factory=list,
-        description="Accepted bearer tokens; empty makes the service create one in <storage>/api-token.",
+        description="Accepted service bearer tokens (no person's name: corrections made with one are not "
+                    "attributed); with neither tokens nor users the service creates one in <storage>/api-token.",
+    )
+    users: list[HttpUser] = Field(
+        default_factory=list,
+        description="Named people, each with a token of their own: their corrections carry their name.",
     )
     auth_disabled: bool = Field(
         False, description="Development switch: accept requests without a token (logged loudly)."
@@ -116,6 +157,14 @@ class HttpSettings(_Section):
     def _needs_token(self) -> "HttpSettings":
         if any(len(t) < 16 for t in self.tokens):
             raise ValueError("http.tokens: each token must have at least 16 characters")
+        if any(len(u.token) < 16 for u in self.users):
+            raise ValueError("http.users: each user's token must have at least 16 characters")
+        every = [*self.tokens, *(u.token for u in self.users)]
+        if len(set(every)) != len(every):
+            raise ValueError("http.tokens and http.users: a token is given twice (each must tell its holder apart)")
+        names = [u.name for u in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError("http.users: a name is given twice")
         return self
 
 

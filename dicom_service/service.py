@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from dicom_service.audit import AUDIT_FILE, AuditTrail
 from dicom_service.config import Settings, WorkerSettings, make_folder
 from dicom_service.domain import InputError, Job, JobKind, Workflow
 from dicom_service.jobs.correction import run_correction_job
@@ -47,12 +48,13 @@ TOKEN_FILE = "api-token"
 
 
 def ensure_api_tokens(settings: Settings) -> list[str]:
-    """The accepted API tokens: configured ones, or one kept in ``<storage>/api-token``.
+    """The accepted service tokens: configured ones, or one kept in ``<storage>/api-token``.
 
-    With no token configured (and authentication not disabled) a random token is
-    created once, written with mode 0600, and its location logged (never the token).
+    With neither service tokens nor named users (``http.users``) configured, and
+    authentication not disabled, a random token is created once, written with mode 0600,
+    and its location logged (never the token).
     """
-    if settings.http.tokens:
+    if settings.http.tokens or settings.http.users:
         return list(settings.http.tokens)
     if settings.http.auth_disabled:
         return []
@@ -125,6 +127,8 @@ class Service:
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None
         self.queue: SQLiteJobQueue | None = None
+        #: The audit trail (:mod:`dicom_service.audit`), open while the service runs.
+        self.audit: AuditTrail | None = None
         self.router: Router | None = None
         self.node: DicomNode | None = None
         self.pools: list[WorkerPool] = []
@@ -144,6 +148,7 @@ class Service:
                                    fsync=s.storage.fsync)
         backoff = Backoff(s.retry.backoff_initial, s.retry.backoff_factor, s.retry.backoff_max)
         self.queue = SQLiteJobQueue(root / "jobs.sqlite3", backoff)
+        self.audit = AuditTrail(root / AUDIT_FILE, durable=s.storage.fsync)
         set_mmap_threshold(s.workers.malloc_mmap_threshold_kb * 1024)  # before the runtimes allocate
         recovered = self.queue.recover()
         if recovered:
@@ -153,14 +158,15 @@ class Service:
         ctx = WorkerContext(settings=s, store=self.store, queue=self.queue,
                             process=make_process_fn(self.store, self.runtimes, s.workers),
                             correct=partial(run_correction_job, s, self.store, self.queue, self.runtimes.video),
-                            restore=partial(run_restore_job, s, self.store, self.queue, self.runtimes.video))
+                            restore=partial(run_restore_job, s, self.store, self.queue, self.runtimes.video),
+                            audit=self.audit)
         self.pools = [
             # a dentist's restore before the auto-routed studies waiting
             WorkerPool(ctx, (JobKind.RESTORE, JobKind.PROCESS), s.workers.processing, "process"),
             WorkerPool(ctx, (JobKind.CORRECT,), s.workers.corrections, "correct"),
             WorkerPool(ctx, (JobKind.DISPATCH,), s.workers.dispatch, "dispatch"),
         ]
-        self.node = DicomNode(s.dicom, self.store, self._on_stored)
+        self.node = DicomNode(s.dicom, self.store, self._on_stored, self.audit)
         if s.storage.retention_days > 0:
             self.retention = RetentionThread(self.store, self.queue, s.storage.retention_days)
             self.retention.start()
@@ -191,6 +197,9 @@ class Service:
             self.queue.close()
         if self.store is not None:
             self.store.close()
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
         self._started.clear()
         log.info("service stopped")
 

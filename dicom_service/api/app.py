@@ -6,24 +6,17 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from dicom_service import __version__
+from dicom_service.api.audit_middleware import AuditMiddleware
+from dicom_service.api.auth import AuthConfig
 from dicom_service.api.errors import validation_error
-from dicom_service.api.routers import corrections, frames, health, instances, jobs, metrics, studies, ui
+from dicom_service.api.routers import corrections, frames, health, instances, jobs, me, metrics, studies, ui
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    """Accepted tokens, or ``disabled`` for development."""
-
-    tokens: tuple[str, ...]
-    disabled: bool
 
 
 def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN001 - Service
@@ -58,7 +51,8 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     http = service.settings.http
     app.state.service = service
     app.state.frame_slots = threading.BoundedSemaphore(frames.FRAME_SLOTS)
-    app.state.auth = AuthConfig(tokens=tuple(service.api_tokens), disabled=http.auth_disabled)
+    app.state.auth = AuthConfig.from_settings(http, service.api_tokens)
+    app.add_middleware(AuditMiddleware, trail=lambda: service.audit)
     if http.auth_disabled:
         log.warning("HTTP AUTHENTICATION IS DISABLED (http.auth_disabled): anyone who can reach "
                     "port %d can control jobs. Development use only.", http.port)
@@ -71,4 +65,5 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     app.include_router(instances.router)
     app.include_router(frames.router)
     app.include_router(ui.router)
+    app.include_router(me.router)
     return app

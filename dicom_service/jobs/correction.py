@@ -207,7 +207,7 @@ def run_correction_job(settings: Settings, store: InstanceStore, queue: JobQueue
              "series_instance_uid": str(seg.SeriesInstanceUID), "path": path, "frames": result.frames,
              "corrected_frames": list(result.corrected_frames), "score": result.score,
              "tooth_fraction": result.tooth_fraction, "dispatch_jobs": dispatches, "restore_job": restore_job,
-             "based_on": correction.based_on, "corrections": earlier + 1}
+             "based_on": correction.based_on, "corrections": earlier + 1, "operator": correction.operator}
     return {"results": [["seg", path]], "correction": reply, "dispatch_jobs": dispatches}
 
 

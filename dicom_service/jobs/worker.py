@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_service.audit import AuditEvent, AuditTrail
 from dicom_service.config import Destination, DicomWebDestination, Settings
 from dicom_service.domain import (
     DispatchError,
@@ -52,6 +53,7 @@ class WorkerContext:
     process: ProcessFn
     correct: CorrectFn | None = None
     restore: CorrectFn | None = None
+    audit: AuditTrail | None = None  # where deliveries are recorded (dicom-send rows)
 
 
 def destinations_for(settings: Settings, workflow: Workflow) -> list[Destination | DicomWebDestination]:
@@ -154,8 +156,22 @@ def run_dispatch_job(ctx: WorkerContext, job: Job, progress: Callable[[str], Non
     timeouts = SendTimeouts(acse=dicom.acse_timeout, dimse=dicom.dimse_timeout,
                             network=dicom.network_timeout)
     progress(f"sending {len(paths)} objects to {dest.name}")
-    send_results(dest, paths, dicom.ae_title, timeouts)
+    try:
+        send_results(dest, paths, dicom.ae_title, timeouts)
+    except Exception:
+        _audit_send(ctx, job, dest.name, len(paths), "failed")
+        raise
+    _audit_send(ctx, job, dest.name, len(paths), "succeeded")
     return {"sent": len(paths), "destination": dest.name}
+
+
+def _audit_send(ctx: WorkerContext, job: Job, destination: str, objects: int, outcome: str) -> None:
+    """The ``dicom-send`` row of one delivery attempt (:mod:`dicom_service.audit`)."""
+    if ctx.audit is not None:
+        ctx.audit.record(AuditEvent(kind="dicom-send", actor=ctx.settings.dicom.ae_title, action="send",
+                                    outcome=outcome, study_uid=job.study_uid, job_id=job.id,
+                                    detail={"destination": destination, "objects": objects,
+                                            "attempt": job.attempts}))
 
 
 class WorkerPool:

@@ -28,9 +28,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_service.audit import AuditTrail
 from dicom_service.config import DicomSettings
 from dicom_service.domain import ConfigError, InstanceMeta, InvalidUIDError, MediaError, StorageFullError
 from dicom_service.media.pixels import check_pixel_consistency
+from dicom_service.node.association_audit import AssociationAudit
 from dicom_service.node.contexts import (
     EXPLICIT_LE,
     IMPLICIT_LE,
@@ -247,15 +249,19 @@ class DicomNode:
     store : InstanceStore
     on_stored : callable
         Notified after each durable store.
+    audit : AuditTrail or None
+        Where each association is recorded (:mod:`dicom_service.audit`); None: nowhere.
     """
 
     def __init__(
-        self, settings: DicomSettings, store: InstanceStore, on_stored: Callable[[StoredEvent], None]
+        self, settings: DicomSettings, store: InstanceStore, on_stored: Callable[[StoredEvent], None],
+        audit: AuditTrail | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.ae = build_ae(settings, store.has_space)
         self._on_stored = on_stored
+        self._audit = audit
         self._servers: dict[str, ThreadedAssociationServer] = {}
         self._lock = threading.Lock()
 
@@ -297,12 +303,6 @@ class DicomNode:
         The TLS listener follows renewed files of ``dicom.tls`` without a restart
         (:class:`~dicom_service.tls_reload.ReloadingServerContext`).
         """
-        handlers = [
-            (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.store, self._on_stored]),
-            (evt.EVT_CONN_OPEN, _set_nodelay),
-            (evt.EVT_REJECTED, _log_rejected),
-        ]
         tls = self.settings.tls
         listeners: list[tuple[str, str, int, ReloadingServerContext | None]] = []
         if tls is not None:
@@ -312,13 +312,38 @@ class DicomNode:
         with self._lock:
             try:
                 for kind, key, port, contexts in listeners:
-                    self._servers[kind] = self._serve((self.settings.bind_address, port), key, contexts, handlers)
+                    self._servers[kind] = self._serve((self.settings.bind_address, port), key, contexts,
+                                                      self._handlers(tls=kind == "tls"))
             except ConfigError:
                 self._close_servers()
                 raise
         for kind, server in self._servers.items():
             log.info("DICOM node %s listening on %s:%d%s", self.settings.ae_title, self.settings.bind_address,
                      server.server_address[1], " (TLS)" if kind == "tls" else "")
+
+    def _handlers(self, *, tls: bool) -> list:
+        """The pynetdicom handlers of one listener; with an audit trail, each association
+        is also recorded (:class:`~dicom_service.node.association_audit.AssociationAudit`)."""
+        handlers: list = [
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_REJECTED, _log_rejected),
+        ]
+        if self._audit is None:
+            return [*handlers, (evt.EVT_C_STORE, handle_store, [self.store, self._on_stored])]
+        audit = AssociationAudit(self._audit, tls=tls, called_ae=self.settings.ae_title)
+
+        def store_and_count(event: evt.Event) -> int | tuple[int, Dataset]:
+            def stored(done: StoredEvent) -> None:
+                audit.stored(event.assoc, done.meta.study_uid, done.new)
+                self._on_stored(done)
+
+            status = handle_store(event, self.store, stored)
+            if (status[0] if isinstance(status, tuple) else status) != STATUS_SUCCESS:
+                audit.refused(event.assoc)
+            return status
+
+        return [*handlers, (evt.EVT_C_STORE, store_and_count), *audit.handlers()]
 
     def _serve(self, address: tuple[str, int], key: str, contexts: ReloadingServerContext | None,
                handlers: list) -> ThreadedAssociationServer:

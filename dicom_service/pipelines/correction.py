@@ -22,7 +22,7 @@ frame by frame, and:
 5. packs the masks into a new BINARY Segmentation as they are settled, on disk (its own
    series, "AI tooth segmentation, corrected"; the segment's algorithm type
    SEMIAUTOMATIC; the content description says which frame was corrected and how far it
-   was carried).
+   was carried; the Content Creator's Name is the dentist's, when the API knows it).
 
 Memory is a few frames' worth (:data:`CORRECTION_BYTES_PER_PIXEL`) and grows with the
 clip's length only by the Segmentation's per-frame attributes and the allocator's slack
@@ -107,6 +107,10 @@ class MaskCorrection:
         SOP Instance UID of an earlier corrected Segmentation this one builds on (its masks
         stand where this correction does not reach, so corrections accumulate); None: the
         AI's own Segmentation.
+    operator : str or None
+        Who made it: a person's name as DICOM writes it (``Family^Given^...``, a named user
+        of the API), recorded as the Segmentation's Content Creator's Name; None: nobody
+        named (a service token).
     """
 
     frame: int
@@ -115,6 +119,7 @@ class MaskCorrection:
     box: np.ndarray | None = None
     radius: int | None = None
     based_on: str | None = None
+    operator: str | None = None
 
     def key(self) -> str:
         """A short digest of the correction (the same correction gives the same UIDs)."""
@@ -124,6 +129,8 @@ class MaskCorrection:
                "box": None if self.box is None else np.asarray(self.box, float).round(3).tolist()}
         if self.based_on is not None:  # only then: a first correction keeps the digest it always had
             doc["based_on"] = self.based_on
+        if self.operator is not None:  # the same prompts by two people are two objects, each with its creator
+            doc["operator"] = self.operator
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
@@ -132,7 +139,7 @@ class MaskCorrection:
                 "points": None if self.points is None else np.asarray(self.points, float).tolist(),
                 "labels": None if self.labels is None else np.asarray(self.labels).tolist(),
                 "box": None if self.box is None else np.asarray(self.box, float).tolist(),
-                "based_on": self.based_on}
+                "based_on": self.based_on, "operator": self.operator}
 
     @classmethod
     def from_json(cls, doc: dict) -> MaskCorrection:
@@ -142,7 +149,7 @@ class MaskCorrection:
 
         return cls(frame=int(doc["frame"]), points=array("points", np.float64), labels=array("labels", np.int64),
                    box=array("box", np.float64), radius=None if doc.get("radius") is None else int(doc["radius"]),
-                   based_on=doc.get("based_on"))
+                   based_on=doc.get("based_on"), operator=doc.get("operator"))
 
     def check(self, frames: int, rows: int, columns: int) -> None:
         """Raise :class:`InputError` unless the prompts are usable on a source of ``frames``
@@ -321,7 +328,7 @@ def correct_tooth_masks(source: Dataset, segmenter: ToothSegmenter, correction: 
         seg = write_tooth_segmentation(source, packer, algorithm=algorithm,
                                        uid_seed=f"{uid_seed}/correction/{correction.key()}",
                                        series_number=CORRECTED_TOOTH_SERIES,
-                                       correction=correction.describe(earlier, count))
+                                       correction=correction.describe(earlier, count), creator=correction.operator)
     except BaseException:
         assert packer.spool is not None
         packer.spool.close()

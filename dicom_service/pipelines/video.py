@@ -35,6 +35,7 @@ from dicom_service.pipelines.correction import MaskFrames
 from dicom_service.pipelines.video_memory import check_video_fits
 from dicom_service.pipelines.video_output import VideoOutputSink
 from dicom_service.vision.runtime import MaskGuidedRuntime, VideoRuntime, restores_with_masks
+from dicom_service.writers.common import make_room_for, set_person_name
 from dicom_service.writers.sc import write_secondary_capture
 from dicom_service.writers.seg import write_tooth_segmentation
 from dicom_service.writers.sr import write_video_report
@@ -206,6 +207,9 @@ def restore_video_instance(
     sink = VideoOutputSink(video=_is_video(source, stream.count), keep_masks=False)
     enhanced = _enhance(source, stream, runtime, sink, progress, masks=(masks[t] for t in range(stream.count)))
     what = str(segmentation.get("ContentDescription", "") or "corrected tooth masks")
+    creator = str(segmentation.get("ContentCreatorName", "") or "")
+    if creator:
+        what = f"{what}, by {creator}"
     # right after the runtime's tooth-mask step, before any step the H.264 fit adds
     enhanced = replace(enhanced, steps=[*enhanced.steps[:1], f"Tooth masks of the restoration: Segmentation "
                                         f"{segmentation.SOPInstanceUID} ({what})", *enhanced.steps[1:]])
@@ -217,10 +221,13 @@ def restore_video_instance(
     except BaseException:
         sink.abort()
         raise
+    if creator:  # the dentist whose masks guided it (General Series, Operators' Name)
+        set_person_name(derived.dataset, "OperatorsName", creator)
     report = write_video_report(source, enhanced, derived=[derived.dataset, segmentation], uid_seed=f"{seed}/sr",
                                 series_number=AMENDED_REPORT_SERIES,
                                 description=_for_medium("AI video enhancement report, corrected tooth masks",
                                                         sink.video))
+    make_room_for(report, creator)  # the dentist's name is in a step's text
     objects = [derived, ResultObject("sr", report)]
     progress(f"{sop}: wrote {', '.join(o.kind for o in objects)} with the corrected tooth masks")
     return objects, {**_summary(source, stream, enhanced), "segmentation": str(segmentation.SOPInstanceUID)}

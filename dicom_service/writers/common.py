@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import highdicom as hd
+from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.coding import Code
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
@@ -255,6 +256,40 @@ def add_algorithm_equipment(ds: Dataset, algorithm: AlgorithmInfo) -> None:
     if algorithm_family(algorithm).scheme_designator == PRIVATE_SCHEME:
         schemes.add(PRIVATE_SCHEME)
     add_private_schemes(ds, schemes)
+
+
+#: The Specific Character Set written when a person's name needs more than the object's.
+UTF8_CHARSET = "ISO_IR 192"
+
+
+def _holds(name: str, charset: object) -> bool:
+    """True if the Specific Character Set ``charset`` (a value, a list, or None for the
+    default repertoire) can encode ``name`` without code extensions."""
+    if name.isascii():
+        return True
+    values = [str(v) for v in ([charset] if charset is None or isinstance(charset, str) else charset) if v]
+    if len(values) != 1 or values[0].startswith("ISO 2022"):
+        return False  # the default repertoire, or code extensions: ASCII only here
+    try:
+        name.encode(convert_encodings(values)[0])
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def make_room_for(ds: Dataset, text: str) -> None:
+    """Switch ``ds`` to UTF-8 (``ISO_IR 192``, in which pydicom then writes every text value)
+    when its Specific Character Set cannot hold ``text`` (non-ASCII text in the default
+    repertoire, or text outside the set's single-byte repertoire)."""
+    if not _holds(text, ds.get("SpecificCharacterSet")):
+        ds.SpecificCharacterSet = UTF8_CHARSET
+
+
+def set_person_name(ds: Dataset, keyword: str, name: str) -> None:
+    """Set the PN attribute ``keyword`` of ``ds`` to ``name``, in a character set that holds
+    it (:func:`make_room_for`)."""
+    make_room_for(ds, name)
+    setattr(ds, keyword, name)
 
 
 def copy_patient_study(source: Dataset, target: Dataset) -> None:

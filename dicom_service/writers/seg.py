@@ -62,6 +62,7 @@ def write_tooth_segmentation(
     uid_seed: str | None = None,
     series_number: int = TOOTH_SERIES_NUMBER,
     correction: str | None = None,
+    creator: str | None = None,
 ) -> Dataset:
     """Write a BINARY tooth Segmentation of a video or a single photograph.
 
@@ -85,6 +86,10 @@ def write_tooth_segmentation(
         For masks a user corrected (doctor-in-the-loop): what was corrected, recorded as
         the Content Description; the segment's algorithm type is then SEMIAUTOMATIC and
         the series is described as corrected.
+    creator : str, optional
+        Who made the masks (a person's name as DICOM writes it, ``Family^Given^...``):
+        the Content Creator's Name, which is otherwise empty (the AI's own masks). A name
+        the source's character set cannot hold switches the object to UTF-8 (ISO_IR 192).
 
     Returns
     -------
@@ -136,7 +141,7 @@ def write_tooth_segmentation(
     ds.SegmentationType = "BINARY"
     ds.ContentLabel = "TEETH"
     ds.ContentDescription = "Teeth segmented on every frame" if correction is None else correction[:64]
-    ds.ContentCreatorName = ""
+    common.set_person_name(ds, "ContentCreatorName", creator or "")
     ds.SegmentsOverlap = "NO"
     ds.PresentationLUTShape = "IDENTITY"
     ds.SegmentSequence = [

@@ -95,12 +95,14 @@ def test_a_dentist_corrects_a_frame_in_the_browser(processed_video_node) -> None
         field("id", "load").click()
         text, css = _wait_status(driver, lambda t, c: t.startswith("401"), 30, "the page's 401 message")
         assert css == "error" and field("id", "patient").text == ""
+        assert field("id", "signedIn").text.startswith("The token is not accepted (401")
         assert driver.execute_script("return document.getElementById('frame').naturalWidth") == 0
         console_errors(driver)  # the failed fetches log their 401; what follows must log nothing
 
         field("id", "token").clear()
         field("id", "token").send_keys(node.token, Keys.TAB)
         wait_until(lambda: len(Select(field("id", "recent")).options) == 2, 30, what="the list of processed videos")
+        assert field("id", "signedIn").text.startswith("Signed in with a service token: corrections carry no name")
         option = Select(field("id", "recent")).options[1]
         assert option.get_attribute("value") == sop
         label = f"2024-01-02 · PHANTOM, IMPLANT (PH0001) · XC video, {FRAMES} frames"
@@ -276,17 +278,20 @@ def test_the_page_reports_bad_input_and_takes_a_box_drawn_by_touch(processed_vid
 def test_the_page_works_over_https(node_factory: Callable[..., NodeProcess], pki: Pki) -> None:
     """``http.tls``: the page, its scripts, the list, a frame and a correction over HTTPS
     (Chromium trusts exactly the node's certificate, by its public key)."""
+    dentist, dentist_token = "Łukasiewicz^Jan^^Dr", "dentist-" + "0123456789abcdef"
     node = node_factory(https_ca=pki.ca, settings={"http": {"tls": {
-        "certificate": str(pki.node.certificate), "private_key": str(pki.node.private_key)}}}).start()
+        "certificate": str(pki.node.certificate), "private_key": str(pki.node.private_key)},
+        "users": [{"name": dentist, "token": dentist_token}]}}).start()
     sop = _processed_video(node)
     assert node.url.startswith("https://")
     pin = f"--ignore-certificate-errors-spki-list={spki_pin(pki.node.certificate)}"
     with headless_chromium(*WINDOW, arguments=(pin,)) as driver:
         driver.get(f"{node.url}/ui/correct#sop={sop}&frame=3")
         field = driver.find_element
-        field("id", "token").send_keys(node.token, "\t")
+        field("id", "token").send_keys(dentist_token, "\t")  # a named dentist's own token
         _wait_status(driver, lambda t, c: t.startswith("frame 3; masks shown: ai") or c == "error", 60,
                      "frame 3 over HTTPS")
+        assert field("id", "signedIn").text == "Signed in as Łukasiewicz, Dr Jan: your corrections carry your name."
         assert field("id", "patient").text.startswith("Patient: PHANTOM, IMPLANT")
         geometry = _frame_geometry(driver)
         scale = COLS / geometry["width"]
@@ -301,3 +306,4 @@ def test_the_page_works_over_https(node_factory: Callable[..., NodeProcess], pki
         assert console_errors(driver) == []
     corrections = node.jobs(kind="correct")
     assert len(corrections) == 1 and corrections[0]["payload"]["correction"]["frame"] == 3
+    assert corrections[0]["payload"]["correction"]["operator"] == dentist  # under the dentist's name

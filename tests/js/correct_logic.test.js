@@ -84,3 +84,10 @@ test("the address fragment names a frame and reads back; a bad one names none", 
   assert.equal(L.parseHash(""), null);
   assert.throws(() => L.hashFor("1.2.3", -1), /frame/);
 });
+
+test("the line under the token says under whose name corrections go", () => {
+  assert.equal(L.signedInLine({ kind: "user", name: "Smith^Anna^^Dr" }),
+    "Signed in as Smith, Dr Anna: your corrections carry your name.");
+  assert.match(L.signedInLine({ kind: "service", name: null }), /service token: corrections carry no name/);
+  assert.match(L.signedInLine({ kind: "disabled", name: null }), /Authentication is off/);
+});

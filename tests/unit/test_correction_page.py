@@ -21,7 +21,7 @@ def test_page_logic_under_node() -> None:
     proc = subprocess.run([node, "--test", str(REPO / "tests" / "js" / "correct_logic.test.js")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "# fail 0" in proc.stdout and "# pass 8" in proc.stdout
+    assert "# fail 0" in proc.stdout and "# pass 9" in proc.stdout
     for script in ("correct.js", "correct_logic.js"):
         check = subprocess.run([node, "--check", str(STATIC_DIR / script)], capture_output=True, text=True,
                                timeout=60, check=False)

@@ -25,6 +25,7 @@ failed back in the queue.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
@@ -33,7 +34,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydicom import dcmread
 
-from dicom_service.api.auth import Authenticated
+from dicom_service.api.audit_middleware import audit_subject
+from dicom_service.api.auth import Authenticated, CurrentCaller
 from dicom_service.domain import InputError, Job, JobKind, JobState, StorageFullError, Workflow
 from dicom_service.jobs.correction import (
     corrected_segmentation,
@@ -123,6 +125,9 @@ class ToothCorrectionOut(BaseModel):
     corrections: int = Field(1, description="Corrections it holds (1 + those of the one it builds on).")
     restore_job: int | None = Field(None, description="The job enhancing the instance again with the corrected "
                                                       "masks (asked for with `restore`), or null.")
+    operator: str | None = Field(None, description="Who made the correction (a named user's name, DICOM PN "
+                                                   "Family^Given^...; the Segmentation's Content Creator's Name), "
+                                                   "or null for a service token.")
 
 
 class ToothCorrectionAccepted(BaseModel):
@@ -190,7 +195,7 @@ def _requeued(queue, job: Job) -> Job:  # noqa: ANN001 - JobQueue
                         422: {"description": "Bad request: prompts, frame, or a source that does not decode"},
                         500: {"description": "The correction job failed for another reason (see its log)"},
                         507: {"description": "Not enough disk for the correction's temporary files"}})
-def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
+def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn, caller: CurrentCaller,
                                  wait: Annotated[float, Query(ge=0, le=600, description=(
                                      "Seconds to wait for the result before answering 202"))] = 30.0,
                                  ) -> ToothCorrectionOut | JSONResponse:
@@ -200,6 +205,7 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
     meta = service.store.instance(body.sop_instance_uid)
     if meta is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {body.sop_instance_uid} is not stored here")
+    audit_subject(request, study_uid=meta.study_uid, sop_instance_uid=body.sop_instance_uid)
     process_job = processing_job(service.queue, meta.study_uid, body.sop_instance_uid)
     runtime = service.runtimes.video
     segmenter = getattr(runtime, "segmenter", None)
@@ -210,7 +216,7 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
         raise HTTPException(status.HTTP_409_CONFLICT, f"the video runtime {runtime.info.name!r} restores without the "
                                                       "tooth masks, so corrected masks cannot change its video "
                                                       "(models.video: learned restores with them)")
-    correction = body.correction()
+    correction = replace(body.correction(), operator=caller.name)
     if body.based_on is not None and corrected_segmentation(service.queue, process_job, body.sop_instance_uid,
                                                             body.based_on) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no corrected Segmentation {body.based_on} of instance "
@@ -229,6 +235,7 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn,
     job = _correction_job(service.queue, correction_job_key(process_job, correction, body.restore), meta.study_uid,
                           correction_payload(body.sop_instance_uid, process_job, correction, body.restore),
                           service.settings.retry.max_attempts)
+    audit_subject(request, job_id=job.id)
     job = service.queue.wait_for_job(job.id, wait) or job
     if job.state is JobState.SUCCEEDED:
         reply = (service.queue.result(job.id) or {}).get("correction", {})
@@ -266,6 +273,7 @@ def list_tooth_mask_corrections(
     meta = service.store.instance(sop_instance_uid)
     if meta is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {sop_instance_uid} is not stored here")
+    audit_subject(request, study_uid=meta.study_uid)
     process_job = processing_job(service.queue, meta.study_uid, sop_instance_uid)
     return [ToothCorrectionOut(correction_job=job.id, **reply)
             for job, reply in corrections_of(service.queue, process_job, sop_instance_uid)]

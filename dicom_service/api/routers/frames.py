@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
+from dicom_service.api.audit_middleware import audit_subject
 from dicom_service.api.auth import Authenticated
 from dicom_service.api.routers.corrections import processing_job
 from dicom_service.domain import InputError, MediaError
@@ -60,6 +61,7 @@ def frame_png(request: Request, sop_instance_uid: SopUid, frame: FrameIndex,
     meta = service.store.instance(sop_instance_uid)
     if meta is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {sop_instance_uid} is not stored here")
+    audit_subject(request, study_uid=meta.study_uid)
     mask, source = (None, "none") if masks == "none" else _mask(service, sop_instance_uid, meta.study_uid,
                                                                  frame, masks)
     slots = request.app.state.frame_slots

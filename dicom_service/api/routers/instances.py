@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
+from dicom_service.api.audit_middleware import audit_subject
 from dicom_service.api.auth import Authenticated
 from dicom_service.api.params import Offset
 from dicom_service.domain import MediaError
@@ -61,7 +62,10 @@ def _out(item: ProcessedInstance) -> InstanceOut:
 def list_instances(request: Request, response: Response, limit: PageSize = 50, offset: Offset = 0) -> list[InstanceOut]:
     service = request.app.state.service
     response.headers["Cache-Control"] = "no-store"
-    return [_out(item) for item in processed_instances(service.queue, service.store, limit=limit, offset=offset)]
+    listed = [_out(item) for item in processed_instances(service.queue, service.store, limit=limit, offset=offset)]
+    # whose data the list showed (patient names and IDs are in it): the trail names the studies
+    audit_subject(request, instances_shown=len(listed), studies_shown=sorted({i.study_uid for i in listed}))
+    return listed
 
 
 @router.get("/{sop_instance_uid}", response_model=InstanceOut,
@@ -73,5 +77,7 @@ def get_instance(request: Request, response: Response, sop_instance_uid: SopUid)
     if item is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             f"instance {sop_instance_uid} is not a processed photo or video held here")
+    out = _out(item)
+    audit_subject(request, study_uid=out.study_uid)
     response.headers["Cache-Control"] = "no-store"
-    return _out(item)
+    return out

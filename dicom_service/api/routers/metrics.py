@@ -58,6 +58,10 @@ def exposition(service: Service) -> str:
     if node is not None:
         lines += _family("dicom_associations_active", "gauge", "Inbound DICOM associations now open.",
                          [({}, len(node.ae.active_associations))])
+    audit = service.audit
+    if audit is not None:
+        lines += _family("audit_rows_lost_total", "counter", "Audit trail rows that could not be written since the "
+                         "start (each logged); alert on any.", [({}, audit.lost)])
     if queue is not None:
         lines += _family("jobs", "gauge", "Jobs by kind and state.",
                          [({"kind": k, "state": s}, n) for (k, s), n in sorted(queue.kind_counts().items())])

@@ -86,6 +86,15 @@
     draw();
   }
 
+  // Whose token is typed: the line under it says under whose name corrections go.
+  async function signIn() {
+    if (!$("token").value.trim()) return;
+    const response = await fetch("/me", { headers: headers() });
+    $("signedIn").textContent = response.ok ? L.signedInLine(await response.json())
+      : `The token is not accepted (${await problem(response)}).`;
+    $("signedIn").className = response.ok ? "" : "error";
+  }
+
   // The processed photos and videos, newest first, into the "Processed" list.
   async function listRecent() {
     if (!$("token").value.trim()) return;
@@ -248,6 +257,7 @@
 
   $("token").addEventListener("change", guarded(async () => {
     sessionStorage.setItem("dental-ai-token", $("token").value.trim());
+    await signIn();
     await listRecent();
     if (linked && !shown) await load(); // a link opened before the token was typed
   }));
@@ -294,6 +304,7 @@
   }
   if ($("token").value.trim()) {
     guarded(async () => {
+      await signIn();
       await listRecent();
       if (linked) await load();
     })();

@@ -122,6 +122,13 @@
     return parts.join(" · ");
   }
 
+  // Under whose name the corrections sent from the page go (GET /me).
+  function signedInLine(me) {
+    if (me && me.kind === "user") return `Signed in as ${personName(me.name)}: your corrections carry your name.`;
+    if (me && me.kind === "disabled") return "Authentication is off (development): corrections carry no name.";
+    return "Signed in with a service token: corrections carry no name (ask for a token of your own).";
+  }
+
   // The page's address fragment for a frame ("#sop=…&frame=…"), and back; null when the
   // fragment names no valid instance (a link to the page may carry one).
   function hashFor(sop, frame) {
@@ -138,7 +145,7 @@
 
   const api = {
     imagePoint, boxFrom, isDrag, correctionBody, frameUrl, personName, dicomDate, instanceLabel, patientLine,
-    hashFor, parseHash,
+    signedInLine, hashFor, parseHash,
   };
   if (typeof module !== "undefined" && module.exports) {
     module.exports = api;

@@ -1,0 +1,255 @@
+"""Named users: their corrections carry their names, and the audit trail says who did what.
+
+A real node (DICOM listener, workers, API) with two named dentists and a service token;
+the video arrives over a real association, the results go to a real receiver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import warnings
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_service.api.app import create_app
+from dicom_service.audit import AUDIT_FILE, read_events
+from dicom_service.cli import main
+from dicom_service.config import load_settings
+from dicom_service.service import TOKEN_FILE, Service
+from dicom_service.writers.common import set_person_name
+from tests import builders
+from tests.conftest import TEST_TOKEN
+from tests.dicomcheck import run_dciodvfy
+from tests.dicomnet import associate, store
+from tests.receiver import running_receiver
+from tests.unit.test_service_flow import _wait_job
+
+ANNA = "Smith^Anna^^Dr"
+JAN = "Łukasiewicz^Jan^^Dr"  # Ł is outside Latin-1, the builders' character set
+ANNA_TOKEN = "anna-token-0123456789abcdef"
+JAN_TOKEN = "jan-token-0123456789abcdefgh"
+SERVICE = {"Authorization": f"Bearer {TEST_TOKEN}"}
+AS_ANNA = {"Authorization": f"Bearer {ANNA_TOKEN}"}
+AS_JAN = {"Authorization": f"Bearer {JAN_TOKEN}"}
+USERS = [{"name": ANNA, "token": ANNA_TOKEN}, {"name": JAN, "token": JAN_TOKEN}]
+
+
+def _content_items(node) -> list:  # noqa: ANN001 - an SR data set or content item
+    """Every content item under ``node``, depth first."""
+    items = []
+    for item in node.get("ContentSequence", []):
+        items += [item, *_content_items(item)]
+    return items
+
+
+def _run_cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+def test_corrections_carry_their_makers_name_and_the_trail_records_who_did_what(make_settings) -> None:
+    video = builders.make_video_photographic(frames=6, rows=96, cols=128)
+    sop, study = str(video.SOPInstanceUID), str(video.StudyInstanceUID)
+    with running_receiver() as pacs:
+        settings = make_settings(http={"tokens": [TEST_TOKEN], "users": USERS},
+                                 destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                                "port": pacs.port}])
+        trail = Path(settings.storage.path) / AUDIT_FILE
+        with TestClient(create_app(Service(settings))) as client:
+            assert store(client.app.state.service.node.port, video) == 0
+            _wait_job(client, lambda j: j["kind"] == "dispatch" and j["state"] == "succeeded", timeout=120)
+
+            assert client.get("/me", headers=AS_ANNA).json() == {"kind": "user", "name": ANNA}
+            assert client.get("/me", headers=AS_JAN).json() == {"kind": "user", "name": JAN}
+            assert client.get("/me", headers=SERVICE).json() == {"kind": "service", "name": None}
+            assert client.get("/me", headers={"Authorization": "Bearer not-a-token-0123456789"}).status_code == 401
+
+            assert client.get("/instances", headers=AS_ANNA).status_code == 200
+            assert client.get(f"/instances/{sop}/frames/1", headers=AS_ANNA).status_code == 200
+
+            box = {"sop_instance_uid": sop, "frame": 2, "box": [10.0, 8.0, 70.0, 60.0], "radius": 1}
+            replies = {}
+            for who, headers in (("anna", AS_ANNA), ("jan", AS_JAN), ("service", SERVICE)):
+                reply = client.post("/corrections/tooth-masks", json=box, headers=headers)
+                assert reply.status_code == 201, reply.text
+                replies[who] = reply.json()
+            # the same prompts by two people are two objects, each with its maker
+            assert len({r["sop_instance_uid"] for r in replies.values()}) == 3
+            assert [replies[w]["operator"] for w in ("anna", "jan", "service")] == [ANNA, JAN, None]
+            again = client.post("/corrections/tooth-masks", json=box, headers=AS_ANNA).json()
+            assert again == replies["anna"]  # the same person again: the same job and object
+            listed = client.get(f"/corrections/tooth-masks?sop_instance_uid={sop}", headers=AS_JAN).json()
+            assert {item["operator"] for item in listed} == {ANNA, JAN, None}
+
+            restored = client.post("/corrections/tooth-masks", json={**box, "restore": True}, headers=AS_JAN)
+            assert restored.status_code == 201, restored.text
+            restore_job = restored.json()["restore_job"]
+            done = _wait_job(client, lambda j: j["id"] == restore_job and j["state"] == "succeeded", timeout=120)
+            results = dict(client.app.state.service.queue.result(done["id"])["results"])
+
+            # what the trail holds while the node runs (read-only, beside the writer)
+            code, out = _run_cli("audit", "--data", str(settings.storage.path), "--actor", JAN)
+            assert code == 0
+            jans = [json.loads(line) for line in out.splitlines()]
+            assert jans and {row["actor"] for row in jans} == {JAN}
+            assert client.get("/healthz").status_code == 200
+
+    anna_seg, jan_seg, service_seg = (dcmread(replies[w]["path"]) for w in ("anna", "jan", "service"))
+    assert str(anna_seg.ContentCreatorName) == ANNA and anna_seg.SpecificCharacterSet == "ISO_IR 100"
+    assert str(jan_seg.ContentCreatorName) == JAN and jan_seg.SpecificCharacterSet == "ISO_IR 192"
+    assert str(jan_seg.PatientName) == builders.PATIENT_NAME  # the rest re-encoded, not garbled
+    assert str(service_seg.ContentCreatorName) == ""
+    for path in (replies["jan"]["path"], results["video"], results["sr"]):
+        assert run_dciodvfy(path) == [], path
+    enhanced, report = dcmread(results["video"]), dcmread(results["sr"])
+    assert str(enhanced.OperatorsName) == JAN
+    texts = [str(item.TextValue) for item in _content_items(report) if "TextValue" in item]
+    assert any(f"by {JAN}" in text for text in texts), texts
+
+    rows = read_events(trail)
+    posts = [r for r in rows if r["action"] == "POST /corrections/tooth-masks"]
+    assert [(r["actor"], r["outcome"]) for r in posts] == [(ANNA, "201"), (JAN, "201"), ("service token 1", "201"),
+                                                           (ANNA, "201"), (JAN, "201")]
+    assert {(r["study_uid"], r["sop_instance_uid"]) for r in posts} == {(study, sop)}
+    assert posts[0]["job_id"] == replies["anna"]["correction_job"] and posts[0]["client"]
+    shown = next(r for r in rows if r["action"] == "GET /instances")
+    assert (shown["actor"], shown["detail"]["studies_shown"], shown["detail"]["instances_shown"]) == (
+        ANNA, [study], 1)
+    frame = next(r for r in rows if r["action"] == "GET /instances/{sop_instance_uid}/frames/{frame}")
+    assert (frame["study_uid"], frame["sop_instance_uid"], frame["detail"]["frame"]) == (study, sop, 1)
+    refused = [r for r in rows if r["outcome"] == "401"]
+    assert [(r["actor"], r["action"]) for r in refused] == [("unauthenticated", "GET /me")]
+    listing = next(r for r in rows if r["action"] == "GET /corrections/tooth-masks")
+    assert (listing["actor"], listing["study_uid"], listing["sop_instance_uid"]) == (JAN, study, sop)
+    assert not [r for r in rows if "healthz" in r["action"]]  # health is not audited
+    association = next(r for r in rows if r["kind"] == "dicom-association")
+    assert (association["actor"], association["outcome"], association["study_uid"]) == ("TESTSCU", "released", study)
+    assert association["detail"]["instances"] == {"new": 1, "duplicate": 0, "refused": 0}
+    assert association["detail"]["tls"] is False and association["client"].startswith("127.0.0.1:")
+    sends = [r for r in rows if r["kind"] == "dicom-send"]
+    assert sends and {(r["outcome"], r["study_uid"], r["detail"]["destination"]) for r in sends} == {
+        ("succeeded", study, "pacs")}
+    assert builders.PATIENT_NAME.encode() not in trail.read_bytes()  # UIDs and staff, never the patient
+
+
+def test_associations_that_end_badly_and_probes(make_settings) -> None:
+    """A rejected calling AE, an aborted association with a refused store, and a connection
+    that closes before asking: two rows, none for the probe."""
+    settings = make_settings(dicom={"accepted_calling_aets": ["TESTSCU"]})
+    trail = Path(settings.storage.path) / AUDIT_FILE
+    ct = builders.make_video_photographic(frames=2, rows=32, cols=32)
+    with TestClient(create_app(Service(settings))) as client:
+        port = client.app.state.service.node.port
+        rejected = associate(port, [], calling="STRANGER")
+        assert rejected.is_rejected
+        assoc = associate(port, [(str(ct.SOPClassUID), [ExplicitVRLittleEndian, str(ct.file_meta.TransferSyntaxUID)])])
+        assert assoc.is_established
+        bad = builders.make_video_photographic(frames=2, rows=32, cols=32)
+        with warnings.catch_warnings():  # pydicom warns of the bad UID it is asked to hold
+            warnings.simplefilter("ignore")
+            bad.StudyInstanceUID = "1.2.3.04"  # a component with a leading zero: refused
+            assert int(assoc.send_c_store(bad).Status) != 0
+        assoc.abort()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # a health check: connects and closes
+        assert client.get("/healthz").status_code == 200
+        deadline_rows: list[dict] = []
+        for _ in range(200):  # the abort is seen on the node's association thread
+            deadline_rows = [r for r in read_events(trail) if r["kind"] == "dicom-association"]
+            if len(deadline_rows) == 2:
+                break
+            client.app.state.service.queue.wait_for_change(0.05)
+    rows = [r for r in read_events(trail) if r["kind"] == "dicom-association"]
+    assert [(r["actor"], r["outcome"]) for r in rows] == [("STRANGER", "rejected"), ("TESTSCU", "aborted")]
+    assert rows[1]["detail"]["instances"] == {"new": 0, "duplicate": 0, "refused": 1}
+    assert rows[1]["study_uid"] is None
+
+
+def test_a_trail_that_cannot_be_written_fails_nothing(make_settings) -> None:
+    with TestClient(create_app(Service(make_settings()))) as client:
+        service = client.app.state.service
+        service.audit._db.close()  # as a disk that fails
+        assert client.get("/jobs", headers=SERVICE).status_code == 200
+        assert client.get("/me", headers=SERVICE).status_code == 200
+        assert service.audit.lost == 2
+        assert "dicom_service_audit_rows_lost_total 2" in client.get("/metrics", headers=SERVICE).text
+
+
+def test_the_audit_command(make_settings, tmp_path) -> None:
+    settings = make_settings()
+    with TestClient(create_app(Service(settings))) as client:
+        assert client.get("/jobs", headers=SERVICE).status_code == 200
+        assert client.get("/studies/1.2.3", headers=SERVICE).status_code == 404
+    data = str(settings.storage.path)
+    code, out = _run_cli("audit", "--data", data)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(r["action"], r["outcome"]) for r in rows] == [("GET /jobs", "200"),
+                                                                         ("GET /studies/{study_uid}", "404")]
+    assert rows[1]["study_uid"] == "1.2.3" and rows[1]["detail"]["path"] == "/studies/1.2.3"
+    assert _run_cli("audit", "--data", data, "--study", "1.2.3")[1].count("\n") == 1
+    assert _run_cli("audit", "--data", data, "--kind", "dicom-send")[1] == ""
+    assert _run_cli("audit", "--data", data, "--since", "2999-01-01")[1] == ""
+    assert _run_cli("audit", "--data", data, "--until", "2000-01-01T00:00:00+01:00")[1] == ""
+    assert _run_cli("audit", "--data", data, "--limit", "1")[1].count("\n") == 1
+    code, table = _run_cli("audit", "--data", data, "--format", "table")
+    assert code == 0 and "GET /studies/{study_uid}" in table and "service token 1" in table
+    with pytest.raises(SystemExit) as usage:
+        _run_cli("audit", "--data", data, "--since", "yesterday")
+    assert usage.value.code == 2
+    assert _run_cli("audit", "--data", str(tmp_path / "elsewhere"))[0] == 2  # no trail there
+
+
+@pytest.mark.parametrize(("http", "problem"), [
+    ({"users": [{"name": ANNA, "token": "short"}]}, "at least 16"),
+    ({"tokens": [ANNA_TOKEN], "users": [{"name": ANNA, "token": ANNA_TOKEN}]}, "given twice"),
+    ({"users": [{"name": ANNA, "token": ANNA_TOKEN}, {"name": ANNA, "token": JAN_TOKEN}]}, "name is given twice"),
+    ({"users": [{"name": "Smith\\Anna", "token": ANNA_TOKEN}]}, "may not contain"),
+    ({"users": [{"name": "^^^", "token": ANNA_TOKEN}]}, "non-empty component"),
+    ({"users": [{"name": "a^b^c^d^e^f", "token": ANNA_TOKEN}]}, "at most 5 components"),
+    ({"users": [{"name": ANNA}]}, "token"),
+])
+def test_bad_users_are_named_at_load(http: dict, problem: str) -> None:
+    with pytest.raises(Exception, match=problem):
+        load_settings(None, http=http)
+
+
+def test_users_alone_need_no_created_token(make_settings) -> None:
+    settings = make_settings(http={"tokens": [], "users": USERS})
+    service = Service(settings)
+    assert service.api_tokens == []
+    assert not (Path(settings.storage.path) / TOKEN_FILE).exists()
+    with TestClient(create_app(service)) as client:
+        assert client.get("/jobs", headers=AS_ANNA).status_code == 200
+        assert client.get("/jobs", headers=SERVICE).status_code == 401
+
+
+@pytest.mark.parametrize(("charset", "name", "expected"), [
+    (None, "Smith^Anna", None),  # ASCII: the default repertoire holds it
+    (None, "Müller^Jürgen", "ISO_IR 192"),
+    ("ISO_IR 100", "Müller^Jürgen", "ISO_IR 100"),
+    ("ISO_IR 100", "王^小明", "ISO_IR 192"),
+    (["ISO 2022 IR 6", "ISO 2022 IR 87"], "Müller", "ISO_IR 192"),
+    ("ISO_IR 192", "王^小明", "ISO_IR 192"),
+])
+def test_a_persons_name_gets_a_character_set_that_holds_it(charset, name: str, expected, tmp_path) -> None:
+    ds = builders.make_video_photographic(frames=1, rows=16, cols=16)
+    if charset is None:
+        del ds.SpecificCharacterSet
+    else:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = "Ørsted^Hans" if charset == "ISO_IR 100" else "PHANTOM^IMPLANT"
+    set_person_name(ds, "OperatorsName", name)
+    assert ds.get("SpecificCharacterSet") == expected
+    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    back = dcmread(tmp_path / "x.dcm")
+    assert str(back.OperatorsName) == name
+    assert str(back.PatientName) == str(ds.PatientName)
