@@ -18,16 +18,19 @@ date (the stored headers hold those; :mod:`dicom_service.media.instance_header` 
 them on demand). The trail is kept when a study is removed (retention, ``DELETE
 /studies``): it is the record of what happened to it. ``dicom-service audit`` prints it.
 
-Writing a row never fails the request or the association it records: a write that fails
-(a full disk) is logged as a warning and counted in :attr:`AuditTrail.lost`.
+Writing a row never fails or holds up the request or the association it records: rows
+go through a bounded queue to one writer thread, and a row that cannot be written (a full
+disk, a full queue) is logged as a warning and counted in :attr:`AuditTrail.lost`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +65,10 @@ CREATE INDEX IF NOT EXISTS events_actor ON events(actor);
 
 #: The kinds of row.
 KINDS = ("http", "dicom-association", "dicom-send")
+#: Rows waiting for the writer at most; beyond, rows are lost (and counted).
+QUEUE_ROWS = 10_000
+#: Rows written in one transaction at most.
+BATCH_ROWS = 500
 
 
 def utc_now() -> str:
@@ -110,7 +117,13 @@ class AuditEvent:
 
 
 class AuditTrail:
-    """The trail's SQLite file, appended to by any thread.
+    """The trail's SQLite file, appended to by one writer thread.
+
+    :meth:`record` only puts the row in a bounded queue, so no request or association
+    ever waits on the file (a full disk, a lock held by another program); the writer
+    thread writes what is queued in one transaction at a time. A row that does not fit in
+    the queue or whose write fails is logged and counted in :attr:`lost`. A trail file
+    deleted while the node runs is made again (and that is logged).
 
     Parameters
     ----------
@@ -118,33 +131,119 @@ class AuditTrail:
         The database file (created if missing).
     durable : bool
         ``synchronous=FULL`` when True (``storage.fsync``), else ``NORMAL``.
+    queue_size : int
+        Rows waiting at most.
     """
 
-    def __init__(self, path: Path, *, durable: bool = True) -> None:
+    def __init__(self, path: Path, *, durable: bool = True, queue_size: int = QUEUE_ROWS) -> None:
         self.path = path
+        self._durable = durable
         self._db = Database(path, _SCHEMA, durable=durable)
+        self._inode = _inode(path)
+        self._queue: queue.Queue[AuditEvent | None] = queue.Queue(maxsize=queue_size)
         self._lost_lock = threading.Lock()
-        #: Rows that could not be written since the start (each was logged).
+        self._written = threading.Condition()
+        self._pending = 0
+        #: Rows that could not be written since the start (each logged, at most once a minute).
         self.lost = 0
+        self._last_warning = 0.0
+        self._thread = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
+        self._thread.start()
 
     def record(self, event: AuditEvent) -> None:
-        """Append ``event``; a failure is logged and counted, never raised."""
+        """Queue ``event`` for the writer; never blocks, never raises."""
+        with self._written:
+            self._pending += 1
         try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self._done(1)
+            self._lose(1, f"the queue of {self._queue.maxsize} rows is full")
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row queued so far is written (or lost); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._written:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._written.wait(left)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, stop the writer and close the file (idempotent)."""
+        if self._thread.is_alive():
+            self.flush(timeout)
+            self._queue.put(None)
+            self._thread.join(timeout)
+        self._db.close()
+
+    # ------------------------------------------------------------------ writer thread
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < BATCH_ROWS:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._write(batch)
+                    return
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list[AuditEvent]) -> None:
+        try:
+            self._reopen_if_replaced()
             with self._db.transaction() as conn:
-                conn.execute(
+                conn.executemany(
                     "INSERT INTO events (time, kind, actor, client, action, outcome, study_uid, sop_instance_uid,"
                     " job_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event.time, event.kind, event.actor, event.client, event.action, event.outcome,
-                     event.study_uid, event.sop_instance_uid, event.job_id,
-                     json.dumps(dict(event.detail), sort_keys=True, default=str)))
+                    [(e.time, e.kind, e.actor, e.client, e.action, e.outcome, e.study_uid, e.sop_instance_uid,
+                      e.job_id, json.dumps(dict(e.detail), sort_keys=True, default=str)) for e in batch])
         except Exception as error:  # noqa: BLE001 - the trail must not fail what it records
-            with self._lost_lock:
-                self.lost += 1
-            log.warning("audit trail: a %s row could not be written (%s)", event.kind, type(error).__name__)
+            self._lose(len(batch), type(error).__name__)
+        finally:
+            self._done(len(batch))
 
-    def close(self) -> None:
-        """Close the file (idempotent)."""
+    def _reopen_if_replaced(self) -> None:
+        """Open the file again if it was deleted or replaced since it was opened (rows
+        written to a deleted file would be lost without a word)."""
+        inode = _inode(self.path)
+        if inode == self._inode and inode is not None:
+            return
+        log.warning("audit trail: %s was deleted or replaced while the node ran; it is made again", self.path)
         self._db.close()
+        self._db = Database(self.path, _SCHEMA, durable=self._durable)
+        self._inode = _inode(self.path)
+
+    def _done(self, rows: int) -> None:
+        with self._written:
+            self._pending -= rows
+            if self._pending <= 0:
+                self._written.notify_all()
+
+    def _lose(self, rows: int, why: str) -> None:
+        with self._lost_lock:
+            self.lost += rows
+            now = time.monotonic()
+            if now - self._last_warning < 60 and self._last_warning:
+                return
+            self._last_warning = now
+        log.warning("audit trail: %d row(s) could not be written (%s); %d lost since the start", rows, why,
+                    self.lost)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def read_events(path: Path, *, since: str | None = None, until: str | None = None, actor: str | None = None,
@@ -181,11 +280,29 @@ def read_events(path: Path, *, since: str | None = None, until: str | None = Non
         if value is not None:
             where.append(f"{column} {op} ?")
             params.append(value)
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
     sql = "SELECT * FROM events" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC LIMIT ?"
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    try:
+        rows = _query(f"file:{path}?mode=ro", sql, (*params, limit))
+    except sqlite3.OperationalError as error:
+        wal = path.with_name(path.name + "-wal")
+        if "readonly" not in str(error) or (wal.exists() and wal.stat().st_size > 0):
+            raise AuditReadError(f"cannot read the audit trail {path} ({error}); read it as the user the node "
+                                 "runs as, or while the node runs") from error
+        # a stopped node's trail in a folder this user may not write: nothing to recover, read it as it is
+        rows = _query(f"file:{path}?mode=ro&immutable=1", sql, (*params, limit))
+    return [{**dict(row), "detail": json.loads(row["detail"])} for row in reversed(rows)]
+
+
+class AuditReadError(Exception):
+    """The trail exists but cannot be read by this user now."""
+
+
+def _query(uri: str, sql: str, params: tuple) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(uri, uri=True, timeout=30.0)
     try:
         conn.row_factory = sqlite3.Row
-        rows = conn.execute(sql, (*params, limit)).fetchall()
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
-    return [{**dict(row), "detail": json.loads(row["detail"])} for row in reversed(rows)]

@@ -224,20 +224,35 @@ def _utc_time(text: str) -> str:
 
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time (e.g. 2026-12-07 or "
-                                         "2026-12-07T14:30:00+01:00)") from None
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time in years 1 to 9999 (e.g. "
+                                         "2026-12-07 or 2026-12-07T14:30:00+01:00)") from None
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _row_count(text: str) -> int:
+    """``--limit``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Print the audit trail (:mod:`dicom_service.audit`): JSON lines, or a table."""
-    from dicom_service.audit import AUDIT_FILE, read_events
+    from dicom_service.audit import AUDIT_FILE, AuditReadError, read_events
 
     settings = _settings(args)
-    rows = read_events(Path(settings.storage.path) / AUDIT_FILE, since=args.since, until=args.until,
-                       actor=args.actor, study_uid=args.study, kind=args.kind, limit=args.limit)
+    try:
+        rows = read_events(Path(settings.storage.path) / AUDIT_FILE, since=args.since, until=args.until,
+                           actor=args.actor, study_uid=args.study, kind=args.kind, limit=args.limit)
+    except AuditReadError as error:
+        print(f"dicom-service: {error}", file=sys.stderr)
+        return 2
     if args.format == "jsonl":
         for row in rows:
             print(json.dumps(row, ensure_ascii=False, sort_keys=True))
@@ -306,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "'service token N', 'unauthenticated', or a calling AE title")
     audit.add_argument("--study", help="rows about this Study Instance UID only")
     audit.add_argument("--kind", choices=KINDS, help="rows of this kind only")
-    audit.add_argument("--limit", type=int, default=1000, help="at most this many rows, the newest (default 1000)")
+    audit.add_argument("--limit", type=_row_count, default=1000,
+                       help="at most this many rows, the newest (default 1000)")
     audit.add_argument("--format", choices=["jsonl", "table"], default="jsonl",
                        help="one JSON object per line (default), or a table")
     audit.set_defaults(func=cmd_audit)

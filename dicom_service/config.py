@@ -100,7 +100,11 @@ class DicomSettings(_Section):
 
 #: Characters a person's name may not hold (PS3.5 6.2: PN has no backslash and no control
 #: characters but ESC, which the node never writes itself).
-_PN_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
+_PN_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Labels the audit trail gives callers who are not named users: no user may be named so.
+_RESERVED_ACTORS = re.compile(r"^(unauthenticated|unknown|auth disabled|service token \d+)$", re.IGNORECASE)
+#: A bearer token: printable ASCII without spaces (RFC 6750's b64token and more).
+_TOKEN = re.compile(r"^[\x21-\x7e]{16,}$")
 
 
 def check_person_name(value: str) -> str:
@@ -116,6 +120,9 @@ def check_person_name(value: str) -> str:
         raise ValueError("a person's name has at most 5 components: Family^Given^Middle^Prefix^Suffix")
     if not text.replace("^", "").strip():
         raise ValueError("a person's name needs at least one non-empty component")
+    if _RESERVED_ACTORS.match(text):
+        raise ValueError(f"{text!r} is what the audit trail calls callers who are not named users: choose another "
+                         "name")
     return text
 
 
@@ -142,7 +149,7 @@ class HttpSettings(_Section):
     tokens: list[str] = Field(
         default_factory=list,
         description="Accepted service bearer tokens (no person's name: corrections made with one are not "
-                    "attributed); with neither tokens nor users the service creates one in <storage>/api-token.",
+                    "attributed); empty: the service creates one in <storage>/api-token and accepts it.",
     )
     users: list[HttpUser] = Field(
         default_factory=list,
@@ -155,10 +162,12 @@ class HttpSettings(_Section):
 
     @model_validator(mode="after")
     def _needs_token(self) -> "HttpSettings":
-        if any(len(t) < 16 for t in self.tokens):
-            raise ValueError("http.tokens: each token must have at least 16 characters")
-        if any(len(u.token) < 16 for u in self.users):
-            raise ValueError("http.users: each user's token must have at least 16 characters")
+        if any(not _TOKEN.match(t) for t in self.tokens):
+            raise ValueError("http.tokens: each token must have at least 16 characters, printable ASCII without "
+                             "spaces")
+        if any(not _TOKEN.match(u.token) for u in self.users):
+            raise ValueError("http.users: each user's token must have at least 16 characters, printable ASCII "
+                             "without spaces")
         every = [*self.tokens, *(u.token for u in self.users)]
         if len(set(every)) != len(every):
             raise ValueError("http.tokens and http.users: a token is given twice (each must tell its holder apart)")

@@ -239,6 +239,12 @@ class ImplantFinding:
         Implant system candidates with probabilities, best first (may be empty).
     axis : tuple of float or None
         Long axis ``(x_a, y_a, x_b, y_b)`` in source pixels, if known.
+    origin : str
+        ``"ai"``: found by the algorithm (``score`` is its certainty); ``"person"``: a box a
+        dentist drew in a review (``score`` means nothing).
+    system_by_person : bool
+        ``system_top`` holds the one system a dentist named in a review (its probability
+        means nothing).
     """
 
     box: tuple[float, float, float, float]
@@ -247,6 +253,8 @@ class ImplantFinding:
     attributes: dict[str, str] = field(default_factory=dict)
     system_top: tuple[tuple[str, float], ...] = ()
     axis: tuple[float, float, float, float] | None = None
+    origin: str = "ai"
+    system_by_person: bool = False
 
 
 @dataclass

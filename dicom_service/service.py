@@ -16,6 +16,7 @@ from dicom_service.audit import AUDIT_FILE, AuditTrail
 from dicom_service.config import Settings, WorkerSettings, make_folder
 from dicom_service.domain import InputError, Job, JobKind, Workflow
 from dicom_service.jobs.correction import run_correction_job
+from dicom_service.jobs.implant_correction import is_implant_review, run_implant_correction_job
 from dicom_service.jobs.queue import Backoff
 from dicom_service.jobs.restore import run_restore_job
 from dicom_service.jobs.sqlite_queue import SQLiteJobQueue
@@ -50,11 +51,12 @@ TOKEN_FILE = "api-token"
 def ensure_api_tokens(settings: Settings) -> list[str]:
     """The accepted service tokens: configured ones, or one kept in ``<storage>/api-token``.
 
-    With neither service tokens nor named users (``http.users``) configured, and
+    With no service token configured (named users, ``http.users``, or not), and
     authentication not disabled, a random token is created once, written with mode 0600,
-    and its location logged (never the token).
+    and its location logged (never the token): what already uses it (a metrics scraper)
+    keeps working when named users are added.
     """
-    if settings.http.tokens or settings.http.users:
+    if settings.http.tokens:
         return list(settings.http.tokens)
     if settings.http.auth_disabled:
         return []
@@ -157,7 +159,7 @@ class Service:
         self.router = Router(s.routing, s.retry, self.store, self.queue)
         ctx = WorkerContext(settings=s, store=self.store, queue=self.queue,
                             process=make_process_fn(self.store, self.runtimes, s.workers),
-                            correct=partial(run_correction_job, s, self.store, self.queue, self.runtimes.video),
+                            correct=self._run_correction,
                             restore=partial(run_restore_job, s, self.store, self.queue, self.runtimes.video),
                             audit=self.audit)
         self.pools = [
@@ -176,6 +178,15 @@ class Service:
         self.node.start()
         self._started.set()
         log.info("service started (storage %s)", root.resolve())
+
+    def _run_correction(self, job: Job, progress: Callable[[str], None]) -> dict:
+        """Run a ``correct`` job: an implant review (:mod:`dicom_service.jobs.implant_correction`)
+        or a correction of tooth masks (:mod:`dicom_service.jobs.correction`)."""
+        assert self.store is not None and self.queue is not None and self.runtimes is not None
+        if is_implant_review(job):
+            return run_implant_correction_job(self.settings, self.store, self.queue, self.runtimes.radiograph, job,
+                                              progress)
+        return run_correction_job(self.settings, self.store, self.queue, self.runtimes.video, job, progress)
 
     def _on_stored(self, event: StoredEvent) -> None:
         with self._counter_lock:

@@ -14,7 +14,18 @@ from dicom_service import __version__
 from dicom_service.api.audit_middleware import AuditMiddleware
 from dicom_service.api.auth import AuthConfig
 from dicom_service.api.errors import validation_error
-from dicom_service.api.routers import corrections, frames, health, instances, jobs, me, metrics, studies, ui
+from dicom_service.api.routers import (
+    corrections,
+    frames,
+    health,
+    implant_corrections,
+    instances,
+    jobs,
+    me,
+    metrics,
+    studies,
+    ui,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,8 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(corrections.router)
+    app.include_router(implant_corrections.router)
+    app.include_router(implant_corrections.findings_router)
     app.include_router(studies.router)
     app.include_router(metrics.router)
     app.include_router(instances.router)

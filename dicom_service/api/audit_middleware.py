@@ -12,15 +12,17 @@ page's static files are not recorded.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
-import anyio
 from starlette.requests import Request
 
-from dicom_service.api.auth import CALLER_STATE, Caller
+from dicom_service.api.auth import CALLER_STATE, UNAUTHENTICATED, AuthConfig, Caller
 from dicom_service.audit import AuditEvent, AuditTrail
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,11 +53,50 @@ def _audited(path: str) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in AUDITED_PREFIXES)
 
 
+#: Longest text kept of a request's path or of a UID taken from it (a longer one is cut).
+MAX_PATH_CHARS = 512
+MAX_UID_CHARS = 64
+#: Largest id or frame number kept as a number (SQLite's integers are 64-bit).
+MAX_NUMBER = 2**63 - 1
+
+
+def _number(value: object) -> int | None:
+    """``value`` as a whole number if it is one that fits; else None."""
+    text = str(value)
+    if not (text.isascii() and text.isdecimal()):
+        return None
+    number = int(text)
+    return number if number <= MAX_NUMBER else None
+
+
+def _uid(value: object) -> str | None:
+    return None if value is None else str(value)[:MAX_UID_CHARS]
+
+
+def _actor(scope: Scope) -> str:
+    """Who made the request: the caller :func:`require_token` left, else the holder of the
+    request's bearer token (a request answered before authentication: a 404, 405, 422 or
+    redirect), else ``unauthenticated`` (no token, or one refused)."""
+    caller = (scope.get("state") or {}).get(CALLER_STATE)
+    if isinstance(caller, Caller):
+        return caller.label
+    app = scope.get("app")
+    auth = getattr(getattr(app, "state", None), "auth", None)
+    if not isinstance(auth, AuthConfig):
+        return "unauthenticated"
+    if auth.disabled:
+        return UNAUTHENTICATED.label
+    for name, value in scope.get("headers") or []:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            found = auth.caller(token.strip()) if scheme.lower() == b"bearer" else None
+            return found.label if found is not None else "unauthenticated"
+    return "unauthenticated"
+
+
 def _event(scope: Scope, status: int) -> AuditEvent:
     """The row of the request ``scope`` answered with ``status``."""
     state = scope.get("state") or {}
-    caller = state.get(CALLER_STATE)
-    actor = caller.label if isinstance(caller, Caller) else "unauthenticated"
     route = scope.get("route")
     template = getattr(route, "path", None) or scope.get("path", "")
     params = dict(scope.get("path_params") or {})
@@ -66,13 +107,19 @@ def _event(scope: Scope, status: int) -> AuditEvent:
                                                                                 or [None])[0]
     job = subject.get("job_id", params.get("job_id"))
     client = scope.get("client")
-    detail: dict[str, Any] = {"path": scope.get("path", ""), **subject.get("detail", {})}
+    detail: dict[str, Any] = {"path": str(scope.get("path", ""))[:MAX_PATH_CHARS], **subject.get("detail", {})}
     if "frame" in params:
-        frame = str(params["frame"])
-        detail["frame"] = int(frame) if frame.isdigit() else frame
-    return AuditEvent(kind="http", actor=actor, action=f"{scope.get('method', '')} {template}", outcome=str(status),
-                      client=client[0] if client else "", study_uid=study, sop_instance_uid=sop,
-                      job_id=int(job) if isinstance(job, int | str) and str(job).isdigit() else None, detail=detail)
+        frame = _number(params["frame"])
+        detail["frame"] = frame if frame is not None else str(params["frame"])[:MAX_UID_CHARS]
+    return AuditEvent(kind="http", actor=_actor(scope), action=f"{scope.get('method', '')} {template}"[:MAX_PATH_CHARS],
+                      outcome=str(status), client=client[0] if client else "", study_uid=_uid(study),
+                      sop_instance_uid=_uid(sop), job_id=None if job is None else _number(job), detail=detail)
+
+
+def _fallback(scope: Scope, status: int) -> AuditEvent:
+    """A row of what surely reads, for a request whose full row could not be made."""
+    return AuditEvent(kind="http", actor="unknown", action=str(scope.get("method", "")), outcome=str(status),
+                      detail={"path": repr(scope.get("path", ""))[:MAX_PATH_CHARS], "row": "incomplete"})
 
 
 class AuditMiddleware:
@@ -107,6 +154,10 @@ class AuditMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             trail = self.trail()
-            if trail is not None:
-                with anyio.CancelScope(shield=True):  # recorded even when the client went away
-                    await anyio.to_thread.run_sync(trail.record, _event(scope, status))
+            if trail is not None:  # queued, never waited on (AuditTrail.record)
+                try:
+                    event = _event(scope, status)
+                except Exception:  # noqa: BLE001 - an odd request still leaves a row
+                    log.warning("audit trail: a request's row could not be made in full")
+                    event = _fallback(scope, status)
+                trail.record(event)

@@ -1,8 +1,10 @@
-"""One frame of a stored photo or video, with its tooth mask drawn over it, as PNG or JPEG.
+"""One frame of a stored photo or video, with its tooth mask drawn over it, or a
+radiograph, as PNG or JPEG.
 
-What the correction page (``api/static/correct.html``) shows a dentist before a click:
-the frame as the node decoded it (the coordinates of the page's clicks are this frame's
-pixels) and the tooth mask the node holds for it, the AI's or the newest correction's.
+What the correction pages (``api/static/correct.html``, ``implants.html``) show a
+dentist before a click: the frame as the node decoded it, or the radiograph as the
+implant models read it (the coordinates of the page's clicks are its pixels), and the
+tooth mask the node holds for a frame, the AI's or the newest correction's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pydicom.pixels import iter_pixels
 from dicom_service.domain import InputError, MediaError
 from dicom_service.media.frame_seek import seek_frame
 from dicom_service.media.pixel_file import DEFER_BYTES
-from dicom_service.media.pixels import DECODE_ERRORS, decode_error
+from dicom_service.media.pixels import DECODE_ERRORS, decode_error, load_radiograph
 from dicom_service.media.video import MPEG_TRANSFER_SYNTAXES, bitstream_source, open_frames, to_rgb_uint8
 
 #: Overlay colour (RGB) and opacity of the tooth mask; the outline is drawn opaque.
@@ -110,6 +112,24 @@ def decode_frame(path: str, index: int) -> tuple[np.ndarray, int]:
     """
     found = read_frame(path, index)
     return found.rgb, found.count
+
+
+def radiograph_preview(path: str) -> np.ndarray:
+    """The radiograph at ``path`` as the implant models saw it, ``(rows, columns, 3)`` uint8
+    grey RGB (:func:`~dicom_service.media.pixels.load_radiograph`: Modality and VOI LUT,
+    MONOCHROME1 inverted), so that its pixels are those the findings' boxes use.
+
+    Raises
+    ------
+    MediaError
+        The pixel data does not decode.
+    """
+    try:
+        image = load_radiograph(dcmread(path))
+    except DECODE_ERRORS as exc:
+        raise decode_error(exc) from exc
+    grey = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def overlay_mask(frame: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -88,6 +88,18 @@ def finding_crop(image: np.ndarray, box: tuple[float, float, float, float],
     return crop_implant(image, box, coronal_on_top=axis is None or axis[3] >= axis[1])
 
 
+def parts_in_box(parts: list[ImplantPart], box: tuple[float, float, float, float]) -> tuple[ImplantPart, ...]:
+    """The parts whose centre lies in ``box`` (``(x0, y0, x1, y1)`` pixels), the best of
+    each label, in the order coronal, middle, apical."""
+    x0, y0, x1, y1 = box
+    best: dict[str, ImplantPart] = {}
+    for part in sorted(parts, key=lambda p: -p.score):
+        cx, cy = (part.box[0] + part.box[2]) / 2, (part.box[1] + part.box[3]) / 2
+        if x0 <= cx <= x1 and y0 <= cy <= y1:
+            best.setdefault(part.label, part)
+    return tuple(best[label] for label in PART_CLASSES if label in best)
+
+
 @torch.no_grad()
 def detect_in_windows(detector: torch.nn.Module, image: np.ndarray, size: int, *, threshold: float,
                       device: torch.device, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,6 +226,31 @@ class LearnedImplantRuntime:
                                       self.operating_point.part_nms_iou)
         groups = group_parts(kept, image_shape=(int(image_shape[0]), int(image_shape[1])))
         return suppress_overlaps(groups, self.operating_point.group_nms_iou)
+
+    @torch.no_grad()
+    def identify_box(self, image: np.ndarray, box: tuple[float, float, float, float], *,
+                     parts: list[ImplantPart] | None = None) -> ImplantFinding:
+        """An implant a person boxed on a ``(rows, cols)`` image in [0, 1].
+
+        Its parts are the stage-1 parts (``parts``, else detected now at
+        :attr:`part_threshold`) whose centre lies in ``box`` (:func:`parts_in_box`); its
+        axis runs from the coronal part's centre to the apical one's when both are there
+        (which orients the crop); its system and design are the identifier's for the
+        box's crop. ``score`` is 1.0: the box is a person's, not a detection.
+        """
+        if parts is None:
+            parts = self.detect_parts(image)
+        inside = parts_in_box(parts, box)
+        by_label = {part.label: part.box for part in inside}
+        axis = None
+        if "coronal" in by_label and "apical" in by_label:
+            (a0, a1, a2, a3), (b0, b1, b2, b3) = by_label["coronal"], by_label["apical"]
+            axis = ((a0 + a2) / 2, (a1 + a3) / 2, (b0 + b2) / 2, (b1 + b3) / 2)
+        crop = torch.from_numpy(finding_crop(image, box, axis))[None, None].to(self.device)
+        identity = self.identifier.identify(crop)[0]
+        return ImplantFinding(box=tuple(float(v) for v in box), score=1.0, parts=inside,
+                              attributes=dict(identity["attributes"]), system_top=tuple(identity["systems"]),
+                              axis=axis)
 
     def detect(self, image: np.ndarray, *, parts: list[ImplantPart] | None = None,
                finding_threshold: float | None = None) -> RadiographResult:

@@ -34,11 +34,12 @@ Coding choices (they go into the conformance statement)
 from __future__ import annotations
 
 import datetime
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import highdicom as hd
-from pydicom.charset import convert_encodings
+from pydicom.charset import convert_encodings, decode_bytes, encode_string
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.coding import Code
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
@@ -262,26 +263,41 @@ def add_algorithm_equipment(ds: Dataset, algorithm: AlgorithmInfo) -> None:
 UTF8_CHARSET = "ISO_IR 192"
 
 
-def _holds(name: str, charset: object) -> bool:
+#: Single-valued Specific Character Sets that can hold text beyond ASCII (PS3.3 C.12.1.1.2);
+#: anything else (absent, an ISO 2022 code extension, a value DICOM does not define) is
+#: taken as able to hold ASCII only.
+_WIDE_SETS = frozenset({"ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144", "ISO_IR 127",
+                        "ISO_IR 126", "ISO_IR 138", "ISO_IR 148", "ISO_IR 203", "ISO_IR 166", "ISO_IR 13",
+                        "ISO_IR 192", "GB18030", "GBK"})
+
+
+def _holds(text: str, charset: object) -> bool:
     """True if the Specific Character Set ``charset`` (a value, a list, or None for the
-    default repertoire) can encode ``name`` without code extensions."""
-    if name.isascii():
+    default repertoire) holds ``text``: pydicom's own encoder, the one that writes the
+    object, gives it back unchanged."""
+    if text.isascii():
         return True
     values = [str(v) for v in ([charset] if charset is None or isinstance(charset, str) else charset) if v]
-    if len(values) != 1 or values[0].startswith("ISO 2022"):
-        return False  # the default repertoire, or code extensions: ASCII only here
-    try:
-        name.encode(convert_encodings(values)[0])
-    except (UnicodeEncodeError, LookupError):
+    if len(values) != 1 or values[0] not in _WIDE_SETS:
         return False
-    return True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pydicom replaces what it cannot encode, with a warning
+            encodings = convert_encodings(values)
+            return decode_bytes(encode_string(text, encodings), encodings, set()) == text
+    except Exception:  # noqa: BLE001 - any refusal of the encoder means it does not hold it
+        return False
 
 
 def make_room_for(ds: Dataset, text: str) -> None:
-    """Switch ``ds`` to UTF-8 (``ISO_IR 192``, in which pydicom then writes every text value)
-    when its Specific Character Set cannot hold ``text`` (non-ASCII text in the default
-    repertoire, or text outside the set's single-byte repertoire)."""
+    """Switch ``ds`` to UTF-8 (``ISO_IR 192``) when its Specific Character Set cannot hold
+    ``text`` (:func:`_holds`). Every element is read first, those in sequences too, so that
+    values still held as the source's bytes (items copied from it) are decoded with the
+    source's character set; pydicom then writes every one of them again in UTF-8 (a
+    person's name is encoded again when its character set changed)."""
     if not _holds(text, ds.get("SpecificCharacterSet")):
+        for _ in ds.iterall():  # reading an element decodes it with its data set's character set
+            pass
         ds.SpecificCharacterSet = UTF8_CHARSET
 
 

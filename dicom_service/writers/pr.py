@@ -33,6 +33,7 @@ def write_implant_presentation_state(
     *,
     uid_seed: str | None = None,
     series_number: int = PRESENTATION_STATE_SERIES_NUMBER,
+    corrected: bool = False,
 ) -> Dataset:
     """Write a GSPS that draws the implant findings over the radiograph.
 
@@ -47,6 +48,8 @@ def write_implant_presentation_state(
         Seed for deterministic UIDs.
     series_number : int
         Series Number of the new series.
+    corrected : bool
+        For findings a dentist reviewed (doctor-in-the-loop): described as corrected.
 
     Returns
     -------
@@ -104,9 +107,8 @@ def write_implant_presentation_state(
                 text_justification=hd.pr.TextJustificationValues.LEFT,
             )
         )
-    layer = hd.pr.GraphicLayer(
-        layer_name=LAYER_NAME, order=1, description=f"Implants found by {result.algorithm.name}"[:64]
-    )
+    what = "Implants as a dentist reviewed them" if corrected else f"Implants found by {result.algorithm.name}"
+    layer = hd.pr.GraphicLayer(layer_name=LAYER_NAME, order=1, description=what[:64])
     source = _lut_data_as_bytes(source)
     annotation = hd.pr.GraphicAnnotation(
         referenced_images=[source],
@@ -128,13 +130,13 @@ def write_implant_presentation_state(
         software_versions=common.SOFTWARE_VERSION,
         device_serial_number=common.DEVICE_SERIAL_NUMBER,
         content_label="AI_IMPLANTS",
-        content_description="Implant boxes found by AI",
+        content_description="Implant boxes reviewed by a dentist" if corrected else "Implant boxes found by AI",
         graphic_annotations=[annotation],
         graphic_layers=[layer],
         presentation_lut_transformation=hd.PresentationLUTTransformation(
             presentation_lut_shape=hd.PresentationLUTShapeValues(shape)
         ),
-        series_description="AI implant boxes",
+        series_description="AI implant boxes, corrected" if corrected else "AI implant boxes",
     )
     common.copy_series_anatomy(source, pr)
     common.add_algorithm_equipment(pr, result.algorithm)

@@ -169,11 +169,13 @@ def render_findings(image: np.ndarray, findings: Sequence[ImplantFinding]) -> np
 
 
 def label_text(index: int, finding: ImplantFinding) -> str:
-    """Short ASCII label of a finding: ``"#1 Implant 0.93 | SystemX 0.71"``."""
-    text = f"#{index} Implant {finding.score:.2f}"
+    """Short ASCII label of a finding: ``"#1 Implant 0.93 | SystemX 0.71"``; a box a
+    dentist drew says ``"(drawn)"`` instead of a score, a system they named ``"(named)"``
+    instead of a probability."""
+    text = f"#{index} Implant " + ("(drawn)" if finding.origin == "person" else f"{finding.score:.2f}")
     if finding.system_top:
         name, prob = finding.system_top[0]
-        text += f" | {name} {prob:.2f}"
+        text += f" | {name} " + ("(named)" if finding.system_by_person else f"{prob:.2f}")
     return text.encode("ascii", "replace").decode("ascii")
 
 

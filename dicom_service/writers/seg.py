@@ -292,6 +292,7 @@ def write_implant_segmentation(
     *,
     uid_seed: str | None = None,
     series_number: int = IMPLANT_SERIES_NUMBER,
+    corrected: bool = False,
 ) -> Dataset:
     """Write a BINARY Segmentation of the implants found on a radiograph.
 
@@ -306,6 +307,9 @@ def write_implant_segmentation(
         Seed for deterministic UIDs.
     series_number : int
         Series Number of the new series.
+    corrected : bool
+        For findings a dentist reviewed (doctor-in-the-loop): the segments' algorithm
+        type is SEMIAUTOMATIC and the series is described as corrected.
 
     Returns
     -------
@@ -343,13 +347,15 @@ def write_implant_segmentation(
 
     uids = common.object_uids(uid_seed, "seg/implant")
     algorithm_id = common.hd_algorithm_identification(result.algorithm)
+    algorithm_type = (hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if corrected
+                      else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC)
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=1,
             segment_label="Implant",
             segmented_property_category=common.PHYSICAL_OBJECT,
             segmented_property_type=common.IMPLANT,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=algorithm_type,
             algorithm_identification=algorithm_id,
             tracking_uid=uids.derive("segment/1"),
             tracking_id="Implants",
@@ -362,7 +368,7 @@ def write_implant_segmentation(
                 segment_label=f"Implant part {label}"[:64],
                 segmented_property_category=common.PHYSICAL_OBJECT,
                 segmented_property_type=common.IMPLANT_PART,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_type=algorithm_type,
                 algorithm_identification=algorithm_id,
                 tracking_uid=uids.derive(f"segment/{number}"),
                 tracking_id=f"Implant part {label}"[:64],
@@ -381,11 +387,11 @@ def write_implant_segmentation(
         manufacturer_model_name=common.MODEL_NAME,
         software_versions=common.SOFTWARE_VERSION,
         device_serial_number=common.DEVICE_SERIAL_NUMBER,
-        content_description="Implants (boxes) found by AI",
+        content_description="Implants (boxes) reviewed by a dentist" if corrected else "Implants (boxes) found by AI",
         content_label="IMPLANTS",
         omit_empty_frames=False,
     )
-    seg.SeriesDescription = "AI implant segmentation"
+    seg.SeriesDescription = "AI implant segmentation, corrected" if corrected else "AI implant segmentation"
     shared = seg.SharedFunctionalGroupsSequence[0]
     if "FrameOfReferenceUID" not in seg and "PixelMeasuresSequence" in shared:
         # highdicom writes Pixel Spacing without Slice Thickness from a DX/IO source,

@@ -58,6 +58,7 @@ SYSTEM_CANDIDATE = Code("SYSTEMCAND", common.PRIVATE_SCHEME, "Implant system can
 DESIGN_ATTRIBUTE = Code("IMPLANTDESIGN", common.PRIVATE_SCHEME, "Implant design attribute")
 PART_LABEL = Code("PARTLABEL", common.PRIVATE_SCHEME, "Implant part label")
 PROCESSING_STEP = Code("PROCSTEP", common.PRIVATE_SCHEME, "Processing step")
+REVIEW_NOTE = Code("REVIEWNOTE", common.PRIVATE_SCHEME, "Review note")
 NO_UNITS = Code("1", "UCUM", "no units")
 
 _UNIT_SUFFIXES = {
@@ -80,6 +81,7 @@ def write_implant_report(
     uid_seed: str | None = None,
     series_number: int = IMPLANT_REPORT_SERIES_NUMBER,
     comprehensive_3d: bool = True,
+    reviewer: str | None = None,
 ) -> Dataset:
     """Write the TID 1500 report of the implants found (or not) on a radiograph.
 
@@ -98,6 +100,14 @@ def write_implant_report(
         Series Number of the new series.
     comprehensive_3d : bool
         Comprehensive 3D SR (default) or Comprehensive SR.
+    reviewer : str, optional
+        For findings a dentist reviewed (doctor-in-the-loop): their name as DICOM writes
+        it (``""`` when unknown). The report is then "AI implant report, corrected"; a
+        named reviewer is a person observer beside the algorithm; each implant gets a
+        TEXT (REVIEWNOTE, 99DENTALAI, "Review note") saying whether the reviewer kept or
+        drew it and named its system. A drawn implant (``origin`` "person") has no
+        Certainty of Finding, and a system the reviewer named no probability or
+        candidates.
 
     Returns
     -------
@@ -119,7 +129,7 @@ def write_implant_report(
     algorithm_id = common.sr_algorithm_identification(result.algorithm)
     groups: list = []
     for number, finding in enumerate(result.findings, start=1):
-        groups.extend(_finding_groups(source, number, finding, algorithm_id, uids))
+        groups.extend(_finding_groups(source, number, finding, algorithm_id, uids, reviewer))
     if not result.findings:
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -132,16 +142,31 @@ def write_implant_report(
             )
         )
     evidence = [source] + ([segmentation] if segmentation is not None else [])
-    return _report(
+    report = _report(
         evidence=evidence,
         procedures=[RADIOGRAPHY_OF_TEETH],
         groups=groups,
         algorithm=result.algorithm,
         uids=uids,
         series_number=series_number,
-        description="AI implant report",
+        description="AI implant report" if reviewer is None else "AI implant report, corrected",
         comprehensive_3d=comprehensive_3d,
+        person=reviewer or None,
     )
+    if reviewer:  # the reviewer's name is in the observer context and the review notes
+        common.make_room_for(report, reviewer)
+    return report
+
+
+def review_note(finding: ImplantFinding, reviewer: str) -> str:
+    """What a reviewer did with one implant, in a sentence (at most 1024 characters)."""
+    who = reviewer or "the reviewer"
+    note = f"Drawn by {who}" if finding.origin == "person" else f"Found by the AI, kept by {who}"
+    if finding.system_by_person:
+        note += f"; system named by {who}"
+    elif finding.system_top:
+        note += "; system by the AI's identifier"
+    return note
 
 
 def write_video_report(
@@ -240,17 +265,24 @@ def _finding_groups(
     finding: ImplantFinding,
     algorithm_id: hd.sr.AlgorithmIdentification,
     uids: common.ObjectUIDs,
+    reviewer: str | None = None,
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     """The TID 1410 group of one implant, followed by one group per part."""
-    measurements = [hd.sr.Measurement(CERTAINTY_OF_FINDING, float(finding.score), NO_UNITS)]
+    drawn = finding.origin == "person"
+    measurements = [] if drawn else [hd.sr.Measurement(CERTAINTY_OF_FINDING, float(finding.score), NO_UNITS)]
     texts: list[tuple[Code, str]] = []
     if finding.system_top:
         name, probability = finding.system_top[0]
         texts.append((DEVICE_MODEL_NAME, name))
-        measurements.append(hd.sr.Measurement(SYSTEM_PROBABILITY, float(probability), NO_UNITS))
-        texts.extend((SYSTEM_CANDIDATE, f"{rank}. {candidate} (p={p:.3f})")
-                     for rank, (candidate, p) in enumerate(finding.system_top, start=1))
+        if not finding.system_by_person:
+            measurements.append(hd.sr.Measurement(SYSTEM_PROBABILITY, float(probability), NO_UNITS))
+            texts.extend((SYSTEM_CANDIDATE, f"{rank}. {candidate} (p={p:.3f})")
+                         for rank, (candidate, p) in enumerate(finding.system_top, start=1))
     texts.extend((DESIGN_ATTRIBUTE, f"{key}: {value}") for key, value in finding.attributes.items())
+    if reviewer is not None:
+        texts.append((REVIEW_NOTE, review_note(finding, reviewer)))
+    # a drawn box whose system the reviewer named owes the algorithm nothing
+    by_algorithm = not drawn or bool(finding.attributes) or (bool(finding.system_top) and not finding.system_by_person)
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.derive(f"tracking/{number}"), identifier=f"Implant {number}"
@@ -258,8 +290,8 @@ def _finding_groups(
         referenced_region=_region(source, finding.box),
         finding_type=common.IMPLANT,
         finding_category=common.PHYSICAL_OBJECT,
-        algorithm_id=algorithm_id,
-        measurements=measurements,
+        algorithm_id=algorithm_id if by_algorithm else None,
+        measurements=measurements or None,
     )
     _append_texts(group, texts)
     groups = [group]
@@ -321,8 +353,10 @@ def _report(
     series_number: int,
     description: str,
     comprehensive_3d: bool,
+    person: str | None = None,
 ) -> Dataset:
-    """Wrap measurement groups into a TID 1500 document and finish the dataset."""
+    """Wrap measurement groups into a TID 1500 document and finish the dataset (``person``:
+    a person observer's name, beside the algorithm as the device observer)."""
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -333,8 +367,13 @@ def _report(
             serial_number=common.DEVICE_SERIAL_NUMBER,
         ),
     )
+    person_context = None if person is None else hd.sr.ObserverContext(
+        observer_type=codes.cid270.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=person),
+    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_person_context=person_context,
+                                                     observer_device_context=observer),
         procedure_reported=procedures,
         imaging_measurements=groups,
     )

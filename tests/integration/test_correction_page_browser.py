@@ -40,13 +40,14 @@ def _wait_status(driver: Any, done: Callable[[str, str], bool], timeout: float, 
     return _status(driver)
 
 
-def _frame_geometry(driver: Any) -> dict[str, float]:
-    """Where the frame is on screen (CSS pixels, viewport) and its size in pixels."""
+def _frame_geometry(driver: Any, element: str = "frame") -> dict[str, float]:
+    """Where the image ``element`` (its id) is on screen (CSS pixels, viewport) and its size
+    in pixels."""
     return driver.execute_script(
-        "const img = document.getElementById('frame'); img.scrollIntoView({block: 'center'});"
+        "const img = document.getElementById(arguments[0]); img.scrollIntoView({block: 'center'});"
         "const r = img.getBoundingClientRect();"
         "return {left: r.left, top: r.top, width: r.width, height: r.height,"
-        "        naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight};")
+        "        naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight};", element)
 
 
 def _pointer(driver: Any, *, touch: bool = False) -> Any:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_service.api.app import create_app
@@ -97,6 +98,7 @@ def test_corrections_carry_their_makers_name_and_the_trail_records_who_did_what(
             results = dict(client.app.state.service.queue.result(done["id"])["results"])
 
             # what the trail holds while the node runs (read-only, beside the writer)
+            assert client.app.state.service.audit.flush()
             code, out = _run_cli("audit", "--data", str(settings.storage.path), "--actor", JAN)
             assert code == 0
             jans = [json.loads(line) for line in out.splitlines()]
@@ -180,7 +182,7 @@ def test_a_trail_that_cannot_be_written_fails_nothing(make_settings) -> None:
         service.audit._db.close()  # as a disk that fails
         assert client.get("/jobs", headers=SERVICE).status_code == 200
         assert client.get("/me", headers=SERVICE).status_code == 200
-        assert service.audit.lost == 2
+        assert service.audit.flush() and service.audit.lost == 2
         assert "dicom_service_audit_rows_lost_total 2" in client.get("/metrics", headers=SERVICE).text
 
 
@@ -216,20 +218,28 @@ def test_the_audit_command(make_settings, tmp_path) -> None:
     ({"users": [{"name": "^^^", "token": ANNA_TOKEN}]}, "non-empty component"),
     ({"users": [{"name": "a^b^c^d^e^f", "token": ANNA_TOKEN}]}, "at most 5 components"),
     ({"users": [{"name": ANNA}]}, "token"),
+    ({"users": [{"name": "Service Token 1", "token": ANNA_TOKEN}]}, "not named users"),
+    ({"users": [{"name": "unauthenticated", "token": ANNA_TOKEN}]}, "not named users"),
+    ({"users": [{"name": "Smith\u2028Anna", "token": ANNA_TOKEN}]}, "may not contain"),
+    ({"users": [{"name": ANNA, "token": "  spaces-0123456789  "}]}, "printable ASCII"),
+    ({"tokens": ["Ünicode-0123456789abc"]}, "printable ASCII"),
 ])
 def test_bad_users_are_named_at_load(http: dict, problem: str) -> None:
     with pytest.raises(Exception, match=problem):
         load_settings(None, http=http)
 
 
-def test_users_alone_need_no_created_token(make_settings) -> None:
+def test_users_beside_the_created_token(make_settings) -> None:
+    """Named users added to a node that made its own service token: what used that token
+    (a metrics scraper) goes on working beside them."""
     settings = make_settings(http={"tokens": [], "users": USERS})
     service = Service(settings)
-    assert service.api_tokens == []
-    assert not (Path(settings.storage.path) / TOKEN_FILE).exists()
+    created = (Path(settings.storage.path) / TOKEN_FILE).read_text().strip()
+    assert service.api_tokens == [created]
     with TestClient(create_app(service)) as client:
         assert client.get("/jobs", headers=AS_ANNA).status_code == 200
-        assert client.get("/jobs", headers=SERVICE).status_code == 401
+        assert client.get("/metrics", headers={"Authorization": f"Bearer {created}"}).status_code == 200
+        assert client.get("/jobs", headers=SERVICE).status_code == 401  # not configured here
 
 
 @pytest.mark.parametrize(("charset", "name", "expected"), [
@@ -239,6 +249,8 @@ def test_users_alone_need_no_created_token(make_settings) -> None:
     ("ISO_IR 100", "王^小明", "ISO_IR 192"),
     (["ISO 2022 IR 6", "ISO 2022 IR 87"], "Müller", "ISO_IR 192"),
     ("ISO_IR 192", "王^小明", "ISO_IR 192"),
+    ("ISO_IR 13", "山田^太郎", "ISO_IR 192"),  # JIS X 0201 has no kanji, though Python's shift_jis does
+    ("ISO_IR 6", "Müller", "ISO_IR 192"),  # not a DICOM term: ASCII only
 ])
 def test_a_persons_name_gets_a_character_set_that_holds_it(charset, name: str, expected, tmp_path) -> None:
     ds = builders.make_video_photographic(frames=1, rows=16, cols=16)
@@ -246,10 +258,76 @@ def test_a_persons_name_gets_a_character_set_that_holds_it(charset, name: str, e
         del ds.SpecificCharacterSet
     else:
         ds.SpecificCharacterSet = charset
-    ds.PatientName = "Ørsted^Hans" if charset == "ISO_IR 100" else "PHANTOM^IMPLANT"
+    latin = charset == "ISO_IR 100"
+    ds.PatientName = "Ørsted^Hans" if latin else "PHANTOM^IMPLANT"
+    # text in a sequence, as a copied source holds it: raw bytes until decoded
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = "X1", "99LOCAL"
+    item.CodeMeaning = "Zahnärztin Zürich" if latin else "Dental visit"
+    ds.ProcedureCodeSequence = [item]
+    source = tmp_path / "source.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    ds = dcmread(source)
     set_person_name(ds, "OperatorsName", name)
     assert ds.get("SpecificCharacterSet") == expected
     ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
     back = dcmread(tmp_path / "x.dcm")
     assert str(back.OperatorsName) == name
-    assert str(back.PatientName) == str(ds.PatientName)
+    assert str(back.PatientName) == ("Ørsted^Hans" if latin else "PHANTOM^IMPLANT")
+    assert back.ProcedureCodeSequence[0].CodeMeaning == item.CodeMeaning  # not garbled by the switch
+
+
+def test_every_audited_request_leaves_a_row_with_its_caller(make_settings) -> None:
+    """Requests answered before authentication (malformed JSON, an unknown route, a
+    method not allowed) name the token's holder; odd path values still leave a row."""
+    settings = make_settings(http={"tokens": [TEST_TOKEN], "users": USERS})
+    with TestClient(create_app(Service(settings))) as client:
+        bad_json = client.post("/corrections/tooth-masks", content="{not json",
+                               headers={**AS_ANNA, "Content-Type": "application/json"})
+        assert bad_json.status_code == 422
+        assert client.get("/studies/1.2.3/nothing-here", headers=AS_JAN).status_code == 404
+        assert client.delete("/me", headers=AS_JAN).status_code == 405
+        assert client.get("/jobs/%C2%B2", headers=SERVICE).status_code == 422  # a superscript two
+        assert client.get("/jobs/99999999999999999999", headers=SERVICE).status_code in (404, 422)
+        assert client.get(f"/instances/1.2.3/frames/{'9' * 30}", headers=AS_ANNA).status_code == 422
+        assert client.get("/me", headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+        assert client.get("/studies/" + "1" * 5000, headers=SERVICE).status_code == 422
+        service = client.app.state.service
+        assert service.audit.flush()
+        assert service.audit.lost == 0
+        rows = read_events(Path(settings.storage.path) / AUDIT_FILE)
+    assert [(r["actor"], r["outcome"]) for r in rows] == [
+        (ANNA, "422"), (JAN, "404"), (JAN, "405"), ("service token 1", "422"), ("service token 1", rows[4]["outcome"]),
+        (ANNA, "422"), ("unauthenticated", "401"), ("service token 1", "422")]
+    assert rows[4]["job_id"] is None and rows[5]["detail"]["frame"] == "9" * 30
+    assert len(rows[7]["detail"]["path"]) == 512 and len(rows[7]["study_uid"]) == 64  # capped
+
+
+def test_a_locked_or_deleted_trail_holds_nothing_up(make_settings) -> None:
+    """Another program holding the trail's write lock does not hold up a request (rows wait
+    for the writer); a trail deleted while the node runs is made again."""
+    import sqlite3
+    import time
+
+    settings = make_settings()
+    path = Path(settings.storage.path) / AUDIT_FILE
+    with TestClient(create_app(Service(settings))) as client:
+        audit = client.app.state.service.audit
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            for _ in range(20):
+                assert client.get("/jobs", headers=SERVICE).status_code == 200
+            assert time.monotonic() - started < 5.0  # the writer waits, not the requests
+            assert not audit.flush(timeout=0.5)  # still waiting for the lock
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert audit.flush() and audit.lost == 0
+        assert len(read_events(path)) == 20
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        assert client.get("/jobs", headers=SERVICE).status_code == 200
+        assert audit.flush()
+        assert [r["action"] for r in read_events(path)] == ["GET /jobs"]  # a new trail holds it

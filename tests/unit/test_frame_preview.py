@@ -26,6 +26,7 @@ from dicom_service.media.frame_preview import (
 )
 from dicom_service.media.frame_seek import index_packets
 from dicom_service.media.pixel_file import DEFER_BYTES
+from dicom_service.media.pixels import load_radiograph
 from dicom_service.media.seg_frames import segmentation_frames
 from dicom_service.media.video import bitstream_source, open_frames
 from dicom_service.service import Service
@@ -107,9 +108,15 @@ def test_frames_with_ai_and_corrected_masks(make_settings) -> None:
         assert client.get(f"/instances/{sop}/frames/0", params={"masks": "all"}, headers=AUTH).status_code == 422
         assert client.get(f"/instances/{sop}.9/frames/0", headers=AUTH).status_code == 404
         assert client.get(f"/instances/{sop}/frames/0").status_code == 401
-        other = str(radiograph.SOPInstanceUID)  # not processed by the video workflow: no tooth masks
-        assert client.get(f"/instances/{other}/frames/0", headers=AUTH).status_code == 409
-        assert client.get(f"/instances/{other}/frames/0", params={"masks": "none"}, headers=AUTH).status_code == 200
+        # a radiograph: frame 0 as the implant models read it, grey, no tooth mask
+        other = str(radiograph.SOPInstanceUID)
+        shown = client.get(f"/instances/{other}/frames/0", headers=AUTH)
+        assert shown.status_code == 200 and shown.headers["x-mask-source"] == "none"
+        grey = cv2.imdecode(np.frombuffer(shown.content, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert grey.shape[:2] == (int(radiograph.Rows), int(radiograph.Columns))
+        expected = np.round(load_radiograph(radiograph) * 255.0).astype(np.uint8)
+        assert np.array_equal(grey[:, :, 0], expected) and np.array_equal(grey[:, :, 0], grey[:, :, 2])
+        assert client.get(f"/instances/{other}/frames/1", headers=AUTH).status_code == 422
 
 
 def test_auto_sends_frames_above_720p_as_jpeg_at_their_own_size() -> None:

@@ -57,12 +57,22 @@ def test_processed_photos_and_videos_are_listed_newest_first_with_patient_and_st
         one = client.get(f"/instances/{video.SOPInstanceUID}", headers=AUTH)
         assert one.status_code == 200 and one.json() == older and one.headers["cache-control"] == "no-store"
 
-        # a correction is counted; a radiograph (another workflow) is no photo or video
+        # a correction is counted; a radiograph is listed with the radiograph workflow, its
+        # reviews counted as its corrections
         box = {"sop_instance_uid": str(video.SOPInstanceUID), "frame": 1, "box": [10, 10, 60, 50]}
         assert client.post("/corrections/tooth-masks", json=box, headers=AUTH).status_code == 201
         assert client.get(f"/instances/{video.SOPInstanceUID}", headers=AUTH).json()["corrections"] == 1
-        missing = client.get(f"/instances/{radiograph.SOPInstanceUID}", headers=AUTH)
-        assert missing.status_code == 404 and "not a processed photo or video" in missing.json()["detail"]
+        assert older["workflow"] == "video"
+        radiographs = client.get("/instances", params={"workflow": "radiograph"}, headers=AUTH).json()
+        assert [(i["sop_instance_uid"], i["workflow"], i["corrections"]) for i in radiographs] == [
+            (str(radiograph.SOPInstanceUID), "radiograph", 0)]
+        review = {"sop_instance_uid": str(radiograph.SOPInstanceUID), "implants": []}
+        assert client.post("/corrections/implants", json=review, headers=AUTH).status_code == 201
+        one = client.get(f"/instances/{radiograph.SOPInstanceUID}", headers=AUTH).json()
+        assert (one["workflow"], one["corrections"], one["frames"]) == ("radiograph", 1, 1)
+        assert client.get("/instances", params={"workflow": "ignore"}, headers=AUTH).status_code == 422
+        missing = client.get("/instances/1.2.3.4", headers=AUTH)
+        assert missing.status_code == 404 and "not a processed photo, video or radiograph" in missing.json()["detail"]
 
         # a stored file whose header no longer reads is listed as unreadable, not a 500
         meta = client.app.state.service.store.instance(str(photo.SOPInstanceUID))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -36,14 +36,14 @@ from pydicom import dcmread
 
 from dicom_service.api.audit_middleware import audit_subject
 from dicom_service.api.auth import Authenticated, CurrentCaller
-from dicom_service.domain import InputError, Job, JobKind, JobState, StorageFullError, Workflow
+from dicom_service.domain import InputError, InstanceMeta, Job, JobKind, JobState, StorageFullError, Workflow
 from dicom_service.jobs.correction import (
     corrected_segmentation,
     correction_job_key,
     correction_payload,
     corrections_of,
 )
-from dicom_service.jobs.processed import video_jobs
+from dicom_service.jobs.processed import processing_jobs
 from dicom_service.jobs.queue import JobStateConflict, enqueued_or_existing
 from dicom_service.pipelines.correction import (
     CorrectionTooLarge,
@@ -138,17 +138,33 @@ class ToothCorrectionAccepted(BaseModel):
     detail: str
 
 
-def processing_job(queue, study_uid: str, sop: str) -> Job:  # noqa: ANN001 - JobQueue
-    """The newest succeeded video job that processed instance ``sop``; 409 if there is none
-    (naming the state of the newest such job, if one is queued, running or failed)."""
-    jobs = video_jobs(queue, study_uid, sop)
+def stored_instance(request: Request, sop: str) -> tuple[Any, InstanceMeta]:
+    """The running service and the stored instance ``sop``'s index entry (``(service,
+    InstanceMeta)``); 503 before the service has started, 404 for an instance not stored
+    here. The request's audit row names the instance's study."""
+    service = request.app.state.service
+    if service.store is None or service.queue is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is not started")
+    meta = service.store.instance(sop)
+    if meta is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {sop} is not stored here")
+    audit_subject(request, study_uid=meta.study_uid)
+    return service, meta
+
+
+def processing_job(queue, study_uid: str, sop: str,  # noqa: ANN001 - JobQueue
+                   workflow: Workflow = Workflow.VIDEO) -> Job:
+    """The newest succeeded ``workflow`` job that processed instance ``sop``; 409 if there
+    is none (naming the state of the newest such job, if one is queued, running or failed)."""
+    jobs = processing_jobs(queue, study_uid, sop, workflow)
     for job in jobs:  # newest first
         if job.state is JobState.SUCCEEDED:
             return job
     if jobs:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            f"instance {sop}: its video job {jobs[0].id} is {jobs[0].state.value}, not succeeded")
-    raise HTTPException(status.HTTP_409_CONFLICT, f"instance {sop} has not been processed by the video workflow")
+        raise HTTPException(status.HTTP_409_CONFLICT, f"instance {sop}: its {workflow.value} job {jobs[0].id} is "
+                                                      f"{jobs[0].state.value}, not succeeded")
+    raise HTTPException(status.HTTP_409_CONFLICT,
+                        f"instance {sop} has not been processed by the {workflow.value} workflow")
 
 
 def _checked(service, path: str, segmenter: ToothSegmenter,  # noqa: ANN001 - Service
@@ -164,11 +180,12 @@ def _checked(service, path: str, segmenter: ToothSegmenter,  # noqa: ANN001 - Se
     return correction.for_frames(count)
 
 
-def _correction_job(queue, key: str, study_uid: str, payload: dict, attempts: int) -> Job:  # noqa: ANN001
+def correction_job(queue, key: str, study_uid: str, payload: dict, attempts: int,  # noqa: ANN001 - JobQueue
+                   workflow: Workflow = Workflow.VIDEO) -> Job:
     """The correction job of ``key``: a new one, or the one already queued, running or done
     (put back in the queue if it had failed or was cancelled)."""
     return _requeued(queue, enqueued_or_existing(queue, JobKind.CORRECT, key, study_uid=study_uid,
-                                                 workflow=Workflow.VIDEO, payload=payload, max_attempts=attempts))
+                                                 workflow=workflow, payload=payload, max_attempts=attempts))
 
 
 def _requeued(queue, job: Job) -> Job:  # noqa: ANN001 - JobQueue
@@ -199,13 +216,10 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn, call
                                  wait: Annotated[float, Query(ge=0, le=600, description=(
                                      "Seconds to wait for the result before answering 202"))] = 30.0,
                                  ) -> ToothCorrectionOut | JSONResponse:
-    service = request.app.state.service
-    if service.store is None or service.queue is None or service.runtimes is None:
+    audit_subject(request, sop_instance_uid=body.sop_instance_uid)
+    service, meta = stored_instance(request, body.sop_instance_uid)
+    if service.runtimes is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is not started")
-    meta = service.store.instance(body.sop_instance_uid)
-    if meta is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {body.sop_instance_uid} is not stored here")
-    audit_subject(request, study_uid=meta.study_uid, sop_instance_uid=body.sop_instance_uid)
     process_job = processing_job(service.queue, meta.study_uid, body.sop_instance_uid)
     runtime = service.runtimes.video
     segmenter = getattr(runtime, "segmenter", None)
@@ -232,17 +246,27 @@ def correct_tooth_masks_endpoint(request: Request, body: ToothCorrectionIn, call
     except StorageFullError as error:
         log.error("correction refused (disk full): job %d", process_job.id)
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, str(error)) from error
-    job = _correction_job(service.queue, correction_job_key(process_job, correction, body.restore), meta.study_uid,
-                          correction_payload(body.sop_instance_uid, process_job, correction, body.restore),
-                          service.settings.retry.max_attempts)
+    job = correction_job(service.queue, correction_job_key(process_job, correction, body.restore), meta.study_uid,
+                         correction_payload(body.sop_instance_uid, process_job, correction, body.restore),
+                         service.settings.retry.max_attempts)
     audit_subject(request, job_id=job.id)
-    job = service.queue.wait_for_job(job.id, wait) or job
+    done = finished_or_accepted(service.queue, job, wait)
+    if isinstance(done, JSONResponse):
+        return done
+    reply = (service.queue.result(done.id) or {}).get("correction", {})
+    restore = service.queue.get(reply["restore_job"]) if reply.get("restore_job") is not None else None
+    if restore is not None:  # asked again: a restore job that failed goes back in the queue
+        _requeued(service.queue, restore)
+    return ToothCorrectionOut(correction_job=done.id, **reply)
+
+
+def finished_or_accepted(queue, job: Job, wait: float) -> Job | JSONResponse:  # noqa: ANN001 - JobQueue
+    """Wait up to ``wait`` seconds for the correction ``job``: the job once it succeeded,
+    else a 202 naming it (queued or running); an HTTP error if it failed (422: a
+    permanent failure, an input error; 500: out of attempts) or was cancelled (409)."""
+    job = queue.wait_for_job(job.id, wait) or job
     if job.state is JobState.SUCCEEDED:
-        reply = (service.queue.result(job.id) or {}).get("correction", {})
-        restore = service.queue.get(reply["restore_job"]) if reply.get("restore_job") is not None else None
-        if restore is not None:  # asked again: a restore job that failed goes back in the queue
-            _requeued(service.queue, restore)
-        return ToothCorrectionOut(correction_job=job.id, **reply)
+        return job
     if job.state is JobState.FAILED:  # a permanent failure: an input error
         raise HTTPException(422, f"correction job {job.id} failed: {job.error}")
     if job.state is JobState.DEAD:
@@ -267,13 +291,7 @@ def list_tooth_mask_corrections(
 ) -> list[ToothCorrectionOut]:
     """What each succeeded correction of the instance's latest processing made (the replies
     ``POST`` gave): a client picks the one to build on (``based_on``) or to show."""
-    service = request.app.state.service
-    if service.store is None or service.queue is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is not started")
-    meta = service.store.instance(sop_instance_uid)
-    if meta is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {sop_instance_uid} is not stored here")
-    audit_subject(request, study_uid=meta.study_uid)
+    service, meta = stored_instance(request, sop_instance_uid)
     process_job = processing_job(service.queue, meta.study_uid, sop_instance_uid)
     return [ToothCorrectionOut(correction_job=job.id, **reply)
             for job, reply in corrections_of(service.queue, process_job, sop_instance_uid)]

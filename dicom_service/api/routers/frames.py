@@ -1,4 +1,5 @@
-"""Frames of stored photos and videos as PNG, with the tooth mask the node holds for them."""
+"""Frames of stored photos and videos as PNG or JPEG, with the tooth mask the node holds
+for them; a processed radiograph as the implant models read it (frame 0, no mask)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
-from dicom_service.api.audit_middleware import audit_subject
 from dicom_service.api.auth import Authenticated
-from dicom_service.api.routers.corrections import processing_job
-from dicom_service.domain import InputError, MediaError
+from dicom_service.api.routers.corrections import processing_job, stored_instance
+from dicom_service.domain import InputError, MediaError, Workflow
 from dicom_service.jobs.correction import ai_masks, latest_masks
-from dicom_service.media.frame_preview import decode_frame, overlay_mask, preview_bytes
+from dicom_service.jobs.processed import processing_jobs
+from dicom_service.media.frame_preview import decode_frame, overlay_mask, preview_bytes, radiograph_preview
 
 #: Frames decoded at once (``app.state.frame_slots``); a request waits this long for a turn, then 503.
 FRAME_SLOTS = 2
@@ -57,19 +58,18 @@ def frame_png(request: Request, sop_instance_uid: SopUid, frame: FrameIndex,
     """``masks``: ``latest`` (the newest correction's, else the AI's), ``ai``, or ``none``.
     ``format``: ``png`` (lossless), ``jpeg``, or ``auto`` (PNG up to 1280×720, JPEG above:
     the correction page's choice)."""
-    service = request.app.state.service
-    meta = service.store.instance(sop_instance_uid)
-    if meta is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {sop_instance_uid} is not stored here")
-    audit_subject(request, study_uid=meta.study_uid)
-    mask, source = (None, "none") if masks == "none" else _mask(service, sop_instance_uid, meta.study_uid,
-                                                                 frame, masks)
+    service, meta = stored_instance(request, sop_instance_uid)
+    radiograph = bool(processing_jobs(service.queue, meta.study_uid, sop_instance_uid, Workflow.RADIOGRAPH))
+    if radiograph and frame != 0:
+        raise HTTPException(422, f"frame {frame} is not a frame of this radiograph (0 only)")
+    mask, source = (None, "none") if masks == "none" or radiograph else _mask(
+        service, sop_instance_uid, meta.study_uid, frame, masks)
     slots = request.app.state.frame_slots
     if not slots.acquire(timeout=SLOT_WAIT_SECONDS):
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "busy decoding other frames: try again",
                             headers={"Retry-After": "5"})
     try:
-        rgb, count = decode_frame(str(meta.path), frame)
+        rgb, count = (radiograph_preview(str(meta.path)), 1) if radiograph else decode_frame(str(meta.path), frame)
         encoded, media_type = preview_bytes(overlay_mask(rgb, mask), format)
     except (InputError, MediaError) as error:
         raise HTTPException(422, str(error)) from error

@@ -9,14 +9,14 @@ authenticated client, are marked ``Cache-Control: no-store``, and are never logg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from dicom_service.api.audit_middleware import audit_subject
 from dicom_service.api.auth import Authenticated
 from dicom_service.api.params import Offset
-from dicom_service.domain import MediaError
+from dicom_service.domain import MediaError, Workflow
 from dicom_service.jobs.processed import ProcessedInstance, processed_instance, processed_instances
 from dicom_service.media.instance_header import UNREADABLE, InstanceHeader, read_instance_header
 
@@ -42,6 +42,7 @@ class InstanceOut(InstanceHeader):
     processed_at: float
     corrections: int
     readable: bool
+    workflow: str
 
 
 def _out(item: ProcessedInstance) -> InstanceOut:
@@ -54,29 +55,35 @@ def _out(item: ProcessedInstance) -> InstanceOut:
     return InstanceOut(**{**vars(header), "modality": meta.modality},
                        sop_instance_uid=meta.sop_instance_uid, study_uid=meta.study_uid, series_uid=meta.series_uid,
                        sop_class_uid=meta.sop_class_uid, process_job=item.process_job.id,
-                       processed_at=item.process_job.updated_at, corrections=item.corrections, readable=readable)
+                       processed_at=item.process_job.updated_at, corrections=item.corrections, readable=readable,
+                       workflow=item.process_job.workflow.value if item.process_job.workflow else "")
 
 
 @router.get("", response_model=list[InstanceOut],
-            summary="Photos and videos the video workflow has processed, the newest first, with patient and study")
-def list_instances(request: Request, response: Response, limit: PageSize = 50, offset: Offset = 0) -> list[InstanceOut]:
+            summary="Instances a workflow has processed (photos and videos, or radiographs), the newest first, "
+                    "with patient and study")
+def list_instances(request: Request, response: Response, limit: PageSize = 50, offset: Offset = 0,
+                   workflow: Annotated[Literal["video", "radiograph"], Query(description=(
+                       "video: photos and videos (corrections of tooth masks); radiograph: radiographs (implant "
+                       "reviews)"))] = "video") -> list[InstanceOut]:
     service = request.app.state.service
     response.headers["Cache-Control"] = "no-store"
-    listed = [_out(item) for item in processed_instances(service.queue, service.store, limit=limit, offset=offset)]
+    listed = [_out(item) for item in processed_instances(service.queue, service.store, limit=limit, offset=offset,
+                                                          workflow=Workflow(workflow))]
     # whose data the list showed (patient names and IDs are in it): the trail names the studies
     audit_subject(request, instances_shown=len(listed), studies_shown=sorted({i.study_uid for i in listed}))
     return listed
 
 
 @router.get("/{sop_instance_uid}", response_model=InstanceOut,
-            summary="One processed photo or video, with patient and study",
-            responses={404: {"description": "Not stored here, or not processed by the video workflow"}})
+            summary="One processed photo, video or radiograph, with patient and study",
+            responses={404: {"description": "Not stored here, or not processed by a workflow"}})
 def get_instance(request: Request, response: Response, sop_instance_uid: SopUid) -> InstanceOut:
     service = request.app.state.service
     item = processed_instance(service.queue, service.store, sop_instance_uid)
     if item is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            f"instance {sop_instance_uid} is not a processed photo or video held here")
+                            f"instance {sop_instance_uid} is not a processed photo, video or radiograph held here")
     out = _out(item)
     audit_subject(request, study_uid=out.study_uid)
     response.headers["Cache-Control"] = "no-store"

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel
 
+from dicom_service.api.audit_middleware import audit_subject
 from dicom_service.api.auth import Authenticated
 from dicom_service.api.params import SQLITE_MAX_INT, Limit, Offset
 from dicom_service.domain import Job, JobKind, JobState
@@ -75,11 +76,15 @@ def get_job(request: Request, job_id: JobId) -> JobOut:
     job = queue.get(job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    audit_subject(request, study_uid=job.study_uid or None)
     return _out(job, queue.result(job_id))
 
 
 def _transition(request: Request, job_id: int, action: str) -> JobOut:
     queue = request.app.state.service.queue
+    found = queue.get(job_id)
+    if found is not None:  # whose study's job was retried or cancelled, in the audit trail
+        audit_subject(request, study_uid=found.study_uid or None)
     try:
         job = queue.retry(job_id) if action == "retry" else queue.cancel(job_id)
     except JobNotFound:

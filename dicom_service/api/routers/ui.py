@@ -1,6 +1,8 @@
-"""The correction page: a dentist's clicks and boxes on a frame, in a browser.
+"""The correction pages, in a browser: a dentist's clicks and boxes on a frame of a photo or
+video (``/ui/correct``), and their review of the implants found on a radiograph
+(``/ui/implants``).
 
-The page itself holds no data and needs no token; everything it shows or sends goes
+The pages hold no data and need no token; everything it shows or sends goes
 through the authenticated API (the dentist types the token in, kept for the browser
 tab's session only). Static files: ``api/static``.
 """
@@ -31,6 +33,12 @@ def correction_page() -> FileResponse:
                         headers=SECURITY_HEADERS)
 
 
+@router.get("/ui/implants", response_class=FileResponse, summary="The implant review page (HTML)")
+def implant_review_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "implants.html", media_type="text/html; charset=utf-8",
+                        headers=SECURITY_HEADERS)
+
+
 @router.get("/ui/correct/", include_in_schema=False)
 def correction_page_slash() -> RedirectResponse:
     """``/ui/correct/`` → the page, by a relative redirect: the page's scripts are relative
@@ -39,8 +47,8 @@ def correction_page_slash() -> RedirectResponse:
     return RedirectResponse("../correct", status_code=status.HTTP_308_PERMANENT_REDIRECT)
 
 
-#: The scripts the page loads and its icon; nothing else under ``static`` is served.
-SCRIPTS = ("correct.js", "correct_logic.js")
+#: The scripts the pages load and their icon; nothing else under ``static`` is served.
+SCRIPTS = ("correct.js", "correct_logic.js", "implants.js", "implants_logic.js", "page_common.js")
 ICON = "favicon.svg"
 
 

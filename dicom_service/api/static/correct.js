@@ -15,25 +15,9 @@
   let frameCount = null;
   let undoStack = []; // earlier states of `prompts` on the frame on screen, the newest last
 
-  $("token").value = sessionStorage.getItem("dental-ai-token") || "";
-
-  function status(text, isError) {
-    $("status").textContent = text;
-    $("status").className = isError ? "error" : "";
-  }
-
-  function headers(extra) {
-    return Object.assign({ Authorization: `Bearer ${$("token").value.trim()}` }, extra || {});
-  }
-
-  async function problem(response) {
-    try {
-      const body = await response.json();
-      return `${response.status}: ${typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)}`;
-    } catch (e) {
-      return `${response.status} ${response.statusText}`;
-    }
-  }
+  const { status, headers, problem, guarded } = window.PageCommon;
+  const P = window.PageCommon;
+  P.restoreToken();
 
   function draw() {
     canvas.width = img.naturalWidth || 1;
@@ -86,28 +70,11 @@
     draw();
   }
 
-  // Whose token is typed: the line under it says under whose name corrections go.
-  async function signIn() {
-    if (!$("token").value.trim()) return;
-    const response = await fetch("/me", { headers: headers() });
-    $("signedIn").textContent = response.ok ? L.signedInLine(await response.json())
-      : `The token is not accepted (${await problem(response)}).`;
-    $("signedIn").className = response.ok ? "" : "error";
-  }
+  const signIn = P.signIn;
 
   // The processed photos and videos, newest first, into the "Processed" list.
   async function listRecent() {
-    if (!$("token").value.trim()) return;
-    const response = await fetch("/instances?limit=100", { headers: headers() });
-    if (!response.ok) {
-      status(`listing the processed photos and videos: ${await problem(response)}`, true);
-      return;
-    }
-    const items = await response.json();
-    const select = $("recent");
-    select.replaceChildren(new Option(items.length ? "(pick one)" : "(none processed yet)", ""));
-    for (const item of items) select.add(new Option(L.instanceLabel(item), item.sop_instance_uid));
-    select.value = shown && items.some((item) => item.sop_instance_uid === shown.sop) ? shown.sop : "";
+    await P.listRecent("video", shown && shown.sop);
   }
 
   // Who the frame on screen belongs to; "" while unknown.
@@ -181,21 +148,6 @@
     draw();
   });
 
-  async function follow(jobId) {
-    for (;;) {
-      const response = await fetch(`/jobs/${jobId}`, { headers: headers() });
-      if (!response.ok) return status(await problem(response), true);
-      const job = await response.json();
-      if (job.state === "succeeded") return true;
-      if (!["queued", "running"].includes(job.state)) {
-        status(`correction job ${jobId} ${job.state}: ${job.error || ""}`, true);
-        return false;
-      }
-      status(`correction job ${jobId} ${job.state}…`);
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-    }
-  }
-
   async function send() {
     let body;
     try {
@@ -208,6 +160,7 @@
       return;
     }
     const target = { sop: shown.sop, frame: shown.frame };
+    let made = false;
     $("send").disabled = true; // one correction at a time from this page
     try {
       status("correcting…");
@@ -216,7 +169,7 @@
       });
       if (response.status === 202) {
         const accepted = await response.json();
-        if (!(await follow(accepted.correction_job))) return;
+        if (!(await P.follow(accepted.correction_job, "correction"))) return;
       } else if (!response.ok) {
         status(await problem(response), true);
         return;
@@ -234,29 +187,19 @@
         await load();
         status(`${$("status").textContent}\n${done}`);
       }
-      await listRecent(); // its count of corrections changed
+      made = true;
     } finally {
-      $("send").disabled = false;
+      $("send").disabled = false; // before the list is read again: the correction is done
     }
+    if (made) await listRecent(); // its count of corrections changed
   }
 
   // A link to a frame (#sop=…&frame=…) opens it: at once with the token of this tab's
   // session, else once the token is typed.
   const linked = L.parseHash(window.location.hash);
 
-  // A handler whose failure to reach the node (network down, node stopped) is shown, not lost.
-  function guarded(handler) {
-    return async (event) => {
-      try {
-        await handler(event);
-      } catch (e) {
-        status(`the node did not answer: ${e.message}`, true);
-      }
-    };
-  }
-
   $("token").addEventListener("change", guarded(async () => {
-    sessionStorage.setItem("dental-ai-token", $("token").value.trim());
+    P.keepToken();
     await signIn();
     await listRecent();
     if (linked && !shown) await load(); // a link opened before the token was typed

@@ -101,11 +101,12 @@
   // One line for a processed photo or video of GET /instances, to pick it from a list.
   function instanceLabel(item) {
     const who = personName(item.patient_name) || "(no name)";
-    const what = item.frames > 1 ? `video, ${item.frames} frames` : "photo";
+    const radiograph = item.workflow === "radiograph";
+    const what = radiograph ? "radiograph" : item.frames > 1 ? `video, ${item.frames} frames` : "photo";
     const parts = [dicomDate(item.study_date) || "(no date)", `${who}${item.patient_id ? ` (${item.patient_id})` : ""}`,
       `${item.modality || "?"} ${what}`];
     if (item.series_description || item.study_description) parts.push(item.series_description || item.study_description);
-    if (item.corrections > 0) parts.push(`corrected ${item.corrections}×`);
+    if (item.corrections > 0) parts.push(`${radiograph ? "reviewed" : "corrected"} ${item.corrections}×`);
     return parts.join(" · ");
   }
 
