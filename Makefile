@@ -44,6 +44,7 @@ bench: install-test
 	$(BIN)/python -m benchmarks.video --ten-second
 	$(BIN)/python -m benchmarks.video_memory
 	$(BIN)/python -m benchmarks.frame_preview
+	$(BIN)/python -m benchmarks.implant_review
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
