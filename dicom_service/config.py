@@ -110,10 +110,11 @@ _TOKEN = re.compile(r"^[\x21-\x7e]{16,}$")
 def check_person_name(value: str) -> str:
     """Validate a person's name as a DICOM PN value of one component group: at most five
     ``^``-separated components (family, given, middle, prefix, suffix), 1 to 64
-    characters, no backslash or control character, not only carets or spaces."""
+    characters and at most 64 bytes in UTF-8 (what a validator counts in an object written
+    in UTF-8), no backslash or control character, not only carets or spaces."""
     text = value.strip()
-    if not 1 <= len(text) <= 64:
-        raise ValueError("a person's name (DICOM PN) has 1 to 64 characters")
+    if not 1 <= len(text) <= 64 or len(text.encode()) > 64:
+        raise ValueError("a person's name (DICOM PN) has 1 to 64 characters, and at most 64 bytes in UTF-8")
     if _PN_FORBIDDEN.search(text) or "=" in text:
         raise ValueError("a person's name may not contain '\\', '=' or control characters")
     if text.count("^") > 4:

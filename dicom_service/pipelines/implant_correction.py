@@ -47,9 +47,13 @@ CORRECTED_PR_SERIES = 9014
 CORRECTED_BURNED_IN_SERIES = 9202
 #: Implants one review may list.
 MAX_IMPLANTS = 64
-#: A system name as a dentist may give it: printable ASCII, 1 to 64 characters (it is also
-#: burned into the capture's pixels, which only ASCII can be).
-SYSTEM_NAME = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,64}$")
+#: A system name as a dentist may give it: printable ASCII without backslash, 1 to 64
+#: characters, no space at either end (DICOM would drop it; it is also burned into the
+#: capture's pixels, which only ASCII can be).
+SYSTEM_NAME_PATTERN = r"^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,62}[\x21-\x5b\x5d-\x7e])?$"
+SYSTEM_NAME = re.compile(SYSTEM_NAME_PATTERN)
+#: The shortest side (pixels) of a box a dentist draws.
+MIN_BOX_PIXELS = 2.0
 #: How far (pixels) a box detected again may be from the reported one and still be it.
 SAME_BOX_PIXELS = 0.5
 
@@ -128,9 +132,15 @@ class ImplantReview:
                 if not all(np.isfinite(edit.box)) or not (0 <= x0 < x1 <= columns and 0 <= y0 < y1 <= rows):
                     raise InputError(f"implant {number}: box {list(edit.box)} must have 0 <= x0 < x1 <= {columns} "
                                      f"and 0 <= y0 < y1 <= {rows} (pixels of the radiograph)")
+                if min(x1 - x0, y1 - y0) < MIN_BOX_PIXELS:
+                    raise InputError(f"implant {number}: box {list(edit.box)} is less than {MIN_BOX_PIXELS:g} "
+                                     "pixels on a side")
             if edit.system is not None and not SYSTEM_NAME.match(edit.system):
                 raise InputError(f"implant {number}: a system name has 1 to 64 printable ASCII characters, "
-                                 "no backslash")
+                                 "no backslash, no space at either end")
+        boxes = [tuple(e.box) for e in self.implants if e.box is not None]
+        if len(set(boxes)) != len(boxes):
+            raise InputError("a box is drawn twice")
 
     def describe(self, ai_findings: int) -> str:
         """What the review did, in a few words (at most 64 characters)."""
@@ -242,9 +252,10 @@ def correct_implants(source: Dataset, runtime: RadiographRuntime, reported: list
         seg = write_implant_segmentation(source, result, uid_seed=f"{seed}/seg", series_number=CORRECTED_SEG_SERIES,
                                          corrected=True)
         objects.append(ResultObject("seg", seg))
-    objects.append(ResultObject("sr", write_implant_report(
+    objects.append(ResultObject("sr", write_implant_report(  # kept findings keep the AI report's tracking UIDs
         source, result, segmentation=seg, uid_seed=f"{seed}/sr", series_number=CORRECTED_REPORT_SERIES,
-        reviewer=review.operator or "")))
+        reviewer=review.operator or "", ai_findings=[e.finding for e in review.implants],
+        ai_uid_seed=f"{uid_seed}/{sop}/sr")))
     objects.append(ResultObject("pr", write_implant_presentation_state(
         source, result, uid_seed=f"{seed}/pr", series_number=CORRECTED_PR_SERIES, corrected=True)))
     objects.append(ResultObject("sc", write_secondary_capture(

@@ -88,6 +88,10 @@ def finding_crop(image: np.ndarray, box: tuple[float, float, float, float],
     return crop_implant(image, box, coronal_on_top=axis is None or axis[3] >= axis[1])
 
 
+#: A radiograph at least this many times as wide as high is taken as a panoramic (both jaws).
+PANORAMIC_ASPECT = 1.5
+
+
 def parts_in_box(parts: list[ImplantPart], box: tuple[float, float, float, float]) -> tuple[ImplantPart, ...]:
     """The parts whose centre lies in ``box`` (``(x0, y0, x1, y1)`` pixels), the best of
     each label, in the order coronal, middle, apical."""
@@ -233,21 +237,34 @@ class LearnedImplantRuntime:
         """An implant a person boxed on a ``(rows, cols)`` image in [0, 1].
 
         Its parts are the stage-1 parts (``parts``, else detected now at
-        :attr:`part_threshold`) whose centre lies in ``box`` (:func:`parts_in_box`); its
-        axis runs from the coronal part's centre to the apical one's when both are there
-        (which orients the crop); its system and design are the identifier's for the
-        box's crop. ``score`` is 1.0: the box is a person's, not a detection.
+        :attr:`part_threshold`) whose centre lies in ``box`` (:func:`parts_in_box`). With
+        two or more of them, its axis runs from the first to the last (coronal, middle,
+        apical), as :meth:`detect` orients an implant, and orients the crop; with only the
+        coronal or the apical part, the half of the box it lies in does; with neither, on a
+        panoramic (at least :data:`PANORAMIC_ASPECT` times as wide as high) the half of the
+        image the box lies in does (the upper jaw's implants have their apex up); else both
+        ways up are identified and the more confident one kept, which can be the wrong one.
+        Its system and design are the identifier's for the crop. ``score`` is 1.0: the
+        box is a person's, not a detection.
         """
         if parts is None:
             parts = self.detect_parts(image)
         inside = parts_in_box(parts, box)
-        by_label = {part.label: part.box for part in inside}
         axis = None
-        if "coronal" in by_label and "apical" in by_label:
-            (a0, a1, a2, a3), (b0, b1, b2, b3) = by_label["coronal"], by_label["apical"]
+        centre_y = (box[1] + box[3]) / 2
+        if len(inside) >= 2:
+            (a0, a1, a2, a3), (b0, b1, b2, b3) = inside[0].box, inside[-1].box
             axis = ((a0 + a2) / 2, (a1 + a3) / 2, (b0 + b2) / 2, (b1 + b3) / 2)
-        crop = torch.from_numpy(finding_crop(image, box, axis))[None, None].to(self.device)
-        identity = self.identifier.identify(crop)[0]
+            crops = [finding_crop(image, box, axis)]
+        elif inside and inside[0].label in ("coronal", "apical"):  # one end found: which half it is in
+            part_y = (inside[0].box[1] + inside[0].box[3]) / 2
+            crops = [crop_implant(image, box, coronal_on_top=(part_y < centre_y) == (inside[0].label == "coronal"))]
+        elif image.shape[1] >= PANORAMIC_ASPECT * image.shape[0]:  # a panoramic: the upper jaw is the upper half
+            crops = [crop_implant(image, box, coronal_on_top=centre_y >= image.shape[0] / 2)]
+        else:
+            crops = [crop_implant(image, box, coronal_on_top=True), crop_implant(image, box, coronal_on_top=False)]
+        identities = self.identifier.identify(torch.from_numpy(np.stack(crops))[:, None].to(self.device))
+        identity = max(identities, key=lambda found: found["systems"][0][1] if found["systems"] else 0.0)
         return ImplantFinding(box=tuple(float(v) for v in box), score=1.0, parts=inside,
                               attributes=dict(identity["attributes"]), system_top=tuple(identity["systems"]),
                               axis=axis)

@@ -82,6 +82,8 @@ def write_implant_report(
     series_number: int = IMPLANT_REPORT_SERIES_NUMBER,
     comprehensive_3d: bool = True,
     reviewer: str | None = None,
+    ai_findings: Sequence[int | None] | None = None,
+    ai_uid_seed: str | None = None,
 ) -> Dataset:
     """Write the TID 1500 report of the implants found (or not) on a radiograph.
 
@@ -108,6 +110,12 @@ def write_implant_report(
         drew it and named its system. A drawn implant (``origin`` "person") has no
         Certainty of Finding, and a system the reviewer named no probability or
         candidates.
+    ai_findings : sequence of int or None, optional
+        For a reviewed report: per finding, the number of the AI's finding it keeps (None
+        for one the reviewer drew), named in its review note.
+    ai_uid_seed : str, optional
+        The ``uid_seed`` of the AI's own report: a kept finding (and its parts) then has
+        the AI report's Tracking Unique Identifier, so a viewer links the two.
 
     Returns
     -------
@@ -128,8 +136,11 @@ def write_implant_report(
     uids = common.object_uids(uid_seed, "sr/implant")
     algorithm_id = common.sr_algorithm_identification(result.algorithm)
     groups: list = []
+    ai_uids = common.object_uids(ai_uid_seed, "sr/implant") if ai_uid_seed is not None else None
     for number, finding in enumerate(result.findings, start=1):
-        groups.extend(_finding_groups(source, number, finding, algorithm_id, uids, reviewer))
+        ai_number = ai_findings[number - 1] if ai_findings else None
+        tracked = (ai_uids, ai_number) if ai_uids is not None and ai_number is not None else (uids, number)
+        groups.extend(_finding_groups(source, number, finding, algorithm_id, tracked, reviewer, ai_number))
     if not result.findings:
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -158,10 +169,12 @@ def write_implant_report(
     return report
 
 
-def review_note(finding: ImplantFinding, reviewer: str) -> str:
-    """What a reviewer did with one implant, in a sentence (at most 1024 characters)."""
+def review_note(finding: ImplantFinding, reviewer: str, ai_number: int | None = None) -> str:
+    """What a reviewer did with one implant, in a sentence (at most 1024 characters);
+    ``ai_number``: the number of the AI's finding it keeps, if known."""
     who = reviewer or "the reviewer"
-    note = f"Drawn by {who}" if finding.origin == "person" else f"Found by the AI, kept by {who}"
+    found = "Found by the AI" if ai_number is None else f"Found by the AI (its implant {ai_number})"
+    note = f"Drawn by {who}" if finding.origin == "person" else f"{found}, kept by {who}"
     if finding.system_by_person:
         note += f"; system named by {who}"
     elif finding.system_top:
@@ -264,10 +277,14 @@ def _finding_groups(
     number: int,
     finding: ImplantFinding,
     algorithm_id: hd.sr.AlgorithmIdentification,
-    uids: common.ObjectUIDs,
+    tracked: tuple[common.ObjectUIDs, int],
     reviewer: str | None = None,
+    ai_number: int | None = None,
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """The TID 1410 group of one implant, followed by one group per part."""
+    """The TID 1410 group of implant ``number``, followed by one group per part; their
+    Tracking Unique Identifiers derive from ``tracked`` (the UIDs and the number of the
+    report they were first made in)."""
+    uids, tracking = tracked
     drawn = finding.origin == "person"
     measurements = [] if drawn else [hd.sr.Measurement(CERTAINTY_OF_FINDING, float(finding.score), NO_UNITS)]
     texts: list[tuple[Code, str]] = []
@@ -280,12 +297,12 @@ def _finding_groups(
                          for rank, (candidate, p) in enumerate(finding.system_top, start=1))
     texts.extend((DESIGN_ATTRIBUTE, f"{key}: {value}") for key, value in finding.attributes.items())
     if reviewer is not None:
-        texts.append((REVIEW_NOTE, review_note(finding, reviewer)))
+        texts.append((REVIEW_NOTE, review_note(finding, reviewer, ai_number)))
     # a drawn box whose system the reviewer named owes the algorithm nothing
     by_algorithm = not drawn or bool(finding.attributes) or (bool(finding.system_top) and not finding.system_by_person)
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.derive(f"tracking/{number}"), identifier=f"Implant {number}"
+            uid=uids.derive(f"tracking/{tracking}"), identifier=f"Implant {number}"
         ),
         referenced_region=_region(source, finding.box),
         finding_type=common.IMPLANT,
@@ -298,7 +315,7 @@ def _finding_groups(
     for part_index, part in enumerate(finding.parts, start=1):
         part_group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=uids.derive(f"tracking/{number}/part/{part_index}"),
+                uid=uids.derive(f"tracking/{tracking}/part/{part_index}"),
                 identifier=f"Implant {number} part {part.label}"[:64],
             ),
             referenced_region=_region(source, part.box),

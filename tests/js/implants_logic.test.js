@@ -11,13 +11,15 @@ const AI = [
   { finding: 2, box_xyxy: [40, 50, 60, 90], score: 0.5, system_top: [] }, // inside the first
 ];
 
-test("a click toggles the smallest AI box under it, else a drawn box, else nothing", () => {
+test("a click lands on the smallest box under it, AI or drawn, else on nothing", () => {
   const state = R.initialState(AI);
   assert.deepEqual(state.ai.map((a) => [a.finding, a.kept]), [[1, true], [2, true]]);
   assert.deepEqual(R.hit(state, [50, 60]), { kind: "ai", index: 1 }); // both hold it: the smaller
   assert.deepEqual(R.hit(state, [15, 15]), { kind: "ai", index: 0 });
   state.drawn.push({ box: [300, 300, 350, 400], system: "" });
   assert.deepEqual(R.hit(state, [310, 320]), { kind: "drawn", index: 0 });
+  state.drawn.push({ box: [12, 100, 30, 150], system: "" }); // drawn inside AI box 1
+  assert.deepEqual(R.hit(state, [20, 120]), { kind: "drawn", index: 1 });
   assert.equal(R.hit(state, [5, 5]), null);
   assert.deepEqual(R.hit(state, [100, 200]), { kind: "ai", index: 0 }); // edges belong to the box
 });
@@ -36,6 +38,8 @@ test("the review body lists the kept findings with typed systems, then the drawn
   none.ai.forEach((a) => { a.kept = false; });
   assert.deepEqual(R.reviewBody("1.2.3", none).implants, []);
   assert.match(R.summaryLine(none), /there is no implant/);
+  state.drawn[0].system = " Nobel ";
+  assert.deepEqual(R.reviewBody("1.2.3", state).implants[1].system, "Nobel"); // the page trims
   state.drawn[0].system = "Zürich";
   assert.throws(() => R.reviewBody("1.2.3", state), /drawn implant 1: a system name has 1 to 64 printable ASCII/);
   state.drawn[0].system = "A\\B";

@@ -221,6 +221,7 @@ def test_the_audit_command(make_settings, tmp_path) -> None:
     ({"users": [{"name": "Service Token 1", "token": ANNA_TOKEN}]}, "not named users"),
     ({"users": [{"name": "unauthenticated", "token": ANNA_TOKEN}]}, "not named users"),
     ({"users": [{"name": "Smith\u2028Anna", "token": ANNA_TOKEN}]}, "may not contain"),
+    ({"users": [{"name": "Ł" * 40, "token": ANNA_TOKEN}]}, "64 bytes"),  # 40 characters, 80 bytes
     ({"users": [{"name": ANNA, "token": "  spaces-0123456789  "}]}, "printable ASCII"),
     ({"tokens": ["Ünicode-0123456789abc"]}, "printable ASCII"),
 ])

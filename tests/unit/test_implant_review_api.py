@@ -119,7 +119,10 @@ def test_a_dentist_reviews_the_implants_and_the_pacs_gets_the_corrected_objects(
     one, two = _meanings(_group(report, 1)), _meanings(_group(report, 2))
     assert one["Device Model Name"] == ["Straumann BLT"] and "Implant system probability" not in one
     assert "Certainty of Finding" in one
-    assert one["Review note"] == [f"Found by the AI, kept by {JAN}; system named by {JAN}"]
+    assert one["Review note"] == [f"Found by the AI (its implant 1), kept by {JAN}; system named by {JAN}"]
+    ai_report = next(r for r in first if r.SOPClassUID == report.SOPClassUID)
+    tracking = [i.UID for i in _items(_group(ai_report, 1)) if i.ValueType == "UIDREF"]
+    assert tracking and tracking == [i.UID for i in _items(_group(report, 1)) if i.ValueType == "UIDREF"]
     assert "Certainty of Finding" not in two and "Implant system probability" in two
     assert two["Review note"] == [f"Drawn by {JAN}; system by the AI's identifier"]
     seg = dcmread(out["objects"]["seg"]["path"])
@@ -175,6 +178,10 @@ def test_bad_reviews_get_clear_http_errors(make_settings) -> None:
                          [{"box": [0, 0, 10, 10], "system": "Bad\\Name"}],
                          [{"box": [0, 0, 10, 10], "system": "Zürich Implant"}],  # not ASCII
                          [{"box": [0, 0, 10, 10], "system": ""}],
+                         [{"box": [0, 0, 10, 10], "system": "   "}],  # blank: DICOM would store nothing
+                         [{"box": [0, 0, 10, 10], "system": " Nobel"}],
+                         [{"box": [10, 10, 11.5, 40]}],  # thinner than 2 pixels
+                         [{"box": [0, 0, 10, 10]}, {"box": [0, 0, 10, 10]}],  # drawn twice
                          [{"finding": True}], [{"finding": 0}], [{"box": [0, 0, 10]}],
                          [{"box": [0, 0, 10, 10], "colour": "red"}],
                          [{"box": [0, 0, 10, 10]}] * 65):

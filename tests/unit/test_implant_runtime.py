@@ -288,3 +288,21 @@ def test_result_objects_pass_dciodvfy(with_implants: Processed, tmp_path: Path) 
     seg = hd.seg.segread(tmp_path / "seg.dcm")
     labels = {label for f in with_implants.summary["implants"] for label in f["parts"]}
     assert seg.number_of_segments == 1 + len(labels)  # all implants, then one per part label
+
+
+def test_a_drawn_box_is_identified_the_right_way_up(runtime: LearnedImplantRuntime) -> None:
+    """``identify_box`` on the upper-jaw implants (apex up) of a panoramic phantom: with all
+    their parts, with the coronal or the apical part missing (as for an implant the AI
+    missed) and with none, the crop is turned platform up and the true system named."""
+    scene = render_panoramic(10_000, implants=6)
+    image = np.clip(scene.image / 4095.0, 0, 1).astype(np.float32)
+    parts = runtime.detect_parts(image)
+    upper = [implant for implant in scene.implants if implant.axis[3] < implant.axis[1]]
+    assert len(upper) >= 2
+    for implant in upper:
+        box = tuple(float(v) for v in implant.box)
+        for missing in (None, "coronal", "apical", "all"):
+            kept = [p for p in parts if missing != "all" and p.label != missing]
+            found = runtime.identify_box(image, box, parts=kept)
+            assert found.system_top[0][0] == implant.system, (box, missing, found.system_top[:1])
+            assert found.origin == "ai" and found.score == 1.0  # the pipeline marks it as a person's

@@ -39,7 +39,12 @@ from dicom_service.jobs.implant_correction import (
     reported_entry,
     reviews_of,
 )
-from dicom_service.pipelines.implant_correction import MAX_IMPLANTS, ImplantEdit, ImplantReview
+from dicom_service.pipelines.implant_correction import (
+    MAX_IMPLANTS,
+    SYSTEM_NAME_PATTERN,
+    ImplantEdit,
+    ImplantReview,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +63,9 @@ class ImplantIn(BaseModel):
         "Number of the AI's finding to keep (its report's 'Implant <n>', the label '#<n>' of its boxes)."))
     box: tuple[Coordinate, Coordinate, Coordinate, Coordinate] | None = Field(None, description=(
         "x0, y0, x1, y1 in pixels of the radiograph (x = column, y = row) around an implant the AI missed."))
-    system: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\x20-\x5b\x5d-\x7e]+$", description=(
-        "The implant system as the dentist knows it (printable ASCII); omitted: the AI's, or for a drawn box the "
-        "identifier's."))
+    system: str | None = Field(None, min_length=1, max_length=64, pattern=SYSTEM_NAME_PATTERN, description=(
+        "The implant system as the dentist knows it (printable ASCII, no backslash, no space at either end); "
+        "omitted: the AI's, or for a drawn box the identifier's."))
 
     @model_validator(mode="after")
     def _one(self) -> ImplantIn:

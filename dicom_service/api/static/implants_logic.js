@@ -4,7 +4,8 @@
 (function (root) {
   "use strict";
 
-  const SYSTEM_NAME = /^[\x20-\x5b\x5d-\x7e]{1,64}$/; // printable ASCII without backslash, as the API takes
+  // printable ASCII without backslash, no space at either end, 1 to 64 characters, as the API takes
+  const SYSTEM_NAME = /^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,62}[\x21-\x5b\x5d-\x7e])?$/;
 
   // The review before the dentist changes anything: every AI finding kept, none drawn.
   // `implants`: GET /instances/{sop}/implants's "implants".
@@ -27,17 +28,18 @@
     return (box[2] - box[0]) * (box[3] - box[1]);
   }
 
-  // What a click at `point` lands on: {kind: "ai", index} for the smallest AI box holding it,
-  // else {kind: "drawn", index} for the smallest drawn box, else null.
+  // What a click at `point` lands on: {kind: "ai" or "drawn", index} of the smallest box
+  // (AI or drawn) holding it, else null.
   function hit(state, point) {
+    let best = null;
     for (const kind of ["ai", "drawn"]) {
-      let best = -1;
       state[kind].forEach((item, index) => {
-        if (inside(point, item.box) && (best < 0 || area(item.box) < area(state[kind][best].box))) best = index;
+        if (inside(point, item.box) && (best === null || area(item.box) < area(state[best.kind][best.index].box))) {
+          best = { kind, index };
+        }
       });
-      if (best >= 0) return { kind, index: best };
     }
-    return null;
+    return best;
   }
 
   function systemOf(text, what) {
