@@ -16,7 +16,9 @@ AI found. The node records, one row each:
 Rows hold UIDs, AE titles, addresses and staff names, never a patient's name, ID or birth
 date (the stored headers hold those; :mod:`dicom_service.media.instance_header` reads
 them on demand). The trail is kept when a study is removed (retention, ``DELETE
-/studies``): it is the record of what happened to it. ``dicom-service audit`` prints it.
+/studies``): it is the record of what happened to it; rows older than
+``storage.audit_days`` are removed (0, the default, keeps them all).
+``dicom-service audit`` prints it.
 
 Writing a row never fails or holds up the request or the association it records: rows
 go through a bounded queue to one writer thread, and a row that cannot be written (a full
@@ -33,7 +35,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,8 @@ KINDS = ("http", "dicom-association", "dicom-send")
 QUEUE_ROWS = 10_000
 #: Rows written in one transaction at most.
 BATCH_ROWS = 500
+#: Seconds between two removals of rows past ``storage.audit_days``.
+PRUNE_SECONDS = 3600.0
 
 
 def utc_now() -> str:
@@ -135,8 +139,11 @@ class AuditTrail:
         Rows waiting at most.
     """
 
-    def __init__(self, path: Path, *, durable: bool = True, queue_size: int = QUEUE_ROWS) -> None:
+    def __init__(self, path: Path, *, durable: bool = True, queue_size: int = QUEUE_ROWS,
+                 keep_days: float = 0.0) -> None:
         self.path = path
+        self.keep_days = keep_days
+        self._last_prune = 0.0
         self._durable = durable
         self._db = Database(path, _SCHEMA, durable=durable)
         self._inode = _inode(path)
@@ -180,9 +187,35 @@ class AuditTrail:
         self._db.close()
 
     # ------------------------------------------------------------------ writer thread
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete the rows older than :attr:`keep_days` (0: none); returns how many. The
+        writer thread does it at start and about once an hour."""
+        if self.keep_days <= 0:
+            return 0
+        cutoff = ((now or datetime.now(UTC)) - timedelta(days=self.keep_days)).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")
+        with self._db.transaction() as conn:
+            removed = conn.execute("DELETE FROM events WHERE time < ?", (cutoff,)).rowcount
+        if removed:
+            log.info("audit trail: %d row(s) older than %g days removed (storage.audit_days)", removed,
+                     self.keep_days)
+        return removed
+
+    def _prune_when_due(self) -> None:
+        if self.keep_days > 0 and time.monotonic() - self._last_prune >= PRUNE_SECONDS:
+            self._last_prune = time.monotonic()
+            try:
+                self.prune()
+            except Exception as error:  # noqa: BLE001 - pruning fails nothing; it is tried again later
+                log.warning("audit trail: old rows could not be removed (%s)", type(error).__name__)
+
     def _write_loop(self) -> None:
         while True:
-            first = self._queue.get()
+            self._prune_when_due()
+            try:
+                first = self._queue.get(timeout=PRUNE_SECONDS)
+            except queue.Empty:
+                continue
             if first is None:
                 return
             batch = [first]

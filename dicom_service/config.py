@@ -193,6 +193,9 @@ class StorageSettings(_Section):
     retention_days: float = Field(
         0.0, ge=0, description="Remove a study's instances and results once it has been quiet this many days, its "
         "jobs finished and its results delivered (retention.py); 0 keeps everything.")
+    audit_days: float = Field(
+        0.0, ge=0, description="Remove audit trail rows (audit.sqlite3) older than this many days, checked hourly; "
+        "0 keeps them all. Audit rows outlive the studies they name.")
 
 
 class RoutingMatch(_Section):

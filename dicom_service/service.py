@@ -150,7 +150,7 @@ class Service:
                                    fsync=s.storage.fsync)
         backoff = Backoff(s.retry.backoff_initial, s.retry.backoff_factor, s.retry.backoff_max)
         self.queue = SQLiteJobQueue(root / "jobs.sqlite3", backoff)
-        self.audit = AuditTrail(root / AUDIT_FILE, durable=s.storage.fsync)
+        self.audit = AuditTrail(root / AUDIT_FILE, durable=s.storage.fsync, keep_days=s.storage.audit_days)
         set_mmap_threshold(s.workers.malloc_mmap_threshold_kb * 1024)  # before the runtimes allocate
         recovered = self.queue.recover()
         if recovered:

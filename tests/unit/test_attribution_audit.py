@@ -332,3 +332,24 @@ def test_a_locked_or_deleted_trail_holds_nothing_up(make_settings) -> None:
         assert client.get("/jobs", headers=SERVICE).status_code == 200
         assert audit.flush()
         assert [r["action"] for r in read_events(path)] == ["GET /jobs"]  # a new trail holds it
+
+
+def test_rows_older_than_audit_days_are_removed(tmp_path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dicom_service.audit import AuditEvent, AuditTrail
+
+    trail = AuditTrail(tmp_path / AUDIT_FILE, keep_days=30)
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    for days in (400, 31, 29, 0):
+        when = (now - timedelta(days=days)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        trail.record(AuditEvent(kind="http", actor="a", action=f"GET /{days}", outcome="200", time=when))
+    assert trail.flush()
+    assert trail.prune(now) == 2
+    assert [r["action"] for r in read_events(tmp_path / AUDIT_FILE)] == ["GET /29", "GET /0"]
+    trail.close()
+    keep_all = AuditTrail(tmp_path / AUDIT_FILE)
+    assert keep_all.prune(now + timedelta(days=1000)) == 0  # audit_days 0 keeps everything
+    keep_all.close()
+    with pytest.raises(Exception, match="audit_days"):
+        load_settings(None, storage={"audit_days": -1})
