@@ -80,6 +80,24 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def as_trail_time(text: str) -> str:
+    """An ISO 8601 date or time as the trail writes times (UTC, milliseconds, ``Z``); a
+    time without a zone is UTC.
+
+    Raises
+    ------
+    ValueError
+        Not an ISO 8601 date or time of years 1 to 9999.
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{text!r} is not an ISO 8601 date or time in years 1 to 9999 (e.g. 2026-12-07 or "
+                         "2026-12-07T14:30:00+01:00)") from None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass(frozen=True)
 class AuditEvent:
     """One row of the trail.

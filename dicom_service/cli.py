@@ -218,17 +218,14 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def _utc_time(text: str) -> str:
-    """An ISO 8601 date or time as the audit trail writes times (UTC, milliseconds, ``Z``);
-    a time without a zone is UTC. Anything else is a usage error (exit 2)."""
-    from datetime import UTC, datetime
+    """``--since`` / ``--until``: :func:`dicom_service.audit.as_trail_time`; anything else is
+    a usage error (exit 2)."""
+    from dicom_service.audit import as_trail_time
 
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time in years 1 to 9999 (e.g. "
-                                         "2026-12-07 or 2026-12-07T14:30:00+01:00)") from None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return as_trail_time(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _row_count(text: str) -> int:

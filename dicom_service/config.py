@@ -135,6 +135,9 @@ class HttpUser(_Section):
                                   "e.g. 'Smith^Anna^^Dr'; recorded as the Content Creator's Name of their "
                                   "corrections and in the audit trail.")
     token: str = Field(description="Their own bearer token (at least 16 characters).")
+    role: Literal["dentist", "admin"] = Field(
+        "dentist", description="dentist: everything but removing studies and reading the audit trail; admin: "
+                               "everything (as a service token).")
 
     @field_validator("name")
     @classmethod

@@ -15,6 +15,7 @@ from dicom_service.api.audit_middleware import AuditMiddleware
 from dicom_service.api.auth import AuthConfig
 from dicom_service.api.errors import validation_error
 from dicom_service.api.routers import (
+    audit,
     corrections,
     frames,
     health,
@@ -79,4 +80,5 @@ def create_app(service, *, manage_service: bool = True) -> FastAPI:  # noqa: ANN
     app.include_router(frames.router)
     app.include_router(ui.router)
     app.include_router(me.router)
+    app.include_router(audit.router)
     return app

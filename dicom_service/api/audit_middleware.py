@@ -31,7 +31,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Paths whose requests are recorded (each and everything under it).
-AUDITED_PREFIXES = ("/studies", "/instances", "/corrections", "/jobs", "/me")
+AUDITED_PREFIXES = ("/studies", "/instances", "/corrections", "/jobs", "/me", "/audit")
 #: Where :func:`audit_subject` leaves what an endpoint names (in ``request.state``).
 SUBJECT_STATE = "audit_subject"
 

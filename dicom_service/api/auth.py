@@ -42,10 +42,20 @@ class Caller:
         What the audit trail records: the person's name, ``"service token N"`` (1-based
         position in ``http.tokens``; the token itself is never recorded) or ``"auth
         disabled"``.
+    role : str
+        ``"dentist"`` or ``"admin"`` (a named user's ``role``), ``"service"`` (a service
+        token) or ``"disabled"``; all but ``"dentist"`` may do everything
+        (:func:`require_admin`).
     """
 
     name: str | None
     label: str
+    role: str = "service"
+
+    @property
+    def is_admin(self) -> bool:
+        """May remove studies and read the audit trail."""
+        return self.role != "dentist"
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class AuthConfig:
     def from_settings(cls, http: HttpSettings, service_tokens: list[str]) -> AuthConfig:
         """The service tokens (``http.tokens`` or the created one) and ``http.users``."""
         tokens = [(t.encode(), Caller(None, f"service token {i}")) for i, t in enumerate(service_tokens, 1)]
-        tokens += [(u.token.encode(), Caller(u.name, u.name)) for u in http.users]
+        tokens += [(u.token.encode(), Caller(u.name, u.name, u.role)) for u in http.users]
         return cls(tokens=tuple(tokens), disabled=http.auth_disabled)
 
     def caller(self, given: bytes) -> Caller | None:
@@ -73,7 +83,7 @@ class AuthConfig:
 
 
 #: The caller when ``http.auth_disabled`` is set.
-UNAUTHENTICATED = Caller(None, "auth disabled")
+UNAUTHENTICATED = Caller(None, "auth disabled", "disabled")
 
 
 def require_token(
@@ -98,6 +108,17 @@ def require_token(
     return caller
 
 
+def require_admin(caller: Annotated[Caller, Depends(require_token)]) -> Caller:
+    """Dependency: :func:`require_token`, then 403 for a named user whose role is
+    ``dentist`` (what an administrator does: remove studies, read the audit trail)."""
+    if not caller.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "an administrator's token is needed (http.users role "
+                                                       "admin, or a service token)")
+    return caller
+
+
 Authenticated = Depends(require_token)
+#: For the routes only an administrator may use.
+AdminOnly = Depends(require_admin)
 #: A parameter annotation for endpoints that use the caller (``caller: CurrentCaller``).
 CurrentCaller = Annotated[Caller, Depends(require_token)]

@@ -88,6 +88,8 @@ test("the address fragment names a frame and reads back; a bad one names none", 
 test("the line under the token says under whose name corrections go", () => {
   assert.equal(L.signedInLine({ kind: "user", name: "Smith^Anna^^Dr" }),
     "Signed in as Smith, Dr Anna: your corrections carry your name.");
+  assert.equal(L.signedInLine({ kind: "user", name: "Jones^Pat", role: "admin" }),
+    "Signed in as Jones, Pat (administrator): your corrections carry your name.");
   assert.match(L.signedInLine({ kind: "service", name: null }), /service token: corrections carry no name/);
   assert.match(L.signedInLine({ kind: "disabled", name: null }), /Authentication is off/);
 });

@@ -69,9 +69,9 @@ def test_corrections_carry_their_makers_name_and_the_trail_records_who_did_what(
             assert store(client.app.state.service.node.port, video) == 0
             _wait_job(client, lambda j: j["kind"] == "dispatch" and j["state"] == "succeeded", timeout=120)
 
-            assert client.get("/me", headers=AS_ANNA).json() == {"kind": "user", "name": ANNA}
-            assert client.get("/me", headers=AS_JAN).json() == {"kind": "user", "name": JAN}
-            assert client.get("/me", headers=SERVICE).json() == {"kind": "service", "name": None}
+            assert client.get("/me", headers=AS_ANNA).json() == {"kind": "user", "name": ANNA, "role": "dentist"}
+            assert client.get("/me", headers=AS_JAN).json() == {"kind": "user", "name": JAN, "role": "dentist"}
+            assert client.get("/me", headers=SERVICE).json() == {"kind": "service", "name": None, "role": "service"}
             assert client.get("/me", headers={"Authorization": "Bearer not-a-token-0123456789"}).status_code == 401
 
             assert client.get("/instances", headers=AS_ANNA).status_code == 200
@@ -353,3 +353,37 @@ def test_rows_older_than_audit_days_are_removed(tmp_path) -> None:
     keep_all.close()
     with pytest.raises(Exception, match="audit_days"):
         load_settings(None, storage={"audit_days": -1})
+
+
+def test_only_administrators_remove_studies_and_read_the_trail(make_settings) -> None:
+    """A dentist's token may not remove a study or read the audit trail (403, recorded); an
+    administrator's and a service token may; GET /audit filters as the command does."""
+    boss, boss_token = "Jones^Pat", "boss-token-0123456789abcdef"
+    users = [*USERS, {"name": boss, "token": boss_token, "role": "admin"}]
+    as_boss = {"Authorization": f"Bearer {boss_token}"}
+    video = builders.make_video_photographic(frames=2, rows=32, cols=32)
+    study = str(video.StudyInstanceUID)
+    with TestClient(create_app(Service(make_settings(http={"tokens": [TEST_TOKEN], "users": users})))) as client:
+        assert client.get("/me", headers=as_boss).json() == {"kind": "user", "name": boss, "role": "admin"}
+        assert store(client.app.state.service.node.port, video) == 0
+        _wait_job(client, lambda j: j["kind"] == "process" and j["state"] in ("succeeded", "failed", "dead"),
+                  timeout=120)
+        assert client.delete(f"/studies/{study}", headers=AS_ANNA).status_code == 403
+        assert client.get("/audit", headers=AS_ANNA).status_code == 403
+        assert client.get(f"/studies/{study}", headers=AS_ANNA).status_code == 200  # still held
+        assert client.delete(f"/studies/{study}", headers=as_boss).status_code == 200
+        rows = client.get("/audit", headers=SERVICE)
+        assert rows.status_code == 200 and rows.headers["cache-control"] == "no-store"
+        deletes = [(r["actor"], r["outcome"]) for r in rows.json() if r["action"] == "DELETE /studies/{study_uid}"]
+        assert deletes == [(ANNA, "403"), (boss, "200")]
+        refused = client.get("/audit", params={"actor": ANNA, "study_uid": study}, headers=as_boss).json()
+        assert [(r["action"], r["outcome"]) for r in refused] == [("DELETE /studies/{study_uid}", "403"),
+                                                                   ("GET /studies/{study_uid}", "200")]
+        assert [r["kind"] for r in client.get("/audit", params={"kind": "dicom-association"},
+                                              headers=as_boss).json()] == ["dicom-association"]
+        assert len(client.get("/audit", params={"limit": 2}, headers=as_boss).json()) == 2
+        assert client.get("/audit", params={"since": "2999-01-01"}, headers=as_boss).json() == []
+        for bad in ({"since": "yesterday"}, {"limit": 0}, {"kind": "all"}, {"study_uid": "x"}):
+            assert client.get("/audit", params=bad, headers=as_boss).status_code == 422, bad
+    with pytest.raises(Exception, match="role"):
+        load_settings(None, http={"users": [{"name": boss, "token": boss_token, "role": "root"}]})

@@ -8,7 +8,7 @@ from typing import Annotated, NoReturn
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import BaseModel
 
-from dicom_service.api.auth import Authenticated
+from dicom_service.api.auth import AdminOnly, Authenticated
 from dicom_service.api.params import Limit, Offset
 from dicom_service.domain import JobState
 from dicom_service.retention import StudyBusy, remove_study, study_jobs
@@ -62,9 +62,10 @@ def get_study(request: Request, study_uid: StudyUid) -> StudyOut:
     return _out(found[0], counts)
 
 
-@router.delete("/{study_uid}", response_model=RemovedOut,
+@router.delete("/{study_uid}", response_model=RemovedOut, dependencies=[AdminOnly],
                summary="Remove a study's instances and results from the node (its jobs stay as records)",
-               responses={404: {"description": "Not held"}, 409: {"description": "A job is not finished, or "
+               responses={403: {"description": "A dentist's token: removing studies is an administrator's"},
+                          404: {"description": "Not held"}, 409: {"description": "A job is not finished, or "
                           "results are undelivered (discard_undelivered=true removes them anyway)"},
                           410: {"description": "Already removed"}})
 def delete_study(request: Request, study_uid: StudyUid, discard_undelivered: bool = False) -> RemovedOut:

@@ -125,7 +125,10 @@
 
   // Under whose name the corrections sent from the page go (GET /me).
   function signedInLine(me) {
-    if (me && me.kind === "user") return `Signed in as ${personName(me.name)}: your corrections carry your name.`;
+    if (me && me.kind === "user") {
+      const admin = me.role === "admin" ? " (administrator)" : "";
+      return `Signed in as ${personName(me.name)}${admin}: your corrections carry your name.`;
+    }
     if (me && me.kind === "disabled") return "Authentication is off (development): corrections carry no name.";
     return "Signed in with a service token: corrections carry no name (ask for a token of your own).";
   }
