@@ -200,7 +200,10 @@ class AuditTrail:
         """Write what is queued, stop the writer and close the file (idempotent)."""
         if self._thread.is_alive():
             self.flush(timeout)
-            self._queue.put(None)
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:  # still filling (a request beside the stop): the daemon thread ends with us
+                log.warning("audit trail: closed with rows still queued")
             self._thread.join(timeout)
         self._db.close()
 
