@@ -2,12 +2,14 @@
 
 Requests under :data:`AUDITED_PREFIXES` get one ``http`` row each
 (:mod:`dicom_service.audit`) once their response has started (or failed): the caller that
-:func:`~dicom_service.api.auth.require_token` left in the request's state (``unauthenticated``
-when the token was missing or refused), the client's address, the route (``GET
-/instances/{sop_instance_uid}``), the status, and the study, instance and job of the path,
-of the ``sop_instance_uid`` query parameter, or of what the endpoint names with
-:func:`audit_subject` (a correction's instance, study and job). Health, metrics and the
-page's static files are not recorded.
+:func:`~dicom_service.api.auth.require_token` left in the request's state, or the holder
+of the request's token for a request answered before authentication (a 404, 405, 422),
+``unauthenticated`` when the token was missing or refused; the client's address, the
+route (``GET /instances/{sop_instance_uid}``), the status, and the study, instance and job
+of the path, of the ``sop_instance_uid`` query parameter, or of what the endpoint names
+with :func:`audit_subject` (a correction's instance, study and job). Health, metrics and
+the pages' static files are not recorded. The row is queued
+(:meth:`~dicom_service.audit.AuditTrail.record`), never waited on.
 """
 
 from __future__ import annotations
