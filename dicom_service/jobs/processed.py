@@ -37,10 +37,6 @@ def processing_jobs(queue: JobQueue, study_uid: str, sop: str, workflow: Workflo
             and sop in job.payload.get("sop_instance_uids", [])]
 
 
-def video_jobs(queue: JobQueue, study_uid: str, sop: str) -> list[Job]:
-    """The video jobs that processed instance ``sop`` (:func:`processing_jobs`)."""
-    return processing_jobs(queue, study_uid, sop, Workflow.VIDEO)
-
 
 def corrections_count(queue: JobQueue, job: Job, sop: str) -> int:
     """The dentist's corrections of instance ``sop`` among ``job``'s results: corrected

@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from dicom_service.domain import ImplantFinding, ImplantPart, InputError, RadiographResult
 from dicom_service.media.pixels import load_radiograph
 from dicom_service.pipelines.base import ProgressLog, ResultObject, no_log
+from dicom_service.pipelines.radiograph import finding_summary
 from dicom_service.vision.runtime import RadiographRuntime
 from dicom_service.writers.pr import write_implant_presentation_state
 from dicom_service.writers.sc import render_findings, write_secondary_capture
@@ -268,9 +269,11 @@ def correct_implants(source: Dataset, runtime: RadiographRuntime, reported: list
 
 
 def finding_json(finding: ImplantFinding) -> dict:
-    """A reviewed finding as the API reports it."""
-    return {"box_xyxy": [round(float(v), 1) for v in finding.box], "origin": finding.origin,
-            "score": None if finding.origin == "person" else round(float(finding.score), 4),
-            "parts": [p.label for p in finding.parts], "attributes": finding.attributes,
-            "system_top": [[name, None if finding.system_by_person else round(p, 4)] for name, p in finding.system_top],
-            "system_by_person": finding.system_by_person}
+    """A reviewed finding as the API reports it: :func:`finding_summary` with its origin,
+    no score for a drawn box and no probability for a system the dentist named."""
+    out = {**finding_summary(finding), "origin": finding.origin, "system_by_person": finding.system_by_person}
+    if finding.origin == "person":
+        out["score"] = None
+    if finding.system_by_person:
+        out["system_top"] = [[name, None] for name, _ in finding.system_top]
+    return out

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 
-from dicom_service.domain import RadiographResult
+from dicom_service.domain import ImplantFinding, RadiographResult
 from dicom_service.media.pixels import load_radiograph
 from dicom_service.pipelines.base import PipelineOutput, ProgressLog, ResultObject, no_log
 from dicom_service.vision.runtime import RadiographRuntime
@@ -27,15 +27,16 @@ from dicom_service.writers.sr import write_implant_report
 BURNED_IN_SERIES = 9201
 
 
+def finding_summary(finding: ImplantFinding) -> dict:
+    """One finding as a job's summary reports it: box (x0, y0, x1, y1 pixels, 0.1 px),
+    score, part labels, design attributes and ranked systems with probabilities."""
+    return {"box_xyxy": [round(float(v), 1) for v in finding.box], "score": round(float(finding.score), 4),
+            "parts": [p.label for p in finding.parts], "attributes": finding.attributes,
+            "system_top": [[name, round(p, 4)] for name, p in finding.system_top]}
+
+
 def _finding_summary(result: RadiographResult) -> list[dict]:
-    return [
-        {
-            "box_xyxy": [round(v, 1) for v in f.box], "score": round(f.score, 4),
-            "parts": [p.label for p in f.parts], "attributes": f.attributes,
-            "system_top": [[name, round(p, 4)] for name, p in f.system_top],
-        }
-        for f in result.findings
-    ]
+    return [finding_summary(f) for f in result.findings]
 
 
 def process_radiograph_instance(
