@@ -21,10 +21,11 @@ install-test: $(BIN)/python
 
 system-deps:
 	@missing=""; \
-	for tool in Orthanc:orthanc storescu:dcmtk dciodvfy:dicom3tools g++:g++ openssl:openssl stunnel:stunnel4 node:nodejs chromium:chromium chromedriver:chromium-driver; do \
+	for tool in Orthanc:orthanc storescu:dcmtk dciodvfy:dicom3tools g++:g++ openssl:openssl stunnel:stunnel4 node:nodejs chromium:chromium chromedriver:chromium-driver rsyslogd:rsyslog; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool##*:}"; \
 	done; \
 	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || missing="$$missing rsyslog-openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
@@ -45,6 +46,7 @@ bench: install-test
 	$(BIN)/python -m benchmarks.video_memory
 	$(BIN)/python -m benchmarks.frame_preview
 	$(BIN)/python -m benchmarks.implant_review
+	$(BIN)/python -m benchmarks.audit_forwarding
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

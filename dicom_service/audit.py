@@ -11,14 +11,16 @@ AI found. The node records, one row each:
   AE title, the peer's address, whether TLS carried it, how it ended (released, aborted,
   rejected) and what it stored (new, duplicate and refused instances, the studies);
 - every delivery of results to a destination (``dicom-send``): the destination, the
-  study, the number of objects, and whether it succeeded.
+  study, the number of objects, and whether it succeeded;
+- the node's start and stop (``application``): the system user that ran it.
 
 Rows hold UIDs, AE titles, addresses and staff names, never a patient's name, ID or birth
 date (the stored headers hold those; :mod:`dicom_service.media.instance_header` reads
 them on demand). The trail is kept when a study is removed (retention, ``DELETE
 /studies``): it is the record of what happened to it; rows older than
 ``storage.audit_days`` are removed (0, the default, keeps them all).
-``dicom-service audit`` prints it.
+``dicom-service audit`` prints it; with ``audit_repository`` set, the rows also go to
+the clinic's audit record repository as DICOM audit messages (:mod:`dicom_service.atna`).
 
 Writing a row never fails or holds up the request or the association it records: rows
 go through a bounded queue to one writer thread, and a row that cannot be written (a full
@@ -33,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,7 +48,9 @@ log = logging.getLogger(__name__)
 #: The trail's file in the storage folder.
 AUDIT_FILE = "audit.sqlite3"
 
-_SCHEMA = """
+#: The trail's tables: its rows (``events``) and, per audit record repository, the last row
+#: sent there (``forwarded``, kept by :mod:`dicom_service.atna.forwarder`).
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time TEXT NOT NULL,
@@ -63,10 +67,14 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
 CREATE INDEX IF NOT EXISTS events_study ON events(study_uid);
 CREATE INDEX IF NOT EXISTS events_actor ON events(actor);
+CREATE TABLE IF NOT EXISTS forwarded (
+    repository TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+);
 """
 
 #: The kinds of row.
-KINDS = ("http", "dicom-association", "dicom-send")
+KINDS = ("http", "dicom-association", "dicom-send", "application")
 #: Rows waiting for the writer at most; beyond, rows are lost (and counted).
 QUEUE_ROWS = 10_000
 #: Rows written in one transaction at most.
@@ -163,8 +171,8 @@ class AuditTrail:
         self.keep_days = keep_days
         self._last_prune = 0.0
         self._durable = durable
-        self._db = Database(path, _SCHEMA, durable=durable)
-        self._inode = _inode(path)
+        self._db = Database(path, SCHEMA, durable=durable)
+        self._inode = file_inode(path)
         self._queue: queue.Queue[AuditEvent | None] = queue.Queue(maxsize=queue_size)
         self._lost_lock = threading.Lock()
         self._written = threading.Condition()
@@ -172,8 +180,14 @@ class AuditTrail:
         #: Rows that could not be written since the start (each logged, at most once a minute).
         self.lost = 0
         self._last_warning = 0.0
+        self._listeners: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._thread.start()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (on the writer thread; it must not block) after each write of
+        rows: an audit forwarder waits on it."""
+        self._listeners.append(listener)
 
     def record(self, event: AuditEvent) -> None:
         """Queue ``event`` for the writer; never blocks, never raises."""
@@ -262,19 +276,22 @@ class AuditTrail:
                       e.job_id, json.dumps(dict(e.detail), sort_keys=True, default=str)) for e in batch])
         except Exception as error:  # noqa: BLE001 - the trail must not fail what it records
             self._lose(len(batch), type(error).__name__)
+        else:
+            for listener in self._listeners:
+                listener()
         finally:
             self._done(len(batch))
 
     def _reopen_if_replaced(self) -> None:
         """Open the file again if it was deleted or replaced since it was opened (rows
         written to a deleted file would be lost without a word)."""
-        inode = _inode(self.path)
+        inode = file_inode(self.path)
         if inode == self._inode and inode is not None:
             return
         log.warning("audit trail: %s was deleted or replaced while the node ran; it is made again", self.path)
         self._db.close()
-        self._db = Database(self.path, _SCHEMA, durable=self._durable)
-        self._inode = _inode(self.path)
+        self._db = Database(self.path, SCHEMA, durable=self._durable)
+        self._inode = file_inode(self.path)
 
     def _done(self, rows: int) -> None:
         with self._written:
@@ -293,7 +310,8 @@ class AuditTrail:
                     self.lost)
 
 
-def _inode(path: Path) -> int | None:
+def file_inode(path: Path) -> int | None:
+    """The inode of ``path``, None if it is missing (a file deleted or replaced has another)."""
     try:
         return path.stat().st_ino
     except OSError:

@@ -254,11 +254,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False, sort_keys=True))
         return 0
+    if args.format == "atna":
+        for message in _atna_messages(settings, rows):
+            print(message.decode("utf-8"))
+        return 0
     for row in rows:
         subject = row["study_uid"] or row["sop_instance_uid"] or ""
         print(f"{row['time']}  {row['kind']:<17} {row['actor']:<24} {row['client']:<21} {row['action']:<44} "
               f"{row['outcome']:<9} {subject}")
     return 0
+
+
+def _atna_messages(settings: Settings, rows: list[dict]) -> list[bytes]:
+    """The DICOM audit messages of trail ``rows`` (:mod:`dicom_service.atna.messages`),
+    as the node would send them but without patient IDs (this reads the trail only)."""
+    from dicom_service.atna.lookups import destination_lookup
+    from dicom_service.atna.messages import AuditSource, MessageBuilder
+
+    repository = settings.audit_repository
+    source = AuditSource(source_id=(repository.source_id if repository else None) or settings.dicom.ae_title,
+                         ae_title=settings.dicom.ae_title, host=socket.gethostname(),
+                         site_id=repository.site_id if repository else None)
+    builder = MessageBuilder(source, destination=destination_lookup(settings.destinations))
+    return [message.xml for row in rows for message in builder.messages(row)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--kind", choices=KINDS, help="rows of this kind only")
     audit.add_argument("--limit", type=_row_count, default=1000,
                        help="at most this many rows, the newest (default 1000)")
-    audit.add_argument("--format", choices=["jsonl", "table"], default="jsonl",
-                       help="one JSON object per line (default), or a table")
+    audit.add_argument("--format", choices=["jsonl", "table", "atna"], default="jsonl",
+                       help="one JSON object per line (default), a table, or the DICOM audit messages (IHE ATNA) "
+                       "of the rows, one XML document per line, without patient IDs")
     audit.set_defaults(func=cmd_audit)
 
     echo = sub.add_parser("echo", help="C-ECHO the configured destinations")

@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from dicom_service.atna.settings import AuditRepository
 from dicom_service.destination_settings import (
     ALL_RESULT_KINDS,
     AnyDestination,
@@ -303,6 +304,9 @@ class Settings(BaseSettings):
     destinations: list[AnyDestination] = Field(default_factory=list)
     workers: WorkerSettings = WorkerSettings()
     models: ModelSettings = ModelSettings()
+    audit_repository: AuditRepository | None = Field(
+        None, description="Send the audit trail as DICOM audit messages over syslog to this IHE ATNA audit record "
+        "repository (dicom_service.atna); null: the trail stays in <storage>/audit.sqlite3 only.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

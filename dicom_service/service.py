@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import secrets
@@ -12,7 +13,9 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from dicom_service.audit import AUDIT_FILE, AuditTrail
+from dicom_service.atna.forwarder import AuditForwarder
+from dicom_service.atna.lookups import make_forwarder
+from dicom_service.audit import AUDIT_FILE, AuditEvent, AuditTrail
 from dicom_service.config import Settings, WorkerSettings, make_folder
 from dicom_service.domain import InputError, Job, JobKind, Workflow
 from dicom_service.jobs.correction import run_correction_job
@@ -32,7 +35,7 @@ from dicom_service.pipelines.video_memory import video_budget_bytes
 from dicom_service.retention import RetentionThread
 from dicom_service.routing import Router
 from dicom_service.storage import InstanceStore
-from dicom_service.tls import check_tls_files
+from dicom_service.tls import check_tls_files, client_context, warn_if_expiring
 from dicom_service.vision.registry import (
     build_radiograph_runtime,
     build_video_runtime,
@@ -46,6 +49,21 @@ from dicom_service.vision.runtime import RadiographRuntime, VideoRuntime
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "api-token"
+
+
+def check_audit_repository(settings: Settings) -> None:
+    """Name a TLS file of ``audit_repository`` that cannot be used now (ConfigError), and
+    warn when patient IDs would travel unencrypted."""
+    repository = settings.audit_repository
+    if repository is None:
+        return
+    if repository.tls is not None:
+        client_context(repository.tls, "audit_repository.tls")
+        if repository.tls.certificate is not None:
+            warn_if_expiring(repository.tls.certificate, "audit_repository.tls.certificate")
+    if repository.transport != "tls" and repository.patient_ids:
+        log.warning("audit_repository: transport %s is not encrypted and the messages name patients (patient_ids); "
+                    "use tls, or patient_ids: false", repository.transport)
 
 
 def ensure_api_tokens(settings: Settings) -> list[str]:
@@ -126,11 +144,14 @@ class Service:
         make_folder(settings.storage.path, "storage.path")  # a file in the way is named now, not at start()
         check_tls_files(settings.dicom.tls, settings.http.tls, ((d.name, d.tls) for d in settings.destinations))
         plain_credentials_warnings(settings.destinations)
+        check_audit_repository(settings)
         self.api_tokens = ensure_api_tokens(settings)
         self.store: InstanceStore | None = None
         self.queue: SQLiteJobQueue | None = None
         #: The audit trail (:mod:`dicom_service.audit`), open while the service runs.
         self.audit: AuditTrail | None = None
+        #: Sends the trail to the audit record repository (``audit_repository``), if one is set.
+        self.audit_forwarder: AuditForwarder | None = None
         self.router: Router | None = None
         self.node: DicomNode | None = None
         self.pools: list[WorkerPool] = []
@@ -151,6 +172,10 @@ class Service:
         backoff = Backoff(s.retry.backoff_initial, s.retry.backoff_factor, s.retry.backoff_max)
         self.queue = SQLiteJobQueue(root / "jobs.sqlite3", backoff)
         self.audit = AuditTrail(root / AUDIT_FILE, durable=s.storage.fsync, keep_days=s.storage.audit_days)
+        if s.audit_repository is not None:
+            self.audit_forwarder = make_forwarder(s.audit_repository, self.audit, self.store,
+                                                  ae_title=s.dicom.ae_title, destinations=s.destinations)
+            self.audit_forwarder.start()
         set_mmap_threshold(s.workers.malloc_mmap_threshold_kb * 1024)  # before the runtimes allocate
         recovered = self.queue.recover()
         if recovered:
@@ -177,7 +202,19 @@ class Service:
             pool.start()
         self.node.start()
         self._started.set()
+        self._record_life("start")
         log.info("service started (storage %s)", root.resolve())
+
+    def _record_life(self, action: str) -> None:
+        """The trail's ``application`` row of the node's start or stop (who ran it)."""
+        if self.audit is None:
+            return
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no name for this uid (a container)
+            user = f"uid {os.getuid()}"
+        self.audit.record(AuditEvent(kind="application", actor=user, action=action, outcome="succeeded",
+                                     detail={"ae_title": self.settings.dicom.ae_title, "pid": os.getpid()}))
 
     def _run_correction(self, job: Job, progress: Callable[[str], None]) -> dict:
         """Run a ``correct`` job: an implant review (:mod:`dicom_service.jobs.implant_correction`)
@@ -209,6 +246,11 @@ class Service:
         if self.store is not None:
             self.store.close()
         if self.audit is not None:
+            self._record_life("stop")
+            self.audit.flush()
+            if self.audit_forwarder is not None:
+                self.audit_forwarder.stop()
+                self.audit_forwarder = None
             self.audit.close()
             self.audit = None
         self._started.clear()

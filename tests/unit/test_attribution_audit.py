@@ -194,9 +194,10 @@ def test_the_audit_command(make_settings, tmp_path) -> None:
     data = str(settings.storage.path)
     code, out = _run_cli("audit", "--data", data)
     rows = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and [(r["action"], r["outcome"]) for r in rows] == [("GET /jobs", "200"),
-                                                                         ("GET /studies/{study_uid}", "404")]
-    assert rows[1]["study_uid"] == "1.2.3" and rows[1]["detail"]["path"] == "/studies/1.2.3"
+    assert code == 0 and [(r["action"], r["outcome"]) for r in rows] == [
+        ("start", "succeeded"), ("GET /jobs", "200"), ("GET /studies/{study_uid}", "404"), ("stop", "succeeded")]
+    assert rows[2]["study_uid"] == "1.2.3" and rows[2]["detail"]["path"] == "/studies/1.2.3"
+    assert rows[0]["kind"] == "application" and rows[0]["actor"] and rows[0]["detail"]["ae_title"] == "DENTAL_AI"
     assert _run_cli("audit", "--data", data, "--study", "1.2.3")[1].count("\n") == 1
     assert _run_cli("audit", "--data", data, "--kind", "dicom-send")[1] == ""
     assert _run_cli("audit", "--data", data, "--since", "2999-01-01")[1] == ""
@@ -296,7 +297,7 @@ def test_every_audited_request_leaves_a_row_with_its_caller(make_settings) -> No
         service = client.app.state.service
         assert service.audit.flush()
         assert service.audit.lost == 0
-        rows = read_events(Path(settings.storage.path) / AUDIT_FILE)
+        rows = read_events(Path(settings.storage.path) / AUDIT_FILE, kind="http")
     assert [(r["actor"], r["outcome"]) for r in rows] == [
         (ANNA, "422"), (JAN, "404"), (JAN, "405"), ("service token 1", "422"), ("service token 1", rows[4]["outcome"]),
         (ANNA, "422"), ("unauthenticated", "401"), ("service token 1", "422")]
@@ -326,7 +327,7 @@ def test_a_locked_or_deleted_trail_holds_nothing_up(make_settings) -> None:
             locker.execute("ROLLBACK")
             locker.close()
         assert audit.flush() and audit.lost == 0
-        assert len(read_events(path)) == 20
+        assert len(read_events(path, kind="http")) == 20
         for suffix in ("", "-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
         assert client.get("/jobs", headers=SERVICE).status_code == 200

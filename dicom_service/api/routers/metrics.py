@@ -62,6 +62,15 @@ def exposition(service: Service) -> str:
     if audit is not None:
         lines += _family("audit_rows_lost_total", "counter", "Audit trail rows that could not be written since the "
                          "start (each logged); alert on any.", [({}, audit.lost)])
+    forwarder = service.audit_forwarder
+    if forwarder is not None:
+        labels = {"repository": forwarder.repository.address}
+        lines += _family("audit_messages_sent_total", "counter", "Audit messages sent to the audit record "
+                         "repository since the start.", [(labels, forwarder.forwarded)])
+        lines += _family("audit_messages_backlog", "gauge", "Audit trail rows not yet sent to the repository "
+                         "(they wait in the trail; alert when it grows).", [(labels, forwarder.backlog())])
+        lines += _family("audit_repository_up", "gauge", "1 when the last try to send audit messages succeeded.",
+                         [(labels, float(forwarder.up))])
     if queue is not None:
         lines += _family("jobs", "gauge", "Jobs by kind and state.",
                          [({"kind": k, "state": s}, n) for (k, s), n in sorted(queue.kind_counts().items())])

@@ -1,0 +1,51 @@
+"""Settings of the audit record repository the node sends its audit messages to."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dicom_service.tls import ClientTls
+
+#: The registered syslog ports: syslog-tls (RFC 5425), syslog over TCP (RFC 6587), syslog (UDP).
+DEFAULT_PORTS = {"tls": 6514, "tcp": 601, "udp": 514}
+
+
+class AuditRepository(BaseModel):
+    """Where the audit messages go (IHE ATNA Audit Record Repository)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1, description="The repository's host name or address.")
+    port: int = Field(0, ge=0, le=65535, description="0: the transport's registered port (tls 6514, tcp 601, "
+                      "udp 514).")
+    transport: Literal["tls", "tcp", "udp"] = Field(
+        "tls", description="tls: syslog over TLS (RFC 5425, what IHE ATNA requires between nodes); tcp: plain "
+        "TCP with octet counting (RFC 6587); udp: one datagram per message (RFC 5426), nothing resent.")
+    tls: ClientTls | None = Field(
+        None, description="For transport tls: the authorities that sign the repository's certificate (null: the "
+        "system's trust store) and the node's client certificate (ATNA node authentication).")
+    source_id: str | None = Field(
+        None, max_length=64, description="AuditSourceID of the messages; null: the node's AE title.")
+    site_id: str | None = Field(
+        None, max_length=64, description="AuditEnterpriseSiteID (the clinic, e.g. an OID); null: left out.")
+    patient_ids: bool = Field(
+        True, description="Name the patient (Patient ID, from the stored study) in messages about a study, as "
+        "ATNA expects; false: studies by UID only.")
+
+    @model_validator(mode="after")
+    def _tls_for_tls(self) -> AuditRepository:
+        if self.tls is not None and self.transport != "tls":
+            raise ValueError(f"audit_repository.tls is set but the transport is {self.transport}")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        """The port messages go to."""
+        return self.port or DEFAULT_PORTS[self.transport]
+
+    @property
+    def address(self) -> str:
+        """``transport://host:port``, also the key of the forwarder's position in the trail."""
+        return f"{self.transport}://{self.host}:{self.effective_port}"
