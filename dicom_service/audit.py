@@ -10,6 +10,8 @@ AI found. The node records, one row each:
 - every DICOM association that asked to associate (``dicom-association``): the calling
   AE title, the peer's address, whether TLS carried it, how it ended (released, aborted,
   rejected) and what it stored (new, duplicate and refused instances, the studies);
+- every TLS handshake the DICOM TLS listener refused on a certificate (``dicom-tls``):
+  the peer's address and OpenSSL's reason;
 - every delivery of results to a destination (``dicom-send``): the destination, the
   study, the number of objects, and whether it succeeded;
 - the node's start and stop (``application``): the system user that ran it.
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS forwarded (
 """
 
 #: The kinds of row.
-KINDS = ("http", "dicom-association", "dicom-send", "application")
+KINDS = ("http", "dicom-association", "dicom-tls", "dicom-send", "application")
 #: Rows waiting for the writer at most; beyond, rows are lost (and counted).
 QUEUE_ROWS = 10_000
 #: Rows written in one transaction at most.

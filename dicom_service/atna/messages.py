@@ -8,8 +8,8 @@ trail row                              message (EventID, event type)            
 node started / stopped                 110100 Application Activity, 110120 / 110121   E
 association that stored instances      110104 DICOM Instances Transferred, one per    C
                                        study (the calling AE is the source)
-association rejected                   110113 Security Alert, 110126 Node             E
-                                       Authentication
+association rejected, or a TLS         110113 Security Alert, 110126 Node             E
+handshake refused on a certificate     Authentication
 delivery of results                    110104 DICOM Instances Transferred (the node   R
                                        is the source, the destination the other)
 API request naming a study/instance    110103 DICOM Instances Accessed                R, C,
@@ -35,7 +35,9 @@ Coded values use the DICOM schema's attributes (``csd-code``, ``codeSystemName``
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -159,6 +161,8 @@ class MessageBuilder:
             return self._application(row)
         if kind == "dicom-association":
             return self._association(row)
+        if kind == "dicom-tls":
+            return self._refused_certificate(row)
         if kind == "dicom-send":
             return self._send(row)
         if kind == "http":
@@ -198,6 +202,18 @@ class MessageBuilder:
         participants = [peer, self._node(requestor=False, role=ROLE_DESTINATION)]
         return [self._message(row, INSTANCES_TRANSFERRED, "C", MINOR_FAILURE if failed else SUCCESS, participants,
                               self._study_objects(study), description=description) for study in studies]
+
+    def _refused_certificate(self, row: Mapping[str, Any]) -> list[Message]:
+        detail = row.get("detail") or {}
+        address = _host(str(row.get("client") or "")) or "(unknown)"
+        peer = _Participant(user_id=address, requestor=True, role=ROLE_SOURCE, access_point=address)
+        alert = self._object(address, NODE_ID_TYPE, type_code="2", role="13")
+        why = str(detail.get("reason") or "")
+        if detail.get("verify_message"):
+            why += f" ({detail['verify_message']})"
+        return [self._message(row, SECURITY_ALERT, "E", MINOR_FAILURE,
+                              [self._node(requestor=False, role=ROLE_DESTINATION), peer], [alert],
+                              event_type=NODE_AUTHENTICATION, description=f"TLS handshake refused: {why}")]
 
     def _send(self, row: Mapping[str, Any]) -> list[Message]:
         study = row.get("study_uid")
@@ -248,7 +264,7 @@ class MessageBuilder:
             objects = self._study_objects(str(study))
             return [self._message(row, INSTANCES_ACCESSED, action, SUCCESS, [caller, node], objects)]
         if method == "GET" and route in ("/studies", "/instances"):
-            query = self._object(path, URI_TYPE, type_code="2", role="24")
+            query = self._object(path, URI_TYPE, type_code="2", role="24", query=f"{method} {path}")
             return [self._message(row, QUERY, "E", SUCCESS, [caller, node], [query])]
         return []
 
@@ -265,13 +281,16 @@ class MessageBuilder:
         return objects
 
     @staticmethod
-    def _object(object_id: str, id_type: Code, *, type_code: str, role: str, name: str | None = None) -> ET.Element:
+    def _object(object_id: str, id_type: Code, *, type_code: str, role: str, name: str | None = None,
+                query: str | None = None) -> ET.Element:
         element = ET.Element("ParticipantObjectIdentification", {
             "ParticipantObjectID": object_id, "ParticipantObjectTypeCode": type_code,
             "ParticipantObjectTypeCodeRole": role})
         _coded(element, "ParticipantObjectIDTypeCode", id_type)
         if name:
             ET.SubElement(element, "ParticipantObjectName").text = name
+        elif query:  # the request, base64 as the schema wants a query (its parameters are not kept)
+            ET.SubElement(element, "ParticipantObjectQuery").text = base64.b64encode(query.encode()).decode("ascii")
         return element
 
     def _message(self, row: Mapping[str, Any], event: Code, action: str, outcome: int,
@@ -304,8 +323,23 @@ class MessageBuilder:
         ET.SubElement(ET.SubElement(root, "AuditSourceIdentification", source), "AuditSourceTypeCode",
                       {"csd-code": APPLICATION_SERVER})
         root.extend(objects)
+        for element in root.iter():  # request paths and AE titles may hold what XML cannot
+            for key, value in element.attrib.items():
+                element.set(key, _xml_text(value))
+            if element.text:
+                element.text = _xml_text(element.text).replace("\n", " ").replace("\r", " ").replace("\t", " ")
         xml = b'<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(root, encoding="unicode").encode()
         return Message(xml=xml, outcome=outcome)
+
+
+#: Characters XML 1.0 does not allow (the C0 controls but tab, newline and carriage return;
+#: lone surrogates; U+FFFE and U+FFFF).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(text: str) -> str:
+    """``text`` with each character XML 1.0 cannot hold replaced by U+FFFD."""
+    return _NOT_XML.sub("\ufffd", text)
 
 
 def _coded(parent: ET.Element, tag: str, code: Code) -> ET.Element:

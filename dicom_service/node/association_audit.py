@@ -4,6 +4,8 @@
 again (acknowledged without storing) and those refused, with the studies stored, and
 writes one ``dicom-association`` row (:mod:`dicom_service.audit`) when the association
 ends: released, aborted (by the peer, by a timeout or by the node's shutdown) or rejected.
+On the TLS listener, a handshake refused on a certificate (the peer's untrusted, expired or
+revoked, or none given) is a ``dicom-tls`` row.
 A connection that closes before asking to associate (a health check, a port scan) leaves
 no row. The counts live on the pynetdicom ``Association`` object, so nothing is shared
 between associations.
@@ -93,6 +95,16 @@ class AssociationAudit:
             kind="dicom-association", actor=str(requestor.ae_title or "").strip(), action="association",
             outcome=outcome, client=f"{requestor.address}:{requestor.port}",
             study_uid=studies[0] if len(studies) == 1 else None, detail=detail))
+
+    def refused_certificate(self, address: object, reason: str, verify_message: str | None) -> None:
+        """Write the ``dicom-tls`` row of a TLS handshake that failed on a certificate
+        (before any association: no AE title is known)."""
+        host, port = address if isinstance(address, tuple) and len(address) >= 2 else (str(address), "")
+        detail = {"called_ae": self.called_ae, "reason": reason[:200]}
+        if verify_message:
+            detail["verify_message"] = verify_message[:200]
+        self.trail.record(AuditEvent(kind="dicom-tls", actor="", action="tls handshake", outcome="refused",
+                                     client=f"{host}:{port}" if port != "" else str(host), detail=detail))
 
     def handlers(self) -> list[tuple[evt.InterventionEvent | evt.NotificationEvent, Callable[[evt.Event], None]]]:
         """The pynetdicom handlers that end an association's row."""

@@ -357,6 +357,9 @@ class DicomNode:
                               f"(dicom.bind_address, {key}): {exc.strerror or exc}") from None
         if contexts is not None:
             server.context_source = contexts.current  # type: ignore[attr-defined]
+            if self._audit is not None:
+                audit = AssociationAudit(self._audit, tls=True, called_ae=self.settings.ae_title)
+                server.on_refused_certificate = audit.refused_certificate  # type: ignore[attr-defined]
         name = "dicom-tls-acceptor" if contexts is not None else "dicom-acceptor"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         self.ae._servers.append(server)  # so that AE.shutdown() also stops it

@@ -120,6 +120,11 @@ class FailureLog:
         log.warning(message, *args)
 
 
+#: Called with the peer's address, OpenSSL's reason and its verification message when a
+#: TLS handshake fails on a certificate (the node refused the peer's, or the peer the node's).
+RefusedCertificate = Callable[[object, str, "str | None"], None]
+
+
 class TlsAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server whose TLS handshakes run in the association threads.
 
@@ -136,6 +141,8 @@ class TlsAssociationServer(ThreadedAssociationServer):
     block_on_close = False
     request_queue_size = 128
     context_source: Callable[[], ssl.SSLContext] | None = None
+    #: Told of each handshake that fails on a certificate (:data:`RefusedCertificate`).
+    on_refused_certificate: RefusedCertificate | None = None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -151,12 +158,21 @@ class TlsAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
-def _tls_handshake(sock: ssl.SSLSocket, address: object, timeout: float, failures: FailureLog) -> bool:
+def _certificate_refused(exc: BaseException, reason: str) -> bool:
+    """Whether a failed handshake was a refused certificate (node authentication), not a
+    connection that closed or timed out (a health check, a port scan)."""
+    return isinstance(exc, ssl.SSLCertVerificationError) or (
+        isinstance(exc, ssl.SSLError) and ("CERTIFICATE" in reason.upper() or "UNKNOWN_CA" in reason.upper()))
+
+
+def _tls_handshake(sock: ssl.SSLSocket, address: object, timeout: float, failures: FailureLog,
+                   refused: RefusedCertificate | None = None) -> bool:
     """Complete the server side of a TLS handshake within ``timeout`` seconds.
 
     Returns False, with a log line naming the peer's address and the reason (for a
     refused certificate, why: expired, unknown authority, wrong key usage, ...), and the
-    connection closed, when the handshake fails or times out.
+    connection closed, when the handshake fails or times out. A refused certificate is
+    also passed to ``refused`` (the audit trail's row).
     """
     previous = sock.gettimeout()
     try:
@@ -166,6 +182,11 @@ def _tls_handshake(sock: ssl.SSLSocket, address: object, timeout: float, failure
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         detail = getattr(exc, "verify_message", None)
         failures.warning("TLS handshake with %s failed: %s%s", address, reason, f" ({detail})" if detail else "")
+        if refused is not None and _certificate_refused(exc, str(reason)):
+            try:
+                refused(address, str(reason), detail)
+            except Exception:  # noqa: BLE001 - the trail must not fail the listener
+                log.warning("a refused TLS certificate could not be recorded in the audit trail")
         try:
             sock.close()
         except OSError:
@@ -183,7 +204,8 @@ class FastRequestHandler(RequestHandler):
         request = self.request
         if isinstance(request, ssl.SSLSocket):
             timeout = self.ae.acse_timeout if self.ae.acse_timeout is not None else 30.0
-            if not _tls_handshake(request, self.client_address, timeout, self.server.handshake_failures):
+            if not _tls_handshake(request, self.client_address, timeout, self.server.handshake_failures,
+                                  getattr(self.server, "on_refused_certificate", None)):
                 return
         super().handle()
 

@@ -7,9 +7,12 @@ message itself; the node's own rows reach it from a real association and real re
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import re
+import socket
+import ssl
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,11 +23,12 @@ from dicom_service.api.app import create_app
 from dicom_service.atna.messages import AuditSource, MessageBuilder
 from dicom_service.atna.settings import AuditRepository
 from dicom_service.atna.syslog import octet_counted, syslog_message
+from dicom_service.audit import AUDIT_FILE, read_events
 from dicom_service.cli import main
 from dicom_service.service import Service
 from tests import builders
 from tests.conftest import TEST_TOKEN
-from tests.dicomnet import echo_ok, store
+from tests.dicomnet import associate, echo_ok, store
 from tests.receiver import running_receiver
 from tests.syslog_collector import Received, free_port, running_collector
 from tests.unit.test_service_flow import _wait_job
@@ -178,8 +182,11 @@ def test_rows_that_give_no_message_and_odd_text() -> None:
     assert (caller.get("UserID"), caller.get("UserName")) == (odd, odd)  # escaped, read back intact
     assert (caller.get("NetworkAccessPointID"), caller.get("NetworkAccessPointTypeCode")) == ("::1", "2")
     assert [o.get("ParticipantObjectTypeCode") for o in message.findall("ParticipantObjectIdentification")] == ["2"]
-    service = _parse(builder.messages(_row("http", "service token 2", "GET /studies", "200"))[0].xml)
+    query = _row("http", "service token 2", "GET /studies", "200", detail={"path": "/studies"})
+    service = _parse(builder.messages(query)[0].xml)
     assert service.findall("ActiveParticipant")[0].get("UserName") is None  # a token names no person
+    asked = service.find("ParticipantObjectIdentification/ParticipantObjectQuery").text
+    assert base64.b64decode(asked) == b"GET /studies"
 
 
 def test_syslog_framing() -> None:
@@ -339,6 +346,41 @@ def test_mutual_tls_and_udp(make_settings, tmp_path: Path, pki) -> None:
         with TestClient(create_app(Service(settings))) as client:
             assert client.get("/studies", headers=SERVICE).status_code == 200
             collector.wait_for(lambda found: "Query" in _events(found))
+
+
+def test_refused_certificates_are_security_alerts(make_settings, pki, tmp_path: Path) -> None:
+    """ATNA node authentication failures: a peer on the DICOM TLS listener with a
+    certificate from another authority, and one with none, are trail rows and Security
+    Alerts; a connection that closes before its handshake (a health check) is neither."""
+    node_tls = {"port": 0, "certificate": str(pki.node.certificate), "private_key": str(pki.node.private_key),
+                "ca_certificates": str(pki.ca), "require_client_certificate": True}
+    with running_collector(tmp_path / "syslog", transport="tcp") as collector:
+        settings = make_settings(dicom={"tls": node_tls},
+                                 audit_repository={"host": "127.0.0.1", "port": collector.port, "transport": "tcp"})
+        with TestClient(create_app(Service(settings))) as client:
+            port = client.app.state.service.node.tls_port
+            rogue = ssl.create_default_context(cafile=str(pki.ca))
+            rogue.load_cert_chain(pki.rogue.certificate, pki.rogue.private_key)
+            for context in (rogue, ssl.create_default_context(cafile=str(pki.ca))):
+                assert not associate(port, [], tls=(context, "localhost")).is_established
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass  # connects and closes: no certificate was refused
+            found = collector.wait_for(lambda found: _events(found).count("Security Alert") >= 2)
+            rows = read_events(Path(settings.storage.path) / AUDIT_FILE, kind="dicom-tls")
+    assert [(r["outcome"], r["client"].startswith("127.0.0.1:")) for r in rows] == [("refused", True)] * 2
+    assert all(r["detail"]["reason"] for r in rows)
+    alerts = [m.audit for m in found if _events([m]) == ["Security Alert"]]
+    assert [_summary(a)["type"] for a in alerts] == ["110126", "110126"]
+    assert [_summary(a)["objects"] for a in alerts] == [[("127.0.0.1", "110182")]] * 2
+    assert all("TLS handshake refused" in a.find("EventIdentification/EventOutcomeDescription").text for a in alerts)
+
+
+def test_control_characters_in_a_path_still_give_well_formed_xml() -> None:
+    row = _row("http", ANNA, "DELETE /studies/{study_uid}", "403", study_uid="1.2\x01\n3",
+               detail={"path": "/studies/1.2\x01\n3\ud800"})
+    message = _parse(_builder().messages(row)[0].xml)
+    assert message.find("ParticipantObjectIdentification").get("ParticipantObjectID") == "/studies/1.2\ufffd\n3\ufffd"
+    assert "\n" not in message.find("EventIdentification/EventOutcomeDescription").text
 
 
 def test_the_audit_command_prints_the_messages(make_settings) -> None:
