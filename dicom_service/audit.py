@@ -223,19 +223,35 @@ class AuditTrail:
             self._thread.join(timeout)
         self._db.close()
 
+    def forget_forwarding(self) -> None:
+        """Drop the audit forwarder's position (a node started without an audit record
+        repository: no row waits to be sent, so :meth:`prune` removes old rows freely)."""
+        try:
+            with self._db.transaction() as conn:
+                conn.execute("DELETE FROM forwarded")
+        except sqlite3.Error as error:
+            log.warning("audit trail: the forwarding position could not be dropped (%s)", type(error).__name__)
+
     # ------------------------------------------------------------------ writer thread
     def prune(self, now: datetime | None = None) -> int:
-        """Delete the rows older than :attr:`keep_days` (0: none); returns how many. The
-        writer thread does it at start and about once an hour."""
+        """Delete the rows older than :attr:`keep_days` (0: none) but those an audit
+        forwarder has not sent yet; returns how many. The writer thread does it at start
+        and about once an hour."""
         if self.keep_days <= 0:
             return 0
         cutoff = ((now or datetime.now(UTC)) - timedelta(days=self.keep_days)).isoformat(
             timespec="milliseconds").replace("+00:00", "Z")
         with self._db.transaction() as conn:
-            removed = conn.execute("DELETE FROM events WHERE time < ?", (cutoff,)).rowcount
+            # rows an audit forwarder has not sent yet stay (its position: the last row sent)
+            sent = "COALESCE((SELECT MIN(last_id) FROM forwarded), 9223372036854775807)"
+            removed = conn.execute(f"DELETE FROM events WHERE time < ? AND id <= {sent}", (cutoff,)).rowcount
+            kept = conn.execute("SELECT COUNT(*) FROM events WHERE time < ?", (cutoff,)).fetchone()[0]
         if removed:
             log.info("audit trail: %d row(s) older than %g days removed (storage.audit_days)", removed,
                      self.keep_days)
+        if kept:
+            log.warning("audit trail: %d row(s) older than %g days kept: the audit record repository has not "
+                        "received them yet", kept, self.keep_days)
         return removed
 
     def _prune_when_due(self) -> None:

@@ -176,6 +176,8 @@ class Service:
             self.audit_forwarder = make_forwarder(s.audit_repository, self.audit, self.store,
                                                   ae_title=s.dicom.ae_title, destinations=s.destinations)
             self.audit_forwarder.start()
+        else:
+            self.audit.forget_forwarding()  # nothing waits to be sent; old rows may go (storage.audit_days)
         set_mmap_threshold(s.workers.malloc_mmap_threshold_kb * 1024)  # before the runtimes allocate
         recovered = self.queue.recover()
         if recovered:
@@ -241,16 +243,17 @@ class Service:
             self.retention.stop()
         for pool in self.pools:
             pool.stop()
-        if self.queue is not None:
-            self.queue.close()
-        if self.store is not None:
-            self.store.close()
-        if self.audit is not None:
+        if self.audit is not None:  # before the store closes: the forwarder reads patients from it
             self._record_life("stop")
             self.audit.flush()
             if self.audit_forwarder is not None:
                 self.audit_forwarder.stop()
                 self.audit_forwarder = None
+        if self.queue is not None:
+            self.queue.close()
+        if self.store is not None:
+            self.store.close()
+        if self.audit is not None:
             self.audit.close()
             self.audit = None
         self._started.clear()

@@ -1,12 +1,16 @@
 """Send the audit trail's rows to the audit record repository, in order, none skipped.
 
 The trail (:mod:`dicom_service.audit`) is the durable queue: the forwarder keeps, in the
-trail's own file (table ``forwarded``), the id of the last row it sent to each
-repository, and sends the rows after it. A repository that is down or refuses the
-connection is tried again (after 1, 2, 4 ... up to 60 s) without losing anything; rows
-written while the node was stopped, or while the repository was away, go when it comes
-back. On the first start with a repository the position is the trail's end: older rows
-are not sent (``dicom-service audit`` exports them).
+trail's own file (table ``forwarded``), the id of the last row it sent, and sends the rows
+after it. A repository that is down or refuses the connection is tried again (after 1, 2,
+4 ... up to 60 s) without losing anything; rows written while the node was stopped, or
+while the repository was away, go when it comes back, also to a repository whose address
+was corrected in the settings meanwhile (the position belongs to "the repository", not to
+an address). On the first start with a repository the position is the trail's end: older
+rows are not sent (``dicom-service audit --format atna`` exports them); a start without
+one forgets the position. Rows not yet sent are not removed by ``storage.audit_days``.
+A row whose patient cannot be looked up now (the store closed or locked) waits like a
+row the repository did not take.
 
 Over TLS and TCP a row counts as sent when its messages are written to the connection
 (syslog has no acknowledgement): a kill between the write and the recorded position sends
@@ -22,7 +26,7 @@ import sqlite3
 import threading
 import time
 
-from dicom_service.atna.messages import MessageBuilder
+from dicom_service.atna.messages import LookupUnavailable, MessageBuilder
 from dicom_service.atna.settings import AuditRepository
 from dicom_service.atna.syslog import SyslogSender, syslog_message
 from dicom_service.audit import SCHEMA, AuditTrail, file_inode
@@ -37,6 +41,8 @@ BATCH_ROWS = 200
 RETRY_MAX_SECONDS = 60.0
 #: Seconds between two looks at the trail when nothing wakes the forwarder.
 POLL_SECONDS = 5.0
+#: The key of the position in the trail's ``forwarded`` table.
+POSITION_KEY = "audit_repository"
 
 
 class AuditForwarder:
@@ -74,6 +80,8 @@ class AuditForwarder:
         self._position = self._load_position(start_at_end=True)
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        #: Set when stop() gave up waiting: the thread then sends and records nothing more.
+        self._abandoned = threading.Event()
         self._last_warning = 0.0
         self._thread = threading.Thread(target=self._run, name="audit-forwarder", daemon=True)
 
@@ -92,6 +100,7 @@ class AuditForwarder:
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._thread.is_alive():  # still connecting to a silent repository: the daemon thread ends with us
+            self._abandoned.set()  # and it sends nothing more (a next start in this process would send it too)
             log.warning("audit forwarder: stopped while the repository at %s did not answer; %d row(s) go at the "
                         "next start", self.repository.address, self.backlog())
             return
@@ -107,7 +116,7 @@ class AuditForwarder:
 
     # ------------------------------------------------------------------ position
     def _load_position(self, *, start_at_end: bool) -> int:
-        rows = self._db.query("SELECT last_id FROM forwarded WHERE repository = ?", (self.repository.address,))
+        rows = self._db.query("SELECT last_id FROM forwarded WHERE repository = ?", (POSITION_KEY,))
         if rows:
             return int(rows[0][0])
         start = 0
@@ -119,7 +128,7 @@ class AuditForwarder:
     def _save_position(self, last_id: int) -> None:
         with self._db.transaction() as conn:
             conn.execute("INSERT INTO forwarded (repository, last_id) VALUES (?, ?) ON CONFLICT(repository) "
-                         "DO UPDATE SET last_id = excluded.last_id", (self.repository.address, last_id))
+                         "DO UPDATE SET last_id = excluded.last_id", (POSITION_KEY, last_id))
         self._position = last_id
 
     def _reopen_if_replaced(self) -> None:
@@ -135,12 +144,14 @@ class AuditForwarder:
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
         delay = 1.0
-        while True:
+        while not self._abandoned.is_set():
             stopping = self._stopping.is_set()
+            if stopping and not self.up:
+                return  # the repository was away: the rows go at the next start, not in a last wait at stop
             try:
                 self._reopen_if_replaced()
                 sent = self._send_batch()
-            except (OSError, ConfigError, sqlite3.Error) as error:
+            except (OSError, ConfigError, sqlite3.Error, LookupUnavailable) as error:
                 self.up = False
                 self._warn(f"audit messages cannot be sent to {self.repository.address} ({_reason(error)}); "
                            f"{self.backlog()} row(s) wait in the trail, tried again in {delay:g} s")
@@ -148,7 +159,7 @@ class AuditForwarder:
                     return  # what is left goes at the next start
                 if not self._stopping.wait(delay):
                     delay = min(delay * 2, RETRY_MAX_SECONDS)
-                continue  # asked to stop during the wait: one last try
+                continue  # asked to stop during the wait: the loop ends at its top
             if not self.up:
                 log.info("audit messages reach %s again", self.repository.address)
             self.up, delay = True, 1.0
@@ -170,6 +181,8 @@ class AuditForwarder:
             try:
                 record["detail"] = json.loads(record.get("detail") or "{}")
                 made = self.builder.messages(record)
+            except LookupUnavailable:
+                raise  # the row waits (a store closed or locked now)
             except Exception as error:  # noqa: BLE001 - one odd row must not stop the rest
                 self.skipped += 1
                 log.warning("audit trail row %d gives no audit message (%s); skipped", record.get("id"),
@@ -177,8 +190,12 @@ class AuditForwarder:
                 continue
             messages += [syslog_message(m.xml, timestamp=str(record["time"]), hostname=self.hostname,
                                         outcome=m.outcome, procid=self.procid) for m in made]
+        if self._abandoned.is_set():
+            return 0
         self.sender.send(messages)
         self.forwarded += len(messages)
+        if self._abandoned.is_set():
+            return 0  # sent, not recorded: the next start sends these again (at least once)
         self._save_position(int(rows[-1]["id"]))
         return len(rows)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from dicom_service.atna.forwarder import AuditForwarder
-from dicom_service.atna.messages import AuditSource, DestinationLookup, MessageBuilder
+from dicom_service.atna.messages import AuditSource, DestinationLookup, LookupUnavailable, MessageBuilder
 from dicom_service.atna.settings import AuditRepository
 from dicom_service.audit import AuditTrail
 from dicom_service.destination_settings import Destination, DicomWebDestination
@@ -42,12 +43,22 @@ class StudyPatients:
         self._lock = threading.Lock()
 
     def __call__(self, study_uid: str) -> str | None:
-        """The study's Patient ID; None when no instance of it is held (or it has none)."""
+        """The study's Patient ID; None when no instance of it is held (or it has none).
+
+        Raises
+        ------
+        LookupUnavailable
+            The store cannot be read now (closed, locked).
+        """
         with self._lock:
             if study_uid in self._known:
                 self._known.move_to_end(study_uid)
                 return self._known[study_uid]
-        for meta in self.store.study_instances(study_uid)[:3]:
+        try:
+            held = self.store.study_instances(study_uid)[:3]
+        except (sqlite3.Error, OSError) as error:
+            raise LookupUnavailable(f"the instance index cannot be read now ({type(error).__name__})") from error
+        for meta in held:
             try:
                 patient = read_instance_header(meta.path).patient_id
             except MediaError:
@@ -59,6 +70,12 @@ class StudyPatients:
                         self._known.popitem(last=False)
                 return patient
         return None
+
+
+    def forget(self, study_uid: str) -> None:
+        """Read the study's patient again next time (it was stored anew)."""
+        with self._lock:
+            self._known.pop(study_uid, None)
 
 
 def destination_lookup(destinations: Sequence[Destination | DicomWebDestination]) -> DestinationLookup:

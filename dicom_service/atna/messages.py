@@ -16,6 +16,8 @@ API request naming a study/instance    110103 DICOM Instances Accessed          
                                                                                       U, D
 ``DELETE /studies/{uid}``              110105 DICOM Study Deleted                     D
 ``GET /studies``, ``GET /instances``   110112 Query                                   E
+                                       and, for each study a list shows (its            R
+                                       patient's name), 110103 Instances Accessed
 ``GET /audit``                         110101 Audit Log Used                          R
 API request refused 401                110114 User Authentication, 110122 Login       E
 API request refused 403                110113 Security Alert, 110132 Use of           E
@@ -125,7 +127,13 @@ class _Participant:
     access_point: str | None = None
 
 
-#: Looks up the Patient ID of a study the node holds (None: unknown or removed).
+class LookupUnavailable(Exception):
+    """A lookup cannot answer now (the store closed or locked): the row's messages wait."""
+
+
+#: Looks up the Patient ID of a study the node holds (None: unknown or removed); raises
+#: :class:`LookupUnavailable` when it cannot tell now. One with a ``forget(study_uid)``
+#: method is told when a study is stored again (its patient may have changed).
 PatientLookup = Callable[[str], "str | None"]
 #: Looks up a destination by name: ``(user id, host)`` (AE title or URL, and its host).
 DestinationLookup = Callable[[str], "tuple[str, str] | None"]
@@ -194,6 +202,10 @@ class MessageBuilder:
         studies = [str(s) for s in detail.get("study_uids") or []]
         if not studies:
             return []
+        forget = getattr(self.patient_of, "forget", None)
+        if forget is not None and int(counts.get("new") or 0) > 0:
+            for study in studies:  # stored anew (after a removal, perhaps with another patient): read again
+                forget(study)
         failed = row.get("outcome") != "released" or int(counts.get("refused") or 0) > 0
         description = None
         if failed:
@@ -265,7 +277,11 @@ class MessageBuilder:
             return [self._message(row, INSTANCES_ACCESSED, action, SUCCESS, [caller, node], objects)]
         if method == "GET" and route in ("/studies", "/instances"):
             query = self._object(path, URI_TYPE, type_code="2", role="24", query=f"{method} {path}")
-            return [self._message(row, QUERY, "E", SUCCESS, [caller, node], [query])]
+            # a list that shows patients (GET /instances: name, ID, birth date) accessed each study it shows
+            shown = [str(s) for s in (row.get("detail") or {}).get("studies_shown") or []]
+            return [self._message(row, QUERY, "E", SUCCESS, [caller, node], [query]),
+                    *(self._message(row, INSTANCES_ACCESSED, "R", SUCCESS, [caller, node], self._study_objects(study))
+                      for study in shown)]
         return []
 
     # ------------------------------------------------------------------ parts

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dicom_service.tls import ClientTls
 
@@ -34,6 +35,22 @@ class AuditRepository(BaseModel):
         True, description="Name the patient (Patient ID, from the stored study) in messages about a study, as "
         "ATNA expects; false: studies by UID only.")
 
+    @field_validator("host")
+    @classmethod
+    def _plain_host(cls, value: str) -> str:
+        if value != value.strip() or any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("audit_repository.host: a host name or address, without spaces")
+        if "/" in value or "@" in value:
+            raise ValueError(f"audit_repository.host {value!r}: a host name or address, not a URL (the transport "
+                             "and port are settings of their own)")
+        if ":" in value:
+            try:
+                ipaddress.IPv6Address(value.strip("[]"))
+            except ValueError:
+                raise ValueError(f"audit_repository.host {value!r}: give the port in audit_repository.port") from None
+            return value.strip("[]")
+        return value
+
     @model_validator(mode="after")
     def _tls_for_tls(self) -> AuditRepository:
         if self.tls is not None and self.transport != "tls":
@@ -47,5 +64,6 @@ class AuditRepository(BaseModel):
 
     @property
     def address(self) -> str:
-        """``transport://host:port``, also the key of the forwarder's position in the trail."""
-        return f"{self.transport}://{self.host}:{self.effective_port}"
+        """``transport://host:port``, as logs and metrics name the repository."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}://{host}:{self.effective_port}"

@@ -36,6 +36,13 @@ class _Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def peer_address(host: str, port: object | None) -> str:
+    """``host:port`` as the trail writes a peer, ``[host]:port`` for an IPv6 address."""
+    if port is None or port == "":
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _tally(assoc) -> _Tally:  # noqa: ANN001 - pynetdicom Association
     tally = getattr(assoc, _TALLY, None)
     if tally is None:  # handlers of one association run on its own thread
@@ -93,18 +100,18 @@ class AssociationAudit:
                   "study_uids": studies[:MAX_STUDIES_LISTED]}
         self.trail.record(AuditEvent(
             kind="dicom-association", actor=str(requestor.ae_title or "").strip(), action="association",
-            outcome=outcome, client=f"{requestor.address}:{requestor.port}",
+            outcome=outcome, client=peer_address(requestor.address, requestor.port),
             study_uid=studies[0] if len(studies) == 1 else None, detail=detail))
 
     def refused_certificate(self, address: object, reason: str, verify_message: str | None) -> None:
         """Write the ``dicom-tls`` row of a TLS handshake that failed on a certificate
         (before any association: no AE title is known)."""
-        host, port = address if isinstance(address, tuple) and len(address) >= 2 else (str(address), "")
+        host, port = address[:2] if isinstance(address, tuple) and len(address) >= 2 else (str(address), None)
         detail = {"called_ae": self.called_ae, "reason": reason[:200]}
         if verify_message:
             detail["verify_message"] = verify_message[:200]
         self.trail.record(AuditEvent(kind="dicom-tls", actor="", action="tls handshake", outcome="refused",
-                                     client=f"{host}:{port}" if port != "" else str(host), detail=detail))
+                                     client=peer_address(str(host), port), detail=detail))
 
     def handlers(self) -> list[tuple[evt.InterventionEvent | evt.NotificationEvent, Callable[[evt.Event], None]]]:
         """The pynetdicom handlers that end an association's row."""

@@ -175,6 +175,9 @@ def test_rows_that_give_no_message_and_odd_text() -> None:
              _row("http", "unknown", "GET", "500"), _row("something-new", "x", "y", "z")]
     assert [builder.messages(r) for r in quiet] == [[]] * len(quiet)
 
+    v6 = _row("dicom-association", "MODALITY", "association", "rejected", client="[fe80::1]:40112")
+    assert _parse(builder.messages(v6)[0].xml).find("ParticipantObjectIdentification").get(
+        "ParticipantObjectID") == "fe80::1"
     odd = "O'Brien<&>\"^Łukasz"
     row = _row("http", odd, "GET /studies/{study_uid}", "200", study_uid=STUDY, client="::1")
     message = _parse(builder.messages(row)[0].xml)
@@ -203,6 +206,11 @@ def test_syslog_framing() -> None:
 def test_repository_settings(make_settings) -> None:
     assert AuditRepository(host="arr").address == "tls://arr:6514"
     assert AuditRepository(host="arr", transport="udp").effective_port == 514
+    assert AuditRepository(host="[::1]", port=6000).address == "tls://[::1]:6000"
+    for host, problem in (("arr:6514", "give the port"), ("tls://arr", "not a URL"), ("arr example", "spaces"),
+                          ("arr\n", "spaces")):
+        with pytest.raises(ValueError, match=problem):
+            AuditRepository(host=host)
     with pytest.raises(ValueError, match="tls is set but the transport is tcp"):
         AuditRepository(host="arr", transport="tcp", tls={})
     with pytest.raises(Exception, match="audit_repository.tls.ca_certificates"):
@@ -311,6 +319,105 @@ def test_a_repository_restart_loses_nothing(make_settings, tmp_path: Path) -> No
                 assert client.get("/studies", headers=SERVICE).status_code == 200
             collector.wait_for(lambda found: _events(found) == ["Query"] * 3)
         assert client.app.state.service.audit_forwarder.sender.connections == 2
+
+
+def test_a_corrected_address_gets_what_waited(make_settings, tmp_path: Path) -> None:
+    """A wrong port at first: the rows wait; the node restarted with the right one sends
+    them (the position belongs to the repository, not to an address)."""
+    wrong = make_settings(audit_repository={"host": "127.0.0.1", "port": free_port(), "transport": "tcp"})
+    video = builders.make_video_photographic(frames=2, rows=32, cols=32)
+    with TestClient(create_app(Service(wrong))) as client:
+        assert store(client.app.state.service.node.port, video) == 0
+    with running_collector(tmp_path / "syslog", transport="tcp") as collector:
+        right = make_settings(audit_repository={"host": "127.0.0.1", "port": collector.port, "transport": "tcp"})
+        with TestClient(create_app(Service(right))):
+            found = collector.wait_for(lambda found: len(found) >= 4)
+    assert _events(found)[:4] == ["Application Activity", "DICOM Instances Transferred", "Application Activity",
+                                  "Application Activity"]
+
+
+def test_a_lookup_that_fails_now_holds_the_row(tmp_path: Path) -> None:
+    """A patient lookup that cannot answer (the store closed or locked) keeps the row
+    waiting, and it goes once the lookup answers: nothing skipped."""
+    from dicom_service.atna.forwarder import AuditForwarder
+    from dicom_service.atna.messages import LookupUnavailable
+    from dicom_service.audit import AuditEvent, AuditTrail
+
+    answers = iter([LookupUnavailable("closed"), "PH0001"])
+
+    def patient_of(study: str) -> str:
+        answer = next(answers, "PH0001")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with running_collector(tmp_path / "syslog", transport="tcp") as collector:
+        trail = AuditTrail(tmp_path / AUDIT_FILE)
+        repository = AuditRepository(host="127.0.0.1", port=collector.port, transport="tcp", patient_ids=True)
+        forwarder = AuditForwarder(trail, repository, MessageBuilder(SOURCE, patient_of=patient_of),
+                                   hostname="node", procid="1")
+        forwarder.start()
+        trail.record(AuditEvent(kind="dicom-send", actor="DENTAL_AI", action="send", outcome="succeeded",
+                                study_uid=STUDY, detail={"destination": "pacs"}))
+        found = collector.wait_for(lambda found: len(found) == 1)
+        forwarder.stop()
+        trail.close()
+    assert _summary(found[0].audit)["objects"] == [STUDY_OBJ, PATIENT_OBJ]
+    assert forwarder.skipped == 0 and forwarder.backlog() == 0
+
+
+def test_unsent_rows_outlive_audit_days(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dicom_service.atna.forwarder import AuditForwarder
+    from dicom_service.audit import AuditEvent, AuditTrail
+
+    trail = AuditTrail(tmp_path / AUDIT_FILE, keep_days=30)
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+    def old(days: int) -> AuditEvent:
+        when = (now - timedelta(days=days)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return AuditEvent(kind="http", actor="a", action=f"GET /{days}", outcome="200", time=when)
+
+    trail.record(old(400))
+    assert trail.flush()
+    repository = AuditRepository(host="127.0.0.1", port=free_port(), transport="tcp")  # nothing listens
+    forwarder = AuditForwarder(trail, repository, MessageBuilder(SOURCE), hostname="node", procid="1")
+    for days in (300, 31, 0):  # after the forwarder's position (the trail's end at its first start)
+        trail.record(old(days))
+    assert trail.flush()
+    assert trail.prune(now) == 1  # the row from before forwarding began, not those waiting
+    assert [r["action"] for r in read_events(tmp_path / AUDIT_FILE)] == ["GET /300", "GET /31", "GET /0"]
+    trail.forget_forwarding()  # a start without a repository: nothing waits any more
+    assert trail.prune(now) == 2
+    forwarder.stop()
+    trail.close()
+
+
+def test_the_patient_of_a_study_stored_again(make_settings, tmp_path: Path) -> None:
+    """A study removed and sent again with a corrected Patient ID: its new message names
+    the new patient, the removal the old one; a list of instances accessed each study it
+    showed."""
+    video = builders.make_video_photographic(frames=2, rows=32, cols=32)
+    study = str(video.StudyInstanceUID)
+    with running_collector(tmp_path / "syslog", transport="tcp") as collector:
+        settings = make_settings(models={"video": "baseline"},
+                                 audit_repository={"host": "127.0.0.1", "port": collector.port, "transport": "tcp"})
+        with TestClient(create_app(Service(settings))) as client:
+            port = client.app.state.service.node.port
+            assert store(port, video) == 0
+            _wait_job(client, lambda j: j["kind"] == "process" and j["state"] == "succeeded", timeout=120)
+            assert client.get("/instances", headers=SERVICE).status_code == 200
+            reply = client.delete(f"/studies/{study}", headers=SERVICE)
+            assert reply.status_code == 200, reply.text
+            video.PatientID = "CORRECTED-42"
+            assert store(port, video) == 0
+            found = collector.wait_for(lambda found: _events(found).count("DICOM Instances Transferred") == 2)
+    patients = [(_events([m])[0], [i for i, t in _summary(m.audit)["objects"] if t == "2"]) for m in found[1:]]
+    assert patients == [("DICOM Instances Transferred", [builders.PATIENT_ID]), ("Query", []),
+                        ("DICOM Instances Accessed", [builders.PATIENT_ID]),
+                        ("DICOM Study Deleted", [builders.PATIENT_ID]),
+                        ("DICOM Instances Transferred", ["CORRECTED-42"])]
 
 
 def test_mutual_tls_and_udp(make_settings, tmp_path: Path, pki) -> None:
