@@ -96,9 +96,11 @@ class ImplantReview:
     operator: str | None = None
 
     def key(self) -> str:
-        """A short digest (the same review by the same person gives the same UIDs)."""
-        doc = {"implants": [[e.finding, None if e.box is None else [round(float(v), 3) for v in e.box], e.system]
-                            for e in self.implants], "operator": self.operator}
+        """A short digest: the same review by the same person, in whatever order it lists
+        the implants, gives the same key (and so the same job and UIDs)."""
+        entries = sorted(json.dumps([e.finding, None if e.box is None else [round(float(v), 3) for v in e.box],
+                                     e.system]) for e in self.implants)
+        doc = {"implants": entries, "operator": self.operator}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:

@@ -62,7 +62,10 @@ def test_a_dentist_reviews_the_implants_in_the_browser(node_factory: Callable[..
         actions.perform()
         assert field("id", "summary").text == "1 of 2 AI finding(s) kept, 1 drawn"
         systems = driver.find_elements("css selector", "#implants input[type=text]")
-        systems[0].send_keys("Straumann BLT", Keys.TAB)
+        assert {f.get_attribute("list") for f in systems} == {"known-systems"}  # the catalogue as suggestions
+        offered = [o.get_attribute("value") for o in driver.find_elements("css selector", "#known-systems option")]
+        assert len(offered) == 8 and all(name.startswith("Synthetic ") for name in offered)
+        systems[0].send_keys("Straumann BLT", Keys.TAB)  # a name outside it is taken as well
         field("id", "send").click()
         text, css = _wait_status(driver, lambda t, c: t.startswith("review sent") or c == "error", 120, "the review")
         assert css == "", text

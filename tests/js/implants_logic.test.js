@@ -47,6 +47,17 @@ test("the review body lists the kept findings with typed systems, then the drawn
   assert.throws(() => R.reviewBody("", state), /pick a processed radiograph/);
 });
 
+test("a review stops at 64 implants, as the API does", () => {
+  const state = R.initialState(AI);
+  while (R.roomToDraw(state)) state.drawn.push({ box: [1, 1, 5, 5], system: "" });
+  assert.equal(state.drawn.length + 2, R.MAX_IMPLANTS); // the two kept AI findings count
+  assert.equal(R.reviewBody("1.2.3", state).implants.length, 64);
+  state.drawn.push({ box: [1, 1, 5, 5], system: "" }); // e.g. a finding kept again after drawing
+  assert.throws(() => R.reviewBody("1.2.3", state), /at most 64 implants \(65 now\)/);
+  state.ai[0].kept = false;
+  assert.equal(R.reviewBody("1.2.3", state).implants.length, 64);
+});
+
 test("undo copies do not share their boxes' entries with the state", () => {
   const state = R.initialState(AI);
   const copy = R.copyState(state);

@@ -74,6 +74,8 @@ def test_a_dentist_reviews_the_implants_and_the_pacs_gets_the_corrected_objects(
             process = next(j for j in client.get("/jobs?kind=process", headers=SERVICE).json())
             reported = service.queue.result(process["id"])["summary"]["instances"][0]["implants"]
             assert len(reported) == 2  # the AI found both implants of this phantom
+            catalogue = client.get(f"/instances/{sop}/implants", headers=SERVICE).json()["systems"]
+            assert len(catalogue) == 8 and all(name.startswith("Synthetic ") for name in catalogue)
 
             # keep the first with the system the dentist knows; drop the second; draw it again
             review = {"sop_instance_uid": sop, "implants": [{"finding": 1, "system": "Straumann BLT"},
@@ -94,6 +96,8 @@ def test_a_dentist_reviews_the_implants_and_the_pacs_gets_the_corrected_objects(
             assert set(drawn["parts"]) == {"coronal", "middle", "apical"}
             assert sorted(out["objects"]) == ["pr", "sc", "seg", "sr"]
             assert client.post("/corrections/implants", json=review, headers=AS_JAN).json() == out  # the same job
+            reordered = {**review, "implants": review["implants"][::-1]}  # the same review, listed the other way
+            assert client.post("/corrections/implants", json=reordered, headers=AS_JAN).json() == out
             by_anna = client.post("/corrections/implants", json=review, headers=AS_ANNA).json()
             assert by_anna["objects"]["sr"]["sop_instance_uid"] != out["objects"]["sr"]["sop_instance_uid"]
             none = client.post("/corrections/implants", json={"sop_instance_uid": sop, "implants": []},
@@ -143,7 +147,8 @@ def test_a_dentist_reviews_the_implants_and_the_pacs_gets_the_corrected_objects(
     rows = [r for r in read_events(Path(settings.storage.path) / AUDIT_FILE)
             if r["action"] == "POST /corrections/implants"]
     assert [(r["actor"], r["outcome"], r["study_uid"]) for r in rows] == [
-        (JAN, "201", study), (JAN, "201", study), (ANNA, "201", study), ("service token 1", "201", study)]
+        (JAN, "201", study), (JAN, "201", study), (JAN, "201", study), (ANNA, "201", study),
+        ("service token 1", "201", study)]
 
 
 def test_bad_reviews_get_clear_http_errors(make_settings) -> None:
@@ -204,6 +209,7 @@ def test_a_review_with_the_baseline_runtime_draws_boxes_without_a_system(tmp_pat
     """The classical baseline has no identifier: a drawn box is an implant without system or
     certainty, and its report still validates; a review by nobody named has no person
     observer."""
+    from dicom_service.api.routers.implant_corrections import known_systems
     from dicom_service.pipelines.implant_correction import (
         ImplantEdit,
         ImplantReview,
@@ -215,6 +221,7 @@ def test_a_review_with_the_baseline_runtime_draws_boxes_without_a_system(tmp_pat
 
     ds = builders.make_intraoral_radiograph(implants=1)
     runtime = build_radiograph_runtime("baseline", "cpu", default_models_dir())
+    assert known_systems(runtime) == []  # the page offers no suggestions
     _, summary = process_radiograph_instance(ds, runtime, uid_seed="t")
     review = ImplantReview(implants=(ImplantEdit(box=(10.0, 20.0, 60.0, 140.0)),))
     result = correct_implants(ds, runtime, reported_findings(summary), review, uid_seed="t")

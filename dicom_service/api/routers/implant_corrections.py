@@ -190,6 +190,14 @@ class AiFindingsOut(BaseModel):
     algorithm: str
     implants: list[AiImplantOut]
     latest_review: ImplantReviewOut | None = Field(description="The newest review, or null.")
+    systems: list[str] = Field(description="The implant systems the node's identifier knows (its catalogue, for "
+                               "suggestions: a review may name any other); empty for a runtime without one.")
+
+
+def known_systems(runtime: object) -> list[str]:
+    """The implant systems ``runtime``'s identifier can name (none for the baseline)."""
+    identifier = getattr(runtime, "identifier", None)
+    return list(getattr(identifier, "systems", ()))
 
 
 @findings_router.get("/{sop_instance_uid}/implants", response_model=AiFindingsOut,
@@ -212,4 +220,5 @@ def ai_findings(request: Request, sop_instance_uid: Annotated[str, Path(
         implants=[AiImplantOut(finding=n, box_xyxy=item["box_xyxy"], score=item["score"], parts=item.get("parts", []),
                                attributes=item.get("attributes") or {}, system_top=item.get("system_top") or [])
                   for n, item in enumerate(entry.get("implants", []), start=1)],
-        latest_review=ImplantReviewOut(correction_job=reviews[0][0].id, **reviews[0][1]) if reviews else None)
+        latest_review=ImplantReviewOut(correction_job=reviews[0][0].id, **reviews[0][1]) if reviews else None,
+        systems=known_systems(service.runtimes.radiograph if service.runtimes is not None else None))

@@ -72,6 +72,7 @@
       field.type = "text";
       field.maxLength = 64;
       field.placeholder = "system (optional)";
+      field.setAttribute("list", "known-systems"); // the identifier's catalogue as suggestions; any name is taken
       field.title = title;
       field.value = item.system;
       field.addEventListener("change", () => { item.system = field.value; });
@@ -132,6 +133,12 @@
     shownUrl = URL.createObjectURL(blob);
     img.onload = changed;
     img.src = shownUrl;
+    const catalogue = document.getElementById("known-systems");
+    catalogue.replaceChildren(...(findings.systems || []).map((name) => {
+      const option = document.createElement("option");
+      option.value = name;
+      return option;
+    }));
     status(`${findings.implants.length} implant(s) found by ${findings.algorithm}`);
   }
 
@@ -150,6 +157,10 @@
     const start = pressed;
     pressed = null;
     if (L.isDrag(start, released)) {
+      if (!R.roomToDraw(state)) {
+        status(`a review lists at most ${R.MAX_IMPLANTS} implants: drop one before drawing another`, true);
+        return;
+      }
       remember();
       state.drawn.push({ box: L.boxFrom(start, released), system: "" });
     } else {

@@ -7,6 +7,18 @@
   // printable ASCII without backslash, no space at either end, 1 to 64 characters, as the API takes
   const SYSTEM_NAME = /^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,62}[\x21-\x5b\x5d-\x7e])?$/;
 
+  // The most implants one review may list (the API's MAX_IMPLANTS).
+  const MAX_IMPLANTS = 64;
+
+  function listed(state) {
+    return state.ai.filter((a) => a.kept).length + state.drawn.length;
+  }
+
+  // Whether one more box may be drawn.
+  function roomToDraw(state) {
+    return listed(state) < MAX_IMPLANTS;
+  }
+
   // The review before the dentist changes anything: every AI finding kept, none drawn.
   // `implants`: GET /instances/{sop}/implants's "implants".
   function initialState(implants) {
@@ -57,6 +69,9 @@
     if (!/^[0-9]+(\.[0-9]+)*$/.test(String(sop || "")) || String(sop).length > 64) {
       throw new Error("pick a processed radiograph first");
     }
+    if (listed(state) > MAX_IMPLANTS) {
+      throw new Error(`a review lists at most ${MAX_IMPLANTS} implants (${listed(state)} now): drop some`);
+    }
     const implants = [];
     for (const item of state.ai) {
       if (!item.kept) continue;
@@ -96,7 +111,8 @@
     });
   }
 
-  const api = { initialState, copyState, hit, reviewBody, summaryLine, systemText, resultLines };
+  const api = { MAX_IMPLANTS, initialState, copyState, hit, roomToDraw, reviewBody, summaryLine, systemText,
+    resultLines };
   if (typeof module !== "undefined" && module.exports) {
     module.exports = api;
   } else {
