@@ -9,12 +9,13 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from dicom_service.atna.forwarder import AuditForwarder
 from dicom_service.atna.messages import AuditSource, DestinationLookup, LookupUnavailable, MessageBuilder
 from dicom_service.atna.settings import AuditRepository
-from dicom_service.audit import AuditTrail
+from dicom_service.audit import AuditTrail, file_inode
 from dicom_service.destination_settings import Destination, DicomWebDestination
 from dicom_service.domain import MediaError
 from dicom_service.media.instance_header import read_instance_header
@@ -29,7 +30,9 @@ class StudyPatients:
 
     IDs found are remembered (the newest :data:`REMEMBERED_STUDIES`), so the message of a
     study removed after the node saw it (``DELETE /studies``) still names its patient
-    while the node runs.
+    while the node runs. A study stored again (:meth:`recheck`) keeps its remembered ID
+    while the file it was read from is the same file (same inode); a study removed and
+    sent again, perhaps with a corrected Patient ID, is read again.
 
     Parameters
     ----------
@@ -39,7 +42,9 @@ class StudyPatients:
     def __init__(self, store: InstanceStore, *, size: int = REMEMBERED_STUDIES) -> None:
         self.store = store
         self.size = size
-        self._known: OrderedDict[str, str] = OrderedDict()
+        #: study -> (Patient ID, the file it was read from, that file's inode)
+        self._known: OrderedDict[str, tuple[str, Path, int | None]] = OrderedDict()
+        self._recheck: set[str] = set()
         self._lock = threading.Lock()
 
     def __call__(self, study_uid: str) -> str | None:
@@ -51,9 +56,13 @@ class StudyPatients:
             The store cannot be read now (closed, locked).
         """
         with self._lock:
-            if study_uid in self._known:
+            known = self._known.get(study_uid)
+            recheck = study_uid in self._recheck
+            self._recheck.discard(study_uid)
+            if known is not None:
                 self._known.move_to_end(study_uid)
-                return self._known[study_uid]
+        if known is not None and (not recheck or file_inode(known[1]) == known[2]):
+            return known[0]
         try:
             held = self.store.study_instances(study_uid)[:3]
         except (sqlite3.Error, OSError) as error:
@@ -65,17 +74,17 @@ class StudyPatients:
                 continue
             if patient:
                 with self._lock:
-                    self._known[study_uid] = patient
+                    self._known[study_uid] = (patient, Path(meta.path), file_inode(Path(meta.path)))
                     while len(self._known) > self.size:
                         self._known.popitem(last=False)
                 return patient
         return None
 
-
     def forget(self, study_uid: str) -> None:
-        """Read the study's patient again next time (it was stored anew)."""
+        """The study was stored again: check that its remembered patient still holds."""
         with self._lock:
-            self._known.pop(study_uid, None)
+            if study_uid in self._known:
+                self._recheck.add(study_uid)
 
 
 def destination_lookup(destinations: Sequence[Destination | DicomWebDestination]) -> DestinationLookup:

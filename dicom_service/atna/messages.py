@@ -204,7 +204,7 @@ class MessageBuilder:
             return []
         forget = getattr(self.patient_of, "forget", None)
         if forget is not None and int(counts.get("new") or 0) > 0:
-            for study in studies:  # stored anew (after a removal, perhaps with another patient): read again
+            for study in studies:  # stored again (after a removal, perhaps with another patient): check it
                 forget(study)
         failed = row.get("outcome") != "released" or int(counts.get("refused") or 0) > 0
         description = None
@@ -339,12 +339,15 @@ class MessageBuilder:
         ET.SubElement(ET.SubElement(root, "AuditSourceIdentification", source), "AuditSourceTypeCode",
                       {"csd-code": APPLICATION_SERVER})
         root.extend(objects)
-        for element in root.iter():  # request paths and AE titles may hold what XML cannot
-            for key, value in element.attrib.items():
-                element.set(key, _xml_text(value))
-            if element.text:
-                element.text = _xml_text(element.text).replace("\n", " ").replace("\r", " ").replace("\t", " ")
-        xml = b'<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(root, encoding="unicode").encode()
+        text = ET.tostring(root, encoding="unicode")
+        if _NOT_XML.search(text) or "\n" in text or "\r" in text:  # rare: a request path, an AE title
+            for element in root.iter():
+                for key, value in element.attrib.items():
+                    element.set(key, _xml_text(value))
+                if element.text:
+                    element.text = _xml_text(element.text).replace("\n", " ").replace("\r", " ").replace("\t", " ")
+            text = ET.tostring(root, encoding="unicode")
+        xml = b'<?xml version="1.0" encoding="UTF-8"?>' + text.encode("utf-8")
         return Message(xml=xml, outcome=outcome)
 
 
