@@ -228,7 +228,13 @@ class AuditTrail:
         repository: no row waits to be sent, so :meth:`prune` removes old rows freely)."""
         try:
             with self._db.transaction() as conn:
+                waiting = conn.execute("SELECT COUNT(*) FROM events WHERE id > (SELECT MIN(last_id) FROM forwarded)"
+                                       ).fetchone()[0]
                 conn.execute("DELETE FROM forwarded")
+            if waiting:
+                log.warning("audit trail: %d row(s) had not reached the audit record repository; audit_repository "
+                            "is not set, so they will not be sent (dicom-service audit --format atna prints them)",
+                            waiting)
         except sqlite3.Error as error:
             log.warning("audit trail: the forwarding position could not be dropped (%s)", type(error).__name__)
 

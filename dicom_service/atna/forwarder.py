@@ -100,7 +100,7 @@ class AuditForwarder:
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._thread.is_alive():  # still connecting to a silent repository: the daemon thread ends with us
-            self._abandoned.set()  # and it sends nothing more (a next start in this process would send it too)
+            self._abandoned.set()  # it writes nothing more: not on the connection it is making, nor after
             log.warning("audit forwarder: stopped while the repository at %s did not answer; %d row(s) go at the "
                         "next start", self.repository.address, self.backlog())
             return
@@ -119,6 +119,12 @@ class AuditForwarder:
         rows = self._db.query("SELECT last_id FROM forwarded WHERE repository = ?", (POSITION_KEY,))
         if rows:
             return int(rows[0][0])
+        older = self._db.query("SELECT MIN(last_id) FROM forwarded")[0][0]
+        if older is not None:  # a position an earlier version kept per address: carried over
+            with self._db.transaction() as conn:
+                conn.execute("DELETE FROM forwarded")
+            self._save_position(int(older))
+            return int(older)
         start = 0
         if start_at_end:
             start = int(self._db.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
@@ -192,7 +198,7 @@ class AuditForwarder:
                                         outcome=m.outcome, procid=self.procid) for m in made]
         if self._abandoned.is_set():
             return 0
-        self.sender.send(messages)
+        self.sender.send(messages, abandoned=self._abandoned.is_set)
         self.forwarded += len(messages)
         if self._abandoned.is_set():
             return 0  # sent, not recorded: the next start sends these again (at least once)

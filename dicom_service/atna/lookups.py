@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from dicom_service.atna.forwarder import AuditForwarder
 from dicom_service.atna.messages import AuditSource, DestinationLookup, LookupUnavailable, MessageBuilder
 from dicom_service.atna.settings import AuditRepository
-from dicom_service.audit import AuditTrail, file_inode
+from dicom_service.audit import AuditTrail
 from dicom_service.destination_settings import Destination, DicomWebDestination
 from dicom_service.domain import MediaError
 from dicom_service.media.instance_header import read_instance_header
@@ -30,9 +30,11 @@ class StudyPatients:
 
     IDs found are remembered (the newest :data:`REMEMBERED_STUDIES`), so the message of a
     study removed after the node saw it (``DELETE /studies``) still names its patient
-    while the node runs. A study stored again (:meth:`recheck`) keeps its remembered ID
-    while the file it was read from is the same file (same inode); a study removed and
-    sent again, perhaps with a corrected Patient ID, is read again.
+    while the node runs. A study stored again (:meth:`forget`) keeps its remembered ID
+    while the file it was read from is the same file (inode, size, modification and change
+    times in nanoseconds: a file removed and written again at the same path may get the
+    same inode back, never the same times); a study removed and sent again, perhaps with a
+    corrected Patient ID, is read again.
 
     Parameters
     ----------
@@ -42,8 +44,8 @@ class StudyPatients:
     def __init__(self, store: InstanceStore, *, size: int = REMEMBERED_STUDIES) -> None:
         self.store = store
         self.size = size
-        #: study -> (Patient ID, the file it was read from, that file's inode)
-        self._known: OrderedDict[str, tuple[str, Path, int | None]] = OrderedDict()
+        #: study -> (Patient ID, the file it was read from, that file's signature)
+        self._known: OrderedDict[str, tuple[str, Path, tuple[int, ...] | None]] = OrderedDict()
         self._recheck: set[str] = set()
         self._lock = threading.Lock()
 
@@ -61,7 +63,7 @@ class StudyPatients:
             self._recheck.discard(study_uid)
             if known is not None:
                 self._known.move_to_end(study_uid)
-        if known is not None and (not recheck or file_inode(known[1]) == known[2]):
+        if known is not None and (not recheck or _signature(known[1]) == known[2]):
             return known[0]
         try:
             held = self.store.study_instances(study_uid)[:3]
@@ -74,7 +76,7 @@ class StudyPatients:
                 continue
             if patient:
                 with self._lock:
-                    self._known[study_uid] = (patient, Path(meta.path), file_inode(Path(meta.path)))
+                    self._known[study_uid] = (patient, Path(meta.path), _signature(Path(meta.path)))
                     while len(self._known) > self.size:
                         self._known.popitem(last=False)
                 return patient
@@ -85,6 +87,15 @@ class StudyPatients:
         with self._lock:
             if study_uid in self._known:
                 self._recheck.add(study_uid)
+
+
+def _signature(path: Path) -> tuple[int, ...] | None:
+    """What tells one file at ``path`` from another written there later; None if missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def destination_lookup(destinations: Sequence[Destination | DicomWebDestination]) -> DestinationLookup:

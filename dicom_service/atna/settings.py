@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,6 +12,10 @@ from dicom_service.tls import ClientTls
 
 #: The registered syslog ports: syslog-tls (RFC 5425), syslog over TCP (RFC 6587), syslog (UDP).
 DEFAULT_PORTS = {"tls": 6514, "tcp": 601, "udp": 514}
+
+
+#: A host name: dot-separated labels of letters, digits, hyphens and underscores.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)*\.?")
 
 
 class AuditRepository(BaseModel):
@@ -38,18 +43,17 @@ class AuditRepository(BaseModel):
     @field_validator("host")
     @classmethod
     def _plain_host(cls, value: str) -> str:
-        if value != value.strip() or any(c.isspace() or not c.isprintable() for c in value):
-            raise ValueError("audit_repository.host: a host name or address, without spaces")
-        if "/" in value or "@" in value:
-            raise ValueError(f"audit_repository.host {value!r}: a host name or address, not a URL (the transport "
-                             "and port are settings of their own)")
-        if ":" in value:
-            try:
-                ipaddress.IPv6Address(value.strip("[]"))
-            except ValueError:
-                raise ValueError(f"audit_repository.host {value!r}: give the port in audit_repository.port") from None
-            return value.strip("[]")
-        return value
+        literal = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+        try:
+            return str(ipaddress.ip_address(literal))  # an IPv4 or IPv6 address (IPv6 with or without brackets)
+        except ValueError:
+            pass
+        if _HOST_NAME.fullmatch(value):
+            return value
+        if ":" in value and "/" not in value and not value.startswith("["):
+            raise ValueError(f"audit_repository.host {value!r}: give the port in audit_repository.port")
+        raise ValueError(f"audit_repository.host {value!r}: a host name (letters, digits, '-', '.', '_') or an IP "
+                         "address, not a URL (the transport and port are settings of their own)")
 
     @model_validator(mode="after")
     def _tls_for_tls(self) -> AuditRepository:

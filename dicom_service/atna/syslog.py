@@ -13,6 +13,7 @@ import contextlib
 import select
 import socket
 import ssl
+from collections.abc import Callable
 
 from dicom_service.atna.settings import AuditRepository
 from dicom_service.tls import ClientTls, client_context
@@ -131,9 +132,10 @@ class SyslogSender:
         finally:
             sock.settimeout(self.timeout)
 
-    def send(self, messages: list[bytes]) -> None:
+    def send(self, messages: list[bytes], *, abandoned: Callable[[], bool] | None = None) -> None:
         """Send RFC 5424 ``messages`` in order; on any error the connection is closed and
-        the error raised (the caller sends them again later).
+        the error raised (the caller sends them again later). ``abandoned()``, asked once
+        a new connection is made, True: nothing is written (ConnectionAbortedError).
 
         Raises
         ------
@@ -149,6 +151,9 @@ class SyslogSender:
         if self._socket is None:
             self._socket = self._open()
             self.connections += 1
+            if abandoned is not None and abandoned():  # the node stopped while this connected
+                self.close()
+                raise ConnectionAbortedError("the forwarder was stopped while it connected")
         try:
             if self.repository.transport == "udp":
                 for message in messages:

@@ -97,9 +97,11 @@ class ImplantReview:
 
     def key(self) -> str:
         """A short digest: the same review by the same person, in whatever order it lists
-        the implants, gives the same key (and so the same job and UIDs)."""
-        entries = sorted(json.dumps([e.finding, None if e.box is None else [round(float(v), 3) for v in e.box],
-                                     e.system]) for e in self.implants)
+        the implants, gives the same key (and so the same job and UIDs). The implants are
+        put in one order first (by their JSON); a review already in that order (one with a
+        single implant, for one) keeps the key it had before order stopped mattering."""
+        entries = sorted(([e.finding, None if e.box is None else [round(float(v), 3) for v in e.box], e.system]
+                          for e in self.implants), key=json.dumps)
         doc = {"implants": entries, "operator": self.operator}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -141,8 +143,8 @@ class ImplantReview:
             if edit.system is not None and not SYSTEM_NAME.match(edit.system):
                 raise InputError(f"implant {number}: a system name has 1 to 64 printable ASCII characters, "
                                  "no backslash, no space at either end")
-        boxes = [tuple(e.box) for e in self.implants if e.box is not None]
-        if len(set(boxes)) != len(boxes):
+        boxes = [tuple(round(float(v), 3) for v in e.box) for e in self.implants if e.box is not None]
+        if len(set(boxes)) != len(boxes):  # as the key rounds them: 1/1000 pixel apart is the same box
             raise InputError("a box is drawn twice")
 
     def describe(self, ai_findings: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import logging
 import re
 import socket
 import ssl
@@ -207,8 +208,9 @@ def test_repository_settings(make_settings) -> None:
     assert AuditRepository(host="arr").address == "tls://arr:6514"
     assert AuditRepository(host="arr", transport="udp").effective_port == 514
     assert AuditRepository(host="[::1]", port=6000).address == "tls://[::1]:6000"
-    for host, problem in (("arr:6514", "give the port"), ("tls://arr", "not a URL"), ("arr example", "spaces"),
-                          ("arr\n", "spaces")):
+    for host, problem in (("arr:6514", "give the port"), ("tls://arr", "not a URL"), ("arr example", "a host name"),
+                          ("arr\n", "a host name"), ("[arr]", "a host name"), ("arr?x", "a host name"),
+                          ("[::1", "a host name")):
         with pytest.raises(ValueError, match=problem):
             AuditRepository(host=host)
     with pytest.raises(ValueError, match="tls is set but the transport is tcp"):
@@ -366,7 +368,7 @@ def test_a_lookup_that_fails_now_holds_the_row(tmp_path: Path) -> None:
     assert forwarder.skipped == 0 and forwarder.backlog() == 0
 
 
-def test_unsent_rows_outlive_audit_days(tmp_path: Path) -> None:
+def test_unsent_rows_outlive_audit_days(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from datetime import UTC, datetime, timedelta
 
     from dicom_service.atna.forwarder import AuditForwarder
@@ -388,8 +390,33 @@ def test_unsent_rows_outlive_audit_days(tmp_path: Path) -> None:
     assert trail.flush()
     assert trail.prune(now) == 1  # the row from before forwarding began, not those waiting
     assert [r["action"] for r in read_events(tmp_path / AUDIT_FILE)] == ["GET /300", "GET /31", "GET /0"]
-    trail.forget_forwarding()  # a start without a repository: nothing waits any more
+    with caplog.at_level(logging.WARNING, logger="dicom_service.audit"):
+        trail.forget_forwarding()  # a start without a repository: nothing waits any more, and it says so
+    assert "3 row(s) had not reached the audit record repository" in caplog.text
     assert trail.prune(now) == 2
+    forwarder.stop()
+    trail.close()
+
+
+def test_a_position_kept_per_address_is_carried_over(tmp_path: Path) -> None:
+    """A trail whose position an earlier version kept under the repository's address: the
+    forwarder starts from it (nothing lost) and it no longer holds pruning back."""
+    import sqlite3
+
+    from dicom_service.atna.forwarder import POSITION_KEY, AuditForwarder
+    from dicom_service.audit import AuditEvent, AuditTrail
+
+    trail = AuditTrail(tmp_path / AUDIT_FILE)
+    for n in range(3):
+        trail.record(AuditEvent(kind="http", actor="a", action=f"GET /{n}", outcome="200"))
+    assert trail.flush()
+    with sqlite3.connect(tmp_path / AUDIT_FILE) as conn:
+        conn.execute("INSERT INTO forwarded (repository, last_id) VALUES ('tcp://127.0.0.1:601', 1)")
+    repository = AuditRepository(host="127.0.0.1", port=free_port(), transport="tcp")
+    forwarder = AuditForwarder(trail, repository, MessageBuilder(SOURCE), hostname="node", procid="1")
+    assert forwarder.backlog() == 2
+    with sqlite3.connect(tmp_path / AUDIT_FILE) as conn:
+        assert conn.execute("SELECT repository, last_id FROM forwarded").fetchall() == [(POSITION_KEY, 1)]
     forwarder.stop()
     trail.close()
 

@@ -235,3 +235,27 @@ def test_a_review_with_the_baseline_runtime_draws_boxes_without_a_system(tmp_pat
     group = _meanings(_group(report, 1))
     assert group["Review note"] == ["Drawn by the reviewer"] and "Certainty of Finding" not in group
     assert not [i for i in _items(report) if i.ValueType == "PNAME"]
+
+
+def test_review_keys_ignore_order_only() -> None:
+    """The key names a review whatever order it lists the implants in, and nothing else:
+    other systems or another reviewer give another key; a single implant keeps the key of
+    the version where order mattered; two boxes 1/1000 pixel apart are one box drawn twice."""
+    import hashlib
+    import json
+
+    from dicom_service.domain import InputError
+    from dicom_service.pipelines.implant_correction import ImplantEdit, ImplantReview
+
+    kept, drawn = ImplantEdit(finding=1, system="Alpha"), ImplantEdit(box=(10.0, 20.0, 60.0, 140.0), system="Beta")
+    review = ImplantReview(implants=(kept, drawn), operator=ANNA)
+    assert ImplantReview(implants=(drawn, kept), operator=ANNA).key() == review.key()
+    swapped = (ImplantEdit(finding=1, system="Beta"), ImplantEdit(box=drawn.box, system="Alpha"))
+    assert ImplantReview(implants=swapped, operator=ANNA).key() != review.key()
+    assert ImplantReview(implants=(kept, drawn), operator=JAN).key() != review.key()
+    single = ImplantReview(implants=(drawn,), operator=ANNA)
+    before = {"implants": [[None, [10.0, 20.0, 60.0, 140.0], "Beta"]], "operator": ANNA}
+    assert single.key() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    twins = ImplantReview(implants=(drawn, ImplantEdit(box=(10.0003, 20.0, 60.0, 140.0), system="Alpha")))
+    with pytest.raises(InputError, match="drawn twice"):
+        twins.check(findings=1, rows=416, columns=416)
