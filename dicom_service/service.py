@@ -35,7 +35,7 @@ from dicom_service.pipelines.video_memory import video_budget_bytes
 from dicom_service.retention import RetentionThread
 from dicom_service.routing import Router
 from dicom_service.storage import InstanceStore
-from dicom_service.tls import check_tls_files, client_context, warn_if_expiring
+from dicom_service.tls import check_tls_files
 from dicom_service.vision.registry import (
     build_radiograph_runtime,
     build_video_runtime,
@@ -52,15 +52,11 @@ TOKEN_FILE = "api-token"
 
 
 def check_audit_repository(settings: Settings) -> None:
-    """Name a TLS file of ``audit_repository`` that cannot be used now (ConfigError), and
-    warn when patient IDs would travel unencrypted."""
+    """Warn when patient IDs would travel to the audit record repository unencrypted (its
+    TLS files are checked with the others, :func:`~dicom_service.tls.check_tls_files`)."""
     repository = settings.audit_repository
     if repository is None:
         return
-    if repository.tls is not None:
-        client_context(repository.tls, "audit_repository.tls")
-        if repository.tls.certificate is not None:
-            warn_if_expiring(repository.tls.certificate, "audit_repository.tls.certificate")
     if repository.transport != "tls" and repository.patient_ids:
         log.warning("audit_repository: transport %s is not encrypted and the messages name patients (patient_ids); "
                     "use tls, or patient_ids: false", repository.transport)
@@ -142,7 +138,9 @@ class Service:
         check_precision(settings.models.precision, device)
         check_compile(settings.models.compile, device)
         make_folder(settings.storage.path, "storage.path")  # a file in the way is named now, not at start()
-        check_tls_files(settings.dicom.tls, settings.http.tls, ((d.name, d.tls) for d in settings.destinations))
+        repository = settings.audit_repository
+        check_tls_files(settings.dicom.tls, settings.http.tls, ((d.name, d.tls) for d in settings.destinations),
+                        [("audit_repository.tls", repository.tls if repository is not None else None)])
         plain_credentials_warnings(settings.destinations)
         check_audit_repository(settings)
         self.api_tokens = ensure_api_tokens(settings)

@@ -217,7 +217,8 @@ def client_context(tls: ClientTls, key: str) -> ssl.SSLContext:
 
 
 def check_tls_files(node: ServerTls | None, http: ServerTls | None,
-                    destinations: Iterable[tuple[str, ClientTls | None]]) -> None:
+                    destinations: Iterable[tuple[str, ClientTls | None]],
+                    clients: Iterable[tuple[str, ClientTls | None]] = ()) -> None:
     """Build every configured context once, so that a bad file is named at the start.
 
     Parameters
@@ -226,6 +227,8 @@ def check_tls_files(node: ServerTls | None, http: ServerTls | None,
         ``dicom.tls`` and ``http.tls``.
     destinations : iterable of (str, ClientTls or None)
         Each destination's name and ``tls``.
+    clients : iterable of (str, ClientTls or None)
+        Other client sides: the setting's key (``"audit_repository.tls"``) and its value.
 
     Raises
     ------
@@ -238,11 +241,12 @@ def check_tls_files(node: ServerTls | None, http: ServerTls | None,
     if http is not None:
         server_context(http, "http.tls")
         warn_if_expiring(http.certificate, "http.tls.certificate")
-    for name, tls in destinations:
+    keyed = [(f"destinations[{name}].tls", tls) for name, tls in destinations]
+    for key, tls in [*keyed, *clients]:
         if tls is not None:
-            client_context(tls, f"destinations[{name}].tls")
+            client_context(tls, key)
             if tls.certificate is not None:
-                warn_if_expiring(tls.certificate, f"destinations[{name}].tls.certificate")
+                warn_if_expiring(tls.certificate, f"{key}.certificate")
 
 
 def decoded_certificate(certificate: Path) -> dict | None:
